@@ -1,0 +1,7 @@
+"""rso_jax: statistical rejection sampling preference optimisation for T5 in JAX/Flax.
+
+Modules are imported where they are used; importing the package itself loads nothing heavy
+(in particular no TensorFlow or seqio, which only the data modules need).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,127 @@
+"""A T5X checkpoint through every weight format and back, scored on the device mesh.
+
+Reads a T5X checkpoint, writes it as HF safetensors and as an orbax parameter checkpoint,
+reads both back (the orbax one directly onto the mesh), checks every array is bit-identical,
+and scores a padded batch of prompt/target token sequences with each copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from rso_jax import (checkpoints, hf_weights, param_tree, partitioning, run_info,
+                     scoring, t5x_checkpoint)
+
+
+def random_token_batch(rng: np.random.Generator, *, num_prompts: int, targets_per_prompt: int,
+                       prompt_length: int, target_length: int, vocab_size: int,
+                       eos_id: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts and targets of random lengths, each ending in EOS and right-padded with 0."""
+    def sequences(count, length):
+        tokens = np.zeros((count, length), np.int32)
+        for row, size in enumerate(rng.integers(2, length + 1, size=count)):
+            tokens[row, : size - 1] = rng.integers(2, vocab_size, size=size - 1)
+            tokens[row, size - 1] = eos_id
+        return tokens
+    return (sequences(num_prompts, prompt_length),
+            sequences(num_prompts * targets_per_prompt, target_length))
+
+
+def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts: int = 4,
+                             targets_per_prompt: int = 2, prompt_length: int = 32,
+                             target_length: int = 16, seed: int = 0,
+                             partitioner: Optional[partitioning.Partitioner] = None
+                             ) -> dict[str, Any]:
+    """Runs the round trip and writes `results.json` and the gin config into `work_dir`.
+
+    Returns:
+      the results dict (also printed as a table).
+
+    Raises:
+      FileNotFoundError: the checkpoint does not exist.
+      RuntimeError: a re-imported copy differs from the original.
+    """
+    t5x_checkpoint.resolve_path(checkpoint_path)  # fail before any work if it is missing
+    partitioner = partitioner or partitioning.create_partitioner()
+    timings = {}
+    start = time.perf_counter()
+    params = t5x_checkpoint.load_params(checkpoint_path)
+    config = param_tree.infer_config(params)
+    param_tree.check_against_config(params, config, checkpoint_path)
+    timings["read_t5x_s"] = time.perf_counter() - start
+
+    hf_dir, orbax_dir = os.path.join(work_dir, "hf"), os.path.join(work_dir, "orbax")
+    start = time.perf_counter()
+    hf_weights.save(params, config, hf_dir)
+    hf_params, hf_config = hf_weights.load(hf_dir)
+    timings["hf_write_read_s"] = time.perf_counter() - start
+    param_shardings = partitioner.param_shardings(config)
+    start = time.perf_counter()
+    checkpoints.save_params(params, config, orbax_dir)
+    orbax_params, orbax_config = checkpoints.restore_params(orbax_dir, shardings=param_shardings)
+    timings["orbax_write_read_s"] = time.perf_counter() - start
+
+    flat = param_tree.flatten(params)
+    differing = [key for name, copy in (("hf", hf_params), ("orbax", orbax_params))
+                 for key, value in param_tree.flatten(copy).items()
+                 if not np.array_equal(np.asarray(value), flat[key])]
+    if differing or hf_config != config or orbax_config != config:
+        raise RuntimeError(f"Round trip changed the model: arrays {differing[:10]}, configs "
+                           f"{hf_config} / {orbax_config} vs {config}.")
+
+    data_size = partitioner.mesh.shape["data"]
+    num_prompts = -(-num_prompts // data_size) * data_size  # whole prompts on every data shard
+    prompts, targets = random_token_batch(
+        np.random.default_rng(seed), num_prompts=num_prompts,
+        targets_per_prompt=targets_per_prompt, prompt_length=prompt_length,
+        target_length=target_length, vocab_size=config.vocab_size)
+    batch_shardings = (partitioner.batch_sharding(2), partitioner.batch_sharding(2))
+    score = partitioner.jit(functools.partial(scoring.score_targets, config),
+                            in_shardings=(param_shardings,) + batch_shardings,
+                            out_shardings=batch_shardings[0:1] + (partitioner.batch_sharding(1),))
+    sharded_batch = partitioner.shard_batch((prompts, targets))
+    sequence_logps = {}
+    for name, copy in (("t5x", partitioner.shard_params(params, config)),
+                       ("hf", partitioner.shard_params(hf_params, config)),
+                       ("orbax", orbax_params)):
+        sequence_logps[name] = np.asarray(jax.device_get(score(copy, *sharded_batch)[1]))
+    max_difference = max(float(np.abs(sequence_logps[name] - sequence_logps["t5x"]).max())
+                         for name in sequence_logps)
+
+    results = {
+        "checkpoint": os.path.abspath(checkpoint_path),
+        "model_config": checkpoints.config_to_json(config),
+        "num_parameters": int(sum(np.size(v) for v in flat.values())),
+        "mesh": {axis: int(size) for axis, size in partitioner.mesh.shape.items()},
+        "hf_dir": os.path.abspath(hf_dir),
+        "orbax_dir": os.path.abspath(orbax_dir),
+        "arrays_identical": True,
+        "sequence_logps": {name: values.round(6).tolist() for name, values in sequence_logps.items()},
+        "max_sequence_logp_difference": max_difference,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    run_info.write_result(work_dir, "results.json", results)
+    print(format_table(results))
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = [f"Checkpoint round trip of {results['checkpoint']}",
+             f"  {results['num_parameters']:,} parameters, mesh {results['mesh']}",
+             f"  T5X -> HF safetensors ({results['hf_dir']}) -> params: identical",
+             f"  T5X -> orbax ({results['orbax_dir']}) -> params on mesh: identical",
+             "",
+             "| target | log p (T5X) | log p (HF copy) | log p (orbax copy) |",
+             "|---:|---:|---:|---:|"]
+    logps = results["sequence_logps"]
+    for index, value in enumerate(logps["t5x"]):
+        lines.append(f"| {index} | {value:.4f} | {logps['hf'][index]:.4f} | "
+                     f"{logps['orbax'][index]:.4f} |")
+    lines.append(f"\nLargest difference between copies: {results['max_sequence_logp_difference']:.2e}")
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""The one entry point, T5X-style: gin files plus command-line bindings.
+
+  python -m rso_jax.main --gin_file=configs/checkpoint_roundtrip.gin --gin.WORK_DIR="'runs/x'"
+
+With no --gin_file it runs DEFAULT_GIN_FILE. Gin files are looked up relative to the current
+directory and to the repository root, so `gin/...` and `configs/...` resolve from anywhere.
+The job to run is bound in gin as `main.run.job`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_GIN_FILE = "configs/checkpoint_roundtrip.gin"
+
+
+class GinConfigError(ValueError):
+    """A gin file or binding could not be parsed or does not match the code."""
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Splits argv into gin files and bindings (`--gin.NAME=VALUE` -> 'NAME = VALUE')."""
+    parser = argparse.ArgumentParser(prog="python -m rso_jax.main", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file to parse (repeatable, applied in order)")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="a binding 'NAME = VALUE' (repeatable)")
+    args, rest = parser.parse_known_args(list(argv))
+    bindings = list(args.gin_bindings)
+    unknown = []
+    for arg in rest:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin."):].split("=", 1)
+            bindings.append(f"{name} = {value}")
+        else:
+            unknown.append(arg)
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown}; use --gin_file=FILE and --gin.NAME=VALUE")
+    return args.gin_file or [DEFAULT_GIN_FILE], bindings
+
+
+def configure_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+    """Parses gin files and bindings, turning every gin failure into a GinConfigError."""
+    import gin
+
+    for path in (os.getcwd(), REPO_ROOT):
+        gin.add_config_file_search_path(path)
+    for gin_file in gin_files:
+        if not any(os.path.isfile(os.path.join(root, gin_file)) or os.path.isfile(gin_file)
+                   for root in (os.getcwd(), REPO_ROOT)):
+            raise GinConfigError(f"Gin file {gin_file!r} not found (looked in {os.getcwd()} and "
+                                 f"{REPO_ROOT}).")
+    try:
+        gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
+    except Exception as error:  # gin raises ValueError, KeyError, SyntaxError, ImportError...
+        raise GinConfigError(f"Invalid gin configuration ({type(error).__name__}): {error}\n"
+                             f"gin files: {list(gin_files)}\nbindings: {list(bindings)}") from error
+
+
+def run(job: Callable[[], Any], initialize_distributed: str | bool = "auto") -> Any:
+    """Starts multi-host JAX when asked for, then runs the gin-bound job."""
+    from rso_jax import partitioning
+
+    partitioning.maybe_initialize_distributed(initialize_distributed)
+    return job()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import gin
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rso_jax").setLevel(logging.INFO)
+    gin_files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+    try:
+        configure_gin(gin_files, bindings)
+        configured_run = gin.get_configurable(run)
+    except GinConfigError as error:
+        print(f"rso_jax.main: {error}", file=sys.stderr)
+        return 2
+    try:
+        configured_run()
+    except (FileNotFoundError, ValueError) as error:
+        print(f"rso_jax.main: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    from rso_jax import main as entry_point  # the module gin files import, not __main__
+
+    sys.exit(entry_point.main())

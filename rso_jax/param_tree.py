@@ -1,0 +1,86 @@
+"""Flat views of parameter trees and a check of a tree against the shapes a config expects."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from flax import traverse_util
+
+from rso_jax import network
+
+SEPARATOR = "/"
+
+
+class ParamTreeMismatchError(ValueError):
+    """A loaded parameter tree does not have the keys or shapes the model config expects."""
+
+
+def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
+    """{'encoder': {'layers_0': {...}}} -> {'encoder/layers_0/...': array}."""
+    return traverse_util.flatten_dict(dict(params), sep=SEPARATOR)
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of `flatten`."""
+    return traverse_util.unflatten_dict(dict(flat), sep=SEPARATOR)
+
+
+def check_against_config(params: Mapping[str, Any], config: network.T5Config, source: str) -> None:
+    """Raises `ParamTreeMismatchError` listing every missing, unexpected or mis-shaped key.
+
+    Args:
+      params: nested dict of arrays (or anything with `.shape`).
+      config: the model configuration the parameters should fit.
+      source: what the parameters were read from, named in the error message.
+    """
+    expected = {key: tuple(value.shape) for key, value in flatten(network.param_shapes(config)).items()}
+    found = {key: tuple(np.shape(value)) for key, value in flatten(params).items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(f"{key}: found {found[key]}, expected {expected[key]}"
+                        for key in set(expected) & set(found) if expected[key] != found[key])
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"Parameters from {source} do not fit the model config {config}."]
+    for title, items in (("missing", missing), ("unexpected", unexpected),
+                         ("shape mismatch", mismatched)):
+        if items:
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend(f"    {item}" for item in items)
+    lines.append("Check that the model size (gin/models/...) matches the checkpoint.")
+    raise ParamTreeMismatchError("\n".join(lines))
+
+
+def infer_config(params: Mapping[str, Any], **overrides) -> network.T5Config:
+    """Reads a T5Config off a parameter tree's shapes (relative-position distance aside).
+
+    `relative_attention_max_distance`, `dropout_rate`, dtypes and the activation function
+    cannot be read from shapes; they come from `overrides` or the T5Config defaults.
+    """
+    flat = flatten(params)
+
+    def shape(key):
+        if key not in flat:
+            raise ParamTreeMismatchError(f"Cannot infer the model config: no parameter {key!r}.")
+        return np.shape(flat[key])
+
+    vocab_size, emb_dim = shape("token_embedder/embedding")
+    num_heads, num_buckets = shape("encoder/relpos_bias/rel_embedding")
+    joined_kv = shape("encoder/layers_0/attention/query/kernel")[1]
+    gated = "encoder/layers_0/mlp/wi_0/kernel" in flat
+    mlp_dim = shape("encoder/layers_0/mlp/wi_0/kernel" if gated else
+                    "encoder/layers_0/mlp/wi/kernel")[1]
+
+    def count_layers(prefix):
+        return len({key.split(SEPARATOR)[1] for key in flat
+                    if key.startswith(prefix + SEPARATOR + "layers_")})
+
+    fields = dict(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=num_heads,
+                  head_dim=joined_kv // num_heads, mlp_dim=mlp_dim,
+                  num_encoder_layers=count_layers("encoder"),
+                  num_decoder_layers=count_layers("decoder"),
+                  relative_attention_num_buckets=num_buckets,
+                  mlp_activations=("gelu", "linear") if gated else ("relu",))
+    fields.update(overrides)
+    return network.T5Config(**fields)

@@ -1,0 +1,242 @@
+"""Device mesh, the one table of logical-axis rules, and jit with shardings.
+
+Every parameter and main activation of the network names its dimensions logically
+('batch', 'embed', 'heads', ...). `logical_axis_rules` maps those names onto the two mesh
+axes, 'data' and 'model'. A `Partitioner` holds a mesh and the rules and turns logical
+specs into `NamedSharding`s, initialises parameters directly into their shards
+(`jax.eval_shape` -> shardings -> jit with `out_shardings`) and jits functions with input and
+output shardings while the rules are active, so that the model's logical constraints apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rso_jax import network, param_tree
+
+logger = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "model")
+
+LogicalRules = tuple[tuple[str, Optional[str]], ...]
+
+
+def logical_axis_rules(fsdp: bool = False) -> LogicalRules:
+    """The rule table: logical axis name -> mesh axis (None = replicated).
+
+    Rules are applied in order and a mesh axis is used at most once per array, so an
+    activation [batch, length, embed] shards 'batch' over 'data' and, with FSDP, parameters
+    [embed, mlp] shard 'embed' over 'data' and 'mlp' over 'model'.
+
+    Args:
+      fsdp: shard the 'embed' dimension of parameters over the 'data' axis (fully-sharded data
+        parallelism: parameters and optimizer state are split across data-parallel replicas).
+    """
+    return (
+        ("batch", "data"),
+        ("vocab", "model"),
+        ("mlp", "model"),
+        ("heads", "model"),
+        ("joined_kv", "model"),
+        ("kv", None),
+        ("length", None),
+        ("relpos_buckets", None),
+        ("embed", "data" if fsdp else None),
+    )
+
+
+_COORDINATOR_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+
+
+def maybe_initialize_distributed(mode: str | bool = "auto") -> bool:
+    """Starts multi-host JAX when the environment describes several processes.
+
+    Must run before any JAX computation. With mode 'auto', initialises when a coordinator
+    address is set (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID), under
+    SLURM with several tasks, or on a multi-host Cloud TPU slice; `True` always initialises
+    (JAX then auto-detects the cluster) and `False` never does.
+
+    Returns:
+      whether `jax.distributed.initialize` was called.
+    """
+    if mode is False or mode == "never":
+        return False
+    if mode == "auto":
+        coordinator = next((os.environ[v] for v in _COORDINATOR_VARIABLES if os.environ.get(v)),
+                           None)
+        slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+        tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+        if coordinator:
+            num_processes = os.environ.get("JAX_NUM_PROCESSES")
+            process_id = os.environ.get("JAX_PROCESS_ID")
+            if num_processes is None or process_id is None:
+                raise ValueError(f"A coordinator address is set ({coordinator}) but "
+                                 "JAX_NUM_PROCESSES or JAX_PROCESS_ID is not; set both.")
+            jax.distributed.initialize(coordinator_address=coordinator,
+                                       num_processes=int(num_processes),
+                                       process_id=int(process_id))
+            return True
+        if slurm_tasks <= 1 and "," not in tpu_hosts:
+            return False
+    elif mode is not True and mode != "always":
+        raise ValueError(f"initialize_distributed={mode!r}: use 'auto', True or False.")
+    jax.distributed.initialize()
+    return True
+
+
+def create_mesh(data_parallelism: int = -1, model_parallelism: int = 1,
+                devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A ('data', 'model') mesh over all devices; one of the two sizes may be -1 (inferred).
+
+    Raises:
+      ValueError: the sizes do not multiply to the number of devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    count = len(devices)
+    data, model = int(data_parallelism), int(model_parallelism)
+    if data == -1 and model == -1:
+        raise ValueError("At most one of data_parallelism and model_parallelism may be -1.")
+    if data == -1 or model == -1:
+        known = model if data == -1 else data
+        if known <= 0 or count % known:
+            raise ValueError(f"A mesh axis of size {known} does not divide the {count} devices; "
+                             "set data_parallelism * model_parallelism = number of devices.")
+        data, model = (count // known, known) if data == -1 else (known, count // known)
+    if data <= 0 or model <= 0 or data * model != count:
+        raise ValueError(f"Mesh (data={data}, model={model}) needs {data * model} devices but "
+                         f"{count} are available; set data_parallelism * model_parallelism = "
+                         f"{count} (or one of them to -1).")
+    try:
+        from jax.experimental import mesh_utils
+
+        device_grid = mesh_utils.create_device_mesh((data, model), devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        device_grid = np.asarray(devices).reshape(data, model)
+    return Mesh(device_grid, MESH_AXES)
+
+
+def _set_mesh(mesh: Mesh):
+    set_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
+    return set_mesh(mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitioner:
+    """A mesh plus the logical-axis rules; turns logical specs into shardings."""
+
+    mesh: Mesh
+    rules: LogicalRules = dataclasses.field(default_factory=logical_axis_rules)
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """Makes the mesh and rules current, so logical sharding constraints take effect."""
+        with _set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    def mesh_axes(self, logical_spec: PartitionSpec | Sequence[Optional[str]]) -> PartitionSpec:
+        """Logical spec ('batch', 'embed') -> mesh PartitionSpec ('data', None)."""
+        return nn.logical_to_mesh_axes(tuple(logical_spec), self.rules)
+
+    def sharding(self, logical_spec: PartitionSpec | Sequence[Optional[str]]) -> NamedSharding:
+        return NamedSharding(self.mesh, self.mesh_axes(logical_spec))
+
+    def shardings(self, logical_specs: Any) -> Any:
+        """Maps a tree of logical PartitionSpecs to a tree of NamedShardings."""
+        return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.rules)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def batch_sharding(self, ndim: int) -> NamedSharding:
+        """Leading (batch) dimension over 'data', the rest replicated."""
+        return self.sharding(("batch",) + (None,) * (ndim - 1))
+
+    def param_shardings(self, config: network.T5Config) -> Any:
+        """NamedSharding tree matching the parameter tree of `config`, checked for divisibility."""
+        logical = network.param_logical_axes(config)
+        shardings = self.shardings(logical)
+        self._check_divisible(network.param_shapes(config), shardings)
+        return shardings
+
+    def _check_divisible(self, shapes: Any, shardings: Any) -> None:
+        problems = []
+        flat_shapes = param_tree.flatten(shapes)
+        flat_shardings = param_tree.flatten(shardings)
+        for key, shape in flat_shapes.items():
+            spec = flat_shardings[key].spec
+            for dim, axes in zip(shape.shape, tuple(spec)):
+                if axes is None:
+                    continue
+                size = int(np.prod([self.mesh.shape[a] for a in
+                                    ((axes,) if isinstance(axes, str) else axes)]))
+                if dim % size:
+                    problems.append(f"  {key} {tuple(shape.shape)}: dimension {dim} over mesh "
+                                    f"axis {axes} of size {size}")
+        if problems:
+            raise ValueError("These parameters cannot be split evenly over the mesh "
+                             f"{dict(self.mesh.shape)}:\n" + "\n".join(problems) +
+                             "\nChoose a model_parallelism that divides the model's heads*head_dim,"
+                             " mlp_dim and vocab_size (or disable fsdp).")
+
+    def init_params(self, config: network.T5Config, rng: jax.Array) -> Any:
+        """Initialises parameters directly into their shards (no full copy on one device)."""
+        shardings = self.param_shardings(config)
+        init = jax.jit(lambda key: network.init_params(config, key), out_shardings=shardings)
+        with self.activate():
+            return init(rng)
+
+    def shard_params(self, params: Any, config: network.T5Config) -> Any:
+        """Places host (numpy) parameters, e.g. from a checkpoint, onto their shards."""
+        param_tree.check_against_config(params, config, "the parameters being sharded")
+        shardings = self.param_shardings(config)
+        return jax.tree_util.tree_map(
+            lambda value, sharding: jax.make_array_from_callback(
+                np.shape(value), sharding, lambda index: np.asarray(value[index])),
+            params, shardings)
+
+    def shard_batch(self, batch: Any) -> Any:
+        """Places this host's part of a batch (a tree of arrays) with batch over 'data'."""
+        def place(value):
+            value = np.asarray(value)
+            sharding = self.batch_sharding(value.ndim)
+            if jax.process_count() == 1:
+                return jax.device_put(value, sharding)
+            return jax.make_array_from_process_local_data(sharding, value)
+        return jax.tree_util.tree_map(place, batch)
+
+    def jit(self, fn: Callable, *, in_shardings: Any = None, out_shardings: Any = None,
+            static_argnums: Sequence[int] = (), donate_argnums: Sequence[int] = ()) -> Callable:
+        """`jax.jit` with shardings whose tracing and calls run with the rules active."""
+        jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                         static_argnums=tuple(static_argnums), donate_argnums=tuple(donate_argnums))
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            with self.activate():
+                return jitted(*args, **kwargs)
+
+        def lower(*args, **kwargs):  # ahead-of-time compilation and cost analysis
+            with self.activate():
+                return jitted.lower(*args, **kwargs)
+
+        call.lower = lower
+        return call
+
+
+def create_partitioner(data_parallelism: int = -1, model_parallelism: int = 1,
+                       fsdp: bool = False) -> Partitioner:
+    """A Partitioner over all devices (the gin entry point for mesh settings)."""
+    mesh = create_mesh(data_parallelism, model_parallelism)
+    logger.info("Mesh %s over %d device(s), fsdp=%s", dict(mesh.shape), mesh.size, fsdp)
+    return Partitioner(mesh=mesh, rules=logical_axis_rules(fsdp))

@@ -1,0 +1,26 @@
+"""Results that describe themselves: every artifact is written with the gin config behind it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rso_jax import atomic_io
+
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
+
+
+def write_gin_config(directory: str) -> None:
+    """Writes the operative gin config (or, before any configurable ran, the full config)."""
+    import gin
+
+    text = gin.operative_config_str() or gin.config_str()
+    atomic_io.write_text(os.path.join(directory, OPERATIVE_CONFIG_FILE), text)
+
+
+def write_result(directory: str, name: str, value: Any) -> str:
+    """Writes `value` as JSON to directory/name, with the gin config beside it; returns the path."""
+    path = os.path.join(directory, name)
+    atomic_io.write_json(path, value)
+    write_gin_config(directory)
+    return path

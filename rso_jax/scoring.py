@@ -1,0 +1,42 @@
+"""Teacher-forced log-likelihood of given target sequences under a T5 model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rso_jax import network
+
+
+def shift_right(target_tokens: jax.Array, start_token: int = 0) -> jax.Array:
+    """Decoder inputs for teacher forcing: [start, t_0, ..., t_{T-2}] (T5 starts with id 0)."""
+    start = jnp.full_like(target_tokens[:, :1], start_token)
+    return jnp.concatenate([start, target_tokens[:, :-1]], axis=1)
+
+
+def token_log_probs(logits_btv: jax.Array, target_tokens_bt: jax.Array) -> jax.Array:
+    """log p(target_t | ...) for each position, float32 [batch, length]."""
+    log_probs = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(log_probs, target_tokens_bt[..., None], axis=-1)[..., 0]
+
+
+def score_targets(config: network.T5Config, params: Any, encoder_input_tokens: jax.Array,
+                  target_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token and per-sequence log-likelihood of `target_tokens` given the inputs.
+
+    Args:
+      config: model config.
+      params: model parameters.
+      encoder_input_tokens: [prompts, enc_len], 0 = padding.
+      target_tokens: [prompts * G, dec_len], G targets per prompt, 0 = padding after EOS.
+
+    Returns:
+      (token_logps [prompts * G, dec_len] with 0 at padding, sequence_logps [prompts * G]).
+    """
+    logits = network.T5(config).apply({"params": params}, encoder_input_tokens,
+                                      shift_right(target_tokens))
+    target_mask = target_tokens > 0
+    token_logps = jnp.where(target_mask, token_log_probs(logits, target_tokens), 0.0)
+    return token_logps, token_logps.sum(axis=-1)

@@ -1,0 +1,48 @@
+"""The main job through its real entry point: results, gin config beside them, clear failures."""
+
+import json
+import os
+import subprocess
+import sys
+
+from t5_helpers import REPO_ROOT, T5X_FIXTURE
+
+
+def run_main(*flags, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, "-m", "rso_jax.main", *flags], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_default_job_round_trips_the_fixture(tmp_path):
+    work_dir = tmp_path / "run"
+    result = run_main(f"--gin.WORK_DIR='{work_dir}'", f"--gin.T5X_CHECKPOINT='{T5X_FIXTURE}'",
+                      cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "Largest difference between copies: 0.00e+00" in result.stdout
+    results = json.load(open(work_dir / "results.json"))
+    assert results["arrays_identical"] and results["max_sequence_logp_difference"] == 0.0
+    assert results["mesh"] == {"data": 8, "model": 1}
+    logps = results["sequence_logps"]["t5x"]
+    assert len(logps) == 16 and all(value < 0 for value in logps)
+    operative = open(work_dir / "operative_config.gin").read()
+    assert "checkpoint_path" in operative and str(work_dir) in operative
+
+
+def test_bad_binding_fails_before_any_work(tmp_path):
+    result = run_main("--gin.checkpoint_roundtrip.run_checkpoint_roundtrip.num_prompt=3",
+                      f"--gin.WORK_DIR='{tmp_path}/run'")
+    assert result.returncode == 2
+    assert "num_prompt" in result.stderr and "Invalid gin configuration" in result.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    result = run_main(f"--gin.T5X_CHECKPOINT='{tmp_path}/absent'", f"--gin.WORK_DIR='{tmp_path}/run'")
+    assert result.returncode == 1
+    assert f"{tmp_path}/absent does not exist" in result.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_missing_gin_file_is_named(tmp_path):
+    result = run_main("--gin_file=configs/no_such_experiment.gin")
+    assert result.returncode == 2 and "no_such_experiment.gin" in result.stderr
