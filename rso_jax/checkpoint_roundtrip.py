@@ -7,7 +7,6 @@ and scores a padded batch of prompt/target token sequences with each copy.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from typing import Any, Optional
@@ -81,10 +80,7 @@ def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts
         np.random.default_rng(seed), num_prompts=num_prompts,
         targets_per_prompt=targets_per_prompt, prompt_length=prompt_length,
         target_length=target_length, vocab_size=config.vocab_size)
-    batch_shardings = (partitioner.batch_sharding(2), partitioner.batch_sharding(2))
-    score = partitioner.jit(functools.partial(scoring.score_targets, config),
-                            in_shardings=(param_shardings,) + batch_shardings,
-                            out_shardings=batch_shardings[0:1] + (partitioner.batch_sharding(1),))
+    score = scoring.make_scorer(config, partitioner)
     sharded_batch = partitioner.shard_batch((prompts, targets))
     sequence_logps = {}
     for name, copy in (("t5x", partitioner.shard_params(params, config)),

@@ -311,6 +311,33 @@ class MultiHeadAttention(nn.Module):
         return _constrain(self.out(attended), ("batch", "length", "embed"))
 
 
+    def attend_with_cache(self, inputs_q: Array, cache_key: Array, cache_value: Array,
+                          position: Array, *, bias: Optional[Array], deterministic: bool
+                          ) -> tuple[Array, Array, Array]:
+        """Causal self-attention of one new position through a static-shape key/value cache.
+
+        Args:
+          inputs_q: [batch, 1, embed], the new position's input.
+          cache_key, cache_value: [batch, max_len, heads, head_dim]; entries at and after
+            `position` are overwritten or masked.
+          position: scalar int, index of the new position.
+          bias: relative-position bias broadcastable to [batch, heads, 1, max_len].
+          deterministic: disables dropout.
+
+        Returns:
+          (output [batch, 1, embed], updated cache_key, updated cache_value).
+        """
+        new_key, new_value = self.project_key_value(inputs_q)
+        start = (0, position, 0, 0)
+        cache_key = jax.lax.dynamic_update_slice(cache_key, new_key.astype(cache_key.dtype), start)
+        cache_value = jax.lax.dynamic_update_slice(cache_value, new_value.astype(cache_value.dtype),
+                                                   start)
+        mask = (jnp.arange(cache_key.shape[1]) <= position)[None, None, None, :]
+        output = self(inputs_q, (cache_key, cache_value), mask=mask, bias=bias,
+                      deterministic=deterministic)
+        return output, cache_key, cache_value
+
+
 class MlpBlock(nn.Module):
     """Gated feed-forward block: wi_0 (activation) * wi_1 (linear), then wo."""
 
@@ -388,6 +415,20 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.mlp(normed, deterministic), deterministic=deterministic)
         return _constrain(x, ("batch", "length", "embed"))
 
+    def decode_step(self, x: Array, cross_key_value: tuple[Array, Array],
+                    cache: tuple[Array, Array], position: Array, *, self_bias: Array,
+                    cross_mask: Array) -> tuple[Array, tuple[Array, Array]]:
+        """One decoding position [batch, 1, embed] through the layer, updating its cache."""
+        normed = self.pre_self_attention_layer_norm(x)
+        attended, cache_key, cache_value = self.self_attention.attend_with_cache(
+            normed, *cache, position, bias=self_bias, deterministic=True)
+        x = x + attended
+        normed = self.pre_cross_attention_layer_norm(x)
+        x = x + self.encoder_decoder_attention(normed, cross_key_value, mask=cross_mask, bias=None,
+                                               deterministic=True)
+        x = x + self.mlp(self.pre_mlp_layer_norm(x), True)
+        return x, (cache_key, cache_value)
+
 
 class Encoder(nn.Module):
     config: T5Config
@@ -457,6 +498,24 @@ class Decoder(nn.Module):
         return _constrain(self.logits_dense(x), ("batch", "length", "vocab"))
 
 
+    def decode_step(self, cross_key_values: Sequence[tuple[Array, Array]], encoder_mask: Array,
+                    tokens: Array, position: Array, caches: Sequence[tuple[Array, Array]]
+                    ) -> tuple[Array, tuple[tuple[Array, Array], ...]]:
+        """Logits [batch*G, vocab] for `tokens` [batch*G] fed at `position`, and new caches."""
+        x = self.shared_embedding(tokens[:, None])
+        max_length = caches[0][0].shape[1]
+        self_bias = self.relpos_bias(jnp.reshape(position, (1,)), jnp.arange(max_length),
+                                     bidirectional=False)
+        cross_mask = encoder_mask[:, None, None, :]
+        new_caches = []
+        for layer, cross_key_value, cache in zip(self.layers, cross_key_values, caches):
+            x, cache = layer.decode_step(x, cross_key_value, cache, position, self_bias=self_bias,
+                                         cross_mask=cross_mask)
+            new_caches.append(cache)
+        logits = self.logits_dense(self.decoder_norm(x))[:, 0]
+        return _constrain(logits, ("batch", "vocab")), tuple(new_caches)
+
+
 class T5(nn.Module):
     """T5 v1.1 encoder-decoder (T5X's `Transformer`) with a shared token embedding."""
 
@@ -495,6 +554,26 @@ class T5(nn.Module):
         return self.decoder(self.cross_key_values(encoded), encoder_input_tokens > 0,
                             decoder_input_tokens, decoder_mask, deterministic=not enable_dropout)
 
+    def decode_step(self, cross_key_values: Sequence[tuple[Array, Array]],
+                    encoder_input_tokens: Array, tokens: Array, position: Array,
+                    caches: Sequence[tuple[Array, Array]]
+                    ) -> tuple[Array, tuple[tuple[Array, Array], ...]]:
+        """One incremental decoding step (no dropout).
+
+        Args:
+          cross_key_values: from `cross_key_values`, one copy per prompt [prompts, enc_len, ...].
+          encoder_input_tokens: [prompts, enc_len], for the padding mask.
+          tokens: [prompts * G] ids fed at `position` (0, the start token, at position 0).
+          position: scalar int.
+          caches: per decoder layer (keys, values) [prompts * G, max_len, heads, head_dim],
+            from `init_decode_cache`.
+
+        Returns:
+          (float32 logits [prompts * G, vocab] for the next token, updated caches).
+        """
+        return self.decoder.decode_step(cross_key_values, encoder_input_tokens > 0, tokens,
+                                        position, caches)
+
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
                  decoder_mask: Optional[Array] = None, enable_dropout: bool = False) -> Array:
         """Teacher-forced logits; see `decode` for the shapes."""
@@ -525,3 +604,13 @@ def param_shapes(config: T5Config):
 def param_logical_axes(config: T5Config):
     """The parameter tree with a `PartitionSpec` of logical axis names at each leaf."""
     return nn.get_partition_spec(jax.eval_shape(functools.partial(init_boxed_params, config), jax.random.PRNGKey(0)))
+
+
+def init_decode_cache(config: T5Config, batch_size: int, max_length: int
+                      ) -> tuple[tuple[Array, Array], ...]:
+    """Zeroed self-attention caches, per decoder layer (keys, values) [batch, max_len, H, D]."""
+    shape = (batch_size, max_length, config.num_heads, config.head_dim)
+    names = ("batch", "length", "heads", "kv")
+    return tuple((_constrain(jnp.zeros(shape, config.compute_dtype), names),
+                  _constrain(jnp.zeros(shape, config.compute_dtype), names))
+                 for _ in range(config.num_decoder_layers))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
-from rso_jax import network
+from rso_jax import network, partitioning
 
 
 def shift_right(target_tokens: jax.Array, start_token: int = 0) -> jax.Array:
@@ -40,3 +41,17 @@ def score_targets(config: network.T5Config, params: Any, encoder_input_tokens: j
     target_mask = target_tokens > 0
     token_logps = jnp.where(target_mask, token_log_probs(logits, target_tokens), 0.0)
     return token_logps, token_logps.sum(axis=-1)
+
+
+def make_scorer(config: network.T5Config, partitioner: Optional[partitioning.Partitioner] = None):
+    """A jitted `(params, prompts, targets) -> (token_logps, sequence_logps)`.
+
+    With a partitioner, prompts and targets are sharded over 'data' and parameters as the
+    rules say; targets hold G rows per prompt (e.g. chosen and rejected: G = 2).
+    """
+    fn = functools.partial(score_targets, config)
+    if partitioner is None:
+        return jax.jit(fn)
+    batch_2d = partitioner.batch_sharding(2)
+    return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(config), batch_2d, batch_2d),
+                           out_shardings=(batch_2d, partitioner.batch_sharding(1)))

@@ -82,9 +82,9 @@ def test_sharded_forward_equals_single_device(data, model, single_device_params,
     assert logits.sharding.spec == P("data", None, "model")
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5, rtol=0)
 
-    score = partitioner.jit(functools.partial(scoring.score_targets, MESH_TEST_CONFIG),
-                            in_shardings=(param_shardings, batch_sharding, batch_sharding))
+    score = scoring.make_scorer(MESH_TEST_CONFIG, partitioner)
     token_logps, _ = score(params, *partitioner.shard_batch((prompts, targets)))
+    assert token_logps.sharding.spec[0] == "data"
     expected_logps, _ = jax.jit(functools.partial(scoring.score_targets, MESH_TEST_CONFIG))(
         single_device_params, prompts, targets)
     np.testing.assert_allclose(np.asarray(token_logps), np.asarray(expected_logps), atol=1e-5)

@@ -1,0 +1,205 @@
+"""Jitted sampling of many candidates per prompt: temperature, top-k, top-p and greedy.
+
+The hot path of RSO. For a batch of P prompts and N candidates each:
+  * the encoder runs once per prompt, and each decoder layer's cross-attention keys/values
+    are projected once per prompt; the N candidates' queries are grouped per prompt against
+    that single copy (nothing of size N x encoder length is ever materialised);
+  * the self-attention keys/values live in a static-shape cache [P*N, max_len, H, D],
+    written in place each step inside a `lax.while_loop` that stops as soon as every
+    candidate has produced EOS (or max_decode_length is reached);
+  * a finished candidate emits padding (0) with log-probability 0 from then on;
+  * id 0 (T5's padding and decoder start token) is never drawn as a response token, so a
+    response is always its non-zero prefix.
+
+Randomness: step t draws from `fold_in(rng, t)`, one independent categorical draw per row,
+so the same key reproduces the same samples and the N candidates of a prompt are
+independent draws. The draws do not depend on how the batch is sharded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from rso_jax import network, partitioning
+
+Array = jax.Array
+
+PAD_ID = 0  # padding and decoder start token of T5; never drawn as a response token.
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How candidates are drawn (bound in gin: gin/sampling.gin)."""
+
+    num_candidates: int = 1  # N responses per prompt (RSO: 64, RS-DPO: 16).
+    max_decode_length: int = 64  # new tokens at most, EOS included.
+    temperature: float = 1.0  # logits are divided by this before filtering (RSO: 0.7).
+    top_k: int = 0  # keep the k most likely tokens; 0 = no top-k (RSO: 40, RS-DPO: 50).
+    top_p: float = 1.0  # nucleus: smallest set with probability >= top_p; 1.0 = off.
+    greedy: bool = False  # argmax decoding; temperature/top-k/top-p are then ignored.
+    eos_id: int = 1  # T5's EOS.
+
+    def __post_init__(self):
+        if self.num_candidates < 1:
+            raise ValueError(f"SamplingConfig.num_candidates must be >= 1, got {self.num_candidates}.")
+        if self.max_decode_length < 1:
+            raise ValueError("SamplingConfig.max_decode_length must be >= 1, got "
+                             f"{self.max_decode_length}.")
+        if not self.greedy and not self.temperature > 0:
+            raise ValueError(f"SamplingConfig.temperature must be > 0, got {self.temperature} "
+                             "(use greedy=True for argmax decoding).")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingConfig.top_k must be >= 0 (0 = off), got {self.top_k}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}.")
+
+
+@struct.dataclass
+class SampleOutput:
+    """Candidates for a batch of prompts.
+
+    Attributes:
+      tokens: int32 [prompts, candidates, max_decode_length]; EOS included, 0 after it (no
+        start token, and never 0 before EOS).
+      token_logps: float32 [prompts, candidates, max_decode_length]; log pi(token | prompt,
+        prefix) under the model itself (temperature 1, no filtering), 0 after EOS.
+      sequence_logps: float32 [prompts, candidates]; sum of token_logps.
+      lengths: int32 [prompts, candidates]; tokens up to and including EOS
+        (max_decode_length if EOS never came).
+    """
+
+    tokens: Array
+    token_logps: Array
+    sequence_logps: Array
+    lengths: Array
+
+
+def _top_p_filter(sorted_logits: Array, top_p: float) -> Array:
+    """Masks (to -inf) the tail of descending-sorted logits beyond probability mass top_p.
+
+    A token is kept while the mass of the tokens before it is < top_p, so the most likely
+    token is always kept.
+    """
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    return jnp.where(mass_before < top_p, sorted_logits, -jnp.inf)
+
+
+def next_tokens(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
+    """Draws one token per row from float32 logits [batch, vocab] under `sampling`.
+
+    The padding id is never drawn. Greedy takes the argmax; sampling divides by the
+    temperature, keeps the top k, keeps the nucleus of mass top_p among those, and draws.
+    """
+    vocab_size = logits.shape[-1]
+    if sampling.greedy:
+        return jnp.argmax(logits.at[:, PAD_ID].set(-jnp.inf), axis=-1).astype(jnp.int32)
+    if not sampling.top_k and sampling.top_p >= 1.0:
+        scaled = logits.at[:, PAD_ID].set(-jnp.inf) / sampling.temperature
+        return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+    # Rank on the raw logits (dividing by the temperature keeps the order), one extra place
+    # so that the k best non-padding tokens are always among them; no full-vocabulary write.
+    keep = sampling.top_k if sampling.top_k and sampling.top_k < vocab_size - 1 else vocab_size - 1
+    candidate_logits, candidate_ids = jax.lax.top_k(logits, keep + 1)
+    usable = candidate_ids != PAD_ID
+    usable &= jnp.cumsum(usable, axis=-1) <= keep
+    candidate_logits = jnp.where(usable, candidate_logits / sampling.temperature, -jnp.inf)
+    if sampling.top_p < 1.0:
+        candidate_logits = _top_p_filter(candidate_logits, sampling.top_p)
+    choice = jax.random.categorical(rng, candidate_logits, axis=-1)
+    return jnp.take_along_axis(candidate_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def _chosen_log_probs(logits: Array, chosen: Array) -> Array:
+    """log softmax(logits)[chosen] per row, without materialising the full log-softmax."""
+    chosen_logits = jnp.take_along_axis(logits, chosen[:, None], axis=-1)[:, 0]
+    return chosen_logits - jax.nn.logsumexp(logits, axis=-1)
+
+
+def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rng: Array,
+           sampling: SamplingConfig) -> SampleOutput:
+    """Samples `sampling.num_candidates` responses for every prompt (pure; jit it).
+
+    Args:
+      model_config: the T5 config.
+      params: its parameters.
+      prompt_tokens: int [prompts, prompt_len], right-padded with 0.
+      rng: a PRNG key.
+      sampling: the sampling settings (static).
+
+    Returns:
+      a SampleOutput.
+    """
+    model = network.T5(model_config)
+    variables = {"params": params}
+    num_prompts = prompt_tokens.shape[0]
+    num_candidates, max_length = sampling.num_candidates, sampling.max_decode_length
+    batch = num_prompts * num_candidates
+
+    encoded = model.apply(variables, prompt_tokens, method=model.encode)
+    cross_key_values = model.apply(variables, encoded, method=model.cross_key_values)
+    caches = network.init_decode_cache(model_config, batch, max_length)
+
+    def decode(tokens, position, caches):
+        return model.apply(variables, cross_key_values, prompt_tokens, tokens, position, caches,
+                           method=model.decode_step)
+
+    def keep_going(state):
+        position, _, _, _, done, _ = state
+        return (position < max_length) & ~jnp.all(done)
+
+    def step(state):
+        position, previous, tokens, token_logps, done, caches = state
+        logits, caches = decode(previous, position, caches)
+        chosen = next_tokens(logits, jax.random.fold_in(rng, position), sampling)
+        chosen = jnp.where(done, 0, chosen)
+        chosen_logp = jnp.where(done, 0.0, _chosen_log_probs(logits, chosen))
+        tokens = jax.lax.dynamic_update_slice(tokens, chosen[:, None], (0, position))
+        token_logps = jax.lax.dynamic_update_slice(token_logps, chosen_logp[:, None], (0, position))
+        done = done | (chosen == sampling.eos_id)
+        return position + 1, chosen, tokens, token_logps, done, caches
+
+    initial = (jnp.zeros((), jnp.int32),
+               jnp.zeros((batch,), jnp.int32),  # T5's decoder start token
+               jnp.zeros((batch, max_length), jnp.int32),
+               jnp.zeros((batch, max_length), jnp.float32),
+               jnp.zeros((batch,), bool),
+               caches)
+    _, _, tokens, token_logps, _, _ = jax.lax.while_loop(keep_going, step, initial)
+
+    tokens = tokens.reshape(num_prompts, num_candidates, max_length)
+    token_logps = token_logps.reshape(num_prompts, num_candidates, max_length)
+    return SampleOutput(tokens=tokens, token_logps=token_logps,
+                        sequence_logps=token_logps.sum(axis=-1),
+                        lengths=response_lengths(tokens, sampling.eos_id))
+
+
+def response_lengths(tokens: Array, eos_id: int = 1) -> Array:
+    """Tokens up to and including the first EOS along the last axis (full width if none)."""
+    is_eos = tokens == eos_id
+    first_eos = jnp.argmax(is_eos, axis=-1)
+    return jnp.where(is_eos.any(axis=-1), first_eos + 1, tokens.shape[-1]).astype(jnp.int32)
+
+
+def make_sampler(model_config: network.T5Config, sampling: SamplingConfig,
+                 partitioner: Optional[partitioning.Partitioner] = None):
+    """A jitted `(params, prompt_tokens, rng) -> SampleOutput` on the partitioner's mesh.
+
+    Prompts (and so their candidates) are sharded over 'data'; parameters as the rules say.
+    Without a partitioner the function is plainly jitted.
+    """
+    fn = functools.partial(sample, model_config, sampling=sampling)
+    if partitioner is None:
+        return jax.jit(fn)
+    batch_2d, batch_3d = partitioner.batch_sharding(2), partitioner.batch_sharding(3)
+    out_shardings = SampleOutput(tokens=batch_3d, token_logps=batch_3d, sequence_logps=batch_2d,
+                                 lengths=batch_2d)
+    return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(model_config), batch_2d,
+                                             partitioner.replicated),
+                           out_shardings=out_shardings)

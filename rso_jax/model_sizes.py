@@ -1,0 +1,34 @@
+"""T5 configs by size name, read from the gin files under gin/models/ (one source of truth).
+
+For scripts and tests: this parses a gin file in the global gin config and clears it again,
+so it refuses to run while another gin configuration is active (inside a gin run, bind
+MODEL_CONFIG by including the size's gin file instead).
+"""
+
+from __future__ import annotations
+
+import os
+
+from rso_jax import network
+
+SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = os.path.join(REPO_ROOT, "gin", "models", "t5_1_1")
+
+
+def model_config(size: str, **overrides) -> network.T5Config:
+    """The T5Config that gin/models/t5_1_1/<size>.gin binds, with `overrides` applied."""
+    import gin
+
+    if size not in SIZES:
+        raise ValueError(f"Unknown model size {size!r}; choose one of {SIZES}.")
+    if gin.config_str().strip():
+        raise RuntimeError("model_sizes.model_config would clear the active gin configuration; "
+                           "include the size's gin file in your gin config instead.")
+    gin.add_config_file_search_path(REPO_ROOT)
+    try:
+        gin.parse_config_file(os.path.join(GIN_DIR, f"{size}.gin"))
+        config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+    finally:
+        gin.clear_config()
+    return config.replace(**overrides)

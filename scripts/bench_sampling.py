@@ -1,0 +1,146 @@
+"""Sampling throughput: our jitted sampler against HF transformers' generate on the same weights.
+
+  python scripts/bench_sampling.py --size=small --num_prompts=8 --num_candidates=16 \
+      --prompt_length=128 --new_tokens=32 --dtype=float32
+
+Every candidate decodes exactly --new_tokens tokens (EOS is disabled on both sides), so both
+sides do the same work. Compile time is excluded: each side runs once to warm up, then
+--repeats timed runs; the best is reported. Prints one JSON line and writes it to --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rso_jax import atomic_io, decoding, hf_weights, model_sizes, network  # noqa: E402
+
+NEVER = -1  # an EOS id no token can equal: every candidate runs the full length
+
+
+def machine() -> dict:
+    device = jax.devices()[0]
+    return {"platform": device.platform, "device": device.device_kind,
+            "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "jax": jax.__version__, "python": platform.python_version()}
+
+
+def random_prompts(num_prompts: int, length: int, vocab_size: int, seed: int) -> np.ndarray:
+    prompts = np.random.default_rng(seed).integers(2, vocab_size, size=(num_prompts, length))
+    prompts[:, -1] = 1
+    return prompts.astype(np.int32)
+
+
+def time_best(fn, repeats: int) -> tuple[float, object]:
+    result = fn()  # warm-up (compilation)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def bench_ours(config, params, prompts, sampling, repeats):
+    sampler = decoding.make_sampler(config, sampling)
+    key = jax.random.PRNGKey(0)
+
+    def run():
+        return jax.block_until_ready(sampler(params, prompts, key))
+    start = time.perf_counter()
+    jax.block_until_ready(sampler(params, prompts, key))
+    compile_s = time.perf_counter() - start
+    best, out = time_best(run, repeats)
+    assert int(np.asarray(out.lengths).min()) == sampling.max_decode_length
+    return best, compile_s
+
+
+def bench_hf(config, params, prompts, args):
+    import torch
+    import transformers
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as directory:
+        hf_weights.save(jax.device_get(params), config.replace(param_dtype="float32"), directory)
+        model = transformers.T5ForConditionalGeneration.from_pretrained(
+            directory, dtype=torch_dtype).to(device).eval()
+    input_ids = torch.tensor(prompts, dtype=torch.long, device=device)
+
+    def run():
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids, attention_mask=input_ids > 0,
+                                    do_sample=True, num_return_sequences=args.num_candidates,
+                                    temperature=args.temperature, top_k=args.top_k,
+                                    max_new_tokens=args.new_tokens,
+                                    min_new_tokens=args.new_tokens)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return output
+    best, output = time_best(run, args.hf_repeats)
+    assert output.shape == (len(prompts) * args.num_candidates, args.new_tokens + 1)
+    return best
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="small", choices=model_sizes.SIZES)
+    parser.add_argument("--num_prompts", type=int, default=8)
+    parser.add_argument("--num_candidates", type=int, default=16)
+    parser.add_argument("--prompt_length", type=int, default=128)
+    parser.add_argument("--new_tokens", type=int, default=32)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top_k", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hf_repeats", type=int, default=2)
+    parser.add_argument("--skip_hf", action="store_true", help="only time our sampler")
+    parser.add_argument("--output", default="bench_results/bench_sampling.json")
+    args = parser.parse_args(argv)
+
+    config = model_sizes.model_config(args.size, dtype=args.dtype, param_dtype=args.dtype)
+    params = network.init_params(config, jax.random.PRNGKey(0))
+    prompts = random_prompts(args.num_prompts, args.prompt_length, config.vocab_size, seed=0)
+    sampling = decoding.SamplingConfig(num_candidates=args.num_candidates,
+                                       max_decode_length=args.new_tokens,
+                                       temperature=args.temperature, top_k=args.top_k,
+                                       eos_id=NEVER)
+    candidate_tokens = args.num_prompts * args.num_candidates * args.new_tokens
+    ours_s, compile_s = bench_ours(config, params, prompts, sampling, args.repeats)
+    result = {
+        "benchmark": "sampling", "size": args.size, "dtype": args.dtype,
+        "num_prompts": args.num_prompts, "num_candidates": args.num_candidates,
+        "prompt_length": args.prompt_length, "new_tokens": args.new_tokens,
+        "temperature": args.temperature, "top_k": args.top_k,
+        "seconds": round(ours_s, 4), "compile_seconds": round(compile_s, 2),
+        "candidate_tokens_per_s": round(candidate_tokens / ours_s, 1),
+        "prompts_per_s": round(args.num_prompts / ours_s, 3),
+        "machine": machine(),
+    }
+    if not args.skip_hf:
+        hf_s = bench_hf(config, params, prompts, args)
+        import transformers
+        result.update({"hf_seconds": round(hf_s, 4),
+                       "hf_candidate_tokens_per_s": round(candidate_tokens / hf_s, 1),
+                       "speedup_vs_hf": round(hf_s / ours_s, 2),
+                       "transformers": transformers.__version__})
+    line = json.dumps(result, sort_keys=True)
+    print(line)
+    atomic_io.write_text(args.output, line + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
