@@ -13,13 +13,15 @@ setup(
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.10",
-        "optax>=0.2.3",
+        "optax>=0.2.5",
         "orbax-checkpoint>=0.10",
         "tensorstore>=0.1.60",
         "seqio>=0.0.19",
         "gin-config>=0.5",
         "numpy>=1.26",
         "safetensors>=0.4",
+        "tqdm>=4.60",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         # torch first and pinned to the CPU build these machines carry; transformers (which

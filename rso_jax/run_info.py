@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from typing import Any
 
 from rso_jax import atomic_io
@@ -24,3 +25,14 @@ def write_result(directory: str, name: str, value: Any) -> str:
     atomic_io.write_json(path, value)
     write_gin_config(directory)
     return path
+
+
+def machine_description() -> dict[str, Any]:
+    """Where a benchmark ran: accelerator kind and count, CPU count, library versions."""
+    import jax
+
+    device = jax.devices()[0]
+    return {"platform": device.platform, "device": device.device_kind,
+            "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "jax": jax.__version__, "python": platform.python_version()}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,16 +23,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rso_jax import atomic_io, decoding, hf_weights, model_sizes, network  # noqa: E402
+from rso_jax.run_info import machine_description  # noqa: E402
 
 NEVER = -1  # an EOS id no token can equal: every candidate runs the full length
-
-
-def machine() -> dict:
-    device = jax.devices()[0]
-    return {"platform": device.platform, "device": device.device_kind,
-            "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "jax": jax.__version__, "python": platform.python_version()}
 
 
 def random_prompts(num_prompts: int, length: int, vocab_size: int, seed: int) -> np.ndarray:
@@ -127,7 +119,7 @@ def main(argv=None) -> dict:
         "seconds": round(ours_s, 4), "compile_seconds": round(compile_s, 2),
         "candidate_tokens_per_s": round(candidate_tokens / ours_s, 1),
         "prompts_per_s": round(args.num_prompts / ours_s, 3),
-        "machine": machine(),
+        "machine": machine_description(),
     }
     if not args.skip_hf:
         hf_s = bench_hf(config, params, prompts, args)

@@ -1,0 +1,155 @@
+"""Preference and SFT losses as pure functions of log-probabilities (see shared/PAPERS.md).
+
+Names follow the RSO paper exactly (other libraries use them differently):
+  sigmoid-norm (DPO, eq. 8):  -log sigma(gamma * [(logp_w - ref_w) - (logp_l - ref_l)])
+  hinge (SLiC, eq. 9):         max(0, 1 - gamma * [logp_w - logp_l])
+  hinge-norm (eq. 10):         max(0, 1 - gamma * [(logp_w - ref_w) - (logp_l - ref_l)])
+  SLiC with regularisation (eq. 1): max(0, delta - logp_w + logp_l) - lambda * logp_ref_target
+
+`logp_*` are sequence log-probabilities under the policy being trained, `ref_*` under the
+frozen SFT policy (computed once for the pair dataset). Every loss returns the mean loss over
+the valid pairs and a metrics dict with the names tunix and TRL use:
+  rewards/chosen, rewards/rejected   gamma * log-ratio of each response (hinge: gamma * logp)
+  rewards/margin                     their difference
+  rewards/accuracy                   fraction of pairs with a positive margin
+  logps/chosen, logps/rejected       mean policy sequence log-probabilities
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+def _masked_mean(values: Array, mask: Optional[Array]) -> Array:
+    if mask is None:
+        return jnp.mean(values)
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _pair_metrics(chosen_rewards: Array, rejected_rewards: Array, chosen_logps: Array,
+                  rejected_logps: Array, mask: Optional[Array]) -> Metrics:
+    margin = chosen_rewards - rejected_rewards
+    return {
+        "rewards/chosen": _masked_mean(chosen_rewards, mask),
+        "rewards/rejected": _masked_mean(rejected_rewards, mask),
+        "rewards/margin": _masked_mean(margin, mask),
+        "rewards/accuracy": _masked_mean((margin > 0).astype(jnp.float32), mask),
+        "logps/chosen": _masked_mean(chosen_logps, mask),
+        "logps/rejected": _masked_mean(rejected_logps, mask),
+    }
+
+
+def sigmoid_norm_loss(chosen_logps: Array, rejected_logps: Array, reference_chosen_logps: Array,
+                      reference_rejected_logps: Array, *, gamma: float,
+                      mask: Optional[Array] = None) -> tuple[Array, Metrics]:
+    """DPO's loss, eq. (8): -log sigma(gamma * (chosen log-ratio - rejected log-ratio)).
+
+    Args:
+      chosen_logps, rejected_logps: [pairs] policy sequence log-probabilities.
+      reference_chosen_logps, reference_rejected_logps: [pairs], same under the SFT policy.
+      gamma: loss temperature (RSO: 0.05; DPO's beta).
+      mask: optional [pairs] bool, False for padding pairs.
+
+    Returns:
+      (mean loss over valid pairs, metrics).
+    """
+    chosen_rewards = gamma * (chosen_logps - reference_chosen_logps)
+    rejected_rewards = gamma * (rejected_logps - reference_rejected_logps)
+    losses = -jax.nn.log_sigmoid(chosen_rewards - rejected_rewards)
+    return _masked_mean(losses, mask), _pair_metrics(chosen_rewards, rejected_rewards,
+                                                     chosen_logps, rejected_logps, mask)
+
+
+def hinge_norm_loss(chosen_logps: Array, rejected_logps: Array, reference_chosen_logps: Array,
+                    reference_rejected_logps: Array, *, gamma: float,
+                    mask: Optional[Array] = None) -> tuple[Array, Metrics]:
+    """Eq. (10): max(0, 1 - gamma * (chosen log-ratio - rejected log-ratio)). Args as sigmoid_norm."""
+    chosen_rewards = gamma * (chosen_logps - reference_chosen_logps)
+    rejected_rewards = gamma * (rejected_logps - reference_rejected_logps)
+    losses = jax.nn.relu(1.0 - (chosen_rewards - rejected_rewards))
+    return _masked_mean(losses, mask), _pair_metrics(chosen_rewards, rejected_rewards,
+                                                     chosen_logps, rejected_logps, mask)
+
+
+def hinge_loss(chosen_logps: Array, rejected_logps: Array, reference_chosen_logps: Array = None,
+               reference_rejected_logps: Array = None, *, gamma: float,
+               mask: Optional[Array] = None) -> tuple[Array, Metrics]:
+    """SLiC's calibration loss, eq. (9): max(0, 1 - gamma * (logp_w - logp_l)).
+
+    Uses no reference model; the reference arguments are accepted (and ignored) so that every
+    preference loss has one signature. Rewards in the metrics are gamma * logp.
+    """
+    del reference_chosen_logps, reference_rejected_logps
+    chosen_rewards, rejected_rewards = gamma * chosen_logps, gamma * rejected_logps
+    losses = jax.nn.relu(1.0 - (chosen_rewards - rejected_rewards))
+    return _masked_mean(losses, mask), _pair_metrics(chosen_rewards, rejected_rewards,
+                                                     chosen_logps, rejected_logps, mask)
+
+
+def slic_loss(chosen_logps: Array, rejected_logps: Array, regularization_target_logps: Array, *,
+              delta: float = 1.0, regularization_weight: float = 0.0,
+              mask: Optional[Array] = None) -> tuple[Array, Metrics]:
+    """SLiC with its regularisation term, eq. (1).
+
+    max(0, delta - logp_w + logp_l) - lambda * logp(y_ref | x), where y_ref is the SFT target
+    of the prompt (RSO drops the term: lambda = 0).
+
+    Args:
+      chosen_logps, rejected_logps: [pairs] policy sequence log-probabilities.
+      regularization_target_logps: [pairs] policy log-probability of the SFT target y_ref.
+      delta: the margin.
+      regularization_weight: lambda.
+      mask: optional [pairs] bool.
+    """
+    losses = (jax.nn.relu(delta - chosen_logps + rejected_logps)
+              - regularization_weight * regularization_target_logps)
+    metrics = _pair_metrics(chosen_logps, rejected_logps, chosen_logps, rejected_logps, mask)
+    metrics["logps/regularization_target"] = _masked_mean(regularization_target_logps, mask)
+    return _masked_mean(losses, mask), metrics
+
+
+PREFERENCE_LOSSES: dict[str, Callable[..., tuple[Array, Metrics]]] = {
+    "sigmoid_norm": sigmoid_norm_loss,
+    "hinge": hinge_loss,
+    "hinge_norm": hinge_norm_loss,
+}
+
+
+def preference_loss(name: str) -> Callable[..., tuple[Array, Metrics]]:
+    """The preference loss called `name` ('sigmoid_norm', 'hinge' or 'hinge_norm')."""
+    if name not in PREFERENCE_LOSSES:
+        raise ValueError(f"Unknown preference loss {name!r}; choose one of "
+                         f"{sorted(PREFERENCE_LOSSES)} (the RSO paper's eqs. 8, 9, 10).")
+    return PREFERENCE_LOSSES[name]
+
+
+def token_cross_entropy(logits_btv: Array, target_tokens_bt: Array,
+                        loss_weights_bt: Optional[Array] = None) -> tuple[Array, Metrics]:
+    """Mean token-level cross-entropy for SFT (and RAFT/ReST targets, and the ranker's A/B).
+
+    Args:
+      logits_btv: [batch, length, vocab] logits.
+      target_tokens_bt: [batch, length] int targets, 0 = padding.
+      loss_weights_bt: optional [batch, length] weights; default: 1 where target > 0.
+
+    Returns:
+      (loss averaged over weighted tokens, metrics: 'loss/token_nll', 'accuracy/token',
+      'tokens').
+    """
+    if loss_weights_bt is None:
+        loss_weights_bt = (target_tokens_bt > 0).astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+    target_logps = jnp.take_along_axis(log_probs, target_tokens_bt[..., None], axis=-1)[..., 0]
+    weights = loss_weights_bt.astype(jnp.float32)
+    total = jnp.maximum(weights.sum(), 1.0)
+    loss = -(target_logps * weights).sum() / total
+    correct = (jnp.argmax(logits_btv, axis=-1) == target_tokens_bt).astype(jnp.float32)
+    return loss, {"loss/token_nll": loss, "accuracy/token": (correct * weights).sum() / total,
+                  "tokens": weights.sum()}

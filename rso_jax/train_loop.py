@@ -1,0 +1,259 @@
+"""The training loop: progress, evaluation, metric logs and orbax checkpoints that resume exactly.
+
+A run directory holds:
+  checkpoints/<step>/     orbax: the TrainState (params, optimizer state, step, PRNG key) and
+                          a JSON item with the data position and the operative gin config
+  checkpoints/operative_config.gin
+  metrics.jsonl           one JSON object per logged step or evaluation
+  tensorboard/            event files (when tensorboardX is installed)
+  best/                   parameters of the best evaluation so far (pluggable metric) + best.json
+
+Resuming restores the state and the data position from the latest checkpoint, so a run killed
+after a checkpoint and started again ends with exactly the parameters of an uninterrupted run.
+A non-finite loss stops the run before anything is saved, naming the step; the last good
+checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import numpy as np
+
+from rso_jax import atomic_io, checkpoints, network, run_info, training
+
+logger = logging.getLogger(__name__)
+
+BatchSource = Callable[[int], Iterator[Any]]  # data position -> iterator of batches from there
+Evaluator = Callable[[Any], dict[str, float]]  # params -> metrics
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stopped without saving the bad state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """When to log, evaluate and checkpoint (bound in gin)."""
+
+    num_steps: int  # optimizer steps in total (a resumed run continues up to this).
+    checkpoint_every: int = 100  # steps between checkpoints; the last step is always saved.
+    keep_checkpoints: int = 3  # most recent checkpoints kept.
+    log_every: int = 10  # steps between metric lines.
+    eval_every: int = 0  # steps between evaluations; 0 = only at the end (if an evaluator).
+    best_metric: Optional[str] = None  # evaluation metric that selects best/ (e.g. 'win_rate').
+    best_mode: str = "max"  # 'max' or 'min'.
+    async_checkpointing: bool = True  # orbax writes in the background while training goes on.
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        if self.num_steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError(f"LoopConfig needs num_steps >= 0 and positive intervals: {self}.")
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"LoopConfig.best_mode must be 'max' or 'min', got {self.best_mode!r}.")
+
+
+class MetricsLog:
+    """metrics.jsonl plus TensorBoard events (if tensorboardX is available)."""
+
+    def __init__(self, work_dir: str, resumed_from: Optional[int] = None):
+        """Opens the logs; after a resume, drops what was logged past the restored step."""
+        self.path = os.path.join(work_dir, "metrics.jsonl")
+        if resumed_from is not None and os.path.isfile(self.path):
+            self._truncate_after(resumed_from)
+        self.writer = None
+        try:
+            from tensorboardX import SummaryWriter
+
+            purge_step = None if resumed_from is None else resumed_from + 1
+            self.writer = SummaryWriter(os.path.join(work_dir, "tensorboard"),
+                                        purge_step=purge_step)
+        except ImportError:
+            logger.warning("tensorboardX is not installed: metrics go to %s only.", self.path)
+
+    def _truncate_after(self, step: int) -> None:
+        kept = []
+        with open(self.path) as stream:
+            for line in stream:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if record.get("step", 0) <= step:
+                    kept.append(json.dumps(record, sort_keys=True) + "\n")
+        atomic_io.write_text(self.path, "".join(kept))
+
+    def write(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
+        record = {"step": step, **{prefix + k: v for k, v in metrics.items()}}
+        with open(self.path, "a") as stream:
+            stream.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(prefix + key, value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _to_floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: float(np.asarray(value)) for key, value in jax.device_get(metrics).items()}
+
+
+def _checkpoint_manager(directory: str, loop: LoopConfig):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=loop.keep_checkpoints, create=True,
+                                           enable_async_checkpointing=loop.async_checkpointing)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_names=("state", "progress"))
+
+
+def _abstract_state(state: training.TrainState) -> Any:
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def _is_better(value: float, best: Optional[float], mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def train(state: training.TrainState, train_step: Callable, batches: BatchSource, work_dir: str,
+          loop: LoopConfig, *, model_config: network.T5Config,
+          evaluate: Optional[Evaluator] = None) -> tuple[training.TrainState, dict[str, Any]]:
+    """Trains from the latest checkpoint in `work_dir` (or from `state`) up to loop.num_steps.
+
+    Args:
+      state: the initial state, placed on the mesh (its shardings are reused on restore).
+      train_step: jitted `(state, batch) -> (state, metrics)` with a 'loss' metric.
+      batches: data position -> iterator of batches starting there (deterministic).
+      work_dir: run directory (created).
+      loop: schedule.
+      model_config: written beside the best parameters.
+      evaluate: optional `params -> metrics` for periodic evaluation and best/ selection.
+
+    Returns:
+      (final state, summary dict with 'step', 'resumed_from', 'last_metrics', 'best').
+
+    Raises:
+      NonFiniteLossError: the loss became NaN or infinite (nothing was saved for that step).
+    """
+    import orbax.checkpoint as ocp
+
+    os.makedirs(work_dir, exist_ok=True)
+    checkpoint_dir = os.path.join(work_dir, "checkpoints")
+    manager = _checkpoint_manager(checkpoint_dir, loop)
+    run_info.write_gin_config(checkpoint_dir)
+    resumed_from = manager.latest_step()
+    data_position = 0
+    if resumed_from is not None:
+        restored = manager.restore(resumed_from, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract_state(state)),
+            progress=ocp.args.JsonRestore()))
+        state, data_position = restored.state, int(restored.progress["data_position"])
+        logger.info("Resumed from step %d (data position %d) in %s", resumed_from,
+                    data_position, checkpoint_dir)
+    best_path = os.path.join(work_dir, "best", "best.json")
+    best = json.load(open(best_path)) if os.path.isfile(best_path) else None
+    log = MetricsLog(work_dir, resumed_from)
+    step = int(jax.device_get(state.step))
+    last_metrics: dict[str, float] = {}
+
+    def save(step_number: int) -> None:
+        progress = {"step": step_number, "data_position": data_position,
+                    "gin_config": _gin_config_text()}
+        manager.save(step_number, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
+
+    def run_evaluation(step_number: int) -> None:
+        nonlocal best
+        metrics = {k: float(v) for k, v in evaluate(state.params).items()}
+        log.write(step_number, metrics, prefix="eval/")
+        logger.info("step %d eval %s", step_number, metrics)
+        if loop.best_metric:
+            if loop.best_metric not in metrics:
+                raise KeyError(f"LoopConfig.best_metric={loop.best_metric!r} is not among the "
+                               f"evaluation metrics {sorted(metrics)}.")
+            value = metrics[loop.best_metric]
+            if _is_better(value, None if best is None else best["value"], loop.best_mode):
+                best = {"step": step_number, "metric": loop.best_metric, "value": value}
+                checkpoints.save_params(jax.device_get(state.params), model_config,
+                                        os.path.join(work_dir, "best"))
+                atomic_io.write_json(best_path, best)
+
+    progress = _progress(loop, start=step)
+    iterator = batches(data_position)
+    start_time = time.perf_counter()
+    try:
+        while step < loop.num_steps:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                raise ValueError(f"The data ran out at position {data_position} before step "
+                                 f"{loop.num_steps}; make the batch source repeat.") from None
+            state, metrics = train_step(state, batch)
+            loss = float(jax.device_get(metrics["loss"]))
+            if not math.isfinite(loss):
+                manager.wait_until_finished()
+                raise NonFiniteLossError(
+                    f"Loss is {loss} at step {step + 1} (data position {data_position}); "
+                    f"training stopped and nothing was saved for this step. The last good "
+                    f"checkpoint is step {manager.latest_step()} in {checkpoint_dir}. Lower the "
+                    f"learning rate or inspect that batch.")
+            step += 1
+            data_position += 1
+            if step % loop.log_every == 0 or step == loop.num_steps:
+                last_metrics = _to_floats(metrics)
+                last_metrics["steps_per_second"] = (step - (resumed_from or 0)) / (
+                    time.perf_counter() - start_time)
+                log.write(step, last_metrics, prefix="train/")
+                progress.set_postfix(loss=f"{loss:.4f}")
+            progress.update(1)
+            if evaluate is not None and loop.eval_every and step % loop.eval_every == 0:
+                run_evaluation(step)
+            if step % loop.checkpoint_every == 0 or step == loop.num_steps:
+                save(step)
+        if evaluate is not None and (not loop.eval_every or step % loop.eval_every):
+            run_evaluation(step)
+        manager.wait_until_finished()
+    finally:
+        progress.close()
+        log.close()
+        manager.close()
+    return state, {"step": step, "resumed_from": resumed_from, "last_metrics": last_metrics,
+                   "best": best, "checkpoint_dir": checkpoint_dir}
+
+
+def _gin_config_text() -> str:
+    import gin
+
+    return gin.operative_config_str() or gin.config_str()
+
+
+class _NoProgress:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(loop: LoopConfig, start: int):
+    if not loop.progress_bar:
+        return _NoProgress()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=loop.num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)

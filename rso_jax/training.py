@@ -1,0 +1,262 @@
+"""Train state, batches and module-level pure train steps for SFT, the ranker and preferences.
+
+Every step is a pure function `(state, batch) -> (state, metrics)`; `make_train_step` jits it
+with shardings on the mesh and donates the state. Gradient accumulation splits the batch into
+micro-batches inside the step (a `lax.scan`), so the optimizer sees the mean gradient.
+
+The preference step encodes each prompt once for its chosen and rejected responses (one
+encoder pass, the decoder run on both responses grouped per prompt) and takes the reference
+log-probabilities from the batch: they are computed once for the pair dataset by
+`scoring.make_scorer` on the frozen SFT parameters, never by a live reference model.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rso_jax import losses, network, partitioning, scoring
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+def adafactor(learning_rate: float = 1e-5, decay_rate: float = 0.8,
+              multiply_by_parameter_scale: bool = False, clipping_threshold: Optional[float] = 1.0,
+              min_dim_size_to_factor: int = 128, factored: bool = True,
+              max_grad_norm: Optional[float] = None) -> optax.GradientTransformation:
+    """Adafactor with T5X's settings (factored second moments, decay rate 0.8, update clipping).
+
+    Args:
+      learning_rate: constant learning rate (RSO: 1e-5).
+      decay_rate: second-moment decay exponent (T5X: 0.8).
+      multiply_by_parameter_scale: scale updates by each parameter's RMS (T5X's pre-training
+        default; off by default here so a constant learning rate means what it says).
+      clipping_threshold: update clipping by RMS (T5X: 1.0); None disables it.
+      min_dim_size_to_factor: factor the second moments of dimensions at least this large.
+      factored: factored second moments (T5X: True).
+      max_grad_norm: optional global gradient-norm clipping before Adafactor.
+    """
+    transform = optax.adafactor(learning_rate=learning_rate, decay_rate=decay_rate,
+                                multiply_by_parameter_scale=multiply_by_parameter_scale,
+                                clipping_threshold=clipping_threshold,
+                                min_dim_size_to_factor=min_dim_size_to_factor, factored=factored)
+    if max_grad_norm:
+        transform = optax.chain(optax.clip_by_global_norm(max_grad_norm), transform)
+    return transform
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data position.
+
+    Attributes:
+      step: int32 scalar, optimizer steps taken.
+      params: float32 (master) parameters.
+      opt_state: optimizer state.
+      rng: PRNG key for dropout; split every step.
+    """
+
+    step: Array
+    params: Any
+    opt_state: Any
+    rng: Array
+
+
+def create_train_state(params: Any, optimizer: optax.GradientTransformation,
+                       rng: Array) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params), rng=rng)
+
+
+@struct.dataclass
+class SftBatch:
+    """Supervised text-to-text batch (SFT, RAFT/ReST targets, the ranker's 'A'/'B').
+
+    Attributes:
+      inputs: int32 [batch, input_len], right-padded with 0.
+      targets: int32 [batch, target_len], EOS-terminated, right-padded with 0.
+      loss_weights: float32 [batch, target_len], 1 on target tokens, 0 on padding.
+    """
+
+    inputs: Array
+    targets: Array
+    loss_weights: Array
+
+
+@struct.dataclass
+class PreferenceBatch:
+    """Preference pairs with reference log-probabilities computed once beforehand.
+
+    Attributes:
+      prompts: int32 [pairs, prompt_len], right-padded with 0.
+      chosen, rejected: int32 [pairs, response_len], EOS-terminated, right-padded with 0.
+      reference_chosen_logps, reference_rejected_logps: float32 [pairs], sequence
+        log-probabilities under the frozen SFT policy.
+      pair_mask: bool [pairs], False for padding pairs.
+    """
+
+    prompts: Array
+    chosen: Array
+    rejected: Array
+    reference_chosen_logps: Array
+    reference_rejected_logps: Array
+    pair_mask: Array
+
+
+def sft_loss(params: Any, batch: SftBatch, dropout_rng: Array, *,
+             model_config: network.T5Config) -> tuple[Array, Metrics]:
+    """Token cross-entropy of the targets (teacher forcing)."""
+    logits = network.T5(model_config).apply(
+        {"params": params}, batch.inputs, scoring.shift_right(batch.targets),
+        enable_dropout=model_config.dropout_rate > 0, rngs={"dropout": dropout_rng})
+    loss, metrics = losses.token_cross_entropy(logits, batch.targets, batch.loss_weights)
+    return loss, {"loss": loss, **metrics}
+
+
+def interleave_responses(chosen: Array, rejected: Array) -> Array:
+    """[pairs, L] x 2 -> [2 * pairs, L] with rows (chosen_0, rejected_0, chosen_1, ...)."""
+    return jnp.stack([chosen, rejected], axis=1).reshape((-1,) + chosen.shape[1:])
+
+
+def policy_pair_logps(params: Any, batch: PreferenceBatch, dropout_rng: Array, *,
+                      model_config: network.T5Config) -> tuple[Array, Array]:
+    """Sequence log-probs of chosen and rejected under the policy, prompt encoded once."""
+    model = network.T5(model_config)
+    dropout = model_config.dropout_rate > 0
+    encoded = model.apply({"params": params}, batch.prompts, enable_dropout=dropout,
+                          method=model.encode, rngs={"dropout": dropout_rng})
+    responses = interleave_responses(batch.chosen, batch.rejected)
+    logits = model.apply({"params": params}, encoded, batch.prompts,
+                         scoring.shift_right(responses), enable_dropout=dropout,
+                         method=model.decode, rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
+    token_logps = jnp.where(responses > 0, scoring.token_log_probs(logits, responses), 0.0)
+    sequence_logps = token_logps.sum(axis=-1).reshape(-1, 2)
+    return sequence_logps[:, 0], sequence_logps[:, 1]
+
+
+def preference_loss(params: Any, batch: PreferenceBatch, dropout_rng: Array, *,
+                    model_config: network.T5Config, loss_name: str = "sigmoid_norm",
+                    gamma: float = 0.05) -> tuple[Array, Metrics]:
+    """RSO's preference losses (eqs. 8-10) on one batch of pairs."""
+    chosen_logps, rejected_logps = policy_pair_logps(params, batch, dropout_rng,
+                                                     model_config=model_config)
+    loss, metrics = losses.preference_loss(loss_name)(
+        chosen_logps, rejected_logps, batch.reference_chosen_logps,
+        batch.reference_rejected_logps, gamma=gamma, mask=batch.pair_mask)
+    return loss, {"loss": loss, **metrics}
+
+
+def _split_microbatches(batch: Any, num_microbatches: int) -> Any:
+    def split(x):
+        if x.shape[0] % num_microbatches:
+            raise ValueError(f"Batch of {x.shape[0]} rows cannot be split into "
+                             f"{num_microbatches} gradient-accumulation micro-batches.")
+        return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
+    return jax.tree_util.tree_map(split, batch)
+
+
+def train_step(state: TrainState, batch: Any, *, loss_fn: Callable[..., tuple[Array, Metrics]],
+               optimizer: optax.GradientTransformation,
+               grad_accum_steps: int = 1) -> tuple[TrainState, Metrics]:
+    """One optimizer step on `batch` (pure; jit it with `make_train_step`).
+
+    Args:
+      state: the train state.
+      batch: an SftBatch or PreferenceBatch (any pytree `loss_fn` accepts).
+      loss_fn: `(params, batch, dropout_rng) -> (loss, metrics)`.
+      optimizer: the optax transformation the state was created with.
+      grad_accum_steps: micro-batches per step; gradients and metrics are averaged.
+
+    Returns:
+      (new state, metrics including 'loss', 'grad_norm' and 'learning_step').
+    """
+    rng, step_rng = jax.random.split(state.rng)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+        (_, metrics), grads = grad_fn(state.params, batch, step_rng)
+    else:
+        microbatches = _split_microbatches(batch, grad_accum_steps)
+
+        def accumulate(carry, inputs):
+            index, microbatch = inputs
+            (_, micro_metrics), micro_grads = grad_fn(state.params, microbatch,
+                                                      jax.random.fold_in(step_rng, index))
+            summed = jax.tree_util.tree_map(jnp.add, carry, (micro_grads, micro_metrics))
+            return summed, None
+
+        zeros = jax.tree_util.tree_map(
+            jnp.zeros_like, jax.eval_shape(lambda: grad_fn(
+                state.params, jax.tree_util.tree_map(lambda x: x[0], microbatches), step_rng)))
+        zero_grads, zero_metrics = zeros[1], zeros[0][1]
+        (grads, metrics), _ = jax.lax.scan(
+            accumulate, (zero_grads, zero_metrics),
+            (jnp.arange(grad_accum_steps), microbatches))
+        grads = jax.tree_util.tree_map(lambda g: g / grad_accum_steps, grads)
+        metrics = jax.tree_util.tree_map(lambda m: m / grad_accum_steps, metrics)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+
+def state_shardings(partitioner: partitioning.Partitioner, model_config: network.T5Config,
+                    optimizer: optax.GradientTransformation) -> TrainState:
+    """NamedShardings for a TrainState: parameters by the rules, optimizer state alike.
+
+    Inside every optimizer-state subtree shaped like the parameter tree, a leaf with its
+    parameter's shape takes that parameter's sharding; factored statistics (a row or column
+    vector per matrix) and scalars are replicated.
+    """
+    param_shardings = partitioner.param_shardings(model_config)
+    param_shapes = network.param_shapes(model_config)
+    params_structure = jax.tree_util.tree_structure(param_shapes)
+    replicated = partitioner.replicated
+
+    def is_param_shaped_tree(tree):
+        return jax.tree_util.tree_structure(tree) == params_structure
+
+    def shard(subtree):
+        if not is_param_shaped_tree(subtree):
+            return jax.tree_util.tree_map(lambda _: replicated, subtree)
+        return jax.tree_util.tree_map(
+            lambda leaf, shape, sharding: sharding if leaf.shape == shape.shape else replicated,
+            subtree, param_shapes, param_shardings)
+
+    opt_shapes = jax.eval_shape(optimizer.init, param_shapes)
+    opt_shardings = jax.tree_util.tree_map(shard, opt_shapes, is_leaf=is_param_shaped_tree)
+    return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                      rng=replicated)
+
+
+def batch_shardings(partitioner: partitioning.Partitioner, batch: Any) -> Any:
+    """Every batch field sharded over 'data' along its first dimension."""
+    return jax.tree_util.tree_map(lambda x: partitioner.batch_sharding(len(x.shape)), batch)
+
+
+def make_train_step(partitioner: partitioning.Partitioner, model_config: network.T5Config,
+                    optimizer: optax.GradientTransformation,
+                    loss_fn: Callable[..., tuple[Array, Metrics]], example_batch: Any,
+                    grad_accum_steps: int = 1) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
+    """`train_step` jitted on the mesh with explicit shardings and the state donated."""
+    shardings = state_shardings(partitioner, model_config, optimizer)
+    step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
+                             grad_accum_steps=grad_accum_steps)
+    return partitioner.jit(step, in_shardings=(shardings, batch_shardings(partitioner, example_batch)),
+                           out_shardings=(shardings, partitioner.replicated), donate_argnums=(0,))
+
+
+def place_state(partitioner: partitioning.Partitioner, model_config: network.T5Config,
+                optimizer: optax.GradientTransformation, params: Any, rng: Array) -> TrainState:
+    """A fresh TrainState created directly on the mesh from (host or device) parameters."""
+    shardings = state_shardings(partitioner, model_config, optimizer)
+    params = partitioner.shard_params(jax.device_get(params), model_config)
+    create = partitioner.jit(lambda p, key: create_train_state(p, optimizer, key),
+                             in_shardings=(shardings.params, partitioner.replicated),
+                             out_shardings=shardings)
+    return create(params, rng)

@@ -1,0 +1,126 @@
+"""Training loop: exact resume after an interruption, NaN stops cleanly, best checkpoint kept."""
+
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from rso_jax import checkpoints, network, partitioning, train_loop, training
+from t5_helpers import MESH_TEST_CONFIG, padded_tokens
+
+
+class Interrupted(Exception):
+    pass
+
+
+def make_batches(num_batches=50, nan_at=None, interrupt_at=None):
+    """Deterministic SFT batches by position; optional NaN weights or an interruption."""
+    def source(position):
+        while True:
+            if position == interrupt_at:
+                raise Interrupted(f"killed at data position {position}")
+            rng = np.random.default_rng(position)
+            inputs = padded_tokens(rng, rng.integers(2, 10, 4), 10, MESH_TEST_CONFIG.vocab_size)
+            targets = padded_tokens(rng, rng.integers(2, 6, 4), 6, MESH_TEST_CONFIG.vocab_size)
+            weights = (targets > 0).astype(np.float32)
+            if position == nan_at:
+                weights[0, 0] = np.nan
+            yield training.SftBatch(inputs=inputs, targets=targets, loss_weights=weights)
+            position += 1
+    return source
+
+
+@pytest.fixture(scope="module")
+def setup():
+    partitioner = partitioning.create_partitioner(data_parallelism=4, model_parallelism=2)
+    optimizer = training.adafactor(learning_rate=1e-2)
+    params = jax.device_get(network.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
+    loss_fn = functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG)
+    example = next(make_batches()(0))
+    step = training.make_train_step(partitioner, MESH_TEST_CONFIG, optimizer, loss_fn, example)
+
+    def fresh_state():
+        return training.place_state(partitioner, MESH_TEST_CONFIG, optimizer, params,
+                                    jax.random.PRNGKey(7))
+
+    def sharded(source):
+        def batches(position):
+            for batch in source(position):
+                yield partitioner.shard_batch(batch)
+        return batches
+
+    return fresh_state, step, sharded
+
+
+def loop(num_steps, **kwargs):
+    return train_loop.LoopConfig(num_steps=num_steps, checkpoint_every=2, keep_checkpoints=2,
+                                 log_every=1, progress_bar=False, **kwargs)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(setup, tmp_path):
+    fresh_state, step, sharded = setup
+    straight, _ = train_loop.train(fresh_state(), step, sharded(make_batches()),
+                                   str(tmp_path / "straight"), loop(7),
+                                   model_config=MESH_TEST_CONFIG)
+    work_dir = str(tmp_path / "interrupted")
+    with pytest.raises(Interrupted):
+        train_loop.train(fresh_state(), step, sharded(make_batches(interrupt_at=5)), work_dir,
+                         loop(7), model_config=MESH_TEST_CONFIG)
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == [
+        "2", "4", "operative_config.gin"]
+    resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                        loop(7), model_config=MESH_TEST_CONFIG)
+    assert summary["resumed_from"] == 4 and summary["step"] == 7
+    assert int(resumed.step) == 7
+    np.testing.assert_array_equal(np.asarray(resumed.rng), np.asarray(straight.rng))
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight.params)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed.params))):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight.opt_state)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    lines = [json.loads(line) for line in open(os.path.join(work_dir, "metrics.jsonl"))]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6, 7]
+    assert all(np.isfinite(line["train/loss"]) for line in lines)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
+    fresh_state, step, sharded = setup
+    work_dir = str(tmp_path / "nan")
+    with pytest.raises(train_loop.NonFiniteLossError, match="at step 4 .* last good checkpoint "
+                                                            "is step 2"):
+        train_loop.train(fresh_state(), step, sharded(make_batches(nan_at=3)), work_dir, loop(8),
+                         model_config=MESH_TEST_CONFIG)
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == ["2", "operative_config.gin"]
+    restored, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                         loop(2), model_config=MESH_TEST_CONFIG)
+    assert summary["resumed_from"] == 2
+    assert all(np.isfinite(leaf).all()
+               for leaf in jax.tree_util.tree_leaves(jax.device_get(restored.params)))
+
+
+def test_best_checkpoint_follows_the_evaluation_metric(setup, tmp_path):
+    fresh_state, step, sharded = setup
+    scores = iter([0.2, 0.7, 0.5])
+    seen = []
+
+    def evaluate(params):
+        seen.append(jax.device_get(params["decoder"]["logits_dense"]["kernel"]))
+        return {"win_rate": next(scores)}
+
+    work_dir = str(tmp_path / "best")
+    train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                     loop(6, eval_every=2, best_metric="win_rate"), model_config=MESH_TEST_CONFIG,
+                     evaluate=evaluate)
+    best = json.load(open(os.path.join(work_dir, "best", "best.json")))
+    assert best == {"step": 4, "metric": "win_rate", "value": 0.7}
+    params, config = checkpoints.restore_params(os.path.join(work_dir, "best"))
+    assert config == MESH_TEST_CONFIG
+    np.testing.assert_array_equal(np.asarray(params["decoder"]["logits_dense"]["kernel"]), seen[1])
+    evals = [json.loads(line) for line in open(os.path.join(work_dir, "metrics.jsonl"))
+             if "eval/win_rate" in line]
+    assert [e["step"] for e in evals] == [2, 4, 6]
+    assert os.listdir(os.path.join(work_dir, "tensorboard"))

@@ -1,0 +1,122 @@
+"""Train steps: each kind learns, accumulation and sharding leave the update unchanged."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from rso_jax import network, partitioning, scoring, training
+from t5_helpers import MESH_TEST_CONFIG, padded_tokens
+
+A_TOKEN, B_TOKEN = 65, 66
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.device_get(network.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
+
+
+@pytest.fixture(scope="module")
+def preference_batch(params):
+    rng = np.random.default_rng(0)
+    prompts = padded_tokens(rng, [12, 5, 9, 12, 3, 7, 11, 8], 12, MESH_TEST_CONFIG.vocab_size)
+    chosen = padded_tokens(rng, [7, 2, 5, 7, 4, 6, 3, 7], 7, MESH_TEST_CONFIG.vocab_size)
+    rejected = padded_tokens(rng, [3, 6, 5, 2, 7, 6, 4, 5], 7, MESH_TEST_CONFIG.vocab_size)
+    score = scoring.make_scorer(MESH_TEST_CONFIG)
+    return training.PreferenceBatch(
+        prompts=prompts, chosen=chosen, rejected=rejected,
+        reference_chosen_logps=np.asarray(score(params, prompts, chosen)[1]),
+        reference_rejected_logps=np.asarray(score(params, prompts, rejected)[1]),
+        pair_mask=np.ones(8, bool))
+
+
+def single_device_partitioner():
+    return partitioning.Partitioner(partitioning.create_mesh(1, 1, devices=jax.devices()[:1]))
+
+
+def run_steps(partitioner, loss_fn, batch, params, steps, *, grad_accum_steps=1,
+              config=MESH_TEST_CONFIG, learning_rate=1e-2):
+    optimizer = training.adafactor(learning_rate=learning_rate)
+    step = training.make_train_step(partitioner, config, optimizer, loss_fn, batch,
+                                    grad_accum_steps=grad_accum_steps)
+    state = training.place_state(partitioner, config, optimizer, params, jax.random.PRNGKey(1))
+    losses = []
+    for _ in range(steps):
+        state, metrics = step(state, partitioner.shard_batch(batch))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_preference_step_learns_and_prefers_chosen(params, preference_batch):
+    loss_fn = functools.partial(training.preference_loss, model_config=MESH_TEST_CONFIG,
+                                loss_name="sigmoid_norm", gamma=0.5)
+    state, losses = run_steps(single_device_partitioner(), loss_fn, preference_batch, params, 4)
+    assert losses[0] == pytest.approx(np.log(2), abs=1e-5)  # policy == reference at the start
+    assert losses[-1] < 0.5 * losses[0]
+    chosen, rejected = training.policy_pair_logps(jax.device_get(state.params), preference_batch,
+                                                  jax.random.PRNGKey(0),
+                                                  model_config=MESH_TEST_CONFIG)
+    ratio = (np.asarray(chosen) - preference_batch.reference_chosen_logps) - (
+        np.asarray(rejected) - preference_batch.reference_rejected_logps)
+    assert (ratio > 0).all()
+
+
+def test_pair_logps_encode_once_and_equal_separate_scoring(params, preference_batch):
+    chosen, rejected = training.policy_pair_logps(params, preference_batch, jax.random.PRNGKey(0),
+                                                  model_config=MESH_TEST_CONFIG)
+    np.testing.assert_allclose(np.asarray(chosen), preference_batch.reference_chosen_logps,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(rejected), preference_batch.reference_rejected_logps,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sft", "ranker"])
+def test_supervised_steps_learn(kind, params):
+    rng = np.random.default_rng(1)
+    inputs = padded_tokens(rng, [12, 5, 9, 12, 3, 7, 11, 8], 12, MESH_TEST_CONFIG.vocab_size)
+    if kind == "sft":
+        targets = padded_tokens(rng, [7, 2, 5, 7, 4, 6, 3, 7], 7, MESH_TEST_CONFIG.vocab_size)
+    else:  # the ranker's text-to-text target: 'A' or 'B', then EOS
+        labels = rng.choice([A_TOKEN, B_TOKEN], size=8)
+        targets = np.stack([labels, np.ones(8, int)], axis=1).astype(np.int32)
+    batch = training.SftBatch(inputs=inputs, targets=targets,
+                              loss_weights=(targets > 0).astype(np.float32))
+    loss_fn = functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG)
+    _, losses = run_steps(single_device_partitioner(), loss_fn, batch, params, 5)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_gradient_accumulation_equals_one_big_batch(params, preference_batch):
+    loss_fn = functools.partial(training.preference_loss, model_config=MESH_TEST_CONFIG,
+                                loss_name="hinge_norm", gamma=0.5)
+    whole, _ = run_steps(single_device_partitioner(), loss_fn, preference_batch, params, 2)
+    accumulated, _ = run_steps(single_device_partitioner(), loss_fn, preference_batch, params, 2,
+                               grad_accum_steps=4)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(whole.params)),
+                    jax.tree_util.tree_leaves(jax.device_get(accumulated.params))):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_sharded_step_equals_single_device(params, preference_batch):
+    loss_fn = functools.partial(training.preference_loss, model_config=MESH_TEST_CONFIG,
+                                loss_name="sigmoid_norm", gamma=0.5)
+    single, single_losses = run_steps(single_device_partitioner(), loss_fn, preference_batch,
+                                      params, 3)
+    mesh = partitioning.create_partitioner(data_parallelism=4, model_parallelism=2, fsdp=True)
+    sharded, sharded_losses = run_steps(mesh, loss_fn, preference_batch, params, 3)
+    kernel = sharded.params["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("data", "model")
+    np.testing.assert_allclose(sharded_losses, single_losses, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(single.params)),
+                    jax.tree_util.tree_leaves(jax.device_get(sharded.params))):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_master_weights(params, preference_batch):
+    config = MESH_TEST_CONFIG.replace(dtype="bfloat16")
+    loss_fn = functools.partial(training.preference_loss, model_config=config, gamma=0.5)
+    state, losses = run_steps(single_device_partitioner(), loss_fn, preference_batch, params, 3,
+                              config=config)
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(state.params))
+    assert losses[-1] < losses[0]
