@@ -482,6 +482,14 @@ class Decoder(nn.Module):
                  decoder_input_tokens: Array, decoder_mask: Optional[Array],
                  deterministic: bool) -> Array:
         """Teacher-forced logits [batch*G, dec_len, vocab] in float32."""
+        hidden = self.hidden_states(cross_key_values, encoder_mask, decoder_input_tokens,
+                                    decoder_mask, deterministic)
+        return _constrain(self.logits_dense(hidden), ("batch", "length", "vocab"))
+
+    def hidden_states(self, cross_key_values: Sequence[tuple[Array, Array]], encoder_mask: Array,
+                      decoder_input_tokens: Array, decoder_mask: Optional[Array],
+                      deterministic: bool) -> Array:
+        """Final (normed) decoder states [batch*G, dec_len, embed], before the logits."""
         length = decoder_input_tokens.shape[1]
         x = self.dropout(self.shared_embedding(decoder_input_tokens), deterministic=deterministic)
         x = _constrain(x, ("batch", "length", "embed"))
@@ -494,8 +502,7 @@ class Decoder(nn.Module):
         for layer, cross_key_value in zip(self.layers, cross_key_values):
             x = layer(x, cross_key_value, self_mask=self_mask, self_bias=self_bias,
                       cross_mask=cross_mask, deterministic=deterministic)
-        x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
-        return _constrain(self.logits_dense(x), ("batch", "length", "vocab"))
+        return self.dropout(self.decoder_norm(x), deterministic=deterministic)
 
 
     def decode_step(self, cross_key_values: Sequence[tuple[Array, Array]], encoder_mask: Array,
@@ -573,6 +580,14 @@ class T5(nn.Module):
         """
         return self.decoder.decode_step(cross_key_values, encoder_input_tokens > 0, tokens,
                                         position, caches)
+
+    def decoder_hidden_states(self, encoded: Array, encoder_input_tokens: Array,
+                              decoder_input_tokens: Array, *, enable_dropout: bool = False
+                              ) -> Array:
+        """Final decoder states [prompts * G, dec_len, embed] (what `decode` projects to logits)."""
+        return self.decoder.hidden_states(self.cross_key_values(encoded), encoder_input_tokens > 0,
+                                          decoder_input_tokens, None,
+                                          deterministic=not enable_dropout)
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, *,
                  decoder_mask: Optional[Array] = None, enable_dropout: bool = False) -> Array:

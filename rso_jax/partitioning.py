@@ -199,11 +199,15 @@ class Partitioner:
     def shard_params(self, params: Any, config: network.T5Config) -> Any:
         """Places host (numpy) parameters, e.g. from a checkpoint, onto their shards."""
         param_tree.check_against_config(params, config, "the parameters being sharded")
-        shardings = self.param_shardings(config)
+        return self.place(params, self.param_shardings(config))
+
+    @staticmethod
+    def place(tree: Any, shardings: Any) -> Any:
+        """Places a tree of host (or device) arrays onto a matching tree of shardings."""
         return jax.tree_util.tree_map(
             lambda value, sharding: jax.make_array_from_callback(
                 np.shape(value), sharding, lambda index: np.asarray(value[index])),
-            params, shardings)
+            jax.device_get(tree), shardings)
 
     def shard_batch(self, batch: Any) -> Any:
         """Places this host's part of a batch (a tree of arrays) with batch over 'data'."""

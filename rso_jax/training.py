@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rso_jax import losses, network, partitioning, scoring
+from rso_jax import losses, network, param_tree, partitioning, scoring
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -205,16 +205,23 @@ def train_step(state: TrainState, batch: Any, *, loss_fn: Callable[..., tuple[Ar
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
 
-def state_shardings(partitioner: partitioning.Partitioner, model_config: network.T5Config,
+ParamLayout = tuple[Any, Any]  # (ShapeDtypeStruct tree, NamedSharding tree) of the parameters
+
+
+def t5_param_layout(partitioner: partitioning.Partitioner,
+                    model_config: network.T5Config) -> ParamLayout:
+    return network.param_shapes(model_config), partitioner.param_shardings(model_config)
+
+
+def state_shardings(partitioner: partitioning.Partitioner, layout: ParamLayout,
                     optimizer: optax.GradientTransformation) -> TrainState:
-    """NamedShardings for a TrainState: parameters by the rules, optimizer state alike.
+    """NamedShardings for a TrainState: parameters as laid out, optimizer state alike.
 
     Inside every optimizer-state subtree shaped like the parameter tree, a leaf with its
     parameter's shape takes that parameter's sharding; factored statistics (a row or column
     vector per matrix) and scalars are replicated.
     """
-    param_shardings = partitioner.param_shardings(model_config)
-    param_shapes = network.param_shapes(model_config)
+    param_shapes, param_shardings = layout
     params_structure = jax.tree_util.tree_structure(param_shapes)
     replicated = partitioner.replicated
 
@@ -234,6 +241,10 @@ def state_shardings(partitioner: partitioning.Partitioner, model_config: network
                       rng=replicated)
 
 
+def _layout(partitioner, model_config, layout):
+    return layout if layout is not None else t5_param_layout(partitioner, model_config)
+
+
 def batch_shardings(partitioner: partitioning.Partitioner, batch: Any) -> Any:
     """Every batch field sharded over 'data' along its first dimension."""
     return jax.tree_util.tree_map(lambda x: partitioner.batch_sharding(len(x.shape)), batch)
@@ -242,9 +253,13 @@ def batch_shardings(partitioner: partitioning.Partitioner, batch: Any) -> Any:
 def make_train_step(partitioner: partitioning.Partitioner, model_config: network.T5Config,
                     optimizer: optax.GradientTransformation,
                     loss_fn: Callable[..., tuple[Array, Metrics]], example_batch: Any,
-                    grad_accum_steps: int = 1) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
-    """`train_step` jitted on the mesh with explicit shardings and the state donated."""
-    shardings = state_shardings(partitioner, model_config, optimizer)
+                    grad_accum_steps: int = 1, layout: Optional[ParamLayout] = None
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
+    """`train_step` jitted on the mesh with explicit shardings and the state donated.
+
+    `layout` overrides the T5 parameter layout of `model_config` (e.g. a reward model's).
+    """
+    shardings = state_shardings(partitioner, _layout(partitioner, model_config, layout), optimizer)
     step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
                              grad_accum_steps=grad_accum_steps)
     return partitioner.jit(step, in_shardings=(shardings, batch_shardings(partitioner, example_batch)),
@@ -252,10 +267,13 @@ def make_train_step(partitioner: partitioning.Partitioner, model_config: network
 
 
 def place_state(partitioner: partitioning.Partitioner, model_config: network.T5Config,
-                optimizer: optax.GradientTransformation, params: Any, rng: Array) -> TrainState:
+                optimizer: optax.GradientTransformation, params: Any, rng: Array,
+                layout: Optional[ParamLayout] = None) -> TrainState:
     """A fresh TrainState created directly on the mesh from (host or device) parameters."""
-    shardings = state_shardings(partitioner, model_config, optimizer)
-    params = partitioner.shard_params(jax.device_get(params), model_config)
+    if layout is None:
+        param_tree.check_against_config(params, model_config, "the initial parameters")
+    shardings = state_shardings(partitioner, _layout(partitioner, model_config, layout), optimizer)
+    params = partitioner.place(params, shardings.params)
     create = partitioner.jit(lambda p, key: create_train_state(p, optimizer, key),
                              in_shardings=(shardings.params, partitioner.replicated),
                              out_shardings=shardings)
