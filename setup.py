@@ -9,6 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["rso_jax", "rso_jax.*"]),
+    package_data={"rso_jax": ["assets/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.35",
@@ -20,6 +21,8 @@ setup(
         "gin-config>=0.5",
         "numpy>=1.26",
         "safetensors>=0.4",
+        "sentencepiece>=0.1.99",
+        "pyarrow>=14",
         "tqdm>=4.60",
         "tensorboardX>=2.6",
     ],

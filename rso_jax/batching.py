@@ -1,0 +1,328 @@
+"""Fixed-shape numpy batches for the model: token ids, masks and loss weights.
+
+No TensorFlow or seqio here. Text is encoded with any vocabulary object that has
+`encode(str) -> list[int]` (a `sentencepiece.SentencePieceProcessor`, a
+`seqio.SentencePieceVocabulary`, ...); token ids that are already encoded (e.g. from a seqio
+dataset, EOS included) are taken as they are.
+
+Conventions (T5X's):
+  * int32 token ids, padded with 0 on the right; EOS (id 1) ends every sequence.
+  * a sequence longer than its fixed length keeps its first length - 1 tokens and then EOS;
+    every such cut is counted in `TruncationCounts`, per feature, and can be logged.
+  * decoder inputs are the targets shifted right by one, starting with id 0.
+  * loss weights are 1.0 on target tokens (EOS included) and 0.0 on padding.
+  * a batch may hold fewer examples than rows: the rest are all-padding rows with
+    `example_mask` False and zero loss weights.
+
+Lengths come from gin (`SequenceLengths`); with several hosts each host batches its own share
+of the examples (`host_shard`, `host_batch_size`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+from flax import struct
+
+logger = logging.getLogger(__name__)
+
+PAD_ID = 0
+EOS_ID = 1
+DECODER_START_ID = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceLengths:
+    """Fixed token lengths, EOS included (bound in gin, e.g. gin/data/tldr.gin)."""
+
+    inputs: int = 512  # encoder length: the prompt.
+    targets: int = 128  # decoder length: SFT targets and both responses of a pair.
+
+    def __post_init__(self):
+        for field in ("inputs", "targets"):
+            if int(getattr(self, field)) < 1:
+                raise ValueError(f"SequenceLengths.{field} must be >= 1 (room for EOS), got "
+                                 f"{getattr(self, field)}.")
+
+
+@dataclasses.dataclass
+class TruncationCounts:
+    """How many sequences of each feature were batched and how many of them were cut."""
+
+    sequences: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    truncated: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def add(self, feature: str, num_sequences: int, num_truncated: int) -> None:
+        self.sequences[feature] += int(num_sequences)
+        self.truncated[feature] += int(num_truncated)
+
+    def merge(self, other: "TruncationCounts") -> None:
+        self.sequences.update(other.sequences)
+        self.truncated.update(other.truncated)
+
+    def as_dict(self) -> dict:
+        """Metrics: 'truncated/{feature}' (count) and 'truncated_fraction/{feature}'."""
+        metrics = {}
+        for feature in sorted(self.sequences):
+            metrics[f"truncated/{feature}"] = self.truncated[feature]
+            metrics[f"truncated_fraction/{feature}"] = (
+                self.truncated[feature] / self.sequences[feature] if self.sequences[feature]
+                else 0.0)
+        return metrics
+
+    def log(self, what: str = "batches") -> None:
+        """Logs the counts; at WARNING level if anything was cut."""
+        parts = [f"{feature}: {self.truncated[feature]}/{self.sequences[feature]}"
+                 for feature in sorted(self.sequences)]
+        level = logging.WARNING if sum(self.truncated.values()) else logging.INFO
+        logger.log(level, "Truncated sequences in %s: %s", what, ", ".join(parts) or "none")
+
+
+@struct.dataclass
+class SftBatch:
+    """A supervised batch (also used for prompts alone, with empty targets).
+
+    Attributes (B rows, Li = lengths.inputs, Lt = lengths.targets, padding on the right):
+      encoder_input_tokens: int32 [B, Li], the prompt ids ending in EOS, 0 after.
+      encoder_input_mask: bool [B, Li], True on real prompt tokens.
+      decoder_target_tokens: int32 [B, Lt], the target ids ending in EOS, 0 after.
+      decoder_input_tokens: int32 [B, Lt], targets shifted right, starting with 0.
+      decoder_loss_weights: float32 [B, Lt], 1.0 on target tokens, 0.0 on padding.
+      example_mask: bool [B], False on all-padding rows that fill the last batch.
+    """
+
+    encoder_input_tokens: np.ndarray
+    encoder_input_mask: np.ndarray
+    decoder_target_tokens: np.ndarray
+    decoder_input_tokens: np.ndarray
+    decoder_loss_weights: np.ndarray
+    example_mask: np.ndarray
+
+
+@struct.dataclass
+class PreferenceBatch:
+    """A batch of (prompt, chosen, rejected) triples.
+
+    Attributes (B rows, Li = lengths.inputs, Lt = lengths.targets, padding on the right):
+      encoder_input_tokens: int32 [B, Li], the prompt ids ending in EOS, 0 after.
+      encoder_input_mask: bool [B, Li].
+      chosen_target_tokens / rejected_target_tokens: int32 [B, Lt], ending in EOS.
+      chosen_input_tokens / rejected_input_tokens: int32 [B, Lt], shifted right.
+      chosen_loss_weights / rejected_loss_weights: float32 [B, Lt].
+      example_mask: bool [B].
+    `grouped_targets` lays the responses out as the network's G = 2 rows per prompt.
+    """
+
+    encoder_input_tokens: np.ndarray
+    encoder_input_mask: np.ndarray
+    chosen_target_tokens: np.ndarray
+    chosen_input_tokens: np.ndarray
+    chosen_loss_weights: np.ndarray
+    rejected_target_tokens: np.ndarray
+    rejected_input_tokens: np.ndarray
+    rejected_loss_weights: np.ndarray
+    example_mask: np.ndarray
+
+
+def ids_with_eos(value: Any, vocabulary: Any = None, eos_id: int = EOS_ID) -> list:
+    """Token ids ending in EOS: text is encoded and gets EOS; id sequences get EOS if they lack it.
+
+    Args:
+      value: a str (or UTF-8 bytes) to encode, or a sequence / array of token ids.
+      vocabulary: anything with `encode(str) -> list[int]`; needed only for text.
+      eos_id: the EOS id.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, str):
+        if vocabulary is None:
+            raise ValueError("Got text to batch but no vocabulary to encode it with.")
+        ids = [int(i) for i in vocabulary.encode(value)]
+    else:
+        ids = [int(i) for i in np.asarray(value).reshape(-1)]
+    if not ids or ids[-1] != eos_id:
+        ids.append(eos_id)
+    return ids
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], length: int, batch_size: Optional[int] = None,
+              eos_id: int = EOS_ID) -> tuple:
+    """Right-pads EOS-terminated id sequences to [batch_size, length], cutting long ones.
+
+    Args:
+      sequences: token id sequences, each ending in EOS.
+      length: the fixed length.
+      batch_size: rows of the result (>= len(sequences)); len(sequences) if None.
+      eos_id: the id a cut sequence ends with.
+
+    Returns:
+      (int32 [batch_size, length] ids, number of sequences that were cut).
+    """
+    batch_size = len(sequences) if batch_size is None else batch_size
+    if len(sequences) > batch_size:
+        raise ValueError(f"{len(sequences)} sequences do not fit a batch of {batch_size}.")
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}.")
+    tokens = np.full((batch_size, length), PAD_ID, np.int32)
+    num_truncated = 0
+    for row, ids in enumerate(sequences):
+        ids = list(ids)
+        if len(ids) > length:
+            ids = ids[:length - 1] + [eos_id]
+            num_truncated += 1
+        tokens[row, :len(ids)] = ids
+    return tokens, num_truncated
+
+
+def shift_right(target_tokens: np.ndarray, start_id: int = DECODER_START_ID) -> np.ndarray:
+    """Decoder inputs for teacher forcing: [start, t_0, ..., t_{L-2}] per row."""
+    inputs = np.full_like(target_tokens, start_id)
+    inputs[:, 1:] = target_tokens[:, :-1]
+    return inputs
+
+
+def _field(example: Any, key: str, index: int) -> Any:
+    try:
+        return example[key]
+    except (KeyError, TypeError, IndexError):
+        raise KeyError(f"Example {index} of the batch has no field {key!r} (it has "
+                       f"{sorted(example) if isinstance(example, dict) else type(example)}).") \
+            from None
+
+
+def _feature(examples: Sequence[Any], key: str, vocabulary: Any, length: int, batch_size: int,
+             counts: Optional[TruncationCounts], eos_id: int) -> np.ndarray:
+    sequences = [ids_with_eos(_field(example, key, i), vocabulary, eos_id)
+                 for i, example in enumerate(examples)]
+    tokens, num_truncated = pad_batch(sequences, length, batch_size, eos_id)
+    if counts is not None:
+        counts.add(key, len(sequences), num_truncated)
+    return tokens
+
+
+def _example_mask(num_examples: int, batch_size: int) -> np.ndarray:
+    return np.arange(batch_size) < num_examples
+
+
+def sft_batch(examples: Sequence[Any], vocabulary: Any, lengths: SequenceLengths,
+              batch_size: Optional[int] = None, counts: Optional[TruncationCounts] = None,
+              eos_id: int = EOS_ID) -> SftBatch:
+    """Batches examples with 'inputs' and 'targets' (text or token ids).
+
+    Args:
+      examples: dicts with 'inputs' and 'targets'.
+      vocabulary: encodes text fields (`encode(str) -> list[int]`).
+      lengths: the fixed lengths.
+      batch_size: rows (>= len(examples)); extra rows are padding with example_mask False.
+      counts: if given, truncations are added to it under 'inputs' and 'targets'.
+      eos_id: the EOS id.
+    """
+    batch_size = len(examples) if batch_size is None else batch_size
+    inputs = _feature(examples, "inputs", vocabulary, lengths.inputs, batch_size, counts, eos_id)
+    targets = _feature(examples, "targets", vocabulary, lengths.targets, batch_size, counts,
+                       eos_id)
+    return SftBatch(encoder_input_tokens=inputs, encoder_input_mask=inputs != PAD_ID,
+                    decoder_target_tokens=targets, decoder_input_tokens=shift_right(targets),
+                    decoder_loss_weights=(targets != PAD_ID).astype(np.float32),
+                    example_mask=_example_mask(len(examples), batch_size))
+
+
+def preference_batch(examples: Sequence[Any], vocabulary: Any, lengths: SequenceLengths,
+                     batch_size: Optional[int] = None, counts: Optional[TruncationCounts] = None,
+                     eos_id: int = EOS_ID) -> PreferenceBatch:
+    """Batches examples with 'inputs', 'chosen' and 'rejected' (text or token ids).
+
+    Both responses use `lengths.targets`; truncations are counted under 'inputs', 'chosen'
+    and 'rejected'. Other arguments as in `sft_batch`.
+    """
+    batch_size = len(examples) if batch_size is None else batch_size
+    inputs = _feature(examples, "inputs", vocabulary, lengths.inputs, batch_size, counts, eos_id)
+    chosen = _feature(examples, "chosen", vocabulary, lengths.targets, batch_size, counts, eos_id)
+    rejected = _feature(examples, "rejected", vocabulary, lengths.targets, batch_size, counts,
+                        eos_id)
+    return PreferenceBatch(
+        encoder_input_tokens=inputs, encoder_input_mask=inputs != PAD_ID,
+        chosen_target_tokens=chosen, chosen_input_tokens=shift_right(chosen),
+        chosen_loss_weights=(chosen != PAD_ID).astype(np.float32),
+        rejected_target_tokens=rejected, rejected_input_tokens=shift_right(rejected),
+        rejected_loss_weights=(rejected != PAD_ID).astype(np.float32),
+        example_mask=_example_mask(len(examples), batch_size))
+
+
+def grouped_targets(batch: PreferenceBatch) -> tuple:
+    """(target_tokens, loss_weights), each [2B, Lt]: rows 2i and 2i + 1 are prompt i's chosen
+    and rejected responses (the network's and `scoring.score_targets`' G = 2 layout)."""
+    def interleave(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
+        return np.stack([chosen, rejected], axis=1).reshape(-1, chosen.shape[-1])
+
+    return (interleave(batch.chosen_target_tokens, batch.rejected_target_tokens),
+            interleave(batch.chosen_loss_weights, batch.rejected_loss_weights))
+
+
+def iterate_batches(examples: Sequence[Any], batch_size: int,
+                    make_batch: Callable[[Sequence[Any], int], Any],
+                    drop_remainder: bool = False) -> Iterator[Any]:
+    """Fixed-size batches over `examples`, in order.
+
+    Args:
+      examples: the examples (e.g. this host's shard).
+      batch_size: rows per batch.
+      make_batch: `(examples, batch_size) -> batch`, e.g.
+        `functools.partial(sft_batch, vocabulary=v, lengths=l, counts=c)` called as
+        `make_batch(chunk, batch_size=batch_size)`.
+      drop_remainder: drop a last, incomplete batch (the number dropped is logged) instead of
+        padding it with rows whose example_mask is False.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        if len(chunk) < batch_size and drop_remainder:
+            logger.info("Dropped the last %d of %d examples (drop_remainder, batch size %d).",
+                        len(chunk), len(examples), batch_size)
+            return
+        yield make_batch(chunk, batch_size=batch_size)
+
+
+def _processes(process_index: Optional[int], process_count: Optional[int]) -> tuple:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
+    return process_index, process_count
+
+
+def host_shard(examples: Sequence[Any], process_index: Optional[int] = None,
+               process_count: Optional[int] = None, equal_sizes: bool = True) -> list:
+    """This host's share of the examples: every process_count-th one from process_index.
+
+    Defaults to `jax.process_index()` / `jax.process_count()`. Shards are disjoint and, with
+    `equal_sizes`, equally long, so every host runs the same number of batches: the last
+    len(examples) % process_count examples are then left out (and the number logged).
+    Without it the shards cover all examples and differ in size by at most one.
+    """
+    process_index, process_count = _processes(process_index, process_count)
+    usable = len(examples)
+    if equal_sizes:
+        usable -= usable % process_count
+        if usable < len(examples):
+            logger.warning("host_shard: left out the last %d of %d examples so that each of %d "
+                           "hosts gets %d.", len(examples) - usable, len(examples),
+                           process_count, usable // process_count)
+    return list(examples[process_index:usable:process_count])
+
+
+def host_batch_size(global_batch_size: int, process_count: Optional[int] = None) -> int:
+    """The rows each host batches for a global batch of `global_batch_size`."""
+    _, process_count = _processes(0 if process_count is not None else None, process_count)
+    if global_batch_size % process_count:
+        raise ValueError(f"Global batch size {global_batch_size} is not divisible by the "
+                         f"{process_count} hosts loading data.")
+    return global_batch_size // process_count

@@ -1,0 +1,446 @@
+"""The built-in synthetic summarisation task, whose gold reward is a program.
+
+Every example is generated deterministically from `(seed, split, index)`, so any slice of any
+split can be regenerated anywhere (no files, no TensorFlow, no seqio: this module needs only
+numpy and `sentencepiece`). `tasks.py` wraps it as seqio tasks; the RSO pipeline can use it
+directly on machines without TensorFlow.
+
+The task
+  A context is 20-32 lowercase words (by default): filler words (`FILLER_WORDS`) with 2-4
+  distinct entity words (`ENTITY_WORDS`) mixed in, each mentioned 1-2 times. The entities of a
+  context are its *salient* words. The policy sees the prompt `summarize: {context}` and should
+  answer with a summary that names every salient word once, e.g. (shortened)
+
+    context:   "the owl and a near the fox of owl with then"
+    reference: "owl fox"       (salient words in order of first mention)
+
+Gold reward (`gold_reward(context, summary)`), exactly
+  The summary is split on whitespace into words w_1 .. w_m; words are compared exactly
+  (case-sensitive). Going left to right, each word scores
+    +1.0  if it is a salient word of the context not named earlier in the summary (coverage);
+    -0.5  if it already occurred earlier in the summary (redundancy);
+    -0.5  if it is a non-salient word of the context, i.e. a filler word (concision);
+    -1.0  otherwise: a word not in the context (hallucination).
+  The empty summary scores 0. The maximum, `max_gold_reward(context)`, is the number of
+  salient words, reached exactly by summaries that name each salient word once and nothing
+  else (in any order); `reference_summary` names them in order of first mention.
+
+Policies (how summaries are sampled; `sample_summary`)
+  clean      the reference summary.
+  reference  the noisy reference policy that writes the SFT targets: walking the reference
+             summary, each salient word is dropped with `drop_probability`; a kept word is
+             followed by a repeat of itself with `repeat_probability`, by a filler word of the
+             context with `filler_probability` and by an entity absent from the context with
+             `hallucination_probability` (`SyntheticTaskConfig.reference_noise`). If every word
+             was dropped the first salient word is kept; the result is cut to
+             `max_summary_words`.
+  sloppy     the same program with higher noise (`SyntheticTaskConfig.sloppy_noise`).
+  random     1-5 words drawn uniformly, with replacement, from the context.
+
+Preference pairs (`preference_examples`) pair two different summaries of one context from two
+policies drawn from `policy_weights`, and label them the way human raters disagree: the first
+is preferred with the Bradley-Terry probability
+
+    P(first ≻ second) = σ((r(first) - r(second)) / label_temperature)
+
+under the gold reward r (`label_temperature` = 0: always the higher reward, ties by a fair
+coin). The expected agreement of the labels with the gold reward on a pair whose rewards differ
+by Δ is therefore σ(|Δ| / label_temperature).
+
+Data and vocabulary
+  `sft_examples` / `preference_examples` give a split's SFT and comparison data as dicts
+  ('inputs', 'targets' / 'chosen', 'rejected'); `SyntheticDataset` holds the split sizes and
+  seed that gin/data/synthetic.gin binds. `vocabulary()` is the 256-piece SentencePiece model
+  shipped in rso_jax/assets/ (built by scripts/make_synthetic_vocab.py): T5's pad 0 / eos 1 /
+  unk 2, one piece per task word, single-token 'A' and 'B' for the ranker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+ENTITY_WORDS = (
+    "ant", "bat", "bee", "cat", "cod", "cow", "crab", "crow", "deer", "dog", "duck", "eel",
+    "elk", "fox", "frog", "goat", "hawk", "lion", "mole", "owl", "pig", "rat", "seal", "wolf",
+)
+FILLER_WORDS = (
+    "the", "a", "an", "of", "and", "to", "in", "on", "at", "by", "with", "from", "near", "over",
+    "under", "then",
+)
+_ENTITY_SET = frozenset(ENTITY_WORDS)
+
+PROMPT_PREFIX = "summarize: "
+PROMPT_TEMPLATE = PROMPT_PREFIX + "{context}"
+
+# Scores of the gold reward program (see the module docstring).
+COVERAGE_REWARD = 1.0
+REDUNDANCY_PENALTY = 0.5
+NON_SALIENT_PENALTY = 0.5
+HALLUCINATION_PENALTY = 1.0
+
+SPLITS = ("train", "validation", "test")
+POLICIES = ("clean", "reference", "sloppy", "random")
+# Independent random streams per example: the context, its SFT target, its preference pair.
+_CONTEXT_STREAM, _SFT_STREAM, _PREFERENCE_STREAM = 0, 1, 2
+_MAX_PAIR_ATTEMPTS = 100
+
+VOCABULARY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
+                               "synthetic_spm.model")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+    """How a noisy policy corrupts the reference summary (probabilities per salient word)."""
+
+    drop_probability: float = 0.0  # the salient word is left out.
+    repeat_probability: float = 0.0  # a kept word is immediately repeated.
+    filler_probability: float = 0.0  # a filler word of the context follows a kept word.
+    hallucination_probability: float = 0.0  # an entity absent from the context follows it.
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"NoiseConfig.{field.name} must be in [0, 1], got {value}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticTaskConfig:
+    """Shape of the synthetic task; defaults keep it learnable by tiny T5 models on a CPU."""
+
+    min_context_words: int = 20  # shortest context, in words.
+    max_context_words: int = 32  # longest context (35 tokens with "summarize:" and EOS).
+    min_salient: int = 2  # fewest distinct entities (salient words) per context.
+    max_salient: int = 4  # most distinct entities per context.
+    max_mentions: int = 2  # each salient word is mentioned 1..max_mentions times.
+    max_summary_words: int = 10  # sampled summaries are cut to this many words.
+    # The noisy reference policy that writes the SFT targets (gets SFT partway to the optimum).
+    reference_noise: NoiseConfig = NoiseConfig(drop_probability=0.25, repeat_probability=0.1,
+                                               filler_probability=0.2,
+                                               hallucination_probability=0.1)
+    # A worse policy, one of the sources of comparison pairs.
+    sloppy_noise: NoiseConfig = NoiseConfig(drop_probability=0.45, repeat_probability=0.25,
+                                            filler_probability=0.4,
+                                            hallucination_probability=0.25)
+    # Mix of policies the two summaries of a comparison are drawn from: (policy, weight).
+    policy_weights: tuple = (("clean", 0.1), ("reference", 0.5), ("sloppy", 0.3),
+                             ("random", 0.1))
+    # Bradley-Terry temperature of the simulated raters: 0 = always agree with the gold reward.
+    label_temperature: float = 0.5
+
+    def __post_init__(self):
+        if not 1 <= self.min_salient <= self.max_salient <= len(ENTITY_WORDS) // 2:
+            raise ValueError(f"Need 1 <= min_salient <= max_salient <= {len(ENTITY_WORDS) // 2}, "
+                             f"got {self.min_salient}, {self.max_salient}.")
+        if self.max_mentions < 1:
+            raise ValueError(f"max_mentions must be >= 1, got {self.max_mentions}.")
+        if not 1 <= self.min_context_words <= self.max_context_words:
+            raise ValueError("Need 1 <= min_context_words <= max_context_words, got "
+                             f"{self.min_context_words}, {self.max_context_words}.")
+        if self.min_context_words < self.max_salient * self.max_mentions + 1:
+            raise ValueError(f"min_context_words={self.min_context_words} leaves no room for a "
+                             f"filler word next to {self.max_salient} salient words mentioned up "
+                             f"to {self.max_mentions} times; raise it.")
+        if self.max_summary_words < 1:
+            raise ValueError(f"max_summary_words must be >= 1, got {self.max_summary_words}.")
+        if self.label_temperature < 0:
+            raise ValueError(f"label_temperature must be >= 0, got {self.label_temperature}.")
+        names = [name for name, _ in self.policy_weights]
+        weights = [weight for _, weight in self.policy_weights]
+        if (not names or any(name not in POLICIES for name in names)
+                or any(weight < 0 for weight in weights) or sum(weights) <= 0):
+            raise ValueError(f"policy_weights={self.policy_weights!r}: need (policy, weight) pairs "
+                             f"with policies from {POLICIES}, weights >= 0 and a positive sum.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One context of the synthetic task.
+
+    Attributes:
+      context: the words of the context joined by single spaces.
+      salient: the distinct entity words of the context, in order of first mention.
+    """
+
+    context: str
+    salient: tuple
+
+    @property
+    def prompt(self) -> str:
+        return make_prompt(self.context)
+
+    @property
+    def reference(self) -> str:
+        return " ".join(self.salient)
+
+
+def make_prompt(context: str) -> str:
+    """The policy's input for a context: `summarize: {context}`."""
+    return PROMPT_TEMPLATE.format(context=context)
+
+
+def context_from_prompt(prompt: str) -> str:
+    """Inverts `make_prompt` (e.g. for gold rewards of decoded prompts)."""
+    if not prompt.startswith(PROMPT_PREFIX):
+        raise ValueError(f"Not a synthetic-task prompt (expected it to start with "
+                         f"{PROMPT_PREFIX!r}): {prompt[:60]!r}")
+    return prompt[len(PROMPT_PREFIX):]
+
+
+def salient_words(context: str) -> tuple:
+    """The distinct entity words of a context, in order of first mention."""
+    return tuple(dict.fromkeys(word for word in context.split() if word in _ENTITY_SET))
+
+
+def reference_summary(context: str) -> str:
+    """The optimal summary: each salient word once, in order of first mention."""
+    return " ".join(salient_words(context))
+
+
+def gold_reward(context: str, summary: str) -> float:
+    """The gold reward of `summary` for `context` (the program in the module docstring)."""
+    context_words = set(context.split())
+    salient = context_words & _ENTITY_SET
+    seen = set()
+    reward = 0.0
+    for word in summary.split():
+        if word in seen:
+            reward -= REDUNDANCY_PENALTY
+        elif word in salient:
+            reward += COVERAGE_REWARD
+        elif word in context_words:
+            reward -= NON_SALIENT_PENALTY
+        else:
+            reward -= HALLUCINATION_PENALTY
+        seen.add(word)
+    return reward
+
+
+def gold_rewards(contexts: Sequence[str], summaries: Sequence[str]) -> np.ndarray:
+    """`gold_reward` of each (context, summary) pair, float32 [len(contexts)]."""
+    if len(contexts) != len(summaries):
+        raise ValueError(f"Got {len(contexts)} contexts but {len(summaries)} summaries.")
+    return np.asarray([gold_reward(c, s) for c, s in zip(contexts, summaries)], np.float32)
+
+
+def max_gold_reward(context: str) -> float:
+    """The highest gold reward any summary of `context` can get (its number of salient words)."""
+    return COVERAGE_REWARD * len(salient_words(context))
+
+
+def preference_probability(reward_difference: float, temperature: float) -> float:
+    """Bradley-Terry P(first ≻ second) = σ(Δ / temperature); temperature 0 is a hard rule."""
+    if temperature == 0:
+        return 1.0 if reward_difference > 0 else 0.0 if reward_difference < 0 else 0.5
+    z = reward_difference / temperature
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    return math.exp(z) / (1.0 + math.exp(z))
+
+
+def _split_code(split: str) -> int:
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; the synthetic task has splits {SPLITS}.")
+    return SPLITS.index(split)
+
+
+def _rng(seed: int, split: str, stream: int, index: int) -> np.random.Generator:
+    if int(seed) < 0:
+        raise ValueError(f"The synthetic task's seed must be >= 0, got {seed}.")
+    return np.random.default_rng([int(seed), _split_code(split), stream, int(index)])
+
+
+def _generate_example(rng: np.random.Generator, config: SyntheticTaskConfig) -> Example:
+    num_words = int(rng.integers(config.min_context_words, config.max_context_words + 1))
+    num_salient = int(rng.integers(config.min_salient, config.max_salient + 1))
+    entities = [ENTITY_WORDS[i] for i in rng.choice(len(ENTITY_WORDS), num_salient, replace=False)]
+    mentions = rng.integers(1, config.max_mentions + 1, size=num_salient)
+    words = [entity for entity, count in zip(entities, mentions) for _ in range(int(count))]
+    words += [FILLER_WORDS[i] for i in rng.integers(0, len(FILLER_WORDS), num_words - len(words))]
+    order = rng.permutation(len(words))
+    context = " ".join(words[i] for i in order)
+    return Example(context=context, salient=salient_words(context))
+
+
+def generate_examples(split: str, num_examples: int, seed: int = 0,
+                      config: Optional[SyntheticTaskConfig] = None) -> list:
+    """The first `num_examples` contexts of a split (prefix-stable: example i depends only on
+    `(seed, split, i)`).
+
+    Args:
+      split: 'train', 'validation' or 'test' (independent random streams).
+      num_examples: how many examples.
+      seed: the task's seed.
+      config: task shape; the defaults when None.
+
+    Returns:
+      A list of `Example`s.
+    """
+    config = config or SyntheticTaskConfig()
+    if num_examples < 0:
+        raise ValueError(f"num_examples must be >= 0, got {num_examples}.")
+    return [_generate_example(_rng(seed, split, _CONTEXT_STREAM, i), config)
+            for i in range(num_examples)]
+
+
+def noisy_summary(example: Example, noise: NoiseConfig, rng: np.random.Generator,
+                  max_summary_words: int = 10) -> str:
+    """A summary from the noisy-reference program with the given noise (module docstring)."""
+    context_words = example.context.split()
+    fillers = sorted(set(context_words) - set(example.salient))
+    absent = [word for word in ENTITY_WORDS if word not in example.salient]
+    words = []
+    for word in example.salient:
+        if rng.random() < noise.drop_probability:
+            continue
+        words.append(word)
+        if rng.random() < noise.repeat_probability:
+            words.append(word)
+        if fillers and rng.random() < noise.filler_probability:
+            words.append(fillers[int(rng.integers(len(fillers)))])
+        if rng.random() < noise.hallucination_probability:
+            words.append(absent[int(rng.integers(len(absent)))])
+    if not words and example.salient:
+        words = [example.salient[0]]
+    return " ".join(words[:max_summary_words])
+
+
+def sample_summary(example: Example, policy: str, rng: np.random.Generator,
+                   config: Optional[SyntheticTaskConfig] = None) -> str:
+    """One summary of `example` from a named policy ('clean', 'reference', 'sloppy', 'random')."""
+    config = config or SyntheticTaskConfig()
+    if policy == "clean":
+        return example.reference
+    if policy == "reference":
+        return noisy_summary(example, config.reference_noise, rng, config.max_summary_words)
+    if policy == "sloppy":
+        return noisy_summary(example, config.sloppy_noise, rng, config.max_summary_words)
+    if policy == "random":
+        context_words = example.context.split()
+        count = min(int(rng.integers(1, 6)), config.max_summary_words)
+        return " ".join(context_words[i] for i in rng.integers(0, len(context_words), count))
+    raise ValueError(f"Unknown policy {policy!r}; expected one of {POLICIES}.")
+
+
+def sft_examples(split: str, num_examples: int, seed: int = 0,
+                 config: Optional[SyntheticTaskConfig] = None) -> list:
+    """SFT data: the prompt of each context and a target from the noisy reference policy.
+
+    Returns:
+      A list of dicts with 'inputs' (the prompt), 'targets', and 'context'.
+    """
+    config = config or SyntheticTaskConfig()
+    examples = generate_examples(split, num_examples, seed, config)
+    return [{"inputs": example.prompt, "context": example.context,
+             "targets": sample_summary(example, "reference", _rng(seed, split, _SFT_STREAM, i),
+                                       config)}
+            for i, example in enumerate(examples)]
+
+
+def _policy_distribution(config: SyntheticTaskConfig) -> tuple:
+    names = [name for name, _ in config.policy_weights]
+    weights = np.asarray([weight for _, weight in config.policy_weights], np.float64)
+    return names, weights / weights.sum()
+
+
+def preference_examples(split: str, num_examples: int, seed: int = 0,
+                        config: Optional[SyntheticTaskConfig] = None) -> list:
+    """Comparison data: two different summaries per context, labelled by a noisy rater.
+
+    Each pair's policies are drawn from `config.policy_weights`; the first summary is chosen
+    with probability σ((r_first - r_second) / label_temperature) under the gold reward.
+
+    Returns:
+      A list of dicts with 'inputs', 'chosen', 'rejected' (text), 'context',
+      'chosen_reward' / 'rejected_reward' (gold rewards) and 'chosen_policy' /
+      'rejected_policy'.
+    """
+    config = config or SyntheticTaskConfig()
+    names, probabilities = _policy_distribution(config)
+    pairs = []
+    for i, example in enumerate(generate_examples(split, num_examples, seed, config)):
+        rng = _rng(seed, split, _PREFERENCE_STREAM, i)
+        for _ in range(_MAX_PAIR_ATTEMPTS):
+            first_policy, second_policy = (names[j] for j in rng.choice(len(names), 2,
+                                                                        p=probabilities))
+            first = sample_summary(example, first_policy, rng, config)
+            second = sample_summary(example, second_policy, rng, config)
+            if first != second:
+                break
+        else:
+            raise ValueError(f"policy_weights={config.policy_weights!r} gave the same summary "
+                             f"{_MAX_PAIR_ATTEMPTS} times for one context; give weight to "
+                             "'reference', 'sloppy' or 'random' so that pairs can differ.")
+        first_reward = gold_reward(example.context, first)
+        second_reward = gold_reward(example.context, second)
+        p_first = preference_probability(first_reward - second_reward, config.label_temperature)
+        if rng.random() < p_first:
+            chosen, rejected = (first, first_reward, first_policy), (second, second_reward,
+                                                                       second_policy)
+        else:
+            chosen, rejected = (second, second_reward, second_policy), (first, first_reward,
+                                                                         first_policy)
+        pairs.append({"inputs": example.prompt, "context": example.context,
+                      "chosen": chosen[0], "rejected": rejected[0],
+                      "chosen_reward": chosen[1], "rejected_reward": rejected[1],
+                      "chosen_policy": chosen[2], "rejected_policy": rejected[2]})
+    return pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticDataset:
+    """The synthetic task's splits: sizes, seed and shape (bound in gin/data/synthetic.gin)."""
+
+    num_train_examples: int = 20000  # SFT examples = preference pairs = prompts per split.
+    num_validation_examples: int = 500
+    num_test_examples: int = 500
+    seed: int = 0  # every example follows from (seed, split, index).
+    config: SyntheticTaskConfig = SyntheticTaskConfig()
+
+    def num_examples(self, split: str) -> int:
+        _split_code(split)
+        return int(getattr(self, f"num_{split}_examples"))
+
+    def examples(self, split: str) -> list:
+        """The contexts of a split (`Example`s)."""
+        return generate_examples(split, self.num_examples(split), self.seed, self.config)
+
+    def sft_examples(self, split: str) -> list:
+        """SFT dicts ('inputs', 'targets', 'context') of a split."""
+        return sft_examples(split, self.num_examples(split), self.seed, self.config)
+
+    def preference_examples(self, split: str) -> list:
+        """Preference dicts ('inputs', 'chosen', 'rejected', ...) of a split."""
+        return preference_examples(split, self.num_examples(split), self.seed, self.config)
+
+
+def ranker_input(context: str, summary_a: str, summary_b: str) -> str:
+    """The pairwise ranker's input for this task (RSO's summarisation template)."""
+    return f"[CONTEXT] {context} [SUMMARY A] {summary_a} [SUMMARY B] {summary_b}"
+
+
+@functools.lru_cache(maxsize=None)
+def vocabulary(model_file: str = VOCABULARY_FILE) -> Any:
+    """The task's SentencePiece model as a `sentencepiece.SentencePieceProcessor`.
+
+    pad = 0, eos = 1, unk = 2 as in T5; `encode(text) -> list[int]` adds no EOS.
+    """
+    import sentencepiece
+
+    if not os.path.isfile(model_file):
+        raise FileNotFoundError(f"Synthetic-task vocabulary {model_file!r} not found; it ships "
+                                "with the package (rso_jax/assets/); rebuild it with "
+                                "`python scripts/make_synthetic_vocab.py`.")
+    return sentencepiece.SentencePieceProcessor(model_file=model_file)
+
+
+def encode(texts: Sequence[str], model_file: str = VOCABULARY_FILE) -> list:
+    """Token ids of each text under the synthetic vocabulary (no EOS appended)."""
+    processor = vocabulary(model_file)
+    return [list(processor.encode(text)) for text in texts]

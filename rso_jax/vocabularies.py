@@ -1,0 +1,116 @@
+"""SentencePiece vocabularies, and the start-up checks the pipeline relies on.
+
+The pairwise reward-ranking model answers `A` or `B`, and P(A) is read from the logit of the
+first decoded token, so both must encode to exactly one token, and to different ones
+(`ranker_target_ids`). Token ids follow T5: pad = 0 (also the decoder's start token),
+eos = 1, unk = 2.
+
+`load_sentencepiece` needs only the `sentencepiece` package; `sentencepiece_vocabulary` wraps
+the same model as a `seqio.SentencePieceVocabulary` (seqio is imported only there). Both answer
+`encode(text) -> list[int]` without EOS, the interface `batching.py` takes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+RANKER_TARGETS = ("A", "B")
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+
+def _check_file(model_file: str) -> str:
+    if not model_file or not isinstance(model_file, str):
+        raise ValueError(f"Expected the path of a SentencePiece model file, got {model_file!r}.")
+    if not os.path.isfile(model_file):
+        raise FileNotFoundError(f"SentencePiece model file {model_file!r} not found (for real "
+                                "runs, T5's 32k vocabulary: cc_all.32000.100extra/"
+                                "sentencepiece.model copied to a local path).")
+    return model_file
+
+
+def check_special_ids(processor: Any, model_file: str = "") -> None:
+    """Checks a `sentencepiece.SentencePieceProcessor` has T5's pad/eos/unk ids (0/1/2)."""
+    got = (processor.pad_id(), processor.eos_id(), processor.unk_id())
+    if got != (PAD_ID, EOS_ID, UNK_ID):
+        raise ValueError(f"SentencePiece model {model_file!r} has pad/eos/unk ids {got}; this "
+                         f"codebase needs T5's ({PAD_ID}, {EOS_ID}, {UNK_ID}). Train it with "
+                         "pad_id=0 eos_id=1 unk_id=2 bos_id=-1.")
+
+
+def load_sentencepiece(model_file: str) -> Any:
+    """A checked `sentencepiece.SentencePieceProcessor` (T5 ids, single-token 'A'/'B')."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=_check_file(model_file))
+    check_special_ids(processor, model_file)
+    ranker_target_ids(processor, name=model_file)
+    return processor
+
+
+def single_token_ids(vocabulary: Any, texts: Sequence[str], name: str = "") -> tuple:
+    """The one token id of each text; raises if a text is not exactly one token.
+
+    Args:
+      vocabulary: anything with `encode(str) -> list[int]` (no EOS).
+      texts: the strings that must be single tokens.
+      name: how to name the vocabulary in the error (e.g. its model file).
+    """
+    ids = []
+    for text in texts:
+        encoded = list(vocabulary.encode(text))
+        if len(encoded) != 1:
+            raise ValueError(f"Vocabulary {name or vocabulary!r} encodes {text!r} as "
+                             f"{len(encoded)} tokens {encoded}; the reward-ranking model needs "
+                             "it to be exactly one token. Use a vocabulary with a single piece "
+                             f"for it (T5's has '▁{text}').")
+        ids.append(int(encoded[0]))
+    return tuple(ids)
+
+
+def ranker_target_ids(vocabulary: Any, targets: Sequence[str] = RANKER_TARGETS,
+                      name: str = "") -> tuple:
+    """The token ids of the ranker's 'A' and 'B'; raises unless they are distinct single tokens."""
+    ids = single_token_ids(vocabulary, targets, name)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"Vocabulary {name or vocabulary!r} maps the ranker targets "
+                         f"{tuple(targets)} to the same token ids {ids}.")
+    if any(i in (PAD_ID, EOS_ID, UNK_ID) for i in ids):
+        raise ValueError(f"Vocabulary {name or vocabulary!r} maps the ranker targets "
+                         f"{tuple(targets)} to special ids {ids} (pad/eos/unk).")
+    return ids
+
+
+def sentencepiece_vocabulary(model_file: str, extra_ids: int = 0) -> Any:
+    """A `seqio.SentencePieceVocabulary`, checked at construction (the start-up check).
+
+    Args:
+      model_file: local path of the SentencePiece model; T5's 32k vocabulary for real runs
+        (`cc_all.32000.100extra`, whose extra ids are already in the model: extra_ids=0).
+      extra_ids: sentinel ids seqio adds on top of the model's pieces.
+
+    Returns:
+      The vocabulary, after checking T5's pad/eos/unk ids and single-token 'A'/'B'.
+    """
+    import seqio
+
+    load_sentencepiece(model_file)
+    vocabulary = seqio.SentencePieceVocabulary(model_file, extra_ids=extra_ids)
+    ranker_target_ids(vocabulary, name=model_file)
+    return vocabulary
+
+
+def vocabulary_settings(model_file: Optional[str] = None, extra_ids: int = 0) -> tuple:
+    """(model_file, extra_ids) of the public datasets' vocabulary, as bound in gin.
+
+    gin/data/*.gin bind `model_file` to their VOCABULARY_FILE macro (T5's 32k SentencePiece
+    model, copied to a local path, for real runs).
+    """
+    if not isinstance(model_file, str) or not model_file:
+        raise ValueError("No vocabulary configured for the public datasets: bind "
+                         "`vocabularies.vocabulary_settings.model_file` in gin (the "
+                         "VOCABULARY_FILE macro of gin/data/*.gin) to a local SentencePiece "
+                         f"model, T5's for real runs (got {model_file!r}).")
+    if int(extra_ids) < 0:
+        raise ValueError(f"extra_ids must be >= 0, got {extra_ids}.")
+    return model_file, int(extra_ids)

@@ -1,0 +1,145 @@
+"""Fixed-shape batches: exact ids, masks, loss weights, truncation counts, host shards."""
+
+import functools
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from rso_jax import batching
+
+
+class LetterVocabulary:
+    """Encodes each lowercase letter as its position + 3 ('a' -> 3); spaces are dropped."""
+
+    def encode(self, text):
+        return [ord(c) - ord("a") + 3 for c in text if c != " "]
+
+
+VOCAB = LetterVocabulary()
+
+
+def test_ids_with_eos():
+    assert batching.ids_with_eos("abc", VOCAB) == [3, 4, 5, 1]
+    assert batching.ids_with_eos(b"ab", VOCAB) == [3, 4, 1]
+    assert batching.ids_with_eos("", VOCAB) == [1]
+    assert batching.ids_with_eos([7, 8]) == [7, 8, 1]
+    assert batching.ids_with_eos(np.array([7, 8, 1], np.int32)) == [7, 8, 1]  # seqio adds EOS
+    with pytest.raises(ValueError, match="no vocabulary"):
+        batching.ids_with_eos("abc")
+
+
+def test_pad_batch_pads_right_and_cuts_to_length_minus_one_plus_eos():
+    tokens, num_truncated = batching.pad_batch([[5, 1], [5, 6, 7, 8, 1], [5, 6, 7, 1]], 4,
+                                               batch_size=4)
+    np.testing.assert_array_equal(tokens, [[5, 1, 0, 0], [5, 6, 7, 1], [5, 6, 7, 1],
+                                           [0, 0, 0, 0]])
+    assert tokens.dtype == np.int32 and num_truncated == 1
+    with pytest.raises(ValueError, match="do not fit"):
+        batching.pad_batch([[1], [1]], 4, batch_size=1)
+
+
+def test_shift_right():
+    np.testing.assert_array_equal(batching.shift_right(np.array([[5, 6, 1, 0], [7, 1, 0, 0]])),
+                                  [[0, 5, 6, 1], [0, 7, 1, 0]])
+
+
+def test_sft_batch_exact_arrays_and_counts():
+    examples = [{"inputs": "ab", "targets": "c"}, {"inputs": "abcdef", "targets": "dddd"}]
+    counts = batching.TruncationCounts()
+    batch = batching.sft_batch(examples, VOCAB, batching.SequenceLengths(inputs=4, targets=3),
+                               batch_size=3, counts=counts)
+    np.testing.assert_array_equal(batch.encoder_input_tokens,
+                                  [[3, 4, 1, 0], [3, 4, 5, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch.encoder_input_mask,
+                                  [[1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch.decoder_target_tokens, [[5, 1, 0], [6, 6, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(batch.decoder_input_tokens, [[0, 5, 1], [0, 6, 6], [0, 0, 0]])
+    np.testing.assert_array_equal(batch.decoder_loss_weights, [[1, 1, 0], [1, 1, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(batch.example_mask, [True, True, False])
+    assert batch.decoder_loss_weights.dtype == np.float32
+    assert batch.encoder_input_mask.dtype == bool
+    assert counts.sequences == {"inputs": 2, "targets": 2}
+    assert counts.truncated == {"inputs": 1, "targets": 1}
+    assert counts.as_dict() == {"truncated/inputs": 1, "truncated_fraction/inputs": 0.5,
+                                "truncated/targets": 1, "truncated_fraction/targets": 0.5}
+
+
+def test_preference_batch_and_grouped_targets():
+    examples = [{"inputs": "a", "chosen": "bb", "rejected": "c"},
+                {"inputs": [9, 9, 1], "chosen": [4, 1], "rejected": "ddddd"}]
+    counts = batching.TruncationCounts()
+    batch = batching.preference_batch(examples, VOCAB, batching.SequenceLengths(4, 4),
+                                      counts=counts)
+    np.testing.assert_array_equal(batch.encoder_input_tokens, [[3, 1, 0, 0], [9, 9, 1, 0]])
+    np.testing.assert_array_equal(batch.chosen_target_tokens, [[4, 4, 1, 0], [4, 1, 0, 0]])
+    np.testing.assert_array_equal(batch.rejected_target_tokens, [[5, 1, 0, 0], [6, 6, 6, 1]])
+    np.testing.assert_array_equal(batch.rejected_input_tokens, [[0, 5, 1, 0], [0, 6, 6, 6]])
+    np.testing.assert_array_equal(batch.chosen_loss_weights, [[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert counts.truncated == {"inputs": 0, "chosen": 0, "rejected": 1}
+    targets, weights = batching.grouped_targets(batch)
+    np.testing.assert_array_equal(targets, [[4, 4, 1, 0], [5, 1, 0, 0], [4, 1, 0, 0],
+                                            [6, 6, 6, 1]])
+    np.testing.assert_array_equal(weights, targets > 0)
+    # A pytree of arrays: it jits and device_puts as one value.
+    assert len(jax.tree_util.tree_leaves(batch)) == 9
+    total = jax.jit(lambda b: b.chosen_loss_weights.sum() + b.rejected_loss_weights.sum())(batch)
+    assert float(total) == 3 + 2 + 2 + 4
+
+
+def test_missing_field_is_named():
+    with pytest.raises(KeyError, match="Example 1 of the batch has no field 'targets'"):
+        batching.sft_batch([{"inputs": "a", "targets": "b"}, {"inputs": "a"}], VOCAB,
+                           batching.SequenceLengths(4, 4))
+
+
+def test_iterate_batches_pads_or_drops_the_last_batch():
+    examples = [{"inputs": "a" * n, "targets": "b"} for n in range(1, 6)]
+    make = functools.partial(batching.sft_batch, vocabulary=VOCAB,
+                             lengths=batching.SequenceLengths(8, 2))
+    batches = list(batching.iterate_batches(examples, 2, make))
+    assert [b.example_mask.tolist() for b in batches] == [[True, True], [True, True],
+                                                          [True, False]]
+    assert batches[2].encoder_input_tokens.shape == (2, 8)
+    assert batches[2].encoder_input_tokens[0].tolist() == [3] * 5 + [1, 0, 0]
+    assert len(list(batching.iterate_batches(examples, 2, make, drop_remainder=True))) == 2
+    assert len(list(batching.iterate_batches(examples, 5, make, drop_remainder=True))) == 1
+
+
+def test_host_shard_is_disjoint_equal_and_covering():
+    examples = list(range(11))
+    shards = [batching.host_shard(examples, i, 4) for i in range(4)]
+    assert shards == [[0, 4], [1, 5], [2, 6], [3, 7]]  # 8, 9, 10 left out: equal sizes
+    uneven = [batching.host_shard(examples, i, 4, equal_sizes=False) for i in range(4)]
+    assert sorted(sum(uneven, [])) == examples
+    assert [len(s) for s in uneven] == [3, 3, 3, 2]
+    assert batching.host_shard(examples) == examples  # one process here
+    with pytest.raises(ValueError, match="process_index 4 is not in"):
+        batching.host_shard(examples, 4, 4)
+
+
+def test_host_batch_size():
+    assert batching.host_batch_size(32, process_count=4) == 8
+    assert batching.host_batch_size(32) == 32
+    with pytest.raises(ValueError, match="not divisible by the 3 hosts"):
+        batching.host_batch_size(32, process_count=3)
+
+
+def test_truncation_counts_log(caplog):
+    counts = batching.TruncationCounts()
+    counts.add("inputs", 10, 2)
+    other = batching.TruncationCounts()
+    other.add("inputs", 5, 1)
+    other.add("targets", 5, 0)
+    counts.merge(other)
+    with caplog.at_level(logging.INFO, logger="rso_jax.batching"):
+        counts.log("train")
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "Truncated sequences in train: inputs: 3/15, targets: 0/5"
+
+
+def test_sequence_lengths_validation():
+    with pytest.raises(ValueError, match="SequenceLengths.targets must be >= 1"):
+        batching.SequenceLengths(inputs=4, targets=0)
