@@ -16,7 +16,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_GIN_FILE = "configs/checkpoint_roundtrip.gin"
+DEFAULT_GIN_FILE = "configs/demo_rso.gin"
 
 
 class GinConfigError(ValueError):

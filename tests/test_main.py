@@ -8,8 +8,11 @@ import sys
 from t5_helpers import REPO_ROOT, T5X_FIXTURE
 
 
-def run_main(*flags, cwd=REPO_ROOT):
-    return subprocess.run([sys.executable, "-m", "rso_jax.main", *flags], cwd=cwd,
+ROUNDTRIP = f"--gin_file={REPO_ROOT}/configs/checkpoint_roundtrip.gin"
+
+
+def run_main(*flags, cwd=REPO_ROOT, gin_file=ROUNDTRIP):
+    return subprocess.run([sys.executable, "-m", "rso_jax.main", gin_file, *flags], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -44,5 +47,5 @@ def test_missing_checkpoint_is_named(tmp_path):
 
 
 def test_missing_gin_file_is_named(tmp_path):
-    result = run_main("--gin_file=configs/no_such_experiment.gin")
+    result = run_main(gin_file="--gin_file=configs/no_such_experiment.gin")
     assert result.returncode == 2 and "no_such_experiment.gin" in result.stderr

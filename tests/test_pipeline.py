@@ -1,0 +1,102 @@
+"""The RSO pipeline end to end through its real entry point, with the tiniest settings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from t5_helpers import REPO_ROOT
+
+TINY = ["--gin_file=configs/demo_rso.gin",
+        "--gin.SFT_STEPS=12", "--gin.RANKER_STEPS=12", "--gin.PREFERENCE_STEPS=40",
+        "--gin.NUM_CANDIDATES=4", "--gin.NUM_SAMPLES=4", "--gin.MAX_DECODE_LENGTH=10",
+        "--gin.NUM_SAMPLE_PROMPTS=32", "--gin.NUM_EVAL_PROMPTS=16",
+        "--gin.synthetic_task.SyntheticDataset.num_train_examples=256",
+        "--gin.synthetic_task.SyntheticDataset.num_validation_examples=16",
+        "--gin.synthetic_task.SyntheticDataset.num_test_examples=16",
+        "--gin.sft/pipeline.TrainingSchedule.batch_size=16",
+        "--gin.ranker/pipeline.TrainingSchedule.batch_size=16",
+        "--gin.preference/pipeline.TrainingSchedule.batch_size=16",
+        "--gin.preference/pipeline.TrainingSchedule.checkpoint_every=10",
+        "--gin.DATA_PARALLELISM=1", "--gin.MODEL_PARALLELISM=1"]
+ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def main_command(work_dir, *extra):
+    return [sys.executable, "-m", "rso_jax.main", *TINY, f"--gin.WORK_DIR='{work_dir}'", *extra]
+
+
+def run_main(work_dir, *extra):
+    return subprocess.run(main_command(work_dir, *extra), cwd=REPO_ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    result = run_main(work_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work_dir, result
+
+
+def test_every_stage_runs_and_writes_results(finished_run):
+    work_dir, result = finished_run
+    for stage in ("sft", "ranker", "sample", "score", "select", "reference", "preference",
+                  "evaluate"):
+        assert os.path.isfile(work_dir / stage / "DONE.json"), stage
+        assert os.path.isfile(work_dir / stage / "operative_config.gin"), stage
+    results = json.load(open(work_dir / "results.json"))
+    for policy in ("sft", "trained"):
+        row = results["policies"][policy]
+        assert 0.0 <= row["gold_win_rate_vs_sft_target"] <= 1.0
+        assert 0.0 <= row["proxy_win_rate_vs_sft_target"] <= 1.0
+    assert results["eval_prompts"] == 16
+    assert "| trained |" in open(work_dir / "results.md").read()
+    assert "| trained |" in result.stdout and "results.json" in result.stdout
+    select = json.load(open(work_dir / "select" / "DONE.json"))
+    assert select["pairs"] > 0 and 0 < select["acceptance_rate"] <= 1
+
+
+def test_rerun_skips_finished_stages(finished_run):
+    work_dir, first = finished_run
+    again = run_main(work_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Stage sft: done before, skipped." in again.stderr
+    assert "Stage evaluate: done before, skipped." in again.stderr
+
+
+def test_killed_during_preference_training_resumes_to_the_same_results(finished_run,
+                                                                       tmp_path):
+    reference_dir, _ = finished_run
+    work_dir = tmp_path / "killed"
+    process = subprocess.Popen(main_command(work_dir), cwd=REPO_ROOT, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint_dir = work_dir / "preference" / "checkpoints"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if checkpoint_dir.is_dir() and any(name.isdigit() for name in os.listdir(checkpoint_dir)):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (work_dir / "preference" / "DONE.json").exists()
+    resumed = run_main(work_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from step" in resumed.stderr
+    expected = json.load(open(reference_dir / "results.json"))
+    got = json.load(open(work_dir / "results.json"))
+    assert got["policies"] == expected["policies"]
+    assert got["examples"] == expected["examples"]
+
+
+def test_bad_binding_and_missing_checkpoint_fail_at_start(tmp_path):
+    bad = run_main(tmp_path / "bad", "--gin.pipeline.Experiment.num_eval_prompt=3")
+    assert bad.returncode == 2 and "num_eval_prompt" in bad.stderr
+    missing = run_main(tmp_path / "missing", f"--gin.SFT_CHECKPOINT='{tmp_path}/no_sft'")
+    assert missing.returncode == 1 and f"{tmp_path}/no_sft" in missing.stderr
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "missing").exists()
