@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from typing import Any
@@ -36,3 +37,11 @@ def machine_description() -> dict[str, Any]:
             "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "jax": jax.__version__, "python": platform.python_version()}
+
+
+def report_benchmark(result: dict[str, Any], output: str, sort_keys: bool = True) -> str:
+    """Prints a benchmark's one JSON line and writes the same line to `output` atomically."""
+    line = json.dumps(result, sort_keys=sort_keys)
+    print(line)
+    atomic_io.write_text(output, line + "\n")
+    return line

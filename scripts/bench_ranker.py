@@ -11,7 +11,6 @@ JSON line and writes it to --output.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import atomic_io, model_sizes, partitioning, reward_models  # noqa: E402
-from rso_jax.run_info import machine_description  # noqa: E402
+from rso_jax import model_sizes, partitioning, reward_models  # noqa: E402
+from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
 A_TOKEN, B_TOKEN = 71, 272  # T5's '▁A' and '▁B'; any two ids cost the same
 
@@ -57,9 +56,7 @@ def main(argv=None) -> dict:
               "batch": args.batch, "input_length": args.input_length,
               "seconds_per_batch": round(best, 4), "compile_seconds": round(compile_s, 2),
               "pairs_per_s": round(args.batch / best, 2), "machine": machine_description()}
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    atomic_io.write_text(args.output, line + "\n")
+    report_benchmark(result, args.output)
     return result
 
 

@@ -11,7 +11,6 @@ sides do the same work. Compile time is excluded: each side runs once to warm up
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -22,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import atomic_io, decoding, hf_weights, model_sizes, network  # noqa: E402
-from rso_jax.run_info import machine_description  # noqa: E402
+from rso_jax import decoding, hf_weights, model_sizes, network  # noqa: E402
+from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
 NEVER = -1  # an EOS id no token can equal: every candidate runs the full length
 
@@ -128,9 +127,7 @@ def main(argv=None) -> dict:
                        "hf_candidate_tokens_per_s": round(candidate_tokens / hf_s, 1),
                        "speedup_vs_hf": round(hf_s / ours_s, 2),
                        "transformers": transformers.__version__})
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    atomic_io.write_text(args.output, line + "\n")
+    report_benchmark(result, args.output)
     return result
 
 

@@ -17,7 +17,6 @@ same line to `--output`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -86,7 +85,7 @@ def main(argv=None) -> None:
     import numpy as np
     from jax.sharding import PartitionSpec
 
-    from rso_jax import atomic_io
+    from rso_jax.run_info import report_benchmark
     from rso_jax.rejection_sampling import statistical_rejection_sampling
 
     rng = np.random.default_rng(args.seed)
@@ -171,9 +170,7 @@ def main(argv=None) -> None:
         },
         "command": " ".join(["python", "scripts/bench_selection.py"] + sys.argv[1:]),
     }
-    line = json.dumps(result)
-    print(line)
-    atomic_io.write_text(args.output, line + "\n")
+    report_benchmark(result, args.output, sort_keys=False)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import os
 import sys
 import tempfile
@@ -30,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import (atomic_io, hf_weights, model_sizes, network, partitioning,  # noqa: E402
+from rso_jax import (hf_weights, model_sizes, network, partitioning,  # noqa: E402
                      scoring, training)
-from rso_jax.run_info import machine_description  # noqa: E402
+from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
@@ -186,9 +185,7 @@ def main(argv=None) -> dict:
                        "speedup_vs_torch": round(torch_seconds / seconds, 2),
                        "torch_loss": round(torch_loss, 5), "torch": torch.__version__,
                        "transformers": transformers.__version__})
-    line = json.dumps(result, sort_keys=True)
-    print(line)
-    atomic_io.write_text(args.output, line + "\n")
+    report_benchmark(result, args.output)
     return result
 
 

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from rso_jax import decoding, hf_weights, network, partitioning, scoring
-from t5_helpers import decoder_inputs, padded_tokens, random_hf_t5
+from t5_helpers import padded_tokens, random_hf_t5
 
 
 @pytest.fixture(scope="module")
