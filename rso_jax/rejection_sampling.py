@@ -511,6 +511,20 @@ def uniform_subsample(candidate_mask_pn: Array, key: Array, num_samples: int) ->
     return _selection_from_mask(chosen_pn & candidate_mask_pn, num_samples)
 
 
+def _outcomes(rewards_pm, probs_pm, mask_pm) -> tuple[Array, Array, Array]:
+    """(float32 rewards, probabilities normalised per row over the mask, bool mask) [P, M].
+
+    Without `probs_pm` every real outcome is equally likely; without `mask_pm` all are real.
+    """
+    rewards_pm = jnp.asarray(rewards_pm, jnp.float32)
+    mask_pm = (jnp.ones(rewards_pm.shape, bool) if mask_pm is None
+               else jnp.asarray(mask_pm, bool))
+    probs_pm = (jnp.ones(rewards_pm.shape, jnp.float32) if probs_pm is None
+                else jnp.asarray(probs_pm, jnp.float32))
+    probs_pm = jnp.where(mask_pm, probs_pm, 0.0)
+    return rewards_pm, probs_pm / probs_pm.sum(axis=1, keepdims=True), mask_pm
+
+
 def best_of_n_kl(num_candidates: int | Array) -> Array:
     """Analytic KL(best-of-N || pi_sft) = log N - (N - 1) / N.
 
@@ -554,13 +568,7 @@ def best_of_n_kl_estimate(rewards_pm: Array, num_candidates: int | Array,
     Returns:
       float32 [P], the KL in nats.
     """
-    rewards_pm = jnp.asarray(rewards_pm, jnp.float32)
-    mask_pm = (jnp.ones(rewards_pm.shape, bool) if mask_pm is None
-               else jnp.asarray(mask_pm, bool))
-    probs_pm = (jnp.ones(rewards_pm.shape, jnp.float32) if probs_pm is None
-                else jnp.asarray(probs_pm, jnp.float32))
-    probs_pm = jnp.where(mask_pm, probs_pm, 0.0)
-    probs_pm = probs_pm / probs_pm.sum(axis=1, keepdims=True)
+    rewards_pm, probs_pm, mask_pm = _outcomes(rewards_pm, probs_pm, mask_pm)
     # Sort by reward (masked outcomes first, with zero mass) and find the groups of equal reward.
     order_pm = jnp.argsort(jnp.where(mask_pm, rewards_pm, -jnp.inf), axis=1)
     rewards_pm = jnp.take_along_axis(jnp.where(mask_pm, rewards_pm, -jnp.inf), order_pm, axis=1)
@@ -606,13 +614,7 @@ def expected_acceptance_rate(rewards_pm: Array, beta: float | Array,
     Returns:
       float32 [P].
     """
-    rewards_pm = jnp.asarray(rewards_pm, jnp.float32)
-    mask_pm = (jnp.ones(rewards_pm.shape, bool) if mask_pm is None
-               else jnp.asarray(mask_pm, bool))
-    probs_pm = (jnp.ones(rewards_pm.shape, jnp.float32) if probs_pm is None
-                else jnp.asarray(probs_pm, jnp.float32))
-    probs_pm = jnp.where(mask_pm, probs_pm, 0.0)
-    probs_pm = probs_pm / probs_pm.sum(axis=1, keepdims=True)
+    rewards_pm, probs_pm, mask_pm = _outcomes(rewards_pm, probs_pm, mask_pm)
     max_reward_p = jnp.max(jnp.where(mask_pm, rewards_pm, -jnp.inf), axis=1, keepdims=True)
     gap_pm = jnp.where(mask_pm, rewards_pm - max_reward_p, -jnp.inf)
     accept_pm = jnp.where(gap_pm >= 0, 1.0, jnp.exp(gap_pm / jnp.asarray(beta, jnp.float32)))
