@@ -277,8 +277,10 @@ def ranker_probabilities(experiment: Experiment, params: Any, contexts, first, s
     a_token, b_token = ab_tokens()
     score = _pair_scorer(experiment.ranker_config, a_token, b_token)
     length = experiment.lengths.ranker_input
-    forward = _batched(score, params, ranker_tokens(contexts, first, second, length), batch_size)
-    backward = _batched(score, params, ranker_tokens(contexts, second, first, length), batch_size)
+    def score_chunk(_, chunk):
+        return score(params, chunk)
+    forward = _batched(score_chunk, ranker_tokens(contexts, first, second, length), batch_size)
+    backward = _batched(score_chunk, ranker_tokens(contexts, second, first, length), batch_size)
     return 0.5 * (forward + 1.0 - backward)
 
 
@@ -287,15 +289,19 @@ def _pair_scorer(config, a_token, b_token):
     return reward_models.make_pair_scorer(config, a_token, b_token)
 
 
-def _batched(fn, params, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Applies a jitted fn to fixed-size slices (the last one padded) and concatenates."""
+def _batched(fn: Callable[[int, np.ndarray], Any], inputs: np.ndarray, batch_size: int) -> Any:
+    """`fn(chunk_index, chunk)` on fixed-size slices of `inputs` (the last one zero-padded, so
+    one compiled shape serves all); the rows of its (pytree) results are concatenated."""
     outputs = []
-    for start in range(0, len(inputs), batch_size):
+    for index, start in enumerate(range(0, len(inputs), batch_size)):
         chunk = inputs[start:start + batch_size]
         padded = np.zeros((batch_size,) + chunk.shape[1:], chunk.dtype)
         padded[: len(chunk)] = chunk
-        outputs.append(np.asarray(fn(params, padded))[: len(chunk)])
-    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+        out = jax.device_get(fn(index, padded))
+        outputs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[: len(chunk)], out))
+    if not outputs:
+        return np.zeros((0,), np.float32)
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
 
 
 def stage_ranker(experiment: Experiment, partitioner: partitioning.Partitioner) -> dict:
@@ -320,14 +326,8 @@ def sample_candidates(experiment: Experiment, params: Any, prompts: np.ndarray,
                       sampling: decoding.SamplingConfig, key: jax.Array,
                       batch_size: int = 64) -> decoding.SampleOutput:
     sampler = _sampler(experiment.policy_config, sampling)
-    outputs = []
-    for index, start in enumerate(range(0, len(prompts), batch_size)):
-        chunk = prompts[start:start + batch_size]
-        padded = np.zeros((batch_size,) + chunk.shape[1:], chunk.dtype)
-        padded[: len(chunk)] = chunk
-        out = jax.device_get(sampler(params, padded, jax.random.fold_in(key, index)))
-        outputs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[: len(chunk)], out))
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
+    return _batched(lambda index, chunk: sampler(params, chunk, jax.random.fold_in(key, index)),
+                    prompts, batch_size)
 
 
 @functools.lru_cache(maxsize=None)
@@ -440,7 +440,7 @@ def stage_reference(experiment: Experiment, partitioner: partitioning.Partitione
     for name in ("chosen", "rejected"):
         both = np.concatenate([pairs["prompts"], pairs[name]], axis=1)
         split = pairs["prompts"].shape[1]
-        logps[name] = _batched(lambda p, x: score(p, x[:, :split], x[:, split:])[1], params,
+        logps[name] = _batched(lambda _, x: score(params, x[:, :split], x[:, split:])[1],
                                both, 64)
     save_arrays(os.path.join(stage_dir(experiment, "reference"), "logps.npz"), **logps)
     return {"pairs": int(len(logps["chosen"])),
@@ -495,13 +495,12 @@ def stage_evaluate(experiment: Experiment, partitioner: partitioning.Partitioner
         rows[name] = {
             "gold_reward": float(gold[name].mean()),
             "gold_win_rate_vs_sft_target": win_rate(gold[name], gold_target),
-            "proxy_win_rate_vs_sft_target": float(np.mean((proxy > 0.5) + 0.5 * (proxy == 0.5))),
+            "proxy_win_rate_vs_sft_target": win_rate(proxy, np.full_like(proxy, 0.5)),
         }
     rows["trained"]["gold_win_rate_vs_sft_policy"] = win_rate(gold["trained"], gold["sft"])
     proxy = ranker_probabilities(experiment, ranker, contexts, policies["trained"],
                                  policies["sft"])
-    rows["trained"]["proxy_win_rate_vs_sft_policy"] = float(np.mean(proxy > 0.5)
-                                                            + 0.5 * np.mean(proxy == 0.5))
+    rows["trained"]["proxy_win_rate_vs_sft_policy"] = win_rate(proxy, np.full_like(proxy, 0.5))
     results = {"selection": dataclasses.asdict(experiment.selection), "loss": experiment.loss,
                "gamma": experiment.gamma, "eval_prompts": len(data),
                "gold_reward_sft_target": float(gold_target.mean()),
