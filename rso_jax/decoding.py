@@ -4,8 +4,9 @@ The hot path of RSO. For a batch of P prompts and N candidates each:
   * the encoder runs once per prompt, and each decoder layer's cross-attention keys/values
     are projected once per prompt; the N candidates' queries are grouped per prompt against
     that single copy (nothing of size N x encoder length is ever materialised);
-  * the self-attention keys/values live in a static-shape cache [P*N, max_len, H, D],
-    written in place each step inside a `lax.while_loop` that stops as soon as every
+  * the self-attention keys/values live in static-shape caches (keys [P*N, H, D, max_len],
+    values [P*N, H, max_len, D]: the layouts the attention reads, so no step transposes
+    them), written in place each step inside a `lax.while_loop` that stops as soon as every
     candidate has produced EOS (or max_decode_length is reached);
   * a finished candidate emits padding (0) with log-probability 0 from then on;
   * id 0 (T5's padding and decoder start token) is never drawn as a response token, so a

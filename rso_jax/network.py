@@ -316,25 +316,45 @@ class MultiHeadAttention(nn.Module):
                           ) -> tuple[Array, Array, Array]:
         """Causal self-attention of one new position through a static-shape key/value cache.
 
+        The caches are kept in the layouts the two attention products read directly (keys
+        [batch, heads, head_dim, max_len], values [batch, heads, max_len, head_dim]), so a
+        step writes one column and never transposes the whole cache.
+
         Args:
           inputs_q: [batch, 1, embed], the new position's input.
-          cache_key, cache_value: [batch, max_len, heads, head_dim]; entries at and after
-            `position` are overwritten or masked.
+          cache_key: [batch, heads, head_dim, max_len]; cache_value: [batch, heads, max_len,
+            head_dim]; entries at and after `position` are overwritten or masked.
           position: scalar int, index of the new position.
-          bias: relative-position bias broadcastable to [batch, heads, 1, max_len].
-          deterministic: disables dropout.
+          bias: relative-position bias [1, heads, 1, max_len].
+          deterministic: unused (no dropout while decoding); kept for a uniform signature.
 
         Returns:
           (output [batch, 1, embed], updated cache_key, updated cache_value).
         """
-        new_key, new_value = self.project_key_value(inputs_q)
-        start = (0, position, 0, 0)
-        cache_key = jax.lax.dynamic_update_slice(cache_key, new_key.astype(cache_key.dtype), start)
-        cache_value = jax.lax.dynamic_update_slice(cache_value, new_value.astype(cache_value.dtype),
-                                                   start)
-        mask = (jnp.arange(cache_key.shape[1]) <= position)[None, None, None, :]
-        output = self(inputs_q, (cache_key, cache_value), mask=mask, bias=bias,
-                      deterministic=deterministic)
+        del deterministic
+        cfg = self.config
+        kernel = jnp.concatenate([self.query.variables["params"]["kernel"],
+                                  self.key.variables["params"]["kernel"],
+                                  self.value.variables["params"]["kernel"]], axis=1)
+        projected = jnp.dot(inputs_q[:, 0].astype(cfg.compute_dtype),
+                            kernel.astype(cfg.compute_dtype), preferred_element_type=cfg.compute_dtype)
+        query, new_key, new_value = jnp.split(
+            projected.reshape(-1, 3, cfg.num_heads, cfg.head_dim), 3, axis=1)
+        query = query[:, 0]  # [batch, heads, head_dim]; keys/values [batch, 1, heads, head_dim]
+        cache_key = jax.lax.dynamic_update_slice(
+            cache_key, jnp.transpose(new_key, (0, 2, 3, 1)).astype(cache_key.dtype),
+            (0, 0, 0, position))
+        cache_value = jax.lax.dynamic_update_slice(
+            cache_value, jnp.transpose(new_value, (0, 2, 1, 3)).astype(cache_value.dtype),
+            (0, 0, position, 0))
+        logits = jnp.einsum("bhd,bhdk->bhk", query, cache_key, preferred_element_type=jnp.float32)
+        if bias is not None:
+            logits = logits + bias[:, :, 0, :]
+        visible = jnp.arange(cache_key.shape[-1]) <= position
+        logits = jnp.where(visible, logits, MASKED_LOGIT)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.config.compute_dtype)
+        attended = jnp.einsum("bhk,bhkd->bhd", weights, cache_value.astype(weights.dtype))
+        output = _constrain(self.out(attended[:, None]), ("batch", "length", "embed"))
         return output, cache_key, cache_value
 
 
@@ -359,6 +379,25 @@ class MlpBlock(nn.Module):
         hidden = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=deterministic)
         return dense(features=cfg.emb_dim, kernel_axes=("mlp", "embed"), name="wo")(hidden)
+
+    def fused(self, x: Array) -> Array:
+        """The same block with its input projections (wi_0, wi_1) read as one matmul against
+        their concatenated kernels (inference only: no dropout). Small decode batches run
+        fewer, wider matmuls; the concatenation is loop-invariant inside a decode loop."""
+        cfg = self.config
+        params = self.variables["params"]
+        activations = cfg.mlp_activations
+        names = ["wi"] if len(activations) == 1 else [f"wi_{i}" for i in range(len(activations))]
+        kernel = jnp.concatenate([params[name]["kernel"] for name in names], axis=1)
+        dtype = cfg.compute_dtype
+        projected = jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
+        hidden = None
+        for index, activation in enumerate(activations):
+            part = _ACTIVATIONS[activation](
+                projected[..., index * cfg.mlp_dim:(index + 1) * cfg.mlp_dim])
+            hidden = part if hidden is None else hidden * part
+        hidden = _constrain(hidden, ("batch", "length", "mlp"))
+        return jnp.dot(hidden, params["wo"]["kernel"].astype(dtype), preferred_element_type=dtype)
 
 
 class EncoderLayer(nn.Module):
@@ -426,7 +465,7 @@ class DecoderLayer(nn.Module):
         normed = self.pre_cross_attention_layer_norm(x)
         x = x + self.encoder_decoder_attention(normed, cross_key_value, mask=cross_mask, bias=None,
                                                deterministic=True)
-        x = x + self.mlp(self.pre_mlp_layer_norm(x), True)
+        x = x + self.mlp.fused(self.pre_mlp_layer_norm(x))
         return x, (cache_key, cache_value)
 
 
@@ -510,7 +549,7 @@ class Decoder(nn.Module):
                     ) -> tuple[Array, tuple[tuple[Array, Array], ...]]:
         """Logits [batch*G, vocab] for `tokens` [batch*G] fed at `position`, and new caches."""
         x = self.shared_embedding(tokens[:, None])
-        max_length = caches[0][0].shape[1]
+        max_length = caches[0][0].shape[-1]
         self_bias = self.relpos_bias(jnp.reshape(position, (1,)), jnp.arange(max_length),
                                      bidirectional=False)
         cross_mask = encoder_mask[:, None, None, :]
@@ -572,8 +611,8 @@ class T5(nn.Module):
           encoder_input_tokens: [prompts, enc_len], for the padding mask.
           tokens: [prompts * G] ids fed at `position` (0, the start token, at position 0).
           position: scalar int.
-          caches: per decoder layer (keys, values) [prompts * G, max_len, heads, head_dim],
-            from `init_decode_cache`.
+          caches: per decoder layer (keys [prompts * G, heads, head_dim, max_len], values
+            [prompts * G, heads, max_len, head_dim]), from `init_decode_cache`.
 
         Returns:
           (float32 logits [prompts * G, vocab] for the next token, updated caches).
@@ -623,9 +662,11 @@ def param_logical_axes(config: T5Config):
 
 def init_decode_cache(config: T5Config, batch_size: int, max_length: int
                       ) -> tuple[tuple[Array, Array], ...]:
-    """Zeroed self-attention caches, per decoder layer (keys, values) [batch, max_len, H, D]."""
-    shape = (batch_size, max_length, config.num_heads, config.head_dim)
-    names = ("batch", "length", "heads", "kv")
-    return tuple((_constrain(jnp.zeros(shape, config.compute_dtype), names),
-                  _constrain(jnp.zeros(shape, config.compute_dtype), names))
+    """Zeroed self-attention caches per decoder layer: keys [batch, H, D, max_len] and values
+    [batch, H, max_len, D] (the layouts `attend_with_cache` reads without transposing)."""
+    heads, depth = config.num_heads, config.head_dim
+    key = jnp.zeros((batch_size, heads, depth, max_length), config.compute_dtype)
+    value = jnp.zeros((batch_size, heads, max_length, depth), config.compute_dtype)
+    return tuple((_constrain(key, ("batch", "heads", "kv", "length")),
+                  _constrain(value, ("batch", "heads", "length", "kv")))
                  for _ in range(config.num_decoder_layers))
