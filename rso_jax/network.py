@@ -358,6 +358,21 @@ class MultiHeadAttention(nn.Module):
         return output, cache_key, cache_value
 
 
+def _mlp_input_names(config: T5Config) -> list[str]:
+    """T5X's names of the MLP input projections: 'wi', or 'wi_0', 'wi_1', ... when gated."""
+    count = len(config.mlp_activations)
+    return ["wi"] if count == 1 else [f"wi_{index}" for index in range(count)]
+
+
+def _gated(projections: Sequence[Array], activations: Sequence[str]) -> Array:
+    """The product of each input projection under its activation (T5 v1.1's gated MLP)."""
+    hidden = None
+    for projected, activation in zip(projections, activations):
+        part = _ACTIVATIONS[activation](projected)
+        hidden = part if hidden is None else hidden * part
+    return hidden
+
+
 class MlpBlock(nn.Module):
     """Gated feed-forward block: wi_0 (activation) * wi_1 (linear), then wo."""
 
@@ -368,14 +383,9 @@ class MlpBlock(nn.Module):
         cfg = self.config
         dense = functools.partial(DenseGeneral, dtype=cfg.compute_dtype,
                                   param_dtype=cfg.storage_dtype)
-        activations = cfg.mlp_activations
-        hidden = None
-        for index, activation in enumerate(activations):
-            name = "wi" if len(activations) == 1 else f"wi_{index}"
-            projected = _ACTIVATIONS[activation](
-                dense(features=cfg.mlp_dim, kernel_axes=("embed", "mlp"), name=name)(x))
-            hidden = projected if hidden is None else hidden * projected
-        hidden = _constrain(hidden, ("batch", "length", "mlp"))
+        projections = [dense(features=cfg.mlp_dim, kernel_axes=("embed", "mlp"), name=name)(x)
+                       for name in _mlp_input_names(cfg)]
+        hidden = _constrain(_gated(projections, cfg.mlp_activations), ("batch", "length", "mlp"))
         hidden = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=deterministic)
         return dense(features=cfg.emb_dim, kernel_axes=("mlp", "embed"), name="wo")(hidden)
@@ -386,17 +396,12 @@ class MlpBlock(nn.Module):
         fewer, wider matmuls; the concatenation is loop-invariant inside a decode loop."""
         cfg = self.config
         params = self.variables["params"]
-        activations = cfg.mlp_activations
-        names = ["wi"] if len(activations) == 1 else [f"wi_{i}" for i in range(len(activations))]
+        names = _mlp_input_names(cfg)
         kernel = jnp.concatenate([params[name]["kernel"] for name in names], axis=1)
         dtype = cfg.compute_dtype
         projected = jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
-        hidden = None
-        for index, activation in enumerate(activations):
-            part = _ACTIVATIONS[activation](
-                projected[..., index * cfg.mlp_dim:(index + 1) * cfg.mlp_dim])
-            hidden = part if hidden is None else hidden * part
-        hidden = _constrain(hidden, ("batch", "length", "mlp"))
+        projections = jnp.split(projected, len(names), axis=-1)
+        hidden = _constrain(_gated(projections, cfg.mlp_activations), ("batch", "length", "mlp"))
         return jnp.dot(hidden, params["wo"]["kernel"].astype(dtype), preferred_element_type=dtype)
 
 
