@@ -8,7 +8,9 @@
   select      rso-sample-rank | sft-sample-rank | direct, paired
               (first-round by the ranker, or tournament by eq. 7) -> select/pairs.npz
   reference   SFT log-probs of every pair, computed once          -> reference/logps.npz
-  preference  sigmoid-norm | hinge | hinge-norm training from SFT -> preference/params
+  preference  sigmoid-norm | hinge | hinge-norm training from SFT;
+              keeps the checkpoint with the best proxy win rate
+              against the SFT targets on validation prompts      -> preference/params
   evaluate    decode held-out prompts; win rates against the SFT
               target and the SFT policy, proxy ranker and gold    -> results.json, results.md
 
@@ -30,6 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
+import optax
 
 from rso_jax import (atomic_io, batching, checkpoints, decoding, network, pair_construction,
                      partitioning, rejection_sampling, reward_models, run_info, scoring,
@@ -40,6 +43,7 @@ logger = logging.getLogger(__name__)
 STAGES = ("sft", "ranker", "sample", "score", "select", "reference", "preference", "evaluate")
 SELECTIONS = ("rso", "sft", "direct")
 PAIR_RULES = ("first_round", "tournament")
+OPTIMIZERS = ("adafactor", "adam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,27 @@ class TrainingSchedule:
     learning_rate: float = 1e-3
     checkpoint_every: int = 200
     seed: int = 0
+    # 'adafactor' (T5X's settings, constant learning rate, as RSO) or 'adam' (warm-up and
+    # cosine decay: for the demo's tiny models trained from scratch).
+    optimizer: str = "adafactor"
+    warmup_steps: int = 0
+    eval_every: int = 0  # steps between evaluations (stages that evaluate); 0: steps // 2.
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainingSchedule.optimizer={self.optimizer!r}; choose one of "
+                             f"{OPTIMIZERS}.")
+        if self.steps < 1 or not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"TrainingSchedule: need steps >= 1 and 0 <= warmup_steps < steps, "
+                             f"got steps={self.steps}, warmup_steps={self.warmup_steps}.")
+
+    def make_optimizer(self) -> optax.GradientTransformation:
+        if self.optimizer == "adam":
+            return training.adam_warmup_cosine(self.learning_rate, self.steps, self.warmup_steps)
+        if self.warmup_steps:
+            return training.adafactor(learning_rate=optax.linear_schedule(
+                0.0, self.learning_rate, self.warmup_steps))
+        return training.adafactor(learning_rate=self.learning_rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +125,10 @@ class Experiment:
     num_eval_prompts: int = 256  # held-out (test) prompts decoded by the evaluation
     sft_checkpoint: Optional[str] = None  # parameter checkpoint replacing the sft stage
     ranker_checkpoint: Optional[str] = None  # parameter checkpoint replacing the ranker stage
+    # Whether the ranker's input includes the context. The demo's tiny ranker, trained from
+    # scratch in minutes, does not learn to look words up in the context, and the summaries
+    # alone show most of what separates SFT samples (coverage, repeats, fillers); see README.
+    ranker_sees_context: bool = True
     seed: int = 0
 
 
@@ -147,6 +176,15 @@ def ranker_tokens(contexts: Sequence[str], first: Sequence[str], second: Sequenc
     if report.truncated_contexts:
         logger.warning("Ranker inputs: %s", report)
     return batching.pad_batch(rows, length)[0]
+
+
+def ranker_inputs(experiment: Experiment, contexts: Sequence[str], first: Sequence[str],
+                  second: Sequence[str]) -> np.ndarray:
+    """The ranker's input tokens for (context, first, second) triples under `experiment`
+    (contexts left empty when `experiment.ranker_sees_context` is False)."""
+    if not experiment.ranker_sees_context:
+        contexts = [""] * len(contexts)
+    return ranker_tokens(contexts, first, second, experiment.lengths.ranker_input)
 
 
 def ab_tokens() -> tuple[int, int]:
@@ -208,13 +246,14 @@ def run_training(schedule: TrainingSchedule, directory: str, model_config: netwo
                  params: Any, loss_fn: Callable, batches: Callable, example: Any,
                  partitioner: partitioning.Partitioner,
                  evaluate: Optional[Callable] = None, best_metric: Optional[str] = None) -> Any:
-    optimizer = training.adafactor(learning_rate=schedule.learning_rate)
+    optimizer = schedule.make_optimizer()
     step = training.make_train_step(partitioner, model_config, optimizer, loss_fn, example)
     state = training.place_state(partitioner, model_config, optimizer, params,
                                  jax.random.PRNGKey(schedule.seed))
     loop = train_loop.LoopConfig(num_steps=schedule.steps, checkpoint_every=schedule.checkpoint_every,
                                  log_every=max(1, min(50, schedule.steps // 10)),
-                                 eval_every=schedule.steps // 2 if evaluate else 0,
+                                 eval_every=(schedule.eval_every or schedule.steps // 2)
+                                 if evaluate else 0,
                                  best_metric=best_metric)
     state, summary = train_loop.train(state, step, batches, directory, loop,
                                       model_config=model_config, evaluate=evaluate)
@@ -258,8 +297,7 @@ def ranker_arrays(experiment: Experiment, split: str, seed: int) -> dict[str, np
     first = [p["rejected"] if f else p["chosen"] for p, f in zip(pairs, flipped)]
     second = [p["chosen"] if f else p["rejected"] for p, f in zip(pairs, flipped)]
     a_token, b_token = ab_tokens()
-    return {"inputs": ranker_tokens([p["context"] for p in pairs], first, second,
-                                    experiment.lengths.ranker_input),
+    return {"inputs": ranker_inputs(experiment, [p["context"] for p in pairs], first, second),
             "targets": reward_models.ranker_targets(flipped, a_token, b_token)}
 
 
@@ -276,11 +314,12 @@ def ranker_probabilities(experiment: Experiment, params: Any, contexts, first, s
     """P(first > second), averaged over both presentation orders, float32 [len(contexts)]."""
     a_token, b_token = ab_tokens()
     score = _pair_scorer(experiment.ranker_config, a_token, b_token)
-    length = experiment.lengths.ranker_input
     def score_chunk(_, chunk):
         return score(params, chunk)
-    forward = _batched(score_chunk, ranker_tokens(contexts, first, second, length), batch_size)
-    backward = _batched(score_chunk, ranker_tokens(contexts, second, first, length), batch_size)
+    forward = _batched(score_chunk, ranker_inputs(experiment, contexts, first, second),
+                       batch_size)
+    backward = _batched(score_chunk, ranker_inputs(experiment, contexts, second, first),
+                        batch_size)
     return 0.5 * (forward + 1.0 - backward)
 
 
@@ -462,8 +501,27 @@ def stage_preference(experiment: Experiment, partitioner: partitioning.Partition
         schedule, stage_dir(experiment, "preference"), experiment.policy_config,
         load_stage_params(experiment, "sft"), loss_fn,
         cycling_batches(arrays, schedule.batch_size, schedule.seed, make, partitioner),
-        make(**{k: v[: schedule.batch_size] for k, v in arrays.items()}), partitioner)
-    return {"final_metrics": summary["last_metrics"]}
+        make(**{k: v[: schedule.batch_size] for k, v in arrays.items()}), partitioner,
+        evaluate=_proxy_win_rate_on_validation(experiment), best_metric=PREFERENCE_METRIC)
+    return {"final_metrics": summary["last_metrics"], "best": summary["best"]}
+
+
+PREFERENCE_METRIC = "proxy_win_rate_vs_sft_target"
+
+
+def _proxy_win_rate_on_validation(experiment: Experiment) -> Callable[[Any], dict]:
+    """`params -> {PREFERENCE_METRIC: ...}`: greedy decodes of the validation prompts judged by
+    the ranker against their SFT targets; RSO keeps the checkpoint where this is highest."""
+    data = experiment.dataset.sft_examples("validation")[: experiment.num_eval_prompts]
+    contexts, targets = [d["context"] for d in data], [d["targets"] for d in data]
+    prompts = encode_texts([d["inputs"] for d in data], experiment.lengths.prompt)
+    ranker = load_stage_params(experiment, "ranker")
+
+    def evaluate(params):
+        decodes = greedy_decodes(experiment, jax.device_get(params), prompts)
+        proxy = ranker_probabilities(experiment, ranker, contexts, decodes, targets)
+        return {PREFERENCE_METRIC: win_rate(proxy, np.full_like(proxy, 0.5))}
+    return evaluate
 
 
 def greedy_decodes(experiment: Experiment, params: Any, prompts: np.ndarray) -> list[str]:

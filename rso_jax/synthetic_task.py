@@ -36,6 +36,9 @@ Policies (how summaries are sampled; `sample_summary`)
              `max_summary_words`.
   sloppy     the same program with higher noise (`SyntheticTaskConfig.sloppy_noise`).
   random     1-5 words drawn uniformly, with replacement, from the context.
+  looping    the degenerate output of an over-optimised policy: a reference-policy summary
+             whose last word is repeated until the summary is `max_summary_words` long. Not in
+             the default comparison mix; the demo adds it so that its ranker sees repetition.
 
 Preference pairs (`preference_examples`) pair two different summaries of one context from two
 policies drawn from `policy_weights`, and label them the way human raters disagree: the first
@@ -85,7 +88,7 @@ NON_SALIENT_PENALTY = 0.5
 HALLUCINATION_PENALTY = 1.0
 
 SPLITS = ("train", "validation", "test")
-POLICIES = ("clean", "reference", "sloppy", "random")
+POLICIES = ("clean", "reference", "sloppy", "random", "looping")
 # Independent random streams per example: the context, its SFT target, its preference pair.
 _CONTEXT_STREAM, _SFT_STREAM, _PREFERENCE_STREAM = 0, 1, 2
 _MAX_PAIR_ATTEMPTS = 100
@@ -313,7 +316,7 @@ def noisy_summary(example: Example, noise: NoiseConfig, rng: np.random.Generator
 
 def sample_summary(example: Example, policy: str, rng: np.random.Generator,
                    config: Optional[SyntheticTaskConfig] = None) -> str:
-    """One summary of `example` from a named policy ('clean', 'reference', 'sloppy', 'random')."""
+    """One summary of `example` from a named policy (`POLICIES`; see the module docstring)."""
     config = config or SyntheticTaskConfig()
     if policy == "clean":
         return example.reference
@@ -325,6 +328,10 @@ def sample_summary(example: Example, policy: str, rng: np.random.Generator,
         context_words = example.context.split()
         count = min(int(rng.integers(1, 6)), config.max_summary_words)
         return " ".join(context_words[i] for i in rng.integers(0, len(context_words), count))
+    if policy == "looping":
+        words = noisy_summary(example, config.reference_noise, rng,
+                              config.max_summary_words).split()
+        return " ".join(words + [words[-1]] * (config.max_summary_words - len(words)))
     raise ValueError(f"Unknown policy {policy!r}; expected one of {POLICIES}.")
 
 
@@ -376,7 +383,7 @@ def preference_examples(split: str, num_examples: int, seed: int = 0,
         else:
             raise ValueError(f"policy_weights={config.policy_weights!r} gave the same summary "
                              f"{_MAX_PAIR_ATTEMPTS} times for one context; give weight to "
-                             "'reference', 'sloppy' or 'random' so that pairs can differ.")
+                             "'reference', 'sloppy', 'random' or 'looping' so that pairs can differ.")
         first_reward = gold_reward(example.context, first)
         second_reward = gold_reward(example.context, second)
         p_first = preference_probability(first_reward - second_reward, config.label_temperature)

@@ -13,7 +13,7 @@ log-probabilities from the batch: they are computed once for the pair dataset by
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ Array = jax.Array
 Metrics = dict[str, Array]
 
 
-def adafactor(learning_rate: float = 1e-5, decay_rate: float = 0.8,
+def adafactor(learning_rate: Union[float, optax.Schedule] = 1e-5, decay_rate: float = 0.8,
               multiply_by_parameter_scale: bool = False, clipping_threshold: Optional[float] = 1.0,
               min_dim_size_to_factor: int = 128, factored: bool = True,
               max_grad_norm: Optional[float] = None) -> optax.GradientTransformation:
@@ -46,6 +46,27 @@ def adafactor(learning_rate: float = 1e-5, decay_rate: float = 0.8,
                                 multiply_by_parameter_scale=multiply_by_parameter_scale,
                                 clipping_threshold=clipping_threshold,
                                 min_dim_size_to_factor=min_dim_size_to_factor, factored=factored)
+    if max_grad_norm:
+        transform = optax.chain(optax.clip_by_global_norm(max_grad_norm), transform)
+    return transform
+
+
+def adam_warmup_cosine(learning_rate: float, num_steps: int, warmup_steps: int = 0,
+                       final_fraction: float = 0.1,
+                       max_grad_norm: Optional[float] = 1.0) -> optax.GradientTransformation:
+    """Adam with linear warm-up to `learning_rate`, then cosine decay to `final_fraction` of it.
+
+    For tiny models trained from scratch (the demo's ranker), where Adafactor's momentum-free,
+    RMS-normalised updates leave a weak pairwise signal stuck at chance; pre-trained T5
+    fine-tunes with `adafactor`, as in RSO.
+    """
+    if num_steps < 1 or not 0 <= warmup_steps < num_steps:
+        raise ValueError(f"adam_warmup_cosine: need 0 <= warmup_steps ({warmup_steps}) < "
+                         f"num_steps ({num_steps}).")
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
+        decay_steps=num_steps, end_value=learning_rate * final_fraction)
+    transform = optax.adam(schedule)
     if max_grad_norm:
         transform = optax.chain(optax.clip_by_global_norm(max_grad_norm), transform)
     return transform

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from t5_helpers import REPO_ROOT
@@ -22,6 +23,8 @@ TINY = ["--gin_file=configs/demo_rso.gin",
         "--gin.ranker/pipeline.TrainingSchedule.batch_size=16",
         "--gin.preference/pipeline.TrainingSchedule.batch_size=16",
         "--gin.preference/pipeline.TrainingSchedule.checkpoint_every=10",
+        "--gin.preference/pipeline.TrainingSchedule.eval_every=20",
+        "--gin.ranker/pipeline.TrainingSchedule.warmup_steps=2",
         "--gin.DATA_PARALLELISM=1", "--gin.MODEL_PARALLELISM=1"]
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
@@ -57,6 +60,9 @@ def test_every_stage_runs_and_writes_results(finished_run):
     assert results["eval_prompts"] == 16
     assert "| trained |" in open(work_dir / "results.md").read()
     assert "| trained |" in result.stdout and "results.json" in result.stdout
+    preference = json.load(open(work_dir / "preference" / "DONE.json"))
+    assert preference["best"]["metric"] == "proxy_win_rate_vs_sft_target"
+    assert preference["best"]["step"] in (20, 40)  # evaluated every 20 of 40 steps
     select = json.load(open(work_dir / "select" / "DONE.json"))
     assert select["pairs"] > 0 and 0 < select["acceptance_rate"] <= 1
 
@@ -100,3 +106,29 @@ def test_bad_binding_and_missing_checkpoint_fail_at_start(tmp_path):
     missing = run_main(tmp_path / "missing", f"--gin.SFT_CHECKPOINT='{tmp_path}/no_sft'")
     assert missing.returncode == 1 and f"{tmp_path}/no_sft" in missing.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / "missing").exists()
+
+
+def test_ranker_inputs_drop_the_context_only_when_told():
+    import dataclasses
+    from rso_jax import network, pipeline
+    config = network.T5Config(vocab_size=256, emb_dim=8, num_heads=1, head_dim=8, mlp_dim=8,
+                              num_encoder_layers=1, num_decoder_layers=1)
+    experiment = pipeline.Experiment(work_dir="unused", policy_config=config,
+                                     ranker_config=config, sampling=None,
+                                     lengths=pipeline.Lengths(ranker_input=48))
+    args = (["the owl near a fox"], ["owl fox"], ["owl owl"])
+    with_context = pipeline.ranker_inputs(experiment, *args)[0]
+    without = pipeline.ranker_inputs(
+        dataclasses.replace(experiment, ranker_sees_context=False), *args)[0]
+    assert pipeline.decode_tokens(np.array([with_context]))[0].startswith(
+        "[CONTEXT] the owl near a fox [SUMMARY A] owl fox [SUMMARY B] owl owl")
+    assert pipeline.decode_tokens(np.array([without]))[0].startswith(
+        "[CONTEXT] [SUMMARY A] owl fox [SUMMARY B] owl owl")
+
+
+@pytest.mark.parametrize("fields, message", [({"optimizer": "sgd"}, "optimizer='sgd'"),
+                                             ({"steps": 10, "warmup_steps": 10}, "warmup_steps")])
+def test_training_schedule_rejects_bad_settings(fields, message):
+    from rso_jax import pipeline
+    with pytest.raises(ValueError, match=message):
+        pipeline.TrainingSchedule(**fields)

@@ -161,6 +161,15 @@ def test_policies():
         random_words = st.sample_summary(example, "random", rng).split()
         assert 1 <= len(random_words) <= 5
         assert set(random_words) <= set(example.context.split())
+    config = st.SyntheticTaskConfig()
+    for _ in range(20):
+        words = st.sample_summary(example, "looping", rng).split()
+        assert len(words) == config.max_summary_words
+        loop_start = next(i for i in range(len(words)) if len(set(words[i:])) == 1)
+        # Each repeat costs the redundancy penalty, so looping never beats its own prefix.
+        assert st.gold_reward(example.context, " ".join(words)) == pytest.approx(
+            st.gold_reward(example.context, " ".join(words[:loop_start + 1]))
+            - st.REDUNDANCY_PENALTY * (len(words) - loop_start - 1))
     with pytest.raises(ValueError, match="Unknown policy 'best'"):
         st.sample_summary(example, "best", rng)
     only_clean = st.SyntheticTaskConfig(policy_weights=(("clean", 1.0),))

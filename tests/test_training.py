@@ -120,3 +120,22 @@ def test_bfloat16_compute_keeps_float32_master_weights(params, preference_batch)
                               config=config)
     assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(state.params))
     assert losses[-1] < losses[0]
+
+
+def test_adam_warmup_cosine_follows_its_schedule():
+    """Applied to f(w) = w (gradient 1), Adam's step sizes are exactly the learning rates: 0 at
+    step 0, rising linearly to the peak at the end of warm-up, then cosine down to 10%."""
+    peak, steps, warmup = 0.02, 40, 8
+    optimizer = training.adam_warmup_cosine(peak, steps, warmup, max_grad_norm=None)
+    params = {"w": np.zeros((3,), np.float32)}
+    state = optimizer.init(params)
+    sizes = []
+    for _ in range(steps):
+        updates, state = optimizer.update({"w": np.ones((3,), np.float32)}, state, params)
+        sizes.append(-float(updates["w"][0]))
+    expected = [peak * step / warmup if step < warmup else
+                peak * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (steps - warmup))))
+                for step in range(steps)]
+    np.testing.assert_allclose(sizes, expected, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        training.adam_warmup_cosine(peak, 10, 10)
