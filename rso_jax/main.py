@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
+from rso_jax import cpu_tuning
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "configs/demo_rso.gin"
 
@@ -77,6 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rso_jax").setLevel(logging.INFO)
     gin_files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+    cpu_tuning.restrict_ynnpack_to_dots()  # before any JAX computation; CPU backend only
     try:
         configure_gin(gin_files, bindings)
         configured_run = gin.get_configurable(run)

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import decoding, hf_weights, model_sizes, network  # noqa: E402
+from rso_jax import cpu_tuning, decoding, hf_weights, model_sizes, network  # noqa: E402
 from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
 NEVER = -1  # an EOS id no token can equal: every candidate runs the full length
@@ -99,7 +99,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--hf_repeats", type=int, default=2)
     parser.add_argument("--skip_hf", action="store_true", help="only time our sampler")
     parser.add_argument("--output", default="bench_results/bench_sampling.json")
+    parser.add_argument("--no_cpu_tuning", action="store_true",
+                        help="leave XLA:CPU's YNNPACK fusions as they are (rso_jax.cpu_tuning)")
     args = parser.parse_args(argv)
+    if not args.no_cpu_tuning:
+        cpu_tuning.restrict_ynnpack_to_dots()  # what rso_jax.main does
 
     config = model_sizes.model_config(args.size, dtype=args.dtype, param_dtype=args.dtype)
     params = network.init_params(config, jax.random.PRNGKey(0))
@@ -118,7 +122,7 @@ def main(argv=None) -> dict:
         "seconds": round(ours_s, 4), "compile_seconds": round(compile_s, 2),
         "candidate_tokens_per_s": round(candidate_tokens / ours_s, 1),
         "prompts_per_s": round(args.num_prompts / ours_s, 3),
-        "machine": machine_description(),
+        "machine": machine_description(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     if not args.skip_hf:
         hf_s = bench_hf(config, params, prompts, args)

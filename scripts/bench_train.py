@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import (hf_weights, model_sizes, network, partitioning,  # noqa: E402
+from rso_jax import (cpu_tuning, hf_weights, model_sizes, network, partitioning,  # noqa: E402
                      scoring, training)
 from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
@@ -154,7 +154,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--peak_tflops", type=float, default=None)
     parser.add_argument("--skip_torch", action="store_true")
     parser.add_argument("--output", default="bench_results/bench_train.json")
+    parser.add_argument("--no_cpu_tuning", action="store_true",
+                        help="leave XLA:CPU's YNNPACK fusions as they are (rso_jax.cpu_tuning)")
     args = parser.parse_args(argv)
+    if not args.no_cpu_tuning:
+        cpu_tuning.restrict_ynnpack_to_dots()  # what rso_jax.main does
 
     config = model_sizes.model_config(args.size, dtype=args.dtype, param_dtype="float32")
     params = network.init_params(config, jax.random.PRNGKey(0))
@@ -175,6 +179,7 @@ def main(argv=None) -> dict:
         "achieved_tflops": round(achieved_tflops, 4),
         "mfu": None if peak is None else round(achieved_tflops / peak, 4),
         "peak_tflops": peak, "loss": round(loss, 5), "machine": machine_description(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     if not args.skip_torch:
         import torch

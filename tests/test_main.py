@@ -49,3 +49,19 @@ def test_missing_checkpoint_is_named(tmp_path):
 def test_missing_gin_file_is_named(tmp_path):
     result = run_main(gin_file="--gin_file=configs/no_such_experiment.gin")
     assert result.returncode == 2 and "no_such_experiment.gin" in result.stderr
+
+
+def test_cpu_tuning_adds_its_flag_once_and_respects_the_users_choice():
+    from rso_jax import cpu_tuning
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert cpu_tuning.restrict_ynnpack_to_dots(environ)
+    assert environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=8 "
+                                    "--xla_cpu_experimental_ynn_fusion_type=dot")
+    assert not cpu_tuning.restrict_ynnpack_to_dots(environ)  # already there: unchanged
+    assert environ["XLA_FLAGS"].count("ynn_fusion_type") == 1
+    chosen = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise"}
+    assert not cpu_tuning.restrict_ynnpack_to_dots(chosen)
+    assert chosen["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise"
+    empty = {}
+    assert cpu_tuning.restrict_ynnpack_to_dots(empty)
+    assert empty["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
