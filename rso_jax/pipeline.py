@@ -520,7 +520,7 @@ def _proxy_win_rate_on_validation(experiment: Experiment) -> Callable[[Any], dic
     def evaluate(params):
         decodes = greedy_decodes(experiment, jax.device_get(params), prompts)
         proxy = ranker_probabilities(experiment, ranker, contexts, decodes, targets)
-        return {PREFERENCE_METRIC: win_rate(proxy, np.full_like(proxy, 0.5))}
+        return {PREFERENCE_METRIC: proxy_win_rate(proxy)}
     return evaluate
 
 
@@ -534,6 +534,11 @@ def win_rate(first_scores: np.ndarray, second_scores: np.ndarray) -> float:
     """Wins of first over second, ties counting half."""
     first_scores, second_scores = np.asarray(first_scores), np.asarray(second_scores)
     return float(np.mean((first_scores > second_scores) + 0.5 * (first_scores == second_scores)))
+
+
+def proxy_win_rate(probability: np.ndarray) -> float:
+    """Win rate under the ranker from P(first > second): wins where it exceeds 1/2."""
+    return win_rate(probability, np.full_like(probability, 0.5))
 
 
 def stage_evaluate(experiment: Experiment, partitioner: partitioning.Partitioner) -> dict:
@@ -553,12 +558,12 @@ def stage_evaluate(experiment: Experiment, partitioner: partitioning.Partitioner
         rows[name] = {
             "gold_reward": float(gold[name].mean()),
             "gold_win_rate_vs_sft_target": win_rate(gold[name], gold_target),
-            "proxy_win_rate_vs_sft_target": win_rate(proxy, np.full_like(proxy, 0.5)),
+            "proxy_win_rate_vs_sft_target": proxy_win_rate(proxy),
         }
     rows["trained"]["gold_win_rate_vs_sft_policy"] = win_rate(gold["trained"], gold["sft"])
     proxy = ranker_probabilities(experiment, ranker, contexts, policies["trained"],
                                  policies["sft"])
-    rows["trained"]["proxy_win_rate_vs_sft_policy"] = win_rate(proxy, np.full_like(proxy, 0.5))
+    rows["trained"]["proxy_win_rate_vs_sft_policy"] = proxy_win_rate(proxy)
     results = {"selection": dataclasses.asdict(experiment.selection), "loss": experiment.loss,
                "gamma": experiment.gamma, "eval_prompts": len(data),
                "gold_reward_sft_target": float(gold_target.mean()),
