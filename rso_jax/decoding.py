@@ -4,9 +4,9 @@ The hot path of RSO. For a batch of P prompts and N candidates each:
   * the encoder runs once per prompt, and each decoder layer's cross-attention keys/values
     are projected once per prompt; the N candidates' queries are grouped per prompt against
     that single copy (nothing of size N x encoder length is ever materialised);
-  * the self-attention keys/values live in static-shape caches (keys [P*N, H, D, max_len],
-    values [P*N, H, max_len, D]: the layouts the attention reads, so no step transposes
-    them), written in place each step inside a `lax.while_loop` that stops as soon as every
+  * the self-attention keys/values live in static-shape caches ([P*N, H, max_len, D]: the
+    layout the attention reads, so no step transposes them), written in place each step
+    inside a `lax.while_loop` that stops as soon as every
     candidate has produced EOS (or max_decode_length is reached);
   * a finished candidate emits padding (0) with log-probability 0 from then on;
   * id 0 (T5's padding and decoder start token) is never drawn as a response token, so a
@@ -81,6 +81,47 @@ class SampleOutput:
     lengths: Array
 
 
+TOP_K_BLOCK = 32  # vocabulary block width of the two-stage top-k
+
+
+def top_k(logits: Array, k: int) -> tuple[Array, Array]:
+    """The k largest logits per row and their ids, as `jax.lax.top_k`, in two cheaper stages.
+
+    The vocabulary is cut into blocks of TOP_K_BLOCK ids. Every one of a row's k largest
+    logits lies in one of the k blocks with the largest maxima: an element of any other
+    block is at most that block's maximum, which is at most each of those k maxima, so k
+    gathered elements are at least as large. So a top-k over the block maxima, a gather of
+    those k blocks (plus the ids past the last whole block) and a top-k over the gathered
+    k * TOP_K_BLOCK logits give the row's top k, and each stage is far smaller than a top-k
+    over the whole vocabulary (32,128 ids for T5). The blocks are gathered in vocabulary
+    order, so ties are ordered as `lax.top_k` orders them. Small vocabularies go straight
+    to `lax.top_k`.
+
+    Args:
+      logits: [rows, vocab].
+      k: how many to keep (static).
+
+    Returns:
+      (values [rows, k] in descending order, int32 ids [rows, k]).
+    """
+    rows, vocab_size = logits.shape
+    num_blocks = vocab_size // TOP_K_BLOCK
+    if num_blocks < 4 * k:
+        return jax.lax.top_k(logits, k)
+    blocked_width = num_blocks * TOP_K_BLOCK
+    blocks = logits[:, :blocked_width].reshape(rows, num_blocks, TOP_K_BLOCK)
+    _, best_blocks = jax.lax.top_k(blocks.max(axis=-1), k)
+    best_blocks = jnp.sort(best_blocks, axis=-1)
+    values = jnp.take_along_axis(blocks, best_blocks[:, :, None], axis=1).reshape(rows, -1)
+    ids = (best_blocks[:, :, None] * TOP_K_BLOCK + jnp.arange(TOP_K_BLOCK)).reshape(rows, -1)
+    if blocked_width < vocab_size:
+        values = jnp.concatenate([values, logits[:, blocked_width:]], axis=-1)
+        tail_ids = jnp.arange(blocked_width, vocab_size, dtype=ids.dtype)
+        ids = jnp.concatenate([ids, jnp.broadcast_to(tail_ids, (rows, tail_ids.size))], axis=-1)
+    top_values, where = jax.lax.top_k(values, k)
+    return top_values, jnp.take_along_axis(ids, where, axis=-1).astype(jnp.int32)
+
+
 def _top_p_filter(sorted_logits: Array, top_p: float) -> Array:
     """Masks (to -inf) the tail of descending-sorted logits beyond probability mass top_p.
 
@@ -92,40 +133,55 @@ def _top_p_filter(sorted_logits: Array, top_p: float) -> Array:
     return jnp.where(mass_before < top_p, sorted_logits, -jnp.inf)
 
 
-def next_tokens(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
+def next_tokens(logits: Array, rng: Array, sampling: SamplingConfig) -> tuple[Array, Array]:
     """Draws one token per row from float32 logits [batch, vocab] under `sampling`.
 
     The padding id is never drawn. Greedy takes the argmax; sampling divides by the
     temperature, keeps the top k, keeps the nucleus of mass top_p among those, and draws.
+
+    Returns:
+      (int32 tokens [batch], each row's largest logit [batch]: the shift of its log-softmax,
+      taken from the top-k when there is one instead of a second pass over the vocabulary).
     """
     vocab_size = logits.shape[-1]
     if sampling.greedy:
-        return jnp.argmax(logits.at[:, PAD_ID].set(-jnp.inf), axis=-1).astype(jnp.int32)
+        tokens = jnp.argmax(logits.at[:, PAD_ID].set(-jnp.inf), axis=-1)
+        return tokens.astype(jnp.int32), jnp.max(logits, axis=-1)
     if not sampling.top_k and sampling.top_p >= 1.0:
         scaled = logits.at[:, PAD_ID].set(-jnp.inf) / sampling.temperature
-        return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+        tokens = jax.random.categorical(rng, scaled, axis=-1)
+        return tokens.astype(jnp.int32), jnp.max(logits, axis=-1)
     # Rank on the raw logits (dividing by the temperature keeps the order), one extra place
     # so that the k best non-padding tokens are always among them; no full-vocabulary write.
     keep = sampling.top_k if sampling.top_k and sampling.top_k < vocab_size - 1 else vocab_size - 1
-    candidate_logits, candidate_ids = jax.lax.top_k(logits, keep + 1)
+    candidate_logits, candidate_ids = top_k(logits, keep + 1)
+    # (A max over the k values rather than their first column: slicing a top-k's values stops
+    # XLA from turning its sort into a top-k.)
+    row_max = jnp.max(candidate_logits, axis=-1)
     usable = candidate_ids != PAD_ID
     usable &= jnp.cumsum(usable, axis=-1) <= keep
     candidate_logits = jnp.where(usable, candidate_logits / sampling.temperature, -jnp.inf)
     if sampling.top_p < 1.0:
         candidate_logits = _top_p_filter(candidate_logits, sampling.top_p)
     choice = jax.random.categorical(rng, candidate_logits, axis=-1)
-    return jnp.take_along_axis(candidate_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    tokens = jnp.take_along_axis(candidate_ids, choice[:, None], axis=-1)[:, 0]
+    return tokens.astype(jnp.int32), row_max
 
 
-def _chosen_log_probs(logits: Array, chosen: Array) -> Array:
+def _chosen_log_probs(logits: Array, chosen: Array, row_max: Array) -> Array:
     """log softmax(logits)[chosen] per row, without materialising the full log-softmax."""
     chosen_logits = jnp.take_along_axis(logits, chosen[:, None], axis=-1)[:, 0]
-    return chosen_logits - jax.nn.logsumexp(logits, axis=-1)
+    shifted_sum = jnp.sum(jnp.exp(logits - row_max[:, None]), axis=-1)
+    return chosen_logits - row_max - jnp.log(shifted_sum)
 
 
 def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rng: Array,
            sampling: SamplingConfig) -> SampleOutput:
     """Samples `sampling.num_candidates` responses for every prompt (pure; jit it).
+
+    The first position is decoded once per prompt (every candidate starts from the same
+    start token, so its N copies would be identical) and its cache row and logits are
+    repeated for the N candidates; the loop then alternates drawing a token and decoding it.
 
     Args:
       model_config: the T5 config.
@@ -144,35 +200,52 @@ def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rn
     batch = num_prompts * num_candidates
 
     encoded = model.apply(variables, prompt_tokens, method=model.encode)
-    cross_key_values = model.apply(variables, encoded, method=model.cross_key_values)
-    caches = network.init_decode_cache(model_config, batch, max_length)
+    cross_key_values = model.apply(variables, encoded,
+                                   method=model.cross_key_values_for_decoding)
 
     def decode(tokens, position, caches):
         return model.apply(variables, cross_key_values, prompt_tokens, tokens, position, caches,
                            method=model.decode_step)
 
-    def keep_going(state):
-        position, _, _, _, done, _ = state
-        return (position < max_length) & ~jnp.all(done)
+    start_tokens = jnp.zeros((num_prompts,), jnp.int32)  # T5's decoder start token
+    first_logits, first_caches = decode(
+        start_tokens, jnp.zeros((), jnp.int32),
+        network.init_decode_cache(model_config, num_prompts, max_length))
+    def per_candidate(per_prompt):  # [P, ...] -> [P*N, ...], each prompt's row N times
+        repeated = jnp.broadcast_to(per_prompt[:, None],
+                                    (num_prompts, num_candidates) + per_prompt.shape[1:])
+        return repeated.reshape((batch,) + per_prompt.shape[1:])
 
-    def step(state):
-        position, previous, tokens, token_logps, done, caches = state
-        logits, caches = decode(previous, position, caches)
-        chosen = next_tokens(logits, jax.random.fold_in(rng, position), sampling)
+    logits = per_candidate(first_logits)
+    caches = jax.tree_util.tree_map(per_candidate, first_caches)
+
+    def draw(position, logits, tokens, token_logps, done):
+        chosen, row_max = next_tokens(logits, jax.random.fold_in(rng, position), sampling)
         chosen = jnp.where(done, 0, chosen)
-        chosen_logp = jnp.where(done, 0.0, _chosen_log_probs(logits, chosen))
+        chosen_logp = jnp.where(done, 0.0, _chosen_log_probs(logits, chosen, row_max))
         tokens = jax.lax.dynamic_update_slice(tokens, chosen[:, None], (0, position))
         token_logps = jax.lax.dynamic_update_slice(token_logps, chosen_logp[:, None], (0, position))
-        done = done | (chosen == sampling.eos_id)
-        return position + 1, chosen, tokens, token_logps, done, caches
+        return chosen, tokens, token_logps, done | (chosen == sampling.eos_id)
 
-    initial = (jnp.zeros((), jnp.int32),
-               jnp.zeros((batch,), jnp.int32),  # T5's decoder start token
+    def keep_going(state):
+        position, _, _, _, done, _ = state
+        return (position < max_length - 1) & ~jnp.all(done)
+
+    def step(state):
+        position, logits, tokens, token_logps, done, caches = state
+        chosen, tokens, token_logps, done = draw(position, logits, tokens, token_logps, done)
+        logits, caches = decode(chosen, position + 1, caches)
+        return position + 1, logits, tokens, token_logps, done, caches
+
+    initial = (jnp.zeros((), jnp.int32), logits,
                jnp.zeros((batch, max_length), jnp.int32),
                jnp.zeros((batch, max_length), jnp.float32),
                jnp.zeros((batch,), bool),
                caches)
-    _, _, tokens, token_logps, _, _ = jax.lax.while_loop(keep_going, step, initial)
+    position, logits, tokens, token_logps, done, _ = jax.lax.while_loop(keep_going, step, initial)
+    # The last drawn position (max_length - 1; or, if every candidate has ended, a position
+    # whose draws are all masked to padding).
+    _, tokens, token_logps, _ = draw(position, logits, tokens, token_logps, done)
 
     tokens = tokens.reshape(num_prompts, num_candidates, max_length)
     token_logps = token_logps.reshape(num_prompts, num_candidates, max_length)
