@@ -211,6 +211,7 @@ def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rn
     first_logits, first_caches = decode(
         start_tokens, jnp.zeros((), jnp.int32),
         network.init_decode_cache(model_config, num_prompts, max_length))
+
     def per_candidate(per_prompt):  # [P, ...] -> [P*N, ...], each prompt's row N times
         repeated = jnp.broadcast_to(per_prompt[:, None],
                                     (num_prompts, num_candidates) + per_prompt.shape[1:])

@@ -252,6 +252,14 @@ def dot_product_attention(query_bqhd: Array, key_bkhd: Array, value_bkhd: Array,
     return jnp.einsum("bhqk,bkhd->bqhd", weights, value_bkhd.astype(dtype))
 
 
+def _group_size(query_batch: int, key_value_batch: int) -> int:
+    """G, the query rows per key/value row (responses per prompt in cross-attention)."""
+    if query_batch % key_value_batch:
+        raise ValueError(f"Query batch {query_batch} is not a multiple of the key/value batch "
+                         f"{key_value_batch}.")
+    return query_batch // key_value_batch
+
+
 class MultiHeadAttention(nn.Module):
     """T5 attention with `query`, `key`, `value` and `out` projections and no biases.
 
@@ -311,10 +319,8 @@ class MultiHeadAttention(nn.Module):
         cfg = self.config
         query = self.query(inputs_q)  # [batch*G, 1, heads, head_dim]
         kv_batch = key_bhdk.shape[0]
-        if query.shape[0] % kv_batch:
-            raise ValueError(f"Query batch {query.shape[0]} is not a multiple of the key/value "
-                             f"batch {kv_batch}.")
-        grouped = query.reshape(kv_batch, -1, cfg.num_heads, cfg.head_dim)
+        grouped = query.reshape(kv_batch, _group_size(query.shape[0], kv_batch), cfg.num_heads,
+                                cfg.head_dim)
         logits = jnp.einsum("bghd,bhdk->bhgk", grouped, key_bhdk,
                             preferred_element_type=jnp.float32)
         logits = jnp.where(mask, logits, MASKED_LOGIT)
@@ -334,10 +340,7 @@ class MultiHeadAttention(nn.Module):
         query_bqhd = _constrain(self.query(inputs_q), ("batch", "length", "heads", "kv"))
         q_batch, q_len = query_bqhd.shape[:2]
         kv_batch = key_bkhd.shape[0]
-        if q_batch % kv_batch:
-            raise ValueError(f"Query batch {q_batch} is not a multiple of the key/value batch "
-                             f"{kv_batch}.")
-        group = q_batch // kv_batch
+        group = _group_size(q_batch, kv_batch)
         grouped_query = query_bqhd.reshape((kv_batch, group * q_len) + query_bqhd.shape[2:])
         dropout = None
         if not deterministic and self.config.dropout_rate > 0:
