@@ -217,8 +217,16 @@ def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rn
                                     (num_prompts, num_candidates) + per_prompt.shape[1:])
         return repeated.reshape((batch,) + per_prompt.shape[1:])
 
+    def with_first_position(empty_cache, first_cache):
+        # Only position 0 is written so far: write its row into empty caches rather than
+        # repeating the whole (mostly zero) per-prompt caches.
+        return jax.lax.dynamic_update_slice(empty_cache, per_candidate(first_cache[:, :, :1]),
+                                            (0, 0, 0, 0))
+
     logits = per_candidate(first_logits)
-    caches = jax.tree_util.tree_map(per_candidate, first_caches)
+    caches = jax.tree_util.tree_map(with_first_position,
+                                    network.init_decode_cache(model_config, batch, max_length),
+                                    first_caches)
 
     def draw(position, logits, tokens, token_logps, done):
         chosen, row_max = next_tokens(logits, jax.random.fold_in(rng, position), sampling)

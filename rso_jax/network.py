@@ -352,6 +352,38 @@ class MultiHeadAttention(nn.Module):
         return _constrain(self.out(attended), ("batch", "length", "embed"))
 
 
+    def _project_query_key_value(self, x: Array) -> Array:
+        """x [..., embed] projected by the query, key and value kernels in one matmul:
+        [..., 3, heads, head_dim]. The kernels are stacked on a new axis, so each keeps its
+        'joined_kv' sharding (a concatenation along that axis would mix the shards)."""
+        cfg = self.config
+        kernel = jnp.stack([projection.variables["params"]["kernel"]
+                            for projection in (self.query, self.key, self.value)], axis=1)
+        projected = jnp.einsum("...e,etf->...tf", x.astype(cfg.compute_dtype),
+                               kernel.astype(cfg.compute_dtype),
+                               preferred_element_type=cfg.compute_dtype)
+        return projected.reshape(x.shape[:-1] + (3, cfg.num_heads, cfg.head_dim))
+
+    def self_attend(self, x: Array, *, mask: Optional[Array], bias: Optional[Array],
+                    deterministic: bool) -> Array:
+        """Self-attention of x [batch, len, embed] (the same as `self(x, project_key_value(x),
+        ...)`), its queries, keys and values projected by one matmul: one wide matmul runs
+        faster than three narrow ones (the encoder's attention projections took ~40% less
+        time on the CPU). While initialising, before the kernels exist, it runs the
+        projections one by one, which creates them."""
+        if self.is_initializing():
+            return self(x, self.project_key_value(x), mask=mask, bias=bias,
+                        deterministic=deterministic)
+        names = ("batch", "length", "heads", "kv")
+        projected = self._project_query_key_value(x)
+        query, key, value = (_constrain(projected[:, :, index], names) for index in range(3))
+        dropout = None
+        if not deterministic and self.config.dropout_rate > 0:
+            dropout = functools.partial(self.attention_dropout, deterministic=False)
+        attended = dot_product_attention(query, key, value, mask=mask, bias=bias,
+                                         dtype=self.config.compute_dtype, dropout=dropout)
+        return _constrain(self.out(attended), ("batch", "length", "embed"))
+
     def attend_with_cache(self, inputs_q: Array, cache_key: Array, cache_value: Array,
                           position: Array, *, bias: Optional[Array], deterministic: bool
                           ) -> tuple[Array, Array, Array]:
@@ -374,13 +406,8 @@ class MultiHeadAttention(nn.Module):
         """
         del deterministic
         cfg = self.config
-        kernel = jnp.concatenate([self.query.variables["params"]["kernel"],
-                                  self.key.variables["params"]["kernel"],
-                                  self.value.variables["params"]["kernel"]], axis=1)
-        projected = jnp.dot(inputs_q[:, 0].astype(cfg.compute_dtype),
-                            kernel.astype(cfg.compute_dtype), preferred_element_type=cfg.compute_dtype)
-        query, new_key, new_value = jnp.split(
-            projected.reshape(-1, 3, cfg.num_heads, cfg.head_dim), 3, axis=1)
+        projected = self._project_query_key_value(inputs_q[:, 0])  # [batch, 3, heads, head_dim]
+        query, new_key, new_value = jnp.split(projected, 3, axis=1)
         query = query[:, 0]  # [batch, heads, head_dim]; keys/values [batch, 1, heads, head_dim]
         cache_key = jax.lax.dynamic_update_slice(
             cache_key, jnp.transpose(new_key, (0, 2, 1, 3)).astype(cache_key.dtype),
@@ -457,8 +484,7 @@ class EncoderLayer(nn.Module):
         dropout = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))
         attention = MultiHeadAttention(cfg, name="attention")
         normed = norm(name="pre_attention_layer_norm")(x)
-        attended = attention(normed, attention.project_key_value(normed), mask=mask, bias=bias,
-                             deterministic=deterministic)
+        attended = attention.self_attend(normed, mask=mask, bias=bias, deterministic=deterministic)
         x = x + dropout(attended, deterministic=deterministic)
         normed = norm(name="pre_mlp_layer_norm")(x)
         x = x + dropout(MlpBlock(cfg, name="mlp")(normed, deterministic), deterministic=deterministic)
@@ -493,8 +519,8 @@ class DecoderLayer(nn.Module):
     def __call__(self, x: Array, cross_key_value: tuple[Array, Array], *, self_mask: Array,
                  self_bias: Array, cross_mask: Array, deterministic: bool) -> Array:
         normed = self.pre_self_attention_layer_norm(x)
-        attended = self.self_attention(normed, self.self_attention.project_key_value(normed),
-                                       mask=self_mask, bias=self_bias, deterministic=deterministic)
+        attended = self.self_attention.self_attend(normed, mask=self_mask, bias=self_bias,
+                                                   deterministic=deterministic)
         x = x + self.dropout(attended, deterministic=deterministic)
         normed = self.pre_cross_attention_layer_norm(x)
         attended = self.encoder_decoder_attention(normed, cross_key_value, mask=cross_mask,

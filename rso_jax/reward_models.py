@@ -126,12 +126,16 @@ def symmetric_preference_probability(model_config: network.T5Config, params: Any
                                      b_token=b_token)
     backward = preference_probability(model_config, params, inputs_ba, a_token=a_token,
                                       b_token=b_token)
-    return 0.5 * (forward + 1.0 - backward)
+    # 1/2 + (forward - backward)/2 rather than (forward + 1 - backward)/2: when both orders
+    # agree exactly the result is exactly 1/2 (forward + 1 rounds).
+    return 0.5 + 0.5 * (forward - backward)
 
 
 def logit(probability: Array, eps: float = 1e-7) -> Array:
+    """log(p / (1 - p)); exactly 0 at p = 1/2 (log1p(-p) need not round as log(1 - p) does).
+    1 - p is exact for p >= 1/2, so this loses no accuracy near 1."""
     probability = jnp.clip(probability, eps, 1.0 - eps)
-    return jnp.log(probability) - jnp.log1p(-probability)
+    return jnp.log(probability) - jnp.log(1.0 - probability)
 
 
 def pointwise_rewards_vs_baseline(model_config: network.T5Config, params: Any,

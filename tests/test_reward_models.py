@@ -199,3 +199,12 @@ def test_packing_truncates_only_the_context_and_reports_it():
                                            report=report) is None
     assert report.too_long == 1 and report.examples == 2
     assert "1/2 contexts truncated" in str(report)
+
+
+def test_logit_is_exact_at_one_half_and_accurate_towards_both_ends():
+    assert float(reward_models.logit(np.float32(0.5))) == 0.0
+    probabilities = np.array([1e-6, 1e-3, 0.1, 0.3, 0.5 + 2 ** -20, 0.7, 0.9, 1 - 1e-3,
+                              1 - 2 ** -20], np.float32)
+    expected = np.log(probabilities.astype(np.float64) / (1 - probabilities.astype(np.float64)))
+    np.testing.assert_allclose(np.asarray(reward_models.logit(probabilities)), expected,
+                               rtol=1e-6, atol=1e-6)
