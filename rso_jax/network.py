@@ -351,7 +351,6 @@ class MultiHeadAttention(nn.Module):
         attended = attended.reshape(query_bqhd.shape)
         return _constrain(self.out(attended), ("batch", "length", "embed"))
 
-
     def _project_query_key_value(self, x: Array) -> Array:
         """x [..., embed] projected by the query, key and value kernels in one matmul:
         [..., 3, heads, head_dim]. The kernels are stacked on a new axis, so each keeps its
