@@ -404,7 +404,6 @@ class MultiHeadAttention(nn.Module):
           (output [batch, 1, embed], updated cache_key, updated cache_value).
         """
         del deterministic
-        cfg = self.config
         projected = self._project_query_key_value(inputs_q[:, 0])  # [batch, 3, heads, head_dim]
         query, new_key, new_value = jnp.split(projected, 3, axis=1)
         query = query[:, 0]  # [batch, heads, head_dim]; keys/values [batch, 1, heads, head_dim]
