@@ -288,6 +288,12 @@ class MultiHeadAttention(nn.Module):
                                 contract_dims=2, dtype=dtype, param_dtype=param_dtype)
         self.attention_dropout = nn.Dropout(rate=cfg.dropout_rate)
 
+    def _weights_dropout(self, deterministic: bool) -> Optional[Callable[[Array], Array]]:
+        """Dropout on the attention weights in training, None otherwise."""
+        if deterministic or self.config.dropout_rate <= 0:
+            return None
+        return functools.partial(self.attention_dropout, deterministic=False)
+
     def project_key_value(self, inputs_kv: Array) -> tuple[Array, Array]:
         """Projects [batch, kv_len, embed] into keys and values [batch, kv_len, heads, head_dim]."""
         names = ("batch", "length", "heads", "kv")
@@ -342,12 +348,9 @@ class MultiHeadAttention(nn.Module):
         kv_batch = key_bkhd.shape[0]
         group = _group_size(q_batch, kv_batch)
         grouped_query = query_bqhd.reshape((kv_batch, group * q_len) + query_bqhd.shape[2:])
-        dropout = None
-        if not deterministic and self.config.dropout_rate > 0:
-            dropout = functools.partial(self.attention_dropout, deterministic=False)
         attended = dot_product_attention(grouped_query, key_bkhd, value_bkhd, mask=mask,
                                          bias=bias, dtype=self.config.compute_dtype,
-                                         dropout=dropout)
+                                         dropout=self._weights_dropout(deterministic))
         attended = attended.reshape(query_bqhd.shape)
         return _constrain(self.out(attended), ("batch", "length", "embed"))
 
@@ -376,11 +379,9 @@ class MultiHeadAttention(nn.Module):
         names = ("batch", "length", "heads", "kv")
         projected = self._project_query_key_value(x)
         query, key, value = (_constrain(projected[:, :, index], names) for index in range(3))
-        dropout = None
-        if not deterministic and self.config.dropout_rate > 0:
-            dropout = functools.partial(self.attention_dropout, deterministic=False)
         attended = dot_product_attention(query, key, value, mask=mask, bias=bias,
-                                         dtype=self.config.compute_dtype, dropout=dropout)
+                                         dtype=self.config.compute_dtype,
+                                         dropout=self._weights_dropout(deterministic))
         return _constrain(self.out(attended), ("batch", "length", "embed"))
 
     def attend_with_cache(self, inputs_q: Array, cache_key: Array, cache_value: Array,
@@ -458,15 +459,17 @@ class MlpBlock(nn.Module):
 
     def fused(self, x: Array) -> Array:
         """The same block with its input projections (wi_0, wi_1) read as one matmul against
-        their concatenated kernels (inference only: no dropout). Small decode batches run
-        fewer, wider matmuls; the concatenation is loop-invariant inside a decode loop."""
+        their stacked kernels (inference only: no dropout). Small decode batches run
+        fewer, wider matmuls; the stacking is loop-invariant inside a decode loop."""
         cfg = self.config
         params = self.variables["params"]
         names = _mlp_input_names(cfg)
-        kernel = jnp.concatenate([params[name]["kernel"] for name in names], axis=1)
+        # Stacked on a new axis (not concatenated along 'mlp'), so each keeps its sharding.
+        kernel = jnp.stack([params[name]["kernel"] for name in names], axis=1)
         dtype = cfg.compute_dtype
-        projected = jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
-        projections = jnp.split(projected, len(names), axis=-1)
+        projected = jnp.einsum("...e,etm->...tm", x.astype(dtype), kernel.astype(dtype),
+                               preferred_element_type=dtype)
+        projections = [projected[..., index, :] for index in range(len(names))]
         hidden = _constrain(_gated(projections, cfg.mlp_activations), ("batch", "length", "mlp"))
         return jnp.dot(hidden, params["wo"]["kernel"].astype(dtype), preferred_element_type=dtype)
 
