@@ -342,8 +342,15 @@ class MultiHeadAttention(nn.Module):
         `mask` and `bias` broadcast to [kv_batch, heads, G * q_len, kv_len] (prompt-grouped
         layout) where G = batch*G / kv_batch; with G = 1 that is the usual layout.
         """
-        key_bkhd, value_bkhd = key_value
         query_bqhd = _constrain(self.query(inputs_q), ("batch", "length", "heads", "kv"))
+        return self._attend_projected(query_bqhd, key_value, mask=mask, bias=bias,
+                                      deterministic=deterministic)
+
+    def _attend_projected(self, query_bqhd: Array, key_value: tuple[Array, Array], *,
+                          mask: Optional[Array], bias: Optional[Array],
+                          deterministic: bool) -> Array:
+        """`__call__` from its projected queries [batch*G, q_len, heads, head_dim] on."""
+        key_bkhd, value_bkhd = key_value
         q_batch, q_len = query_bqhd.shape[:2]
         kv_batch = key_bkhd.shape[0]
         group = _group_size(q_batch, kv_batch)
@@ -379,10 +386,8 @@ class MultiHeadAttention(nn.Module):
         names = ("batch", "length", "heads", "kv")
         projected = self._project_query_key_value(x)
         query, key, value = (_constrain(projected[:, :, index], names) for index in range(3))
-        attended = dot_product_attention(query, key, value, mask=mask, bias=bias,
-                                         dtype=self.config.compute_dtype,
-                                         dropout=self._weights_dropout(deterministic))
-        return _constrain(self.out(attended), ("batch", "length", "embed"))
+        return self._attend_projected(query, (key, value), mask=mask, bias=bias,
+                                      deterministic=deterministic)
 
     def attend_with_cache(self, inputs_q: Array, cache_key: Array, cache_value: Array,
                           position: Array, *, bias: Optional[Array], deterministic: bool
