@@ -4,7 +4,8 @@
 
 With no --gin_file it runs DEFAULT_GIN_FILE. Gin files are looked up relative to the current
 directory and to the repository root, so `gin/...` and `configs/...` resolve from anywhere.
-The job to run is bound in gin as `main.run.job`.
+The job to run is bound in gin as `main.run.job`. `--tiny` applies TINY_GIN_FILE after the
+experiment's files: any experiment, shrunk to run on a CPU in about a minute.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rso_jax import cpu_tuning
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "configs/demo_rso.gin"
+TINY_GIN_FILE = "gin/tiny.gin"
 
 
 class GinConfigError(ValueError):
@@ -33,6 +35,8 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
                         help="gin file to parse (repeatable, applied in order)")
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="a binding 'NAME = VALUE' (repeatable)")
+    parser.add_argument("--tiny", action="store_true",
+                        help=f"shrink the experiment to a one-minute CPU run ({TINY_GIN_FILE})")
     args, rest = parser.parse_known_args(list(argv))
     bindings = list(args.gin_bindings)
     unknown = []
@@ -44,7 +48,8 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
             unknown.append(arg)
     if unknown:
         parser.error(f"unrecognised arguments {unknown}; use --gin_file=FILE and --gin.NAME=VALUE")
-    return args.gin_file or [DEFAULT_GIN_FILE], bindings
+    gin_files = (args.gin_file or [DEFAULT_GIN_FILE]) + ([TINY_GIN_FILE] if args.tiny else [])
+    return gin_files, bindings
 
 
 def configure_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:

@@ -1,8 +1,8 @@
 """T5 configs by size name, read from the gin files under gin/models/ (one source of truth).
 
 For scripts and tests: this parses a gin file in the global gin config and clears it again,
-so it refuses to run while another gin configuration is active (inside a gin run, bind
-MODEL_CONFIG by including the size's gin file instead).
+so it refuses to run while another gin configuration is active (inside a gin run, include
+the size's gin file and use its macro, e.g. POLICY_CONFIG = %T5_1_1_LARGE).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def model_config(size: str, **overrides) -> network.T5Config:
     gin.add_config_file_search_path(REPO_ROOT)
     try:
         gin.parse_config_file(os.path.join(GIN_DIR, f"{size}.gin"))
-        config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+        config = gin.query_parameter(f"%T5_1_1_{size.upper()}").scoped_configurable_fn()
     finally:
         gin.clear_config()
     return config.replace(**overrides)

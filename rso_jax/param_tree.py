@@ -26,6 +26,42 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return traverse_util.unflatten_dict(dict(flat), sep=SEPARATOR)
 
 
+def flat_shapes(params: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Flat key -> shape of a nested tree of arrays (or of anything with `.shape`)."""
+    return {key: tuple(np.shape(value)) for key, value in flatten(params).items()}
+
+
+def config_shapes(config: network.T5Config) -> dict[str, tuple[int, ...]]:
+    """Flat key -> shape of every parameter `config` defines, computed without allocating."""
+    return flat_shapes(network.param_shapes(config))
+
+
+def check_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
+                 heading: str) -> None:
+    """Raises `ParamTreeMismatchError` listing every missing, unexpected or mis-shaped key.
+
+    Args:
+      expected: flat key -> shape the model needs.
+      found: flat key -> shape that was read (or is about to be).
+      heading: first line of the error, saying what was compared with what.
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(f"{key}: found {tuple(found[key])}, expected {tuple(expected[key])}"
+                        for key in set(expected) & set(found)
+                        if tuple(expected[key]) != tuple(found[key]))
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [heading]
+    for title, items in (("missing", missing), ("unexpected", unexpected),
+                         ("shape mismatch", mismatched)):
+        if items:
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend(f"    {item}" for item in items)
+    lines.append("Check that the model size (gin/models/...) matches the checkpoint.")
+    raise ParamTreeMismatchError("\n".join(lines))
+
+
 def check_against_config(params: Mapping[str, Any], config: network.T5Config, source: str) -> None:
     """Raises `ParamTreeMismatchError` listing every missing, unexpected or mis-shaped key.
 
@@ -34,22 +70,8 @@ def check_against_config(params: Mapping[str, Any], config: network.T5Config, so
       config: the model configuration the parameters should fit.
       source: what the parameters were read from, named in the error message.
     """
-    expected = {key: tuple(value.shape) for key, value in flatten(network.param_shapes(config)).items()}
-    found = {key: tuple(np.shape(value)) for key, value in flatten(params).items()}
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    mismatched = sorted(f"{key}: found {found[key]}, expected {expected[key]}"
-                        for key in set(expected) & set(found) if expected[key] != found[key])
-    if not (missing or unexpected or mismatched):
-        return
-    lines = [f"Parameters from {source} do not fit the model config {config}."]
-    for title, items in (("missing", missing), ("unexpected", unexpected),
-                         ("shape mismatch", mismatched)):
-        if items:
-            lines.append(f"  {title} ({len(items)}):")
-            lines.extend(f"    {item}" for item in items)
-    lines.append("Check that the model size (gin/models/...) matches the checkpoint.")
-    raise ParamTreeMismatchError("\n".join(lines))
+    check_shapes(config_shapes(config), flat_shapes(params),
+                 f"Parameters from {source} do not fit the model config {config}.")
 
 
 def infer_config(params: Mapping[str, Any], **overrides) -> network.T5Config:

@@ -203,11 +203,17 @@ class Partitioner:
 
     @staticmethod
     def place(tree: Any, shardings: Any) -> Any:
-        """Places a tree of host (or device) arrays onto a matching tree of shardings."""
-        return jax.tree_util.tree_map(
-            lambda value, sharding: jax.make_array_from_callback(
-                np.shape(value), sharding, lambda index: np.asarray(value[index])),
-            jax.device_get(tree), shardings)
+        """Places a tree of host or device arrays onto a matching tree of shardings.
+
+        Device arrays move shard to shard (never gathered); host arrays are sliced per shard.
+        """
+        def place_one(value, sharding):
+            if isinstance(value, jax.Array):
+                return value if value.sharding == sharding else jax.device_put(value, sharding)
+            value = np.asarray(value)
+            return jax.make_array_from_callback(value.shape, sharding,
+                                                lambda index: value[index])
+        return jax.tree_util.tree_map(place_one, tree, shardings)
 
     def shard_batch(self, batch: Any) -> Any:
         """Places this host's part of a batch (a tree of arrays) with batch over 'data'."""

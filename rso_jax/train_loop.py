@@ -52,6 +52,7 @@ class LoopConfig:
     best_mode: str = "max"  # 'max' or 'min'.
     async_checkpointing: bool = True  # orbax writes in the background while training goes on.
     progress_bar: bool = True
+    name: str = "train"  # what the progress bar and log lines call this loop (e.g. 'sft').
 
     def __post_init__(self):
         if self.num_steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
@@ -256,4 +257,4 @@ def _progress(loop: LoopConfig, start: int):
         from tqdm.auto import tqdm
     except ImportError:
         return _NoProgress()
-    return tqdm(total=loop.num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    return tqdm(total=loop.num_steps, initial=start, desc=loop.name, unit="step", dynamic_ncols=True)

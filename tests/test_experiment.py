@@ -1,4 +1,4 @@
-"""The RSO pipeline end to end through its real entry point, with the tiniest settings."""
+"""The demo experiment end to end through its real entry point, with the tiniest settings."""
 
 import json
 import os
@@ -16,15 +16,12 @@ TINY = ["--gin_file=configs/demo_rso.gin",
         "--gin.SFT_STEPS=12", "--gin.RANKER_STEPS=12", "--gin.PREFERENCE_STEPS=40",
         "--gin.NUM_CANDIDATES=4", "--gin.NUM_SAMPLES=4", "--gin.MAX_DECODE_LENGTH=10",
         "--gin.NUM_SAMPLE_PROMPTS=32", "--gin.NUM_EVAL_PROMPTS=16",
-        "--gin.synthetic_task.SyntheticDataset.num_train_examples=256",
+        "--gin.NUM_TRAIN_EXAMPLES=256",
         "--gin.synthetic_task.SyntheticDataset.num_validation_examples=16",
         "--gin.synthetic_task.SyntheticDataset.num_test_examples=16",
-        "--gin.sft/pipeline.TrainingSchedule.batch_size=16",
-        "--gin.ranker/pipeline.TrainingSchedule.batch_size=16",
-        "--gin.preference/pipeline.TrainingSchedule.batch_size=16",
-        "--gin.preference/pipeline.TrainingSchedule.checkpoint_every=10",
-        "--gin.preference/pipeline.TrainingSchedule.eval_every=20",
-        "--gin.ranker/pipeline.TrainingSchedule.warmup_steps=2",
+        "--gin.SFT_BATCH_SIZE=16", "--gin.RANKER_BATCH_SIZE=16", "--gin.PREFERENCE_BATCH_SIZE=16",
+        "--gin.PREFERENCE_CHECKPOINT_EVERY=10", "--gin.PREFERENCE_EVAL_EVERY=20",
+        "--gin.RANKER_WARMUP_STEPS=2",
         "--gin.DATA_PARALLELISM=1", "--gin.MODEL_PARALLELISM=1"]
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
@@ -40,7 +37,7 @@ def run_main(work_dir, *extra):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    work_dir = tmp_path_factory.mktemp("demo") / "run"
     result = run_main(work_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     return work_dir, result
@@ -101,7 +98,7 @@ def test_killed_during_preference_training_resumes_to_the_same_results(finished_
 
 
 def test_bad_binding_and_missing_checkpoint_fail_at_start(tmp_path):
-    bad = run_main(tmp_path / "bad", "--gin.pipeline.Experiment.num_eval_prompt=3")
+    bad = run_main(tmp_path / "bad", "--gin.config.Experiment.num_eval_prompt=3")
     assert bad.returncode == 2 and "num_eval_prompt" in bad.stderr
     missing = run_main(tmp_path / "missing", f"--gin.SFT_CHECKPOINT='{tmp_path}/no_sft'")
     assert missing.returncode == 1 and f"{tmp_path}/no_sft" in missing.stderr
@@ -110,25 +107,36 @@ def test_bad_binding_and_missing_checkpoint_fail_at_start(tmp_path):
 
 def test_ranker_inputs_drop_the_context_only_when_told():
     import dataclasses
-    from rso_jax import network, pipeline
-    config = network.T5Config(vocab_size=256, emb_dim=8, num_heads=1, head_dim=8, mlp_dim=8,
-                              num_encoder_layers=1, num_decoder_layers=1)
-    experiment = pipeline.Experiment(work_dir="unused", policy_config=config,
-                                     ranker_config=config, sampling=None,
-                                     lengths=pipeline.Lengths(ranker_input=48))
+    from rso_jax import network, partitioning
+    from rso_jax.data import builtin_task
+    from rso_jax.experiment import config, context
+    model = network.T5Config(vocab_size=256, emb_dim=8, num_heads=1, head_dim=8, mlp_dim=8,
+                             num_encoder_layers=1, num_decoder_layers=1)
+    experiment = config.Experiment(work_dir="unused", task=builtin_task.SyntheticTask(),
+                                   policy_config=model, ranker_config=model,
+                                   sampling=decoding_config(), lengths=config.Lengths(
+                                       response=8, ranker_input=48))
+    import jax
+    partitioner = partitioning.Partitioner(
+        mesh=partitioning.create_mesh(1, 1, devices=jax.devices()[:1]))
     args = (["the owl near a fox"], ["owl fox"], ["owl owl"])
-    with_context = pipeline.ranker_inputs(experiment, *args)[0]
-    without = pipeline.ranker_inputs(
-        dataclasses.replace(experiment, ranker_sees_context=False), *args)[0]
-    assert pipeline.decode_tokens(np.array([with_context]))[0].startswith(
+    with_context = context.StageContext(experiment, partitioner)
+    without = context.StageContext(dataclasses.replace(experiment, ranker_sees_context=False),
+                                   partitioner)
+    assert with_context.decode(with_context.ranker_inputs(*args))[0].startswith(
         "[CONTEXT] the owl near a fox [SUMMARY A] owl fox [SUMMARY B] owl owl")
-    assert pipeline.decode_tokens(np.array([without]))[0].startswith(
+    assert without.decode(without.ranker_inputs(*args))[0].startswith(
         "[CONTEXT] [SUMMARY A] owl fox [SUMMARY B] owl owl")
+
+
+def decoding_config():
+    from rso_jax import decoding
+    return decoding.SamplingConfig(num_candidates=8, max_decode_length=8)
 
 
 @pytest.mark.parametrize("fields, message", [({"optimizer": "sgd"}, "optimizer='sgd'"),
                                              ({"steps": 10, "warmup_steps": 10}, "warmup_steps")])
 def test_training_schedule_rejects_bad_settings(fields, message):
-    from rso_jax import pipeline
+    from rso_jax.experiment import config
     with pytest.raises(ValueError, match=message):
-        pipeline.TrainingSchedule(**fields)
+        config.TrainingSchedule(**fields)

@@ -1,0 +1,135 @@
+"""The public datasets as `Task`s, read from local files named in gin (gin/data/*.gin).
+
+  TL;DR          SFT posts + summarize-from-feedback comparisons   ranker template: summary
+  HH helpful     dialogues; SFT targets are the chosen responses   ranker template: dialogue
+  CNN/DailyMail  article prompts only (transfer evaluation)        ranker template: summary
+  WebGPT         comparisons; SFT targets are the preferred answers ranker template: dialogue
+  OASST1         the best reply (SFT) and ranked sibling pairs      ranker template: dialogue
+
+The ranker's context is the policy's input as the task writes it (post, article or dialogue).
+Files are read by `data_formats.read_split`, which names the file and line of any malformed
+record; a split's examples are read once per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from rso_jax import data_formats
+from rso_jax.data import task
+
+
+@dataclasses.dataclass(frozen=True)
+class FileTask:
+    """A task read from local files through the dataset readers of `data_formats`.
+
+    Attributes:
+      name: how the task is named in logs and results (e.g. 'tldr').
+      vocabulary: the SentencePiece model file (T5's 32k vocabulary for real runs).
+      ranker_template: 'summary' or 'dialogue' (`task.RANKER_TEMPLATES`).
+      sft_dataset: the `data_formats.DATASETS` entry giving SFT examples / prompts, or None
+        to use each comparison's chosen response as the SFT target.
+      comparison_dataset: the `data_formats.DATASETS` entry giving comparisons, or None for a
+        prompts-only task (CNN/DailyMail).
+      files: as `data_formats.data_files()` returns (bound in gin/data/*.gin).
+      options: as `data_formats.read_options()` returns.
+      split_files: which file split serves each of the experiment's splits (HH ships train
+        and test only: {'validation': 'test'} evaluates checkpoints on test data).
+    """
+
+    name: str
+    vocabulary: str
+    ranker_template: str
+    sft_dataset: Optional[str]
+    comparison_dataset: Optional[str]
+    files: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    options: Optional[Mapping[str, Any]] = dataclasses.field(default=None, hash=False)
+    split_files: Optional[Mapping[str, str]] = dataclasses.field(default=None, hash=False)
+
+    def __post_init__(self):
+        task.check_ranker_template(self.ranker_template, f"task {self.name!r}")
+        for field in ("sft_dataset", "comparison_dataset"):
+            dataset = getattr(self, field)
+            if dataset is not None and dataset not in data_formats.DATASETS:
+                raise ValueError(f"task {self.name!r}: {field}={dataset!r} is not a dataset; "
+                                 f"choose one of {sorted(data_formats.DATASETS)}.")
+        if self.sft_dataset is None and self.comparison_dataset is None:
+            raise ValueError(f"task {self.name!r} reads nothing: give sft_dataset or "
+                             "comparison_dataset.")
+
+    def __hash__(self):  # the mappings are not hashable; the lru caches key on the instance
+        return id(self)
+
+    def vocabulary_file(self) -> str:
+        return self.vocabulary
+
+    def _read(self, dataset: str, split: str) -> list:
+        file_split = (self.split_files or {}).get(task.check_split(split), split)
+        options = self.options if self.options is not None else data_formats.read_options()
+        return data_formats.read_split(dataset, file_split, self.files, options).examples
+
+    @functools.lru_cache(maxsize=None)
+    def sft_examples(self, split: str) -> tuple:
+        if self.sft_dataset is None:
+            return tuple(task.Example(prompt=c.prompt, context=c.context, target=c.chosen)
+                         for c in self.comparisons(split))
+        return tuple(task.Example(prompt=d["inputs"], context=d["inputs"], target=d["targets"])
+                     for d in self._read(self.sft_dataset, split))
+
+    @functools.lru_cache(maxsize=None)
+    def comparisons(self, split: str) -> tuple:
+        if self.comparison_dataset is None:
+            raise ValueError(f"Task {self.name!r} has prompts only, no comparisons: it can be "
+                             "evaluated on (EVAL_TASK) but not trained with.")
+        return tuple(task.Comparison(prompt=d["inputs"], context=d["inputs"],
+                                     chosen=d["chosen"], rejected=d["rejected"])
+                     for d in self._read(self.comparison_dataset, split))
+
+    @property
+    def has_gold_reward(self) -> bool:
+        return False
+
+    def gold_rewards(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        raise task.no_gold_reward(self.name)
+
+    def gold_reward_optimum(self, contexts: Sequence[str]) -> Optional[float]:
+        return None
+
+
+def tldr(vocabulary: str, files: Mapping[str, Any], options: Optional[Mapping] = None,
+         split_files: Optional[Mapping[str, str]] = None) -> FileTask:
+    """Reddit TL;DR: SFT on the filtered posts, comparisons from summarize-from-feedback."""
+    return FileTask("tldr", vocabulary, "summary", "tldr_sft", "tldr_preferences", files,
+                    options, split_files)
+
+
+def hh_helpful(vocabulary: str, files: Mapping[str, Any], options: Optional[Mapping] = None,
+               split_files: Optional[Mapping[str, str]] = None) -> FileTask:
+    """Anthropic HH helpful: the chosen responses as SFT targets, the pairs as comparisons."""
+    return FileTask("hh_helpful", vocabulary, "dialogue", "hh_helpful_sft",
+                    "hh_helpful_preferences", files, options, split_files)
+
+
+def cnn_dailymail(vocabulary: str, files: Mapping[str, Any],
+                  split_files: Optional[Mapping[str, str]] = None) -> FileTask:
+    """CNN/DailyMail articles in the TL;DR template: prompts (and highlights) only."""
+    return FileTask("cnn_dailymail", vocabulary, "summary", "cnn_dailymail_prompts", None,
+                    files, None, split_files)
+
+
+def webgpt(vocabulary: str, files: Mapping[str, Any],
+           split_files: Optional[Mapping[str, str]] = None) -> FileTask:
+    """WebGPT comparisons; the preferred answers are the SFT targets."""
+    return FileTask("webgpt", vocabulary, "dialogue", None, "webgpt_preferences", files,
+                    None, split_files)
+
+
+def oasst1(vocabulary: str, files: Mapping[str, Any], options: Optional[Mapping] = None,
+           split_files: Optional[Mapping[str, str]] = None) -> FileTask:
+    """OASST1: the best-ranked replies (SFT) and ranked sibling pairs (comparisons)."""
+    return FileTask("oasst1", vocabulary, "dialogue", "oasst1_sft", "oasst1_preferences", files,
+                    options, split_files)

@@ -1,0 +1,102 @@
+"""The jitted, mesh-sharded calls of the inference stages.
+
+Every call goes through the partitioner: parameters sharded by the rule table, batches over
+the 'data' axis, in fixed-size chunks (the last one zero-padded) so that one compiled shape
+serves a whole stage. The same code runs on one CPU and on a pod slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from rso_jax import decoding, network, partitioning, reward_models, scoring
+
+
+def check_batch_size(name: str, batch_size: int, partitioner: partitioning.Partitioner) -> None:
+    data = partitioner.mesh.shape["data"]
+    if batch_size < 1 or batch_size % data:
+        raise ValueError(f"{name}={batch_size} must be a positive multiple of the mesh's data "
+                         f"axis ({data}), so that each chunk splits evenly over it.")
+
+
+def map_chunks(fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size: int,
+               partitioner: partitioning.Partitioner) -> Any:
+    """`fn(chunk_index, *chunks)` over fixed-size row slices of `arrays`, sharded over 'data';
+    the rows of its (pytree) results are concatenated on the host."""
+    count = len(arrays[0])
+    outputs = []
+    for index, start in enumerate(range(0, count, batch_size)):
+        chunks = []
+        for array in arrays:
+            chunk = array[start:start + batch_size]
+            padded = np.zeros((batch_size,) + chunk.shape[1:], chunk.dtype)
+            padded[: len(chunk)] = chunk
+            chunks.append(padded)
+        rows = min(batch_size, count - start)
+        out = jax.device_get(fn(index, *partitioner.shard_batch(tuple(chunks))))
+        outputs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:rows], out))
+    if not outputs:
+        raise ValueError("Nothing to run inference on (no rows).")
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _sampler(config, sampling, partitioner):
+    return decoding.make_sampler(config, sampling, partitioner)
+
+
+@functools.lru_cache(maxsize=None)
+def _scorer(config, partitioner):
+    return scoring.make_scorer(config, partitioner)
+
+
+@functools.lru_cache(maxsize=None)
+def _symmetric_pair_scorer(config, a_token, b_token, partitioner):
+    fn = functools.partial(reward_models.symmetric_preference_probability, config,
+                           a_token=a_token, b_token=b_token)
+    batch = partitioner.batch_sharding(2)
+    return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(config), batch, batch),
+                           out_shardings=partitioner.batch_sharding(1))
+
+
+def sample(config: network.T5Config, params: Any, prompts: np.ndarray,
+           sampling: decoding.SamplingConfig, key: jax.Array, batch_size: int,
+           partitioner: partitioning.Partitioner) -> decoding.SampleOutput:
+    """N candidates per prompt; chunk i draws with `fold_in(key, i)`."""
+    sampler = _sampler(config, sampling, partitioner)
+    return map_chunks(lambda index, chunk: sampler(params, chunk, jax.random.fold_in(key, index)),
+                      [prompts], batch_size, partitioner)
+
+
+def greedy(config: network.T5Config, params: Any, prompts: np.ndarray,
+           sampling: decoding.SamplingConfig, batch_size: int,
+           partitioner: partitioning.Partitioner) -> np.ndarray:
+    """Greedy decodes [prompts, length] under `sampling`'s length and EOS."""
+    settings = dataclasses.replace(sampling, num_candidates=1, greedy=True)
+    out = sample(config, params, prompts, settings, jax.random.PRNGKey(0), batch_size,
+                 partitioner)
+    return out.tokens[:, 0]
+
+
+def sequence_logps(config: network.T5Config, params: Any, prompts: np.ndarray,
+                   responses: np.ndarray, batch_size: int,
+                   partitioner: partitioning.Partitioner) -> np.ndarray:
+    """Teacher-forced log-probability of each response given its prompt, float32 [n]."""
+    scorer = _scorer(config, partitioner)
+    return map_chunks(lambda _, p, r: scorer(params, p, r)[1], [prompts, responses], batch_size,
+                      partitioner)
+
+
+def preference_probabilities(config: network.T5Config, params: Any, ab_tokens: tuple[int, int],
+                             inputs_first: np.ndarray, inputs_second: np.ndarray,
+                             batch_size: int, partitioner: partitioning.Partitioner
+                             ) -> np.ndarray:
+    """P(first > second) from the pairwise ranker, both presentation orders averaged."""
+    scorer = _symmetric_pair_scorer(config, *ab_tokens, partitioner)
+    return map_chunks(lambda _, ab, ba: scorer(params, ab, ba), [inputs_first, inputs_second],
+                      batch_size, partitioner)

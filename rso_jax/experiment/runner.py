@@ -1,0 +1,94 @@
+"""Runs an experiment: every input checked first, given checkpoints installed, then the
+stages in order, finished ones skipped, an interrupted training stage resumed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Optional, Sequence
+
+from rso_jax import partitioning
+from rso_jax.experiment import artifacts, checkpoint_inputs, inference
+from rso_jax.experiment.config import Experiment
+from rso_jax.experiment.context import StageContext
+from rso_jax.experiment.stages import RUN, SAMPLING_STAGES, STAGES
+
+logger = logging.getLogger(__name__)
+
+
+def check_inputs(context: StageContext) -> None:
+    """Everything that can be checked before any work: checkpoints (shapes), vocabularies,
+    the models' vocabulary sizes and the inference batch sizes against the mesh."""
+    experiment = context.experiment
+    checkpoint_inputs.check_all(experiment)
+    codec = context.codec
+    codec.ab_tokens  # loads and checks the vocabulary (T5 ids, single-token 'A' and 'B')
+    eval_task = experiment.evaluation_task
+    if eval_task.vocabulary_file() != experiment.task.vocabulary_file():
+        raise ValueError(f"The evaluation task {eval_task.name!r} uses the vocabulary "
+                         f"{eval_task.vocabulary_file()}, the training task "
+                         f"{experiment.task.name!r} {experiment.task.vocabulary_file()}; "
+                         "a policy can only read prompts in its own vocabulary.")
+    configs = [("POLICY_CONFIG", experiment.policy_config),
+               ("RANKER_CONFIG", experiment.ranker_config)]
+    if experiment.gold_ranker_config is not None:
+        configs.append(("GOLD_RANKER_CONFIG", experiment.gold_ranker_config))
+    for name, config in configs:
+        if config.vocab_size < codec.size:
+            raise ValueError(f"{name}.vocab_size={config.vocab_size} is smaller than the "
+                             f"vocabulary {codec.model_file} ({codec.size} pieces).")
+        context.partitioner.param_shardings(config)  # fits the mesh
+    sizes = experiment.inference_batch_sizes
+    for field in ("sample", "ranker", "reference", "eval"):
+        inference.check_batch_size(f"{field.upper()}_BATCH_SIZE", getattr(sizes, field),
+                                   context.partitioner)
+
+
+def install_checkpoint(context: StageContext, stage: str, name: str, path: str) -> None:
+    """Uses a given checkpoint (any format) as the output of `stage`."""
+    config = context.model_config(stage)
+    params = checkpoint_inputs.restore(path, name, config, context.partitioner)
+    artifacts.save_params(context.experiment.work_dir, stage, params, config)
+    artifacts.mark_done(context.experiment.work_dir, stage,
+                        {"from_checkpoint": os.path.abspath(path)})
+
+
+def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] = None,
+        stages: Sequence[str] = STAGES) -> dict:
+    """Runs the stages in order, skipping finished ones; returns the evaluation results."""
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        raise ValueError(f"Unknown stages {unknown}; the stages are {STAGES}.")
+    context = StageContext(experiment, partitioner or partitioning.create_partitioner())
+    check_inputs(context)
+    work_dir = experiment.work_dir
+    os.makedirs(work_dir, exist_ok=True)
+    for stage, name, path in (("sft", "SFT_CHECKPOINT", experiment.sft_checkpoint),
+                              ("ranker", "RANKER_CHECKPOINT", experiment.ranker_checkpoint)):
+        if path and not artifacts.is_done(work_dir, stage):
+            logger.info("Stage %s: from %s %s.", stage, name, path)
+            install_checkpoint(context, stage, name, path)
+    for stage in stages:
+        if stage in SAMPLING_STAGES and not experiment.needs_samples:
+            continue
+        if artifacts.is_done(work_dir, stage):
+            logger.info("Stage %s: done before, skipped.", stage)
+            continue
+        logger.info("Stage %s: running.", stage)
+        start = time.perf_counter()
+        summary = RUN[stage](context)
+        summary["seconds"] = round(time.perf_counter() - start, 2)
+        artifacts.mark_done(work_dir, stage, summary)
+        logger.info("Stage %s: done in %.1f s: %s", stage, summary["seconds"], summary)
+    results_path = os.path.join(work_dir, "results.json")
+    if not os.path.isfile(results_path):
+        return {}
+    with open(results_path) as stream:
+        results = json.load(stream)
+    with open(os.path.join(work_dir, "results.md")) as stream:
+        print(stream.read())
+    print(f"Results: {results_path}\nCheckpoints: "
+          + ", ".join(artifacts.params_path(work_dir, s) for s in ("sft", "ranker", "preference")))
+    return results

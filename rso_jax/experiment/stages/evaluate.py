@@ -1,0 +1,96 @@
+"""Evaluate: greedy decodes of held-out prompts by the SFT and the trained policy, judged
+against the SFT targets and each other.
+
+Proxy win rates come from the trained ranker. Gold figures come from the task's gold reward
+program where it has one, otherwise from a separate gold ranker checkpoint (RSO's "stronger
+ranker"); with neither, only proxy figures are reported. The prompts may come from another
+task than the training one (EVAL_TASK; RSO Table 6: a TL;DR policy on CNN/DailyMail).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from rso_jax import atomic_io, run_info
+from rso_jax.experiment import checkpoint_inputs, metrics, report
+from rso_jax.experiment.context import StageContext
+
+NUM_EXAMPLES_SHOWN = 5
+
+
+class _GoldJudge:
+    """Gold win rates (and mean gold reward, for a program) of responses on contexts."""
+
+    def __init__(self, context: StageContext, task: Any):
+        experiment = context.experiment
+        self.context, self.task = context, task
+        self.ranker_params: Optional[Any] = None
+        if not task.has_gold_reward and experiment.gold_ranker_checkpoint is not None:
+            self.ranker_params = checkpoint_inputs.restore(
+                experiment.gold_ranker_checkpoint, "GOLD_RANKER_CHECKPOINT",
+                experiment.gold_ranker_config, context.partitioner)
+
+    @property
+    def source(self) -> Optional[str]:
+        if self.task.has_gold_reward:
+            return "program"
+        return "gold_ranker" if self.ranker_params is not None else None
+
+    def rewards(self, contexts, responses):
+        return self.task.gold_rewards(contexts, responses) if self.source == "program" else None
+
+    def win_rate(self, contexts, first, second) -> Optional[float]:
+        if self.source == "program":
+            return metrics.win_rate(self.task.gold_rewards(contexts, first),
+                                    self.task.gold_rewards(contexts, second))
+        if self.source == "gold_ranker":
+            probability = self.context.preference_probabilities(
+                self.ranker_params, contexts, first, second,
+                config=self.context.experiment.gold_ranker_config, task=self.task)
+            return metrics.proxy_win_rate(probability)
+        return None
+
+
+def run(context: StageContext) -> dict:
+    experiment = context.experiment
+    task = experiment.evaluation_task
+    data = task.sft_examples("test")[: experiment.num_eval_prompts]
+    contexts, targets = [d.context for d in data], [d.target for d in data]
+    prompts = context.encode_prompts([d.prompt for d in data])
+    ranker = context.params("ranker")
+    decodes = {"sft": context.greedy_texts(context.params("sft"), prompts),
+               "trained": context.greedy_texts(context.params("preference"), prompts)}
+    gold = _GoldJudge(context, task)
+
+    def proxy(first, second):
+        return metrics.proxy_win_rate(context.preference_probabilities(
+            ranker, contexts, first, second, task=task))
+
+    rows = {}
+    for name, texts in decodes.items():
+        rewards = gold.rewards(contexts, texts)
+        rows[name] = {"gold_reward": None if rewards is None else float(rewards.mean()),
+                      "gold_win_rate_vs_sft_target": gold.win_rate(contexts, texts, targets),
+                      "proxy_win_rate_vs_sft_target": proxy(texts, targets)}
+    rows["trained"]["gold_win_rate_vs_sft_policy"] = gold.win_rate(contexts, decodes["trained"],
+                                                                   decodes["sft"])
+    rows["trained"]["proxy_win_rate_vs_sft_policy"] = proxy(decodes["trained"], decodes["sft"])
+    target_rewards = gold.rewards(contexts, targets)
+    results = {
+        "task": experiment.task.name, "eval_task": task.name,
+        "selection": report.selection_settings(experiment), "loss": experiment.loss,
+        "gamma": experiment.gamma, "eval_prompts": len(data), "gold_source": gold.source,
+        "gold_reward_sft_target": None if target_rewards is None else float(target_rewards.mean()),
+        "gold_reward_optimum": task.gold_reward_optimum(contexts) if gold.source == "program"
+        else None,
+        "policies": rows,
+        "examples": [{"context": c, "sft_target": t, "sft": s, "trained": r}
+                     for c, t, s, r in list(zip(contexts, targets, decodes["sft"],
+                                                decodes["trained"]))[:NUM_EXAMPLES_SHOWN]]}
+    run_info.write_result(experiment.work_dir, "results.json", results)
+    atomic_io.write_text(os.path.join(experiment.work_dir, "results.md"),
+                         report.results_table(results))
+    return {"trained_proxy_win_rate_vs_sft_policy":
+            rows["trained"]["proxy_win_rate_vs_sft_policy"],
+            "trained_gold_win_rate_vs_sft_policy": rows["trained"]["gold_win_rate_vs_sft_policy"]}

@@ -1,0 +1,21 @@
+"""Reference: the SFT policy's log-probability of every chosen and rejected response,
+computed once (the preference loss's reference term)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rso_jax.experiment.context import StageContext
+from rso_jax.experiment.stages import select
+
+LOGPS_FILE = "logps.npz"
+
+
+def run(context: StageContext) -> dict:
+    pairs = context.load_arrays("select", select.PAIRS_FILE)
+    params = context.params("sft")
+    logps = {name: context.sequence_logps(params, pairs["prompts"], pairs[name])
+             for name in ("chosen", "rejected")}
+    context.save_arrays("reference", LOGPS_FILE, **logps)
+    return {"pairs": int(len(logps["chosen"])),
+            "mean_chosen_minus_rejected": float(np.mean(logps["chosen"] - logps["rejected"]))}

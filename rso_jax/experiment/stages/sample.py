@@ -1,0 +1,37 @@
+"""Sample: N candidates per train prompt from the SFT policy, and one more random decode per
+prompt as the eq. 7 baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+
+from rso_jax.experiment.context import StageContext
+
+SAMPLES_FILE = "samples.npz"
+
+
+def sample_prompts(context: StageContext) -> list:
+    """The train examples whose candidates are sampled (the first NUM_SAMPLE_PROMPTS)."""
+    return list(context.experiment.task.sft_examples("train")[
+        : context.experiment.num_sample_prompts])
+
+
+def run(context: StageContext) -> dict:
+    experiment = context.experiment
+    params = context.params("sft")
+    prompts = context.encode_prompts([e.prompt for e in sample_prompts(context)])
+    key = jax.random.PRNGKey(experiment.seed)
+    start = time.perf_counter()
+    out = context.sample(params, prompts, experiment.sampling, jax.random.fold_in(key, 0))
+    elapsed = time.perf_counter() - start
+    baseline = context.sample(params, prompts,
+                              dataclasses.replace(experiment.sampling, num_candidates=1),
+                              jax.random.fold_in(key, 1))
+    context.save_arrays("sample", SAMPLES_FILE, prompts=prompts, tokens=out.tokens,
+                        token_logps=out.token_logps, lengths=out.lengths,
+                        baseline=baseline.tokens[:, 0])
+    return {"prompts": len(prompts), "candidates_per_prompt": experiment.sampling.num_candidates,
+            "sampling_seconds": round(elapsed, 2)}

@@ -1,0 +1,33 @@
+"""Score: eq. 7 rewards r(x, y) = logit P(y > y_baseline | x) of every candidate under the
+trained ranker (both presentation orders averaged, so the baseline itself scores 0)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rso_jax import reward_models
+from rso_jax.experiment.context import StageContext
+from rso_jax.experiment.stages import sample
+
+REWARDS_FILE = "rewards.npz"
+
+
+def run(context: StageContext) -> dict:
+    samples = context.load_arrays("sample", sample.SAMPLES_FILE)
+    num_prompts, num_candidates = samples["tokens"].shape[:2]
+    examples = sample.sample_prompts(context)[:num_prompts]
+    candidates = context.decode(samples["tokens"])
+    baselines = np.repeat(context.decode(samples["baseline"]), num_candidates)
+    contexts = np.repeat([e.context for e in examples], num_candidates)
+    probability = context.preference_probabilities(context.params("ranker"), contexts,
+                                                   candidates, baselines)
+    rewards = np.asarray(reward_models.logit(probability)).reshape(num_prompts, num_candidates)
+    arrays = {"rewards": rewards}
+    summary = {"mean_reward": float(rewards.mean())}
+    task = context.experiment.task
+    if task.has_gold_reward:
+        gold = task.gold_rewards(list(contexts), candidates)
+        arrays["gold_rewards"] = gold.reshape(num_prompts, num_candidates)
+        summary["reward_gold_correlation"] = float(np.corrcoef(rewards.reshape(-1), gold)[0, 1])
+    context.save_arrays("score", REWARDS_FILE, **arrays)
+    return summary

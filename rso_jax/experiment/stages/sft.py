@@ -1,0 +1,33 @@
+"""SFT: the policy trained on the task's SFT targets (token cross-entropy)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from rso_jax import network, training
+from rso_jax.experiment import checkpoint_inputs, training_runs
+from rso_jax.experiment.context import StageContext
+
+
+def make_batch(inputs: np.ndarray, targets: np.ndarray) -> training.SftBatch:
+    return training.SftBatch(inputs=inputs, targets=targets,
+                             loss_weights=(targets > 0).astype(np.float32))
+
+
+def run(context: StageContext) -> dict:
+    experiment, config = context.experiment, context.experiment.policy_config
+    data = experiment.task.sft_examples("train")
+    arrays = {"inputs": context.encode_prompts([d.prompt for d in data]),
+              "targets": context.encode_responses([d.target for d in data])}
+    schedule = experiment.sft
+    params = checkpoint_inputs.initial_params(
+        experiment.sft_init_checkpoint, "SFT_INIT_CHECKPOINT", config, context.partitioner,
+        lambda: network.init_params(config, jax.random.PRNGKey(schedule.seed)))
+    _, summary = training_runs.run_training(
+        "sft", schedule, experiment.work_dir, config, params,
+        functools.partial(training.sft_loss, model_config=config), arrays, make_batch,
+        context.partitioner)
+    return {"final_loss": summary["last_metrics"].get("loss"), "examples": len(data)}

@@ -1,0 +1,67 @@
+"""A training stage's loop: batches cycling over epochs, the train step on the mesh, resume."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from rso_jax import checkpoints, network, partitioning, train_loop, training
+from rso_jax.experiment import artifacts
+from rso_jax.experiment.config import TrainingSchedule
+
+
+def cycling_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
+                    make_batch: Callable[..., Any], partitioner: partitioning.Partitioner):
+    """Batch source for train_loop: epoch e visits the rows in permutation(seed, e)."""
+    count = len(next(iter(arrays.values())))
+    per_epoch = count // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{count} examples cannot fill one batch of {batch_size}; lower the "
+                         "batch size or give more data.")
+
+    def source(position: int):
+        while True:
+            epoch, index = divmod(position, per_epoch)
+            order = np.random.default_rng([seed, epoch]).permutation(count)
+            rows = order[index * batch_size:(index + 1) * batch_size]
+            yield partitioner.shard_batch(make_batch(**{k: v[rows] for k, v in arrays.items()}))
+            position += 1
+    return source
+
+
+def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
+                 model_config: network.T5Config, params: Any, loss_fn: Callable,
+                 arrays: dict[str, np.ndarray], make_batch: Callable[..., Any],
+                 partitioner: partitioning.Partitioner,
+                 evaluate: Optional[Callable] = None,
+                 best_metric: Optional[str] = None) -> tuple[Any, dict]:
+    """Trains stage `name` (resuming from its checkpoints) and saves its final parameters
+    (the best ones when `best_metric` is given) as the stage's `params`.
+
+    Returns:
+      (parameters on the mesh, the loop's summary).
+    """
+    directory = artifacts.stage_dir(work_dir, name)
+    optimizer = schedule.make_optimizer()
+    example = make_batch(**{k: v[: schedule.batch_size] for k, v in arrays.items()})
+    step = training.make_train_step(partitioner, model_config, optimizer, loss_fn, example,
+                                    grad_accum_steps=schedule.grad_accum_steps)
+    state = training.place_state(partitioner, model_config, optimizer, params,
+                                 jax.random.PRNGKey(schedule.seed))
+    loop = train_loop.LoopConfig(
+        num_steps=schedule.steps, checkpoint_every=schedule.checkpoint_every,
+        log_every=max(1, min(50, schedule.steps // 10)),
+        eval_every=(schedule.eval_every or schedule.steps // 2) if evaluate else 0,
+        best_metric=best_metric, name=name)
+    batches = cycling_batches(arrays, schedule.batch_size, schedule.seed, make_batch, partitioner)
+    state, summary = train_loop.train(state, step, batches, directory, loop,
+                                      model_config=model_config, evaluate=evaluate)
+    params = state.params
+    if summary["best"] is not None:
+        params, _ = checkpoints.restore_params(os.path.join(directory, "best"),
+                                               shardings=partitioner.param_shardings(model_config))
+    artifacts.save_params(work_dir, name, params, model_config)
+    return params, summary

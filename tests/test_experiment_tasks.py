@@ -1,0 +1,213 @@
+"""The experiment on any task and checkpoint: TL;DR and HH from files in their public formats,
+the T5X fixture and its HF export as SFT_CHECKPOINT, CNN/DailyMail transfer evaluation, the
+paper's configuration at abstract shapes, and every inference stage on a mesh."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import public_format_data
+from experiment_helpers import SYNTHETIC_VOCABULARY, build_experiment, run_main
+from t5_helpers import REPO_ROOT, T5X_FIXTURE
+
+TLDR = ["--gin_file=configs/tldr_rso.gin", "--tiny",
+        f"--gin.VOCABULARY_FILE='{SYNTHETIC_VOCABULARY}'"]
+HH = ["--gin_file=configs/hh_rso.gin", "--tiny", f"--gin.VOCABULARY_FILE='{SYNTHETIC_VOCABULARY}'"]
+INFERENCE_STAGES = ("sample", "score", "select", "reference", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def tldr_flags(tmp_path_factory):
+    data = public_format_data.write_tldr(str(tmp_path_factory.mktemp("tldr_data")))
+    return TLDR + public_format_data.gin_flags(data)
+
+
+@pytest.fixture(scope="module")
+def tldr_run(tldr_flags, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("tldr") / "run"
+    result = run_main(*tldr_flags, f"--gin.WORK_DIR='{work_dir}'")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work_dir, result
+
+
+def test_tldr_runs_every_stage_from_files(tldr_run):
+    work_dir, result = tldr_run
+    for stage in ("sft", "ranker", "sample", "score", "select", "reference", "preference",
+                  "evaluate"):
+        done = json.load(open(work_dir / stage / "DONE.json"))
+        assert "from_checkpoint" not in done, stage  # trained here, not installed
+    results = json.load(open(work_dir / "results.json"))
+    assert results["task"] == results["eval_task"] == "tldr"
+    assert results["gold_source"] is None  # TL;DR has no gold program and no gold ranker given
+    trained = results["policies"]["trained"]
+    assert trained["gold_win_rate_vs_sft_target"] is None
+    assert 0.0 <= trained["proxy_win_rate_vs_sft_target"] <= 1.0
+    assert results["eval_prompts"] == 8
+    assert results["examples"][0]["context"].startswith("SUBREDDIT: r/synthetic\nTITLE: post 0")
+    table = open(work_dir / "results.md").read()
+    assert "RSO experiment (tldr): rso-sample-rank, first_round pairs, beta 0.5" in table
+    assert "gold judge: none" in table and "| trained | - | - |" in table
+    samples = np.load(work_dir / "sample" / "samples.npz")
+    assert samples["tokens"].shape == (16, 4, 12)  # the tiny switch's prompts x candidates
+    assert "sft:" in result.stderr and "preference:" in result.stderr  # named progress bars
+
+
+def test_tldr_policy_evaluated_on_cnn_dailymail(tldr_run, tldr_flags, tmp_path):
+    work_dir = tmp_path / "transfer"
+    shutil.copytree(tldr_run[0], work_dir)
+    os.remove(work_dir / "evaluate" / "DONE.json")
+    articles = os.path.join(REPO_ROOT, "tests", "data", "cnn_dailymail.jsonl")
+    flags = [f.replace("configs/tldr_rso.gin", "configs/tldr_to_cnn_dailymail.gin")
+             for f in tldr_flags]
+    result = run_main(*flags, f"--gin.CNN_DAILYMAIL_FILES={{'test': '{articles}'}}",
+                      f"--gin.WORK_DIR='{work_dir}'")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Stage sft: done before, skipped." in result.stderr
+    results = json.load(open(work_dir / "results.json"))
+    assert results["task"] == "tldr" and results["eval_task"] == "cnn_dailymail"
+    assert results["eval_prompts"] == 2  # the file's two articles
+    assert results["examples"][0]["context"].startswith("ARTICLE: ")
+    assert "evaluated on cnn_dailymail" in open(work_dir / "results.md").read()
+
+
+@pytest.fixture(scope="module")
+def hf_export_of_fixture(tmp_path_factory):
+    from rso_jax import hf_weights, param_tree, t5x_checkpoint
+    params = t5x_checkpoint.load_params(T5X_FIXTURE)
+    directory = str(tmp_path_factory.mktemp("hf") / "t5_tiny")
+    hf_weights.save(params, param_tree.infer_config(params), directory)
+    return directory
+
+
+FIXTURE_POLICY = ["--gin_file=gin/models/t5_1_1/tiny.gin", "--gin.POLICY_CONFIG=%T5_1_1_TINY",
+                  "--gin.ACTIVATION_DTYPE='float32'"]
+
+
+def test_hh_runs_with_the_hf_export_of_the_t5x_fixture_as_sft_checkpoint(hf_export_of_fixture,
+                                                                         tmp_path):
+    data = public_format_data.write_hh(str(tmp_path / "data"))
+    work_dir = tmp_path / "hh"
+    result = run_main(*HH, *public_format_data.gin_flags(data), *FIXTURE_POLICY,
+                      f"--gin.SFT_CHECKPOINT='{hf_export_of_fixture}'",
+                      f"--gin.WORK_DIR='{work_dir}'")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.load(open(work_dir / "sft" / "DONE.json"))["from_checkpoint"] == \
+        hf_export_of_fixture
+    results = json.load(open(work_dir / "results.json"))
+    assert results["task"] == "hh_helpful"
+    assert results["examples"][0]["context"].startswith("Human: Summarize: ")
+    assert "[RESPONSE A]" not in results["examples"][0]["context"]
+    _assert_sft_params_equal_fixture(work_dir)
+
+
+def _assert_sft_params_equal_fixture(work_dir):
+    from rso_jax import checkpoints, param_tree, t5x_checkpoint
+    expected = param_tree.flatten(t5x_checkpoint.load_params(T5X_FIXTURE))
+    installed = param_tree.flatten(jax.device_get(
+        checkpoints.restore_params(str(work_dir / "sft" / "params"))[0]))
+    assert set(installed) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(np.asarray(installed[key]), value, err_msg=key)
+
+
+def test_t5x_fixture_is_an_sft_checkpoint_without_conversion(tldr_flags, tmp_path):
+    work_dir = tmp_path / "t5x"
+    result = run_main(*tldr_flags, *FIXTURE_POLICY, f"--gin.SFT_CHECKPOINT='{T5X_FIXTURE}'",
+                      "--gin.STAGES=('sft', 'sample')", f"--gin.WORK_DIR='{work_dir}'")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.load(open(work_dir / "sft" / "DONE.json"))["from_checkpoint"] == \
+        os.path.abspath(T5X_FIXTURE)
+    _assert_sft_params_equal_fixture(work_dir)
+    assert np.load(work_dir / "sample" / "samples.npz")["tokens"].shape == (16, 4, 12)
+    assert not (work_dir / "ranker").exists()
+
+
+def test_a_checkpoint_of_the_wrong_size_fails_before_any_stage(tldr_flags, tmp_path):
+    work_dir = tmp_path / "wrong"
+    result = run_main(*tldr_flags, f"--gin.SFT_CHECKPOINT='{T5X_FIXTURE}'",
+                      f"--gin.WORK_DIR='{work_dir}'")
+    assert result.returncode == 1
+    assert "SFT_CHECKPOINT" in result.stderr and T5X_FIXTURE in result.stderr
+    assert "token_embedder/embedding" in result.stderr  # a mismatched key is named
+    assert not work_dir.exists()
+
+
+def test_paper_tldr_configuration_builds_at_abstract_shapes():
+    from rso_jax import decoding, network, partitioning, reward_models
+    tldr_files = os.path.join(REPO_ROOT, "tests", "data")
+    experiment = build_experiment([
+        "--gin_file=configs/tldr_rso.gin",
+        f"--gin.TLDR_SFT_FILES={{'train': '{tldr_files}/tldr_sft.jsonl'}}",
+        f"--gin.TLDR_COMPARISON_FILES={{'train': '{tldr_files}/tldr_comparisons.jsonl'}}",
+        f"--gin.VOCABULARY_FILE='{SYNTHETIC_VOCABULARY}'",
+        "--gin.SFT_INIT_CHECKPOINT='t5_1_1_large/checkpoint_1000000'",
+        "--gin.RANKER_INIT_CHECKPOINT='t5_1_1_xxl/checkpoint_1000000'",
+        "--gin.WORK_DIR='runs/tldr_rso'"])
+    policy, ranker = experiment.policy_config, experiment.ranker_config
+    assert (policy.emb_dim, policy.num_encoder_layers, policy.dtype) == (1024, 24, "bfloat16")
+    assert (ranker.emb_dim, ranker.num_heads, ranker.mlp_dim) == (4096, 64, 10240)
+    sampling = experiment.sampling
+    assert (sampling.num_candidates, sampling.temperature, sampling.top_k) == (64, 0.7, 40)
+    selection = experiment.selection
+    assert (selection.method, selection.beta, selection.num_samples) == ("rso", 0.5, 8)
+    assert (experiment.loss, experiment.gamma) == ("sigmoid_norm", 0.05)
+    preference = experiment.preference
+    assert (preference.batch_size, preference.learning_rate, preference.optimizer) == (
+        32, 1e-5, "adafactor")
+    assert experiment.sft_init_checkpoint.endswith("t5_1_1_large/checkpoint_1000000")
+    assert experiment.task.name == "tldr" and experiment.task.ranker_template == "summary"
+
+    def count(config):
+        shapes = network.param_shapes(config)  # abstract: nothing allocated
+        return sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
+    assert count(policy) == 783_150_080 and count(ranker) == 11_135_332_352
+    partitioner = partitioning.Partitioner(mesh=partitioning.create_mesh(1, 8))
+    partitioner.param_shardings(ranker)  # every sharded dimension divides over the mesh
+    prompts = jax.ShapeDtypeStruct((8, experiment.lengths.prompt), np.int32)
+    out = jax.eval_shape(
+        lambda p, x: decoding.sample(policy, p, x, jax.random.PRNGKey(0), sampling=sampling),
+        network.param_shapes(policy), prompts)
+    assert out.tokens.shape == (8, 64, 64)
+    inputs = jax.ShapeDtypeStruct((4, experiment.lengths.ranker_input), np.int32)
+    probability = jax.eval_shape(
+        lambda p, x: reward_models.preference_probability(ranker, p, x, a_token=3, b_token=4),
+        network.param_shapes(ranker), inputs)
+    assert probability.shape == (4,)
+
+
+def test_every_inference_stage_matches_between_a_mesh_and_one_device(tldr_run, tldr_flags,
+                                                                     tmp_path):
+    from rso_jax import partitioning
+    from rso_jax.experiment import runner
+    experiment = build_experiment(tldr_flags + ["--gin.WORK_DIR='unused'"])
+    meshes = {"one_device": partitioning.create_mesh(1, 1, devices=jax.devices()[:1]),
+              "data2_model4": partitioning.create_mesh(2, 4)}
+    for name, mesh in meshes.items():
+        work_dir = tmp_path / name
+        shutil.copytree(tldr_run[0], work_dir)
+        for stage in INFERENCE_STAGES:
+            os.remove(work_dir / stage / "DONE.json")
+        runner.run(dataclasses.replace(experiment, work_dir=str(work_dir)),
+                   partitioning.Partitioner(mesh=mesh))
+    one, mesh = tmp_path / "one_device", tmp_path / "data2_model4"
+    for stage, file, exact in (("sample", "samples.npz", ("tokens", "lengths", "baseline")),
+                               ("score", "rewards.npz", ()),
+                               ("select", "pairs.npz", ("prompts", "chosen", "rejected")),
+                               ("reference", "logps.npz", ())):
+        a, b = np.load(one / stage / file), np.load(mesh / stage / file)
+        for key in a.files:
+            if key in exact:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{stage}/{key}")
+            else:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5,
+                                           err_msg=f"{stage}/{key}")
+    results = [json.load(open(d / "results.json")) for d in (one, mesh)]
+    assert results[0]["examples"] == results[1]["examples"]  # the same greedy decodes
+    for policy in ("sft", "trained"):
+        for key, value in results[0]["policies"][policy].items():
+            assert results[1]["policies"][policy][key] == pytest.approx(value, abs=1e-6), key
