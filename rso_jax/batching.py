@@ -1,18 +1,18 @@
-"""Fixed-shape numpy batches for the model: token ids, masks and loss weights.
+"""The one batch data model (`SftBatch`, `PreferenceBatch`) and fixed-shape numpy batches of it.
 
 No TensorFlow or seqio here. Text is encoded with any vocabulary object that has
 `encode(str) -> list[int]` (a `sentencepiece.SentencePieceProcessor`, a
 `seqio.SentencePieceVocabulary`, ...); token ids that are already encoded (e.g. from a seqio
 dataset, EOS included) are taken as they are.
 
-Conventions (T5X's):
-  * int32 token ids, padded with 0 on the right; EOS (id 1) ends every sequence.
+Conventions (T5X's; PAD_ID, EOS_ID and DECODER_START_ID are `vocabularies`'):
+  * int32 token ids, padded with PAD_ID on the right; EOS_ID ends every sequence.
   * a sequence longer than its fixed length keeps its first length - 1 tokens and then EOS;
     every such cut is counted in `TruncationCounts`, per feature, and can be logged.
-  * decoder inputs are the targets shifted right by one, starting with id 0.
-  * loss weights are 1.0 on target tokens (EOS included) and 0.0 on padding.
-  * a batch may hold fewer examples than rows: the rest are all-padding rows with
-    `example_mask` False and zero loss weights.
+  * a batch holds only what cannot be derived: decoder inputs are `shift_right(targets)` and
+    padding masks are `tokens != PAD_ID`, both computed where they are used.
+  * a batch may hold fewer examples than rows: the rest are all-padding rows with zero loss
+    weights (`SftBatch`) or a False `pair_mask` (`PreferenceBatch`).
 
 Lengths come from gin (`SequenceLengths`); with several hosts each host batches its own share
 of the examples (`host_shard`, `host_batch_size`).
@@ -25,14 +25,15 @@ import dataclasses
 import logging
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from rso_jax import vocabularies
+
 logger = logging.getLogger(__name__)
 
-PAD_ID = 0
-EOS_ID = 1
-DECODER_START_ID = 0
+Array = Any  # a numpy array on the host, a jax.Array on the mesh (or a tracer in a step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,51 +85,89 @@ class TruncationCounts:
 
 @struct.dataclass
 class SftBatch:
-    """A supervised batch (also used for prompts alone, with empty targets).
+    """A supervised text-to-text batch: SFT, RAFT/ReST targets, the ranker's 'A'/'B'.
 
-    Attributes (B rows, Li = lengths.inputs, Lt = lengths.targets, padding on the right):
-      encoder_input_tokens: int32 [B, Li], the prompt ids ending in EOS, 0 after.
-      encoder_input_mask: bool [B, Li], True on real prompt tokens.
-      decoder_target_tokens: int32 [B, Lt], the target ids ending in EOS, 0 after.
-      decoder_input_tokens: int32 [B, Lt], targets shifted right, starting with 0.
-      decoder_loss_weights: float32 [B, Lt], 1.0 on target tokens, 0.0 on padding.
-      example_mask: bool [B], False on all-padding rows that fill the last batch.
+    Attributes (B rows, Li input and Lt target length, padded with PAD_ID on the right):
+      inputs: int32 [B, Li], the encoder's prompt ids, ending in EOS.
+      targets: int32 [B, Lt], the decoder's target ids, ending in EOS.
+      loss_weights: float32 [B, Lt], 1.0 on target tokens (EOS included), 0.0 on padding and
+        on all-padding rows.
     """
 
-    encoder_input_tokens: np.ndarray
-    encoder_input_mask: np.ndarray
-    decoder_target_tokens: np.ndarray
-    decoder_input_tokens: np.ndarray
-    decoder_loss_weights: np.ndarray
-    example_mask: np.ndarray
+    inputs: Array
+    targets: Array
+    loss_weights: Array
 
 
 @struct.dataclass
 class PreferenceBatch:
-    """A batch of (prompt, chosen, rejected) triples.
+    """(prompt, chosen, rejected) triples, with the responses' reference log-probabilities.
 
-    Attributes (B rows, Li = lengths.inputs, Lt = lengths.targets, padding on the right):
-      encoder_input_tokens: int32 [B, Li], the prompt ids ending in EOS, 0 after.
-      encoder_input_mask: bool [B, Li].
-      chosen_target_tokens / rejected_target_tokens: int32 [B, Lt], ending in EOS.
-      chosen_input_tokens / rejected_input_tokens: int32 [B, Lt], shifted right.
-      chosen_loss_weights / rejected_loss_weights: float32 [B, Lt].
-      example_mask: bool [B].
-    `grouped_targets` lays the responses out as the network's G = 2 rows per prompt.
+    Attributes (B pairs, Li prompt and Lt response length, padded with PAD_ID on the right):
+      inputs: int32 [B, Li], the prompt ids, ending in EOS.
+      chosen, rejected: int32 [B, Lt], the preferred and the other response, each ending in
+        EOS; `grouped_responses` lays them out as the decoder's G = 2 rows per prompt.
+      pair_mask: bool [B], False on all-padding pairs.
+      reference_chosen_logps, reference_rejected_logps: float32 [B], each response's sequence
+        log-probability under the frozen SFT policy, computed once beforehand (`scoring`);
+        None until then.
     """
 
-    encoder_input_tokens: np.ndarray
-    encoder_input_mask: np.ndarray
-    chosen_target_tokens: np.ndarray
-    chosen_input_tokens: np.ndarray
-    chosen_loss_weights: np.ndarray
-    rejected_target_tokens: np.ndarray
-    rejected_input_tokens: np.ndarray
-    rejected_loss_weights: np.ndarray
-    example_mask: np.ndarray
+    inputs: Array
+    chosen: Array
+    rejected: Array
+    pair_mask: Array
+    reference_chosen_logps: Optional[Array] = None
+    reference_rejected_logps: Optional[Array] = None
 
 
-def ids_with_eos(value: Any, vocabulary: Any = None, eos_id: int = EOS_ID) -> list:
+def _array_module(array: Array) -> Any:
+    """numpy for host arrays, jax.numpy for device arrays and tracers."""
+    return np if isinstance(array, np.ndarray) else jnp
+
+
+def shift_right(target_tokens: Array, start_id: int = vocabularies.DECODER_START_ID) -> Array:
+    """Decoder inputs for teacher forcing: [start, t_0, ..., t_{L-2}] per row.
+
+    Args:
+      target_tokens: int [..., L] numpy or jax array.
+      start_id: the decoder's start token.
+
+    Returns:
+      an array of the same kind, shape and dtype.
+    """
+    xp = _array_module(target_tokens)
+    start = xp.full_like(target_tokens[..., :1], start_id)
+    return xp.concatenate([start, target_tokens[..., :-1]], axis=-1)
+
+
+def grouped_responses(batch: PreferenceBatch) -> Array:
+    """[2B, Lt]: rows 2i and 2i + 1 are prompt i's chosen and rejected responses (the
+    network's and `scoring.score_targets`' G = 2 layout); numpy or jax, as the batch."""
+    xp = _array_module(batch.chosen)
+    grouped = xp.stack([batch.chosen, batch.rejected], axis=1)
+    return grouped.reshape((-1,) + tuple(batch.chosen.shape[1:]))
+
+
+def sft_batch_from_tokens(inputs: np.ndarray, targets: np.ndarray) -> SftBatch:
+    """An SftBatch of token arrays; loss weights on every non-padding target token."""
+    return SftBatch(inputs=inputs, targets=targets,
+                    loss_weights=(targets != vocabularies.PAD_ID).astype(np.float32))
+
+
+def preference_batch_from_tokens(inputs: np.ndarray, chosen: np.ndarray, rejected: np.ndarray,
+                                 reference_chosen_logps: Optional[np.ndarray] = None,
+                                 reference_rejected_logps: Optional[np.ndarray] = None,
+                                 pair_mask: Optional[np.ndarray] = None) -> PreferenceBatch:
+    """A PreferenceBatch of token arrays (and reference log-probs); every pair real by default."""
+    if pair_mask is None:
+        pair_mask = np.ones(len(inputs), bool)
+    return PreferenceBatch(inputs=inputs, chosen=chosen, rejected=rejected, pair_mask=pair_mask,
+                           reference_chosen_logps=reference_chosen_logps,
+                           reference_rejected_logps=reference_rejected_logps)
+
+
+def ids_with_eos(value: Any, vocabulary: Any = None, eos_id: int = vocabularies.EOS_ID) -> list:
     """Token ids ending in EOS: text is encoded and gets EOS; id sequences get EOS if they lack it.
 
     Args:
@@ -150,7 +189,7 @@ def ids_with_eos(value: Any, vocabulary: Any = None, eos_id: int = EOS_ID) -> li
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], length: int, batch_size: Optional[int] = None,
-              eos_id: int = EOS_ID) -> tuple:
+              eos_id: int = vocabularies.EOS_ID) -> tuple:
     """Right-pads EOS-terminated id sequences to [batch_size, length], cutting long ones.
 
     Args:
@@ -167,7 +206,7 @@ def pad_batch(sequences: Sequence[Sequence[int]], length: int, batch_size: Optio
         raise ValueError(f"{len(sequences)} sequences do not fit a batch of {batch_size}.")
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}.")
-    tokens = np.full((batch_size, length), PAD_ID, np.int32)
+    tokens = np.full((batch_size, length), vocabularies.PAD_ID, np.int32)
     num_truncated = 0
     for row, ids in enumerate(sequences):
         ids = list(ids)
@@ -176,13 +215,6 @@ def pad_batch(sequences: Sequence[Sequence[int]], length: int, batch_size: Optio
             num_truncated += 1
         tokens[row, :len(ids)] = ids
     return tokens, num_truncated
-
-
-def shift_right(target_tokens: np.ndarray, start_id: int = DECODER_START_ID) -> np.ndarray:
-    """Decoder inputs for teacher forcing: [start, t_0, ..., t_{L-2}] per row."""
-    inputs = np.full_like(target_tokens, start_id)
-    inputs[:, 1:] = target_tokens[:, :-1]
-    return inputs
 
 
 def _field(example: Any, key: str, index: int) -> Any:
@@ -204,20 +236,16 @@ def _feature(examples: Sequence[Any], key: str, vocabulary: Any, length: int, ba
     return tokens
 
 
-def _example_mask(num_examples: int, batch_size: int) -> np.ndarray:
-    return np.arange(batch_size) < num_examples
-
-
 def sft_batch(examples: Sequence[Any], vocabulary: Any, lengths: SequenceLengths,
               batch_size: Optional[int] = None, counts: Optional[TruncationCounts] = None,
-              eos_id: int = EOS_ID) -> SftBatch:
+              eos_id: int = vocabularies.EOS_ID) -> SftBatch:
     """Batches examples with 'inputs' and 'targets' (text or token ids).
 
     Args:
       examples: dicts with 'inputs' and 'targets'.
       vocabulary: encodes text fields (`encode(str) -> list[int]`).
       lengths: the fixed lengths.
-      batch_size: rows (>= len(examples)); extra rows are padding with example_mask False.
+      batch_size: rows (>= len(examples)); extra rows are padding with zero loss weights.
       counts: if given, truncations are added to it under 'inputs' and 'targets'.
       eos_id: the EOS id.
     """
@@ -225,42 +253,25 @@ def sft_batch(examples: Sequence[Any], vocabulary: Any, lengths: SequenceLengths
     inputs = _feature(examples, "inputs", vocabulary, lengths.inputs, batch_size, counts, eos_id)
     targets = _feature(examples, "targets", vocabulary, lengths.targets, batch_size, counts,
                        eos_id)
-    return SftBatch(encoder_input_tokens=inputs, encoder_input_mask=inputs != PAD_ID,
-                    decoder_target_tokens=targets, decoder_input_tokens=shift_right(targets),
-                    decoder_loss_weights=(targets != PAD_ID).astype(np.float32),
-                    example_mask=_example_mask(len(examples), batch_size))
+    return sft_batch_from_tokens(inputs, targets)
 
 
 def preference_batch(examples: Sequence[Any], vocabulary: Any, lengths: SequenceLengths,
                      batch_size: Optional[int] = None, counts: Optional[TruncationCounts] = None,
-                     eos_id: int = EOS_ID) -> PreferenceBatch:
+                     eos_id: int = vocabularies.EOS_ID) -> PreferenceBatch:
     """Batches examples with 'inputs', 'chosen' and 'rejected' (text or token ids).
 
     Both responses use `lengths.targets`; truncations are counted under 'inputs', 'chosen'
-    and 'rejected'. Other arguments as in `sft_batch`.
+    and 'rejected'; padding rows have a False pair_mask; the reference log-probabilities
+    stay None. Other arguments as in `sft_batch`.
     """
     batch_size = len(examples) if batch_size is None else batch_size
     inputs = _feature(examples, "inputs", vocabulary, lengths.inputs, batch_size, counts, eos_id)
     chosen = _feature(examples, "chosen", vocabulary, lengths.targets, batch_size, counts, eos_id)
     rejected = _feature(examples, "rejected", vocabulary, lengths.targets, batch_size, counts,
                         eos_id)
-    return PreferenceBatch(
-        encoder_input_tokens=inputs, encoder_input_mask=inputs != PAD_ID,
-        chosen_target_tokens=chosen, chosen_input_tokens=shift_right(chosen),
-        chosen_loss_weights=(chosen != PAD_ID).astype(np.float32),
-        rejected_target_tokens=rejected, rejected_input_tokens=shift_right(rejected),
-        rejected_loss_weights=(rejected != PAD_ID).astype(np.float32),
-        example_mask=_example_mask(len(examples), batch_size))
-
-
-def grouped_targets(batch: PreferenceBatch) -> tuple:
-    """(target_tokens, loss_weights), each [2B, Lt]: rows 2i and 2i + 1 are prompt i's chosen
-    and rejected responses (the network's and `scoring.score_targets`' G = 2 layout)."""
-    def interleave(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
-        return np.stack([chosen, rejected], axis=1).reshape(-1, chosen.shape[-1])
-
-    return (interleave(batch.chosen_target_tokens, batch.rejected_target_tokens),
-            interleave(batch.chosen_loss_weights, batch.rejected_loss_weights))
+    return preference_batch_from_tokens(inputs, chosen, rejected,
+                                        pair_mask=np.arange(batch_size) < len(examples))
 
 
 def iterate_batches(examples: Sequence[Any], batch_size: int,
@@ -275,7 +286,7 @@ def iterate_batches(examples: Sequence[Any], batch_size: int,
         `functools.partial(sft_batch, vocabulary=v, lengths=l, counts=c)` called as
         `make_batch(chunk, batch_size=batch_size)`.
       drop_remainder: drop a last, incomplete batch (the number dropped is logged) instead of
-        padding it with rows whose example_mask is False.
+        padding it with all-padding rows.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")

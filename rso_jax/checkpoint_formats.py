@@ -392,26 +392,15 @@ def _read_hf_block(tensor: Any, transposed: bool, index: tuple[slice, ...],
 
 
 def _orbax_shapes(path: str) -> dict[str, tuple[int, ...]]:
-    import orbax.checkpoint as ocp
-
-    params_dir = os.path.abspath(os.path.join(path, checkpoints.PARAMS_SUBDIR))
     try:
-        metadata = ocp.StandardCheckpointer().metadata(params_dir)
+        return checkpoints.saved_shapes(path)
     except _READ_ERRORS as error:
         raise _unreadable(path, "orbax", error) from error
-    # Newer orbax wraps the tree as StepMetadata.item_metadata.tree.
-    tree = getattr(metadata, "item_metadata", metadata)
-    tree = getattr(tree, "tree", tree)
-    if not isinstance(tree, Mapping):
-        raise ValueError(f"{params_dir} holds no readable orbax parameter tree (its metadata is "
-                         f"missing or damaged). {_REMEDIES['orbax']}")
-    return param_tree.flat_shapes(tree)
 
 
 def _restore_orbax(path: str, config: network.T5Config, shardings: Any) -> Any:
     try:  # Restore onto exactly our config (shapes were checked; dtype is cast by orbax).
-        params, _ = checkpoints.restore_params(path, shardings,
-                                               **checkpoints.config_to_json(config))
+        params = checkpoints.restore_params(path, config, shardings)
     except FileNotFoundError:
         raise
     except Exception as error:  # Orbax reports damaged array data as a bare Exception.

@@ -14,13 +14,13 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from rso_jax import (checkpoints, hf_weights, param_tree, partitioning, run_info,
-                     scoring, t5x_checkpoint)
+from rso_jax import (checkpoints, hf_weights, network, param_tree, partitioning, run_info,
+                     scoring, t5x_checkpoint, vocabularies)
 
 
 def random_token_batch(rng: np.random.Generator, *, num_prompts: int, targets_per_prompt: int,
                        prompt_length: int, target_length: int, vocab_size: int,
-                       eos_id: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                       eos_id: int = vocabularies.EOS_ID) -> tuple[np.ndarray, np.ndarray]:
     """Prompts and targets of random lengths, each ending in EOS and right-padded with 0."""
     def sequences(count, length):
         tokens = np.zeros((count, length), np.int32)
@@ -63,7 +63,8 @@ def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts
     param_shardings = partitioner.param_shardings(config)
     start = time.perf_counter()
     checkpoints.save_params(params, config, orbax_dir)
-    orbax_params, orbax_config = checkpoints.restore_params(orbax_dir, shardings=param_shardings)
+    orbax_config = checkpoints.load_config(orbax_dir, network.T5Config)
+    orbax_params = checkpoints.restore_params(orbax_dir, config, param_shardings)
     timings["orbax_write_read_s"] = time.perf_counter() - start
 
     flat = param_tree.flatten(params)
@@ -92,7 +93,7 @@ def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts
 
     results = {
         "checkpoint": os.path.abspath(checkpoint_path),
-        "model_config": checkpoints.config_to_json(config),
+        "model_config": config.to_json(),
         "num_parameters": int(sum(np.size(v) for v in flat.values())),
         "mesh": {axis: int(size) for axis, size in partitioner.mesh.shape.items()},
         "hf_dir": os.path.abspath(hf_dir),

@@ -37,8 +37,8 @@ def read(fmt: str, path: str, relative_attention_max_distance: Optional[int] = N
     if fmt == "hf":
         return hf_weights.load(path, **overrides)
     if fmt == "orbax":
-        params, config = checkpoints.restore_params(path, **overrides)
-        return jax_to_numpy(params), config
+        config = checkpoints.load_config(path, network.T5Config, **overrides)
+        return jax_to_numpy(checkpoints.restore_params(path, config)), config
     raise ValueError(f"Unknown input format {fmt!r}; choose one of {READ_FORMATS}.")
 
 

@@ -27,12 +27,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from rso_jax import network, partitioning
+from rso_jax import network, partitioning, vocabularies
 
 Array = jax.Array
-
-PAD_ID = 0  # padding and decoder start token of T5; never drawn as a response token.
-
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -44,7 +41,7 @@ class SamplingConfig:
     top_k: int = 0  # keep the k most likely tokens; 0 = no top-k (RSO: 40, RS-DPO: 50).
     top_p: float = 1.0  # nucleus: smallest set with probability >= top_p; 1.0 = off.
     greedy: bool = False  # argmax decoding; temperature/top-k/top-p are then ignored.
-    eos_id: int = 1  # T5's EOS.
+    eos_id: int = vocabularies.EOS_ID
 
     def __post_init__(self):
         if self.num_candidates < 1:
@@ -145,10 +142,10 @@ def next_tokens(logits: Array, rng: Array, sampling: SamplingConfig) -> tuple[Ar
     """
     vocab_size = logits.shape[-1]
     if sampling.greedy:
-        tokens = jnp.argmax(logits.at[:, PAD_ID].set(-jnp.inf), axis=-1)
+        tokens = jnp.argmax(logits.at[:, vocabularies.PAD_ID].set(-jnp.inf), axis=-1)
         return tokens.astype(jnp.int32), jnp.max(logits, axis=-1)
     if not sampling.top_k and sampling.top_p >= 1.0:
-        scaled = logits.at[:, PAD_ID].set(-jnp.inf) / sampling.temperature
+        scaled = logits.at[:, vocabularies.PAD_ID].set(-jnp.inf) / sampling.temperature
         tokens = jax.random.categorical(rng, scaled, axis=-1)
         return tokens.astype(jnp.int32), jnp.max(logits, axis=-1)
     # Rank on the raw logits (dividing by the temperature keeps the order), one extra place
@@ -158,7 +155,7 @@ def next_tokens(logits: Array, rng: Array, sampling: SamplingConfig) -> tuple[Ar
     # (A max over the k values rather than their first column: slicing a top-k's values stops
     # XLA from turning its sort into a top-k.)
     row_max = jnp.max(candidate_logits, axis=-1)
-    usable = candidate_ids != PAD_ID
+    usable = candidate_ids != vocabularies.PAD_ID
     usable &= jnp.cumsum(usable, axis=-1) <= keep
     candidate_logits = jnp.where(usable, candidate_logits / sampling.temperature, -jnp.inf)
     if sampling.top_p < 1.0:
@@ -207,7 +204,7 @@ def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rn
         return model.apply(variables, cross_key_values, prompt_tokens, tokens, position, caches,
                            method=model.decode_step)
 
-    start_tokens = jnp.zeros((num_prompts,), jnp.int32)  # T5's decoder start token
+    start_tokens = jnp.full((num_prompts,), vocabularies.DECODER_START_ID, jnp.int32)
     first_logits, first_caches = decode(
         start_tokens, jnp.zeros((), jnp.int32),
         network.init_decode_cache(model_config, num_prompts, max_length))
@@ -230,7 +227,7 @@ def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rn
 
     def draw(position, logits, tokens, token_logps, done):
         chosen, row_max = next_tokens(logits, jax.random.fold_in(rng, position), sampling)
-        chosen = jnp.where(done, 0, chosen)
+        chosen = jnp.where(done, vocabularies.PAD_ID, chosen)
         chosen_logp = jnp.where(done, 0.0, _chosen_log_probs(logits, chosen, row_max))
         tokens = jax.lax.dynamic_update_slice(tokens, chosen[:, None], (0, position))
         token_logps = jax.lax.dynamic_update_slice(token_logps, chosen_logp[:, None], (0, position))
@@ -263,7 +260,7 @@ def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rn
                         lengths=response_lengths(tokens, sampling.eos_id))
 
 
-def response_lengths(tokens: Array, eos_id: int = 1) -> Array:
+def response_lengths(tokens: Array, eos_id: int = vocabularies.EOS_ID) -> Array:
     """Tokens up to and including the first EOS along the last axis (full width if none)."""
     is_eos = tokens == eos_id
     first_eos = jnp.argmax(is_eos, axis=-1)

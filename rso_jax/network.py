@@ -49,7 +49,11 @@ def resolve_dtype(dtype) -> jnp.dtype:
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
-    """Hyper-parameters of a T5 v1.1 model (the fields of T5X's `network.T5Config`)."""
+    """Hyper-parameters of a T5 v1.1 model (the fields of T5X's `network.T5Config`).
+
+    Also the model's `model_spec.ModelSpec`: its parameter tree and the JSON written beside a
+    checkpoint.
+    """
 
     vocab_size: int = 32128  # T5's 32k SentencePiece vocabulary padded to a multiple of 128.
     emb_dim: int = 512  # model width d_model.
@@ -92,6 +96,26 @@ class T5Config:
 
     def replace(self, **changes) -> "T5Config":
         return dataclasses.replace(self, **changes)
+
+    # The `model_spec.ModelSpec` interface; the first three call the module-level functions.
+    def param_shapes(self):
+        return param_shapes(self)
+
+    def param_logical_axes(self):
+        return param_logical_axes(self)
+
+    def init_params(self, rng: Array):
+        return init_params(self, rng)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, fields: dict, **overrides) -> "T5Config":
+        unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"Unknown T5Config fields {unknown} in a saved model config.")
+        return cls(**{**fields, **overrides})
 
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {

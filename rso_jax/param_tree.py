@@ -1,4 +1,4 @@
-"""Flat views of parameter trees and a check of a tree against the shapes a config expects."""
+"""Flat views of parameter trees and a check of a tree against the shapes a model expects."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
-from rso_jax import network
+from rso_jax import model_spec, network
 
 SEPARATOR = "/"
 
 
 class ParamTreeMismatchError(ValueError):
-    """A loaded parameter tree does not have the keys or shapes the model config expects."""
+    """A parameter tree does not have the keys or shapes the model expects."""
 
 
 def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -31,9 +31,9 @@ def flat_shapes(params: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return {key: tuple(np.shape(value)) for key, value in flatten(params).items()}
 
 
-def config_shapes(config: network.T5Config) -> dict[str, tuple[int, ...]]:
-    """Flat key -> shape of every parameter `config` defines, computed without allocating."""
-    return flat_shapes(network.param_shapes(config))
+def config_shapes(model: model_spec.ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Flat key -> shape of every parameter `model` defines, computed without allocating."""
+    return flat_shapes(model.param_shapes())
 
 
 def check_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
@@ -62,16 +62,17 @@ def check_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tu
     raise ParamTreeMismatchError("\n".join(lines))
 
 
-def check_against_config(params: Mapping[str, Any], config: network.T5Config, source: str) -> None:
+def check_against_config(params: Mapping[str, Any], model: model_spec.ModelSpec,
+                         source: str) -> None:
     """Raises `ParamTreeMismatchError` listing every missing, unexpected or mis-shaped key.
 
     Args:
       params: nested dict of arrays (or anything with `.shape`).
-      config: the model configuration the parameters should fit.
+      model: the model config (any ModelSpec) the parameters should fit.
       source: what the parameters were read from, named in the error message.
     """
-    check_shapes(config_shapes(config), flat_shapes(params),
-                 f"Parameters from {source} do not fit the model config {config}.")
+    check_shapes(config_shapes(model), flat_shapes(params),
+                 f"Parameters from {source} do not fit the model config {model}.")
 
 
 def infer_config(params: Mapping[str, Any], **overrides) -> network.T5Config:

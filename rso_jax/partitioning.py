@@ -3,7 +3,8 @@
 Every parameter and main activation of the network names its dimensions logically
 ('batch', 'embed', 'heads', ...). `logical_axis_rules` maps those names onto the two mesh
 axes, 'data' and 'model'. A `Partitioner` holds a mesh and the rules and turns logical
-specs into `NamedSharding`s, initialises parameters directly into their shards
+specs into `NamedSharding`s for any tree (`shardings_for`; `param_shardings` for a model's
+`model_spec.ModelSpec`), initialises parameters directly into their shards
 (`jax.eval_shape` -> shardings -> jit with `out_shardings`) and jits functions with input and
 output shardings while the rules are active, so that the model's logical constraints apply.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rso_jax import network, param_tree
+from rso_jax import model_spec, param_tree
 
 logger = logging.getLogger(__name__)
 
@@ -162,12 +163,23 @@ class Partitioner:
         """Leading (batch) dimension over 'data', the rest replicated."""
         return self.sharding(("batch",) + (None,) * (ndim - 1))
 
-    def param_shardings(self, config: network.T5Config) -> Any:
-        """NamedSharding tree matching the parameter tree of `config`, checked for divisibility."""
-        logical = network.param_logical_axes(config)
-        shardings = self.shardings(logical)
-        self._check_divisible(network.param_shapes(config), shardings)
+    def shardings_for(self, shapes: Any, logical_axes: Any) -> Any:
+        """NamedShardings for any tree of arrays, checked to split evenly over the mesh.
+
+        Args:
+          shapes: the tree's leaves as anything with `.shape` (e.g. `jax.ShapeDtypeStruct`).
+          logical_axes: the same tree with a `PartitionSpec` of logical axis names per leaf.
+
+        Raises:
+          ValueError: naming every leaf with a dimension the mesh cannot split evenly.
+        """
+        shardings = self.shardings(logical_axes)
+        self._check_divisible(shapes, shardings)
         return shardings
+
+    def param_shardings(self, model: model_spec.ModelSpec) -> Any:
+        """NamedSharding tree matching `model`'s parameter tree, checked for divisibility."""
+        return self.shardings_for(model.param_shapes(), model.param_logical_axes())
 
     def _check_divisible(self, shapes: Any, shardings: Any) -> None:
         problems = []
@@ -189,17 +201,16 @@ class Partitioner:
                              "\nChoose a model_parallelism that divides the model's heads*head_dim,"
                              " mlp_dim and vocab_size (or disable fsdp).")
 
-    def init_params(self, config: network.T5Config, rng: jax.Array) -> Any:
+    def init_params(self, model: model_spec.ModelSpec, rng: jax.Array) -> Any:
         """Initialises parameters directly into their shards (no full copy on one device)."""
-        shardings = self.param_shardings(config)
-        init = jax.jit(lambda key: network.init_params(config, key), out_shardings=shardings)
+        init = jax.jit(model.init_params, out_shardings=self.param_shardings(model))
         with self.activate():
             return init(rng)
 
-    def shard_params(self, params: Any, config: network.T5Config) -> Any:
+    def shard_params(self, params: Any, model: model_spec.ModelSpec) -> Any:
         """Places host (numpy) parameters, e.g. from a checkpoint, onto their shards."""
-        param_tree.check_against_config(params, config, "the parameters being sharded")
-        return self.place(params, self.param_shardings(config))
+        param_tree.check_against_config(params, model, "the parameters being sharded")
+        return self.place(params, self.param_shardings(model))
 
     @staticmethod
     def place(tree: Any, shardings: Any) -> Any:

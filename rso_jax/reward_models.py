@@ -26,7 +26,7 @@ import numpy as np
 from flax import linen as nn
 from flax import struct
 
-from rso_jax import network, param_tree, partitioning
+from rso_jax import model_spec, network, param_tree, partitioning, vocabularies
 
 Array = jax.Array
 
@@ -57,7 +57,8 @@ class TruncationReport:
 
 
 def pack_ranker_input(vocabulary: TextEncoder, context: str, responses: Sequence[str],
-                      template: Sequence[str], max_length: int, eos_id: int = 1,
+                      template: Sequence[str], max_length: int,
+                      eos_id: int = vocabularies.EOS_ID,
                       report: Optional[TruncationReport] = None) -> Optional[list[int]]:
     """Token ids of `template[0] context template[1] y1 template[2] y2 ... EOS`.
 
@@ -91,10 +92,16 @@ def flip_pairs(rng: np.random.Generator, count: int) -> np.ndarray:
     return rng.random(count) < 0.5
 
 
-def ranker_targets(flipped: np.ndarray, a_token: int, b_token: int, eos_id: int = 1) -> np.ndarray:
+def ranker_targets(flipped: np.ndarray, a_token: int, b_token: int,
+                   eos_id: int = vocabularies.EOS_ID) -> np.ndarray:
     """int32 [count, 2] targets: 'A' (chosen shown first) or 'B' (flipped), then EOS."""
     labels = np.where(flipped, b_token, a_token)
     return np.stack([labels, np.full_like(labels, eos_id)], axis=1).astype(np.int32)
+
+
+def _start_tokens(inputs: Array) -> Array:
+    """[batch, 1] decoder start tokens: the decoder's first step, for a batch of inputs."""
+    return jnp.full((inputs.shape[0], 1), vocabularies.DECODER_START_ID, jnp.int32)
 
 
 def first_step_logits(model_config: network.T5Config, params: Any, inputs: Array,
@@ -103,8 +110,8 @@ def first_step_logits(model_config: network.T5Config, params: Any, inputs: Array
     model = network.T5(model_config)
     variables = {"params": params}
     encoded = model.apply(variables, inputs, method=model.encode)
-    start = jnp.zeros((inputs.shape[0], 1), jnp.int32)
-    hidden = model.apply(variables, encoded, inputs, start, method=model.decoder_hidden_states)
+    hidden = model.apply(variables, encoded, inputs, _start_tokens(inputs),
+                         method=model.decoder_hidden_states)
     kernel = params["decoder"]["logits_dense"]["kernel"][:, jnp.asarray(token_ids)]
     return jnp.dot(hidden[:, 0].astype(model_config.compute_dtype),
                    kernel.astype(model_config.compute_dtype),
@@ -191,15 +198,14 @@ class PointwiseRewardModel(nn.Module):
     def __call__(self, inputs: Array, *, enable_dropout: bool = False) -> Array:
         """Rewards float32 [batch] of `[CONTEXT] x [RESPONSE] y` inputs [batch, len]."""
         encoded = self.t5.encode(inputs, enable_dropout=enable_dropout)
-        start = jnp.zeros((inputs.shape[0], 1), jnp.int32)
-        hidden = self.t5.decoder_hidden_states(encoded, inputs, start,
+        hidden = self.t5.decoder_hidden_states(encoded, inputs, _start_tokens(inputs),
                                                enable_dropout=enable_dropout)
         return self.reward_head(hidden[:, 0])[:, 0]
 
 
-def _init_pointwise(config: network.T5Config, rng: Array) -> Any:
+def _init_boxed_pointwise(config: network.T5Config, rng: Array) -> Any:
     dummy = jnp.ones((1, 1), jnp.int32)
-    return nn.unbox(PointwiseRewardModel(config).init(rng, dummy))["params"]
+    return PointwiseRewardModel(config).init(rng, dummy)["params"]
 
 
 def init_pointwise_params(config: network.T5Config, rng: Array,
@@ -209,7 +215,7 @@ def init_pointwise_params(config: network.T5Config, rng: Array,
     The model has no use for the T5 output projection (`decoder/logits_dense`), so it is
     left out; any other difference from `t5_params` is an error listing the keys.
     """
-    params = jax.jit(functools.partial(_init_pointwise, config))(rng)
+    params = nn.unbox(jax.jit(functools.partial(_init_boxed_pointwise, config))(rng))
     params = dict(params, reward_head={"kernel": jnp.zeros_like(params["reward_head"]["kernel"])})
     if t5_params is not None:
         needed = param_tree.flatten(params["t5"])
@@ -220,6 +226,39 @@ def init_pointwise_params(config: network.T5Config, rng: Array,
                 f"T5 parameters for the reward model lack {missing}.")
         params["t5"] = param_tree.unflatten({key: given[key] for key in needed})
     return params
+
+
+@dataclasses.dataclass(frozen=True)
+class PointwiseRewardConfig:
+    """The pointwise reward model's `model_spec.ModelSpec`: its T5 (less the output projection)
+    and the scalar head, every parameter sharded by the rules (the head's 'reward' axis has
+    none, so it is never split)."""
+
+    t5: network.T5Config
+
+    def _abstract(self) -> tuple[Any, Any]:
+        return model_spec.abstract_params(functools.partial(_init_boxed_pointwise, self.t5),
+                                          jax.random.PRNGKey(0))
+
+    def param_shapes(self) -> Any:
+        return self._abstract()[0]
+
+    def param_logical_axes(self) -> Any:
+        return self._abstract()[1]
+
+    def init_params(self, rng: Array) -> Any:
+        return init_pointwise_params(self.t5, rng)
+
+    def to_json(self) -> dict:
+        return {"t5": self.t5.to_json()}
+
+    @classmethod
+    def from_json(cls, fields: dict, **overrides) -> "PointwiseRewardConfig":
+        """`overrides` replace fields of the T5 config."""
+        if set(fields) != {"t5"}:
+            raise ValueError(f"Unknown PointwiseRewardConfig fields {sorted(fields)} in a saved "
+                             "model config (expected only 't5').")
+        return cls(network.T5Config.from_json(fields["t5"], **overrides))
 
 
 @struct.dataclass
@@ -255,17 +294,6 @@ def bradley_terry_loss(params: Any, batch: PointwisePairBatch, dropout_rng: Arra
                   "rewards/accuracy": ((margin > 0) * mask).sum() / count}
 
 
-def pointwise_param_layout(partitioner: partitioning.Partitioner,
-                           config: network.T5Config) -> tuple[Any, Any]:
-    """(shapes, shardings) of the pointwise model's params: T5 by the rules, head replicated."""
-    shapes = jax.eval_shape(functools.partial(_init_pointwise, config), jax.random.PRNGKey(0))
-    t5_shardings = param_tree.flatten(partitioner.param_shardings(config))
-    shardings = {"t5": param_tree.unflatten({key: t5_shardings[key]
-                                             for key in param_tree.flatten(shapes["t5"])}),
-                 "reward_head": {"kernel": partitioner.replicated}}
-    return shapes, shardings
-
-
 def make_pointwise_scorer(config: network.T5Config,
                           partitioner: Optional[partitioning.Partitioner] = None
                           ) -> Callable[[Any, Array], Array]:
@@ -273,8 +301,8 @@ def make_pointwise_scorer(config: network.T5Config,
     fn = lambda params, inputs: PointwiseRewardModel(config).apply({"params": params}, inputs)
     if partitioner is None:
         return jax.jit(fn)
-    return partitioner.jit(fn, in_shardings=(pointwise_param_layout(partitioner, config)[1],
-                                             partitioner.batch_sharding(2)),
+    return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(
+                               PointwiseRewardConfig(config)), partitioner.batch_sharding(2)),
                            out_shardings=partitioner.batch_sharding(1))
 
 

@@ -8,13 +8,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from rso_jax import network, partitioning
-
-
-def shift_right(target_tokens: jax.Array, start_token: int = 0) -> jax.Array:
-    """Decoder inputs for teacher forcing: [start, t_0, ..., t_{T-2}] (T5 starts with id 0)."""
-    start = jnp.full_like(target_tokens[:, :1], start_token)
-    return jnp.concatenate([start, target_tokens[:, :-1]], axis=1)
+from rso_jax import batching, network, partitioning, vocabularies
 
 
 def token_log_probs(logits_btv: jax.Array, target_tokens_bt: jax.Array) -> jax.Array:
@@ -30,15 +24,16 @@ def score_targets(config: network.T5Config, params: Any, encoder_input_tokens: j
     Args:
       config: model config.
       params: model parameters.
-      encoder_input_tokens: [prompts, enc_len], 0 = padding.
-      target_tokens: [prompts * G, dec_len], G targets per prompt, 0 = padding after EOS.
+      encoder_input_tokens: [prompts, enc_len], right-padded with PAD_ID.
+      target_tokens: [prompts * G, dec_len], G targets per prompt, each ending in EOS,
+        right-padded with PAD_ID.
 
     Returns:
       (token_logps [prompts * G, dec_len] with 0 at padding, sequence_logps [prompts * G]).
     """
     logits = network.T5(config).apply({"params": params}, encoder_input_tokens,
-                                      shift_right(target_tokens))
-    target_mask = target_tokens > 0
+                                      batching.shift_right(target_tokens))
+    target_mask = target_tokens != vocabularies.PAD_ID
     token_logps = jnp.where(target_mask, token_log_probs(logits, target_tokens), 0.0)
     return token_logps, token_logps.sum(axis=-1)
 

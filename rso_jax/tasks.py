@@ -19,7 +19,7 @@ Files and vocabulary come from gin when a dataset is built, not at import, so th
 as soon as this module is imported; the gin files (`gin/data/*.gin`) say what they read, through
 TensorFlow-free functions (a pipeline without seqio reads the same data through them):
 
-  data_formats.data_files.tldr_sft = {'train': '/data/tldr/train.jsonl', 'validation': ...}
+  readers.data_files.tldr_sft = {'train': '/data/tldr/train.jsonl', 'validation': ...}
   vocabularies.vocabulary_settings.model_file = '/data/t5/sentencepiece.model'
 
 The synthetic tasks use the SentencePiece model shipped in `rso_jax/assets/` and the splits of
@@ -36,7 +36,8 @@ from typing import Callable, Optional
 import seqio
 import tensorflow as tf
 
-from rso_jax import data_formats, synthetic_task, vocabularies
+from rso_jax import synthetic_task, vocabularies
+from rso_jax.data import readers
 
 SPLITS = ("train", "validation", "test")
 SFT_FEATURES = ("inputs", "targets")
@@ -51,7 +52,7 @@ def _checked_vocabulary(model_file: str, extra_ids: int) -> seqio.Vocabulary:
 def public_vocabulary() -> seqio.Vocabulary:
     """The public-dataset tasks' vocabulary: `vocabularies.vocabulary_settings` from gin."""
     return _checked_vocabulary(
-        *data_formats.gin_configured(vocabularies.vocabulary_settings)())
+        *readers.gin_configured(vocabularies.vocabulary_settings)())
 
 
 def synthetic_vocabulary() -> seqio.Vocabulary:
@@ -61,7 +62,7 @@ def synthetic_vocabulary() -> seqio.Vocabulary:
 
 def synthetic_dataset() -> synthetic_task.SyntheticDataset:
     """The synthetic dataset as gin configures it (gin/data/synthetic.gin), else the default."""
-    return data_formats.gin_configured(synthetic_task.SyntheticDataset)()
+    return readers.gin_configured(synthetic_task.SyntheticDataset)()
 
 
 class DeferredVocabulary(seqio.Vocabulary):
@@ -122,10 +123,10 @@ class _TaskSpec:
 def _public(dataset: str) -> _TaskSpec:
     features = PREFERENCE_FEATURES if dataset.endswith("_preferences") else SFT_FEATURES
     return _TaskSpec(features, PUBLIC_VOCABULARY,
-                     lambda split: data_formats.read_split(dataset, split).examples)
+                     lambda split: readers.read_split(dataset, split).examples)
 
 
-TASKS = {f"rso_{dataset}": _public(dataset) for dataset in data_formats.DATASETS}
+TASKS = {f"rso_{dataset}": _public(dataset) for dataset in readers.DATASETS}
 TASKS["rso_synthetic_sft"] = _TaskSpec(
     SFT_FEATURES, SYNTHETIC_VOCABULARY, lambda split: synthetic_dataset().sft_examples(split))
 TASKS["rso_synthetic_preferences"] = _TaskSpec(

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import numpy as np
 
-from rso_jax import atomic_io, checkpoints, network, run_info, training
+from rso_jax import atomic_io, checkpoints, model_spec, run_info, training
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _is_better(value: float, best: Optional[float], mode: str) -> bool:
 
 
 def train(state: training.TrainState, train_step: Callable, batches: BatchSource, work_dir: str,
-          loop: LoopConfig, *, model_config: network.T5Config,
+          loop: LoopConfig, *, model_config: model_spec.ModelSpec,
           evaluate: Optional[Evaluator] = None) -> tuple[training.TrainState, dict[str, Any]]:
     """Trains from the latest checkpoint in `work_dir` (or from `state`) up to loop.num_steps.
 
@@ -138,7 +138,8 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
       batches: data position -> iterator of batches starting there (deterministic).
       work_dir: run directory (created).
       loop: schedule.
-      model_config: written beside the best parameters.
+      model_config: the trained model's config (any ModelSpec), written beside the best
+        parameters.
       evaluate: optional `params -> metrics` for periodic evaluation and best/ selection.
 
     Returns:

@@ -1,4 +1,5 @@
-"""Train state, batches and module-level pure train steps for SFT, the ranker and preferences.
+"""Train state, losses on batches and module-level pure train steps for SFT, the ranker and
+preferences.
 
 Every step is a pure function `(state, batch) -> (state, metrics)`; `make_train_step` jits it
 with shardings on the mesh and donates the state. Gradient accumulation splits the batch into
@@ -20,7 +21,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rso_jax import losses, network, param_tree, partitioning, scoring
+from rso_jax import (batching, losses, model_spec, network, param_tree, partitioning, scoring,
+                     vocabularies)
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -95,76 +97,41 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation,
                       opt_state=optimizer.init(params), rng=rng)
 
 
-@struct.dataclass
-class SftBatch:
-    """Supervised text-to-text batch (SFT, RAFT/ReST targets, the ranker's 'A'/'B').
-
-    Attributes:
-      inputs: int32 [batch, input_len], right-padded with 0.
-      targets: int32 [batch, target_len], EOS-terminated, right-padded with 0.
-      loss_weights: float32 [batch, target_len], 1 on target tokens, 0 on padding.
-    """
-
-    inputs: Array
-    targets: Array
-    loss_weights: Array
-
-
-@struct.dataclass
-class PreferenceBatch:
-    """Preference pairs with reference log-probabilities computed once beforehand.
-
-    Attributes:
-      prompts: int32 [pairs, prompt_len], right-padded with 0.
-      chosen, rejected: int32 [pairs, response_len], EOS-terminated, right-padded with 0.
-      reference_chosen_logps, reference_rejected_logps: float32 [pairs], sequence
-        log-probabilities under the frozen SFT policy.
-      pair_mask: bool [pairs], False for padding pairs.
-    """
-
-    prompts: Array
-    chosen: Array
-    rejected: Array
-    reference_chosen_logps: Array
-    reference_rejected_logps: Array
-    pair_mask: Array
-
-
-def sft_loss(params: Any, batch: SftBatch, dropout_rng: Array, *,
+def sft_loss(params: Any, batch: batching.SftBatch, dropout_rng: Array, *,
              model_config: network.T5Config) -> tuple[Array, Metrics]:
     """Token cross-entropy of the targets (teacher forcing)."""
     logits = network.T5(model_config).apply(
-        {"params": params}, batch.inputs, scoring.shift_right(batch.targets),
+        {"params": params}, batch.inputs, batching.shift_right(batch.targets),
         enable_dropout=model_config.dropout_rate > 0, rngs={"dropout": dropout_rng})
     loss, metrics = losses.token_cross_entropy(logits, batch.targets, batch.loss_weights)
     return loss, {"loss": loss, **metrics}
 
 
-def interleave_responses(chosen: Array, rejected: Array) -> Array:
-    """[pairs, L] x 2 -> [2 * pairs, L] with rows (chosen_0, rejected_0, chosen_1, ...)."""
-    return jnp.stack([chosen, rejected], axis=1).reshape((-1,) + chosen.shape[1:])
-
-
-def policy_pair_logps(params: Any, batch: PreferenceBatch, dropout_rng: Array, *,
+def policy_pair_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
                       model_config: network.T5Config) -> tuple[Array, Array]:
     """Sequence log-probs of chosen and rejected under the policy, prompt encoded once."""
     model = network.T5(model_config)
     dropout = model_config.dropout_rate > 0
-    encoded = model.apply({"params": params}, batch.prompts, enable_dropout=dropout,
+    encoded = model.apply({"params": params}, batch.inputs, enable_dropout=dropout,
                           method=model.encode, rngs={"dropout": dropout_rng})
-    responses = interleave_responses(batch.chosen, batch.rejected)
-    logits = model.apply({"params": params}, encoded, batch.prompts,
-                         scoring.shift_right(responses), enable_dropout=dropout,
+    responses = batching.grouped_responses(batch)
+    logits = model.apply({"params": params}, encoded, batch.inputs,
+                         batching.shift_right(responses), enable_dropout=dropout,
                          method=model.decode, rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
-    token_logps = jnp.where(responses > 0, scoring.token_log_probs(logits, responses), 0.0)
+    token_logps = jnp.where(responses != vocabularies.PAD_ID,
+                            scoring.token_log_probs(logits, responses), 0.0)
     sequence_logps = token_logps.sum(axis=-1).reshape(-1, 2)
     return sequence_logps[:, 0], sequence_logps[:, 1]
 
 
-def preference_loss(params: Any, batch: PreferenceBatch, dropout_rng: Array, *,
+def preference_loss(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
                     model_config: network.T5Config, loss_name: str = "sigmoid_norm",
                     gamma: float = 0.05) -> tuple[Array, Metrics]:
     """RSO's preference losses (eqs. 8-10) on one batch of pairs."""
+    if batch.reference_chosen_logps is None or batch.reference_rejected_logps is None:
+        raise ValueError("The preference batch has no reference log-probabilities; compute them "
+                         "once with the frozen SFT policy (scoring.make_scorer) and pass them to "
+                         "batching.preference_batch_from_tokens.")
     chosen_logps, rejected_logps = policy_pair_logps(params, batch, dropout_rng,
                                                      model_config=model_config)
     loss, metrics = losses.preference_loss(loss_name)(
@@ -189,7 +156,7 @@ def train_step(state: TrainState, batch: Any, *, loss_fn: Callable[..., tuple[Ar
 
     Args:
       state: the train state.
-      batch: an SftBatch or PreferenceBatch (any pytree `loss_fn` accepts).
+      batch: a batching.SftBatch or PreferenceBatch (any pytree `loss_fn` accepts).
       loss_fn: `(params, batch, dropout_rng) -> (loss, metrics)`.
       optimizer: the optax transformation the state was created with.
       grad_accum_steps: micro-batches per step; gradients and metrics are averaged.
@@ -226,23 +193,16 @@ def train_step(state: TrainState, batch: Any, *, loss_fn: Callable[..., tuple[Ar
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
 
-ParamLayout = tuple[Any, Any]  # (ShapeDtypeStruct tree, NamedSharding tree) of the parameters
-
-
-def t5_param_layout(partitioner: partitioning.Partitioner,
-                    model_config: network.T5Config) -> ParamLayout:
-    return network.param_shapes(model_config), partitioner.param_shardings(model_config)
-
-
-def state_shardings(partitioner: partitioning.Partitioner, layout: ParamLayout,
+def state_shardings(partitioner: partitioning.Partitioner, model: model_spec.ModelSpec,
                     optimizer: optax.GradientTransformation) -> TrainState:
-    """NamedShardings for a TrainState: parameters as laid out, optimizer state alike.
+    """NamedShardings for a TrainState: parameters as the rules say, optimizer state alike.
 
     Inside every optimizer-state subtree shaped like the parameter tree, a leaf with its
     parameter's shape takes that parameter's sharding; factored statistics (a row or column
     vector per matrix) and scalars are replicated.
     """
-    param_shapes, param_shardings = layout
+    param_shapes = model.param_shapes()
+    param_shardings = partitioner.param_shardings(model)
     params_structure = jax.tree_util.tree_structure(param_shapes)
     replicated = partitioner.replicated
 
@@ -262,38 +222,39 @@ def state_shardings(partitioner: partitioning.Partitioner, layout: ParamLayout,
                       rng=replicated)
 
 
-def _layout(partitioner, model_config, layout):
-    return layout if layout is not None else t5_param_layout(partitioner, model_config)
-
-
 def batch_shardings(partitioner: partitioning.Partitioner, batch: Any) -> Any:
     """Every batch field sharded over 'data' along its first dimension."""
     return jax.tree_util.tree_map(lambda x: partitioner.batch_sharding(len(x.shape)), batch)
 
 
-def make_train_step(partitioner: partitioning.Partitioner, model_config: network.T5Config,
+def make_train_step(partitioner: partitioning.Partitioner, model: model_spec.ModelSpec,
                     optimizer: optax.GradientTransformation,
                     loss_fn: Callable[..., tuple[Array, Metrics]], example_batch: Any,
-                    grad_accum_steps: int = 1, layout: Optional[ParamLayout] = None
+                    grad_accum_steps: int = 1
                     ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
     """`train_step` jitted on the mesh with explicit shardings and the state donated.
 
-    `layout` overrides the T5 parameter layout of `model_config` (e.g. a reward model's).
+    Args:
+      partitioner: the mesh and rules.
+      model: the trained model's parameter tree (a T5Config, a pointwise reward model, ...).
+      optimizer: the optax transformation.
+      loss_fn: `(params, batch, dropout_rng) -> (loss, metrics)`.
+      example_batch: a batch of the shapes the step will see (only its structure is used).
+      grad_accum_steps: micro-batches per step.
     """
-    shardings = state_shardings(partitioner, _layout(partitioner, model_config, layout), optimizer)
+    shardings = state_shardings(partitioner, model, optimizer)
     step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
                              grad_accum_steps=grad_accum_steps)
     return partitioner.jit(step, in_shardings=(shardings, batch_shardings(partitioner, example_batch)),
                            out_shardings=(shardings, partitioner.replicated), donate_argnums=(0,))
 
 
-def place_state(partitioner: partitioning.Partitioner, model_config: network.T5Config,
-                optimizer: optax.GradientTransformation, params: Any, rng: Array,
-                layout: Optional[ParamLayout] = None) -> TrainState:
+def place_state(partitioner: partitioning.Partitioner, model: model_spec.ModelSpec,
+                optimizer: optax.GradientTransformation, params: Any,
+                rng: Array) -> TrainState:
     """A fresh TrainState created directly on the mesh from (host or device) parameters."""
-    if layout is None:
-        param_tree.check_against_config(params, model_config, "the initial parameters")
-    shardings = state_shardings(partitioner, _layout(partitioner, model_config, layout), optimizer)
+    param_tree.check_against_config(params, model, "the initial parameters")
+    shardings = state_shardings(partitioner, model, optimizer)
     params = partitioner.place(params, shardings.params)
     create = partitioner.jit(lambda p, key: create_train_state(p, optimizer, key),
                              in_shardings=(shardings.params, partitioner.replicated),

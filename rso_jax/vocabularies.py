@@ -3,7 +3,7 @@
 The pairwise reward-ranking model answers `A` or `B`, and P(A) is read from the logit of the
 first decoded token, so both must encode to exactly one token, and to different ones
 (`ranker_target_ids`). Token ids follow T5: pad = 0 (also the decoder's start token),
-eos = 1, unk = 2.
+eos = 1, unk = 2; this module is the one place they are defined.
 
 `load_sentencepiece` needs only the `sentencepiece` package; `sentencepiece_vocabulary` wraps
 the same model as a `seqio.SentencePieceVocabulary` (seqio is imported only there). Both answer
@@ -16,7 +16,10 @@ import os
 from typing import Any, Optional, Sequence
 
 RANKER_TARGETS = ("A", "B")
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+PAD_ID = 0  # right-padding of every token array; never a real token.
+EOS_ID = 1  # ends every sequence.
+UNK_ID = 2
+DECODER_START_ID = PAD_ID  # what the decoder reads first (T5 starts it with the padding id).
 
 
 def _check_file(model_file: str) -> str:

@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     from jax.sharding import PartitionSpec
 
     from rso_jax.run_info import report_benchmark
-    from rso_jax.rejection_sampling import statistical_rejection_sampling
+    from rso_jax.selection.rejection_sampling import statistical_rejection_sampling
 
     rng = np.random.default_rng(args.seed)
     rewards = rng.standard_normal((args.num_prompts, args.num_candidates), dtype=np.float32)

@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import (cpu_tuning, hf_weights, model_sizes, network, partitioning,  # noqa: E402
-                     scoring, training)
+from rso_jax import (batching, cpu_tuning, hf_weights, model_sizes, network,  # noqa: E402
+                     partitioning, scoring, training)
 from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
@@ -66,10 +66,9 @@ def bench_ours(config, params, prompts, chosen, rejected, args):
     sharded_params = partitioner.shard_params(jax.device_get(params), config)
     reference_chosen = score(sharded_params, prompts, chosen)[1]  # once, for the dataset
     reference_rejected = score(sharded_params, prompts, rejected)[1]
-    batch = training.PreferenceBatch(prompts=prompts, chosen=chosen, rejected=rejected,
-                                     reference_chosen_logps=np.asarray(reference_chosen),
-                                     reference_rejected_logps=np.asarray(reference_rejected),
-                                     pair_mask=np.ones(len(prompts), bool))
+    batch = batching.preference_batch_from_tokens(
+        prompts, chosen, rejected, reference_chosen_logps=np.asarray(reference_chosen),
+        reference_rejected_logps=np.asarray(reference_rejected))
     optimizer = training.adafactor(learning_rate=1e-5)
     loss_fn = functools.partial(training.preference_loss, model_config=config,
                                 loss_name="sigmoid_norm", gamma=0.05)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from rso_jax import network
+from rso_jax import network, vocabularies
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T5X_FIXTURE = os.path.join(REPO_ROOT, "..", "shared", "fixtures", "t5x",
@@ -20,18 +20,13 @@ MESH_TEST_CONFIG = network.T5Config(vocab_size=128, emb_dim=16, num_heads=4, hea
 
 
 def padded_tokens(rng: np.random.Generator, lengths, width: int, vocab_size: int,
-                  eos_id: int = 1) -> np.ndarray:
+                  eos_id: int = vocabularies.EOS_ID) -> np.ndarray:
     """Rows of random ids in [2, vocab) of the given lengths (last one EOS), right-padded with 0."""
     tokens = np.zeros((len(lengths), width), np.int32)
     for row, length in enumerate(lengths):
         tokens[row, : length - 1] = rng.integers(2, vocab_size, size=length - 1)
         tokens[row, length - 1] = eos_id
     return tokens
-
-
-def decoder_inputs(targets: np.ndarray) -> np.ndarray:
-    """Teacher-forcing inputs: targets shifted right behind the start token 0."""
-    return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
 
 
 def random_hf_t5(*, vocab_size=96, d_model=32, d_kv=8, num_heads=4, d_ff=40, num_layers=3,

@@ -1,9 +1,10 @@
-"""Fixed-shape batches: exact ids, masks, loss weights, truncation counts, host shards."""
+"""Fixed-shape batches: exact ids, loss weights, pair masks, truncation counts, host shards."""
 
 import functools
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -40,9 +41,14 @@ def test_pad_batch_pads_right_and_cuts_to_length_minus_one_plus_eos():
         batching.pad_batch([[1], [1]], 4, batch_size=1)
 
 
-def test_shift_right():
-    np.testing.assert_array_equal(batching.shift_right(np.array([[5, 6, 1, 0], [7, 1, 0, 0]])),
-                                  [[0, 5, 6, 1], [0, 7, 1, 0]])
+def test_shift_right_on_host_and_device_arrays():
+    targets = np.array([[5, 6, 1, 0], [7, 1, 0, 0]], np.int32)
+    on_host = batching.shift_right(targets)
+    assert isinstance(on_host, np.ndarray) and on_host.dtype == np.int32
+    np.testing.assert_array_equal(on_host, [[0, 5, 6, 1], [0, 7, 1, 0]])
+    on_device = jax.jit(batching.shift_right)(jnp.asarray(targets))
+    assert isinstance(on_device, jax.Array)
+    np.testing.assert_array_equal(on_device, on_host)
 
 
 def test_sft_batch_exact_arrays_and_counts():
@@ -50,42 +56,39 @@ def test_sft_batch_exact_arrays_and_counts():
     counts = batching.TruncationCounts()
     batch = batching.sft_batch(examples, VOCAB, batching.SequenceLengths(inputs=4, targets=3),
                                batch_size=3, counts=counts)
-    np.testing.assert_array_equal(batch.encoder_input_tokens,
-                                  [[3, 4, 1, 0], [3, 4, 5, 1], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(batch.encoder_input_mask,
-                                  [[1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(batch.decoder_target_tokens, [[5, 1, 0], [6, 6, 1], [0, 0, 0]])
-    np.testing.assert_array_equal(batch.decoder_input_tokens, [[0, 5, 1], [0, 6, 6], [0, 0, 0]])
-    np.testing.assert_array_equal(batch.decoder_loss_weights, [[1, 1, 0], [1, 1, 1], [0, 0, 0]])
-    np.testing.assert_array_equal(batch.example_mask, [True, True, False])
-    assert batch.decoder_loss_weights.dtype == np.float32
-    assert batch.encoder_input_mask.dtype == bool
+    np.testing.assert_array_equal(batch.inputs, [[3, 4, 1, 0], [3, 4, 5, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch.targets, [[5, 1, 0], [6, 6, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(batch.loss_weights, [[1, 1, 0], [1, 1, 1], [0, 0, 0]])
+    assert batch.inputs.dtype == np.int32 and batch.loss_weights.dtype == np.float32
     assert counts.sequences == {"inputs": 2, "targets": 2}
     assert counts.truncated == {"inputs": 1, "targets": 1}
     assert counts.as_dict() == {"truncated/inputs": 1, "truncated_fraction/inputs": 0.5,
                                 "truncated/targets": 1, "truncated_fraction/targets": 0.5}
 
 
-def test_preference_batch_and_grouped_targets():
+def test_preference_batch_and_grouped_responses():
     examples = [{"inputs": "a", "chosen": "bb", "rejected": "c"},
                 {"inputs": [9, 9, 1], "chosen": [4, 1], "rejected": "ddddd"}]
     counts = batching.TruncationCounts()
     batch = batching.preference_batch(examples, VOCAB, batching.SequenceLengths(4, 4),
-                                      counts=counts)
-    np.testing.assert_array_equal(batch.encoder_input_tokens, [[3, 1, 0, 0], [9, 9, 1, 0]])
-    np.testing.assert_array_equal(batch.chosen_target_tokens, [[4, 4, 1, 0], [4, 1, 0, 0]])
-    np.testing.assert_array_equal(batch.rejected_target_tokens, [[5, 1, 0, 0], [6, 6, 6, 1]])
-    np.testing.assert_array_equal(batch.rejected_input_tokens, [[0, 5, 1, 0], [0, 6, 6, 6]])
-    np.testing.assert_array_equal(batch.chosen_loss_weights, [[1, 1, 1, 0], [1, 1, 0, 0]])
+                                      batch_size=3, counts=counts)
+    np.testing.assert_array_equal(batch.inputs, [[3, 1, 0, 0], [9, 9, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch.chosen, [[4, 4, 1, 0], [4, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch.rejected, [[5, 1, 0, 0], [6, 6, 6, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch.pair_mask, [True, True, False])
+    assert batch.reference_chosen_logps is None and batch.reference_rejected_logps is None
     assert counts.truncated == {"inputs": 0, "chosen": 0, "rejected": 1}
-    targets, weights = batching.grouped_targets(batch)
-    np.testing.assert_array_equal(targets, [[4, 4, 1, 0], [5, 1, 0, 0], [4, 1, 0, 0],
-                                            [6, 6, 6, 1]])
-    np.testing.assert_array_equal(weights, targets > 0)
-    # A pytree of arrays: it jits and device_puts as one value.
-    assert len(jax.tree_util.tree_leaves(batch)) == 9
-    total = jax.jit(lambda b: b.chosen_loss_weights.sum() + b.rejected_loss_weights.sum())(batch)
-    assert float(total) == 3 + 2 + 2 + 4
+    grouped = [[4, 4, 1, 0], [5, 1, 0, 0], [4, 1, 0, 0], [6, 6, 6, 1], [0] * 4, [0] * 4]
+    np.testing.assert_array_equal(batching.grouped_responses(batch), grouped)
+    # A pytree of arrays (the missing reference log-probs are no leaves): it jits and
+    # device_puts as one value, and the same helpers work on it inside a jitted step.
+    assert len(jax.tree_util.tree_leaves(batch)) == 4
+    on_device = jax.jit(batching.grouped_responses)(batch)
+    np.testing.assert_array_equal(on_device, grouped)
+    with_logps = batching.preference_batch_from_tokens(
+        batch.inputs, batch.chosen, batch.rejected, reference_chosen_logps=np.zeros(3),
+        reference_rejected_logps=np.zeros(3), pair_mask=batch.pair_mask)
+    assert len(jax.tree_util.tree_leaves(with_logps)) == 6
 
 
 def test_missing_field_is_named():
@@ -99,10 +102,11 @@ def test_iterate_batches_pads_or_drops_the_last_batch():
     make = functools.partial(batching.sft_batch, vocabulary=VOCAB,
                              lengths=batching.SequenceLengths(8, 2))
     batches = list(batching.iterate_batches(examples, 2, make))
-    assert [b.example_mask.tolist() for b in batches] == [[True, True], [True, True],
-                                                          [True, False]]
-    assert batches[2].encoder_input_tokens.shape == (2, 8)
-    assert batches[2].encoder_input_tokens[0].tolist() == [3] * 5 + [1, 0, 0]
+    assert [b.loss_weights.any(axis=-1).tolist() for b in batches] == [
+        [True, True], [True, True], [True, False]]  # the last row is padding
+    assert batches[2].inputs.shape == (2, 8)
+    assert batches[2].inputs[0].tolist() == [3] * 5 + [1, 0, 0]
+    assert batches[2].inputs[1].tolist() == [0] * 8
     assert len(list(batching.iterate_batches(examples, 2, make, drop_remainder=True))) == 2
     assert len(list(batching.iterate_batches(examples, 5, make, drop_remainder=True))) == 1
 

@@ -2,14 +2,15 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
+import experiment_helpers
 from t5_helpers import REPO_ROOT
 
 TINY = ["--gin_file=configs/demo_rso.gin",
@@ -23,16 +24,14 @@ TINY = ["--gin_file=configs/demo_rso.gin",
         "--gin.PREFERENCE_CHECKPOINT_EVERY=10", "--gin.PREFERENCE_EVAL_EVERY=20",
         "--gin.RANKER_WARMUP_STEPS=2",
         "--gin.DATA_PARALLELISM=1", "--gin.MODEL_PARALLELISM=1"]
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 
-def main_command(work_dir, *extra):
-    return [sys.executable, "-m", "rso_jax.main", *TINY, f"--gin.WORK_DIR='{work_dir}'", *extra]
+def demo_flags(work_dir, *extra):
+    return [*TINY, f"--gin.WORK_DIR='{work_dir}'", *extra]
 
 
 def run_main(work_dir, *extra):
-    return subprocess.run(main_command(work_dir, *extra), cwd=REPO_ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=900)
+    return experiment_helpers.run_main(*demo_flags(work_dir, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,12 @@ def test_killed_during_preference_training_resumes_to_the_same_results(finished_
                                                                        tmp_path):
     reference_dir, _ = finished_run
     work_dir = tmp_path / "killed"
-    process = subprocess.Popen(main_command(work_dir), cwd=REPO_ROOT, env=ENV,
+    shutil.copytree(reference_dir, work_dir)  # the stages before preference, as they ended
+    for finished in ("preference", "evaluate", "results.json", "results.md"):
+        path = work_dir / finished
+        shutil.rmtree(path) if path.is_dir() else os.remove(path)
+    process = subprocess.Popen(experiment_helpers.main_command(*demo_flags(work_dir)),
+                               cwd=REPO_ROOT, env=experiment_helpers.ONE_DEVICE_ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint_dir = work_dir / "preference" / "checkpoints"
     deadline = time.time() + 600

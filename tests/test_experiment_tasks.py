@@ -88,28 +88,38 @@ FIXTURE_POLICY = ["--gin_file=gin/models/t5_1_1/tiny.gin", "--gin.POLICY_CONFIG=
                   "--gin.ACTIVATION_DTYPE='float32'"]
 
 
-def test_hh_runs_with_the_hf_export_of_the_t5x_fixture_as_sft_checkpoint(hf_export_of_fixture,
+def test_hh_runs_with_the_hf_export_as_sft_checkpoint_and_a_gold_ranker(hf_export_of_fixture,
                                                                          tmp_path):
     data = public_format_data.write_hh(str(tmp_path / "data"))
     work_dir = tmp_path / "hh"
     result = run_main(*HH, *public_format_data.gin_flags(data), *FIXTURE_POLICY,
                       f"--gin.SFT_CHECKPOINT='{hf_export_of_fixture}'",
-                      f"--gin.WORK_DIR='{work_dir}'")
+                      f"--gin.GOLD_RANKER_CHECKPOINT='{T5X_FIXTURE}'",
+                      "--gin.GOLD_RANKER_CONFIG=%T5_1_1_TINY", f"--gin.WORK_DIR='{work_dir}'")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.load(open(work_dir / "sft" / "DONE.json"))["from_checkpoint"] == \
         hf_export_of_fixture
     results = json.load(open(work_dir / "results.json"))
     assert results["task"] == "hh_helpful"
+    # No gold program for HH: the gold ranker (here the T5X fixture) judges the gold win rates.
+    assert results["gold_source"] == "gold_ranker"
+    for name in ("sft", "trained"):
+        row = results["policies"][name]
+        assert row["gold_reward"] is None
+        assert 0.0 <= row["gold_win_rate_vs_sft_target"] <= 1.0
+    assert 0.0 <= results["policies"]["trained"]["gold_win_rate_vs_sft_policy"] <= 1.0
+    assert "gold judge: gold_ranker" in open(work_dir / "results.md").read()
     assert results["examples"][0]["context"].startswith("Human: Summarize: ")
     assert "[RESPONSE A]" not in results["examples"][0]["context"]
     _assert_sft_params_equal_fixture(work_dir)
 
 
 def _assert_sft_params_equal_fixture(work_dir):
-    from rso_jax import checkpoints, param_tree, t5x_checkpoint
+    from rso_jax import checkpoints, network, param_tree, t5x_checkpoint
     expected = param_tree.flatten(t5x_checkpoint.load_params(T5X_FIXTURE))
-    installed = param_tree.flatten(jax.device_get(
-        checkpoints.restore_params(str(work_dir / "sft" / "params"))[0]))
+    directory = str(work_dir / "sft" / "params")
+    installed = param_tree.flatten(jax.device_get(checkpoints.restore_params(
+        directory, checkpoints.load_config(directory, network.T5Config))))
     assert set(installed) == set(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(np.asarray(installed[key]), value, err_msg=key)

@@ -206,8 +206,7 @@ def test_pointwise_reward_model_equals_single_device(host_params, mesh_partition
     inputs = ranker_inputs(np.random.default_rng(4), NUM_PROMPTS)
     outputs = {}
     for name, partitioner in (("mesh", mesh_partitioner), ("single", single_partitioner)):
-        _, shardings = reward_models.pointwise_param_layout(partitioner, CONFIG)
-        placed = partitioning.Partitioner.place(params, shardings)
+        placed = partitioner.shard_params(params, reward_models.PointwiseRewardConfig(CONFIG))
         if name == "mesh":
             assert_t5_params_split_over_model(placed["t5"])
             assert placed["reward_head"]["kernel"].sharding.is_fully_replicated

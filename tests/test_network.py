@@ -5,9 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rso_jax import hf_weights, network, param_tree, t5x_checkpoint
-from t5_helpers import (T5X_FIXTURE, decoder_inputs, hf_logits, hf_state_dict_numpy,
-                        padded_tokens, random_hf_t5)
+from rso_jax import batching, hf_weights, network, param_tree, t5x_checkpoint
+from t5_helpers import T5X_FIXTURE, hf_logits, hf_state_dict_numpy, padded_tokens, random_hf_t5
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +61,8 @@ def test_t5x_fixture_logits_match_hf(fixture_params, tmp_path):
     targets = padded_tokens(rng, [6, 9, 2, 9], 9, config.vocab_size)
     assert (encoder_tokens == 0).any() and (targets == 0).any()  # padding on both sides
     ours = np.asarray(network.T5(config).apply({"params": fixture_params}, encoder_tokens,
-                                               decoder_inputs(targets)))
-    theirs = hf_logits(hf_model, encoder_tokens, decoder_inputs(targets))
+                                               batching.shift_right(targets)))
+    theirs = hf_logits(hf_model, encoder_tokens, batching.shift_right(targets))
     valid = targets > 0
     assert np.abs(theirs[valid]).max() > 0.1  # a real signal, not all zeros
     np.testing.assert_allclose(ours[valid], theirs[valid], atol=1e-5, rtol=0)
@@ -81,9 +80,9 @@ def test_hf_to_ours_to_hf_on_random_config_longer_than_bucket_distance(tmp_path)
     rng = np.random.default_rng(1)
     encoder_tokens = padded_tokens(rng, [60, 33, 45], 60, config.vocab_size)
     targets = padded_tokens(rng, [40, 25, 31], 40, config.vocab_size)
-    reference = hf_logits(hf_model, encoder_tokens, decoder_inputs(targets))
+    reference = hf_logits(hf_model, encoder_tokens, batching.shift_right(targets))
     ours = np.asarray(network.T5(config).apply({"params": params}, encoder_tokens,
-                                               decoder_inputs(targets)))
+                                               batching.shift_right(targets)))
     valid = targets > 0
     np.testing.assert_allclose(ours[valid], reference[valid], atol=1e-5, rtol=0)
 
@@ -94,7 +93,8 @@ def test_hf_to_ours_to_hf_on_random_config_longer_than_bucket_distance(tmp_path)
     assert original_state.keys() == new_state.keys()
     for key in original_state:
         np.testing.assert_array_equal(new_state[key], original_state[key], err_msg=key)
-    np.testing.assert_array_equal(hf_logits(round_tripped, encoder_tokens, decoder_inputs(targets)),
+    np.testing.assert_array_equal(hf_logits(round_tripped, encoder_tokens,
+                                            batching.shift_right(targets)),
                                   reference)
 
 
@@ -110,8 +110,8 @@ def test_grouped_decoding_equals_repeating_the_prompt():
     encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode))
     decode = jax.jit(lambda p, e, x, y: model.apply({"params": p}, e, x, y, method=model.decode))
     forward = jax.jit(lambda p, x, y: model.apply({"params": p}, x, y))
-    grouped = decode(params, encode(params, prompts), prompts, decoder_inputs(targets))
-    repeated = forward(params, np.repeat(prompts, group, axis=0), decoder_inputs(targets))
+    grouped = decode(params, encode(params, prompts), prompts, batching.shift_right(targets))
+    repeated = forward(params, np.repeat(prompts, group, axis=0), batching.shift_right(targets))
     np.testing.assert_allclose(np.asarray(grouped), np.asarray(repeated), atol=1e-5, rtol=0)
 
 
@@ -122,11 +122,12 @@ def test_bfloat16_compute_tracks_float32():
     rng = np.random.default_rng(3)
     prompts = padded_tokens(rng, [12, 7], 12, config.vocab_size)
     targets = padded_tokens(rng, [5, 8], 8, config.vocab_size)
-    full = jax.jit(network.T5(config).apply)({"params": params}, prompts, decoder_inputs(targets))
+    full = jax.jit(network.T5(config).apply)({"params": params}, prompts,
+                                             batching.shift_right(targets))
     bf16_config = config.replace(dtype="bfloat16", param_dtype="bfloat16")
     bf16_params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
     half = jax.jit(network.T5(bf16_config).apply)({"params": bf16_params}, prompts,
-                                                  decoder_inputs(targets))
+                                                  batching.shift_right(targets))
     assert half.dtype == jnp.float32  # logits always come out in float32
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(
         network.init_params(bf16_config, jax.random.PRNGKey(0))))

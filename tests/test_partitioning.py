@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rso_jax import network, param_tree, partitioning, scoring
-from t5_helpers import MESH_TEST_CONFIG, decoder_inputs, padded_tokens
+from rso_jax import batching, network, param_tree, partitioning, scoring
+from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 # The rule table written out by hand: logical axis -> mesh axis.
 EXPECTED_MESH_AXIS = {"vocab": "model", "mlp": "model", "heads": "model", "joined_kv": "model",
@@ -67,7 +67,7 @@ def test_sharded_forward_equals_single_device(data, model, single_device_params,
     prompts, targets = batch
     forward = jax.jit(functools.partial(network.T5(MESH_TEST_CONFIG).apply))
     expected = np.asarray(forward({"params": single_device_params}, prompts,
-                                  decoder_inputs(targets)))
+                                  batching.shift_right(targets)))
 
     partitioner = partitioning.create_partitioner(data_parallelism=data, model_parallelism=model)
     param_shardings = partitioner.param_shardings(MESH_TEST_CONFIG)
@@ -77,7 +77,8 @@ def test_sharded_forward_equals_single_device(data, model, single_device_params,
         lambda p, x, y: network.T5(MESH_TEST_CONFIG).apply({"params": p}, x, y),
         in_shardings=(param_shardings, batch_sharding, batch_sharding),
         out_shardings=partitioner.sharding(("batch", "length", "vocab")))
-    prompts_on_mesh, inputs_on_mesh = partitioner.shard_batch((prompts, decoder_inputs(targets)))
+    prompts_on_mesh, inputs_on_mesh = partitioner.shard_batch(
+        (prompts, batching.shift_right(targets)))
     logits = sharded_forward(params, prompts_on_mesh, inputs_on_mesh)
     assert logits.sharding.spec == P("data", None, "model")
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5, rtol=0)
@@ -117,3 +118,17 @@ def test_distributed_initialisation_is_skipped_on_one_host(monkeypatch):
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
         partitioning.maybe_initialize_distributed("auto")
+
+
+def test_shardings_for_any_tree_follow_the_rules_and_check_divisibility():
+    partitioner = partitioning.create_partitioner(data_parallelism=2, model_parallelism=4)
+    shapes = {"head": {"kernel": jax.ShapeDtypeStruct((16, 8), np.float32)},
+              "bias": jax.ShapeDtypeStruct((8,), np.float32)}
+    logical_axes = {"head": {"kernel": P("embed", "mlp")}, "bias": P("reward")}
+    shardings = partitioner.shardings_for(shapes, logical_axes)
+    assert shardings["head"]["kernel"].spec == P(None, "model")
+    assert shardings["bias"].is_fully_replicated  # no rule for 'reward'
+    shapes["head"]["kernel"] = jax.ShapeDtypeStruct((16, 6), np.float32)
+    with pytest.raises(ValueError, match=r"head/kernel \(16, 6\): dimension 6 over mesh axis "
+                                         "model of size 4"):
+        partitioner.shardings_for(shapes, logical_axes)

@@ -7,12 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import rejection_sampling as rs
-
-# A discrete toy pi_sft: five outcomes with known probabilities and rewards.
-TOY_PROBS = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
-TOY_REWARDS = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
-TOY_BETA = 0.5
+import selection_helpers
+from rso_jax.selection import candidate_sets, subsampling, theory
+from rso_jax.selection import rejection_sampling as rs
+from selection_helpers import (TOY_BETA, TOY_PROBS, TOY_REWARDS, chi2_pvalue,
+                               goodness_of_fit_pvalue, numpy_top_k, rows_of, tilted)
 
 
 def paper_loop(rewards, mask, beta, num_samples, rng, recompute_max=True):
@@ -43,11 +42,6 @@ def paper_loop(rewards, mask, beta, num_samples, rng, recompute_max=True):
     return tuple(sorted(accepted)), rounds, passed_first, trials
 
 
-def chi2_pvalue(statistic, dof):
-    """Upper tail of the chi-square distribution (jax has the regularised gamma function)."""
-    return float(jax.scipy.special.gammaincc(dof / 2.0, statistic / 2.0))
-
-
 def two_sample_pvalue(labels_a, labels_b):
     """Chi-square test that two samples of hashable labels come from one distribution.
 
@@ -64,23 +58,6 @@ def two_sample_pvalue(labels_a, labels_b):
         expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
     statistic = ((table - expected) ** 2 / expected).sum()
     return chi2_pvalue(statistic, table.shape[1] - 1)
-
-
-def goodness_of_fit_pvalue(counts, probs):
-    """Chi-square goodness-of-fit p-value of observed counts against known probabilities."""
-    counts = np.asarray(counts, float)
-    expected = counts.sum() * np.asarray(probs, float)
-    return chi2_pvalue(((counts - expected) ** 2 / expected).sum(), len(counts) - 1)
-
-
-def tilted(probs, rewards, beta):
-    weights = probs * np.exp(rewards / beta)
-    return weights / weights.sum()
-
-
-def rows_of(selection):
-    indices, valid = np.asarray(selection.indices_pk), np.asarray(selection.valid_pk)
-    return [tuple(int(i) for i in row[ok]) for row, ok in zip(indices, valid)]
 
 
 # Two-sample test: the jitted sampler against the paper's loop ------------------------------
@@ -193,8 +170,8 @@ def test_accepted_responses_converge_to_tilted_distribution(toy_runs):
 
 
 def test_first_round_acceptance_rate_is_theorem_1(toy_runs):
-    expected = float(rs.expected_acceptance_rate(TOY_REWARDS[None], TOY_BETA,
-                                                 probs_pm=TOY_PROBS[None])[0])
+    expected = float(theory.expected_acceptance_rate(TOY_REWARDS[None], TOY_BETA,
+                                                     probs_pm=TOY_PROBS[None])[0])
     by_hand = sum(p * math.exp((r - 2.0) / TOY_BETA) for p, r in zip(TOY_PROBS, TOY_REWARDS))
     assert expected == pytest.approx(by_hand, rel=1e-5)
     rate = np.asarray(toy_runs[256, 8][1].acceptance_rate)
@@ -203,32 +180,19 @@ def test_first_round_acceptance_rate_is_theorem_1(toy_runs):
 
 # Limits: beta -> 0 is top-k, a huge beta a uniform sub-sample -------------------------------
 
-def numpy_top_k(rewards, mask, k):
-    """Reference top-k: valid candidates by decreasing reward, lower index first among ties."""
-    chosen = []
-    for row, ok in zip(rewards, mask):
-        order = sorted(np.flatnonzero(ok), key=lambda n: (-row[n], n))[:k]
-        chosen.append(tuple(sorted(int(n) for n in order)))
-    return chosen
-
-
 @pytest.fixture(scope="module")
 def random_batch():
-    """Rewards with many ties (integers), random masks, some prompts with 0 to 3 candidates."""
-    rng = np.random.default_rng(7)
-    rewards = rng.integers(0, 12, size=(300, 37)).astype(np.float32)
-    mask = rng.random((300, 37)) < 0.8
-    mask[:40] &= np.arange(37) < rng.integers(0, 4, size=(40, 1))
-    return rewards, mask
+    return selection_helpers.random_batch()
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.01])
 def test_small_beta_gives_exactly_top_k(random_batch, beta):
     rewards, mask = random_batch
     selection, _ = rs.rejection_sample(rewards, mask, jax.random.key(2), beta, 8)
+    top_k = numpy_top_k(rewards, mask, 8)
     # Reward gaps are >= 1, so beta = 0.01 accepts a non-maximum with probability <= e^-100.
-    assert rows_of(selection) == numpy_top_k(rewards, mask, 8)
-    assert rows_of(rs.top_k_over_n(rewards, mask, 8)) == numpy_top_k(rewards, mask, 8)
+    assert rows_of(selection) == top_k
+    assert rows_of(subsampling.top_k_over_n(rewards, mask, 8)) == top_k
 
 
 def test_huge_beta_accepts_candidates_in_order(random_batch):
@@ -245,15 +209,6 @@ def test_huge_beta_samples_follow_pi_sft():
     assert goodness_of_fit_pvalue(counts, TOY_PROBS) > 1e-3
 
 
-def test_uniform_subsample_is_uniform_over_subsets():
-    mask = np.ones((20000, 6), bool)
-    mask[:, 4] = False  # Five valid candidates: C(5, 3) = 10 subsets.
-    subsets = rows_of(rs.uniform_subsample(mask, jax.random.key(4), 3))
-    counts = collections.Counter(subsets)
-    assert len(counts) == 10 and all(4 not in subset for subset in counts)
-    assert goodness_of_fit_pvalue(list(counts.values()), np.full(10, 0.1)) > 1e-3
-
-
 # Invariants, fewer candidates than num_samples, errors --------------------------------------
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 3.0, np.inf])
@@ -268,7 +223,7 @@ def test_selection_invariants(random_batch, beta, num_samples):
     assert indices.shape == (len(mask), num_samples)
     assert np.array_equal(valid.sum(1), expected_count)
     assert np.array_equal(valid, np.arange(num_samples) < expected_count[:, None])  # Prefix.
-    assert np.all(indices[~valid] == rs.INVALID_INDEX)
+    assert np.all(indices[~valid] == candidate_sets.INVALID_INDEX)
     for row, ok, row_mask in zip(indices, valid, mask):
         chosen = row[ok]
         assert np.all(np.diff(chosen) > 0)  # Increasing, hence distinct.
@@ -285,8 +240,8 @@ def test_fewer_candidates_than_num_samples_keeps_them_all():
     rewards = np.array([[3.0, -1.0, 2.0, 7.0], [1.0, 2.0, 3.0, 4.0]], np.float32)
     mask = np.array([[True, False, True, False], [False, False, False, False]])
     for selection in (rs.rejection_sample(rewards, mask, jax.random.key(0), 0.5, 5)[0],
-                      rs.top_k_over_n(rewards, mask, 5),
-                      rs.uniform_subsample(mask, jax.random.key(0), 5)):
+                      subsampling.top_k_over_n(rewards, mask, 5),
+                      subsampling.uniform_subsample(mask, jax.random.key(0), 5)):
         np.testing.assert_array_equal(selection.indices_pk, [[0, 2, -1, -1, -1], [-1] * 5])
         np.testing.assert_array_equal(selection.valid_pk, [[1, 1, 0, 0, 0], [0] * 5])
 
@@ -349,60 +304,3 @@ def test_candidate_uniforms_are_uniform_and_independent():
     np.testing.assert_array_equal(again, uniforms[:10].astype(np.float32))  # Row-stable.
     other = np.asarray(rs.candidate_uniforms(jax.random.key(1), 10, 64))
     assert not np.any(other == again)
-
-
-# Best-of-N KL, Theorem 1's rate, the tilted distribution ------------------------------------
-
-def brute_force_best_of_n_kl(probs, rewards, n):
-    """KL(best-of-n || pi) by enumerating all n-tuples; ties between equal rewards are broken
-    uniformly among the tied positions."""
-    best = np.zeros(len(probs))
-    for draw in np.ndindex(*([len(probs)] * n)):
-        weight = np.prod([probs[i] for i in draw])
-        top = max(rewards[i] for i in draw)
-        winners = [i for i in draw if rewards[i] == top]
-        for i in winners:
-            best[i] += weight / len(winners)
-    keep = best > 0
-    return float((best[keep] * np.log(best[keep] / np.asarray(probs)[keep])).sum())
-
-
-def test_best_of_n_kl_analytic():
-    np.testing.assert_allclose(rs.best_of_n_kl(np.array([1, 2, 64])),
-                               [0.0, math.log(2) - 0.5, math.log(64) - 63 / 64], rtol=1e-6)
-
-
-def test_best_of_n_kl_estimate_matches_enumeration():
-    probs = np.array([0.1, 0.2, 0.3, 0.15, 0.25])
-    rewards = np.array([1.0, 0.0, 1.0, 2.0, -1.0])  # Outcomes 0 and 2 tie.
-    for n in (1, 2, 3, 4):
-        ours = float(rs.best_of_n_kl_estimate(rewards[None], n, probs_pm=probs[None])[0])
-        assert ours == pytest.approx(brute_force_best_of_n_kl(probs, rewards, n), abs=2e-6)
-        assert ours <= float(rs.best_of_n_kl(n)) + 1e-6
-
-
-def test_best_of_n_kl_estimate_reaches_the_analytic_value_without_ties():
-    rewards = np.random.default_rng(3).permutation(8192).astype(np.float32)[None]
-    for n in (2, 16, 64):
-        estimate = float(rs.best_of_n_kl_estimate(rewards, n)[0])
-        assert estimate == pytest.approx(float(rs.best_of_n_kl(n)), abs=2e-3)
-    # Samples with repeated rewards (a discrete reward) have a smaller KL than the formula.
-    repeated = np.repeat(np.arange(8.0), 4)[None]
-    assert float(rs.best_of_n_kl_estimate(repeated, 16)[0]) < float(rs.best_of_n_kl(16)) - 0.1
-    mask = np.arange(40) < 32
-    padded = np.concatenate([repeated, np.full((1, 8), 99.0)], axis=1)
-    assert float(rs.best_of_n_kl_estimate(padded, 16, mask_pm=mask[None])[0]) == pytest.approx(
-        float(rs.best_of_n_kl_estimate(repeated, 16)[0]), abs=1e-6)
-
-
-def test_expected_acceptance_rate_and_tilted_distribution():
-    rewards = np.array([[0.0, 1.0, 3.0, 9.0]])
-    mask = np.array([[True, True, True, False]])
-    by_hand = (math.exp(-3 / 0.7) + math.exp(-2 / 0.7) + 1.0) / 3
-    assert float(rs.expected_acceptance_rate(rewards, 0.7, mask_pm=mask)[0]) == pytest.approx(
-        by_hand, rel=1e-6)
-    assert float(rs.expected_acceptance_rate(rewards, 0.0, mask_pm=mask)[0]) == pytest.approx(
-        1 / 3)
-    np.testing.assert_allclose(
-        rs.tilted_distribution(TOY_PROBS[None], TOY_REWARDS[None], TOY_BETA)[0],
-        tilted(TOY_PROBS, TOY_REWARDS, TOY_BETA), rtol=1e-6)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import network, partitioning, reward_models, train_loop, training
+from rso_jax import batching, network, partitioning, reward_models, train_loop, training
 
 CONFIG = network.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                           num_encoder_layers=2, num_decoder_layers=1,
@@ -63,7 +63,7 @@ def batch_source(kind, batch_size=32):
                 first = np.where(flipped[:, None], rejected, chosen)
                 second = np.where(flipped[:, None], chosen, rejected)
                 targets = reward_models.ranker_targets(flipped, A_TOKEN, B_TOKEN)
-                yield training.SftBatch(inputs=ranker_inputs(contexts, first, second),
+                yield batching.SftBatch(inputs=ranker_inputs(contexts, first, second),
                                         targets=targets,
                                         loss_weights=np.ones(targets.shape, np.float32))
             else:
@@ -157,21 +157,18 @@ def test_eq_7_baseline_scores_zero_and_rewards_follow_the_ranker(trained_ranker,
 def test_pointwise_model_learns_with_bradley_terry(partitioner, validation, tmp_path):
     optimizer = training.adafactor(learning_rate=3e-3)
     params = reward_models.init_pointwise_params(CONFIG, jax.random.PRNGKey(0))
-    layout = reward_models.pointwise_param_layout(partitioner, CONFIG)
+    model = reward_models.PointwiseRewardConfig(CONFIG)
     loss_fn = functools.partial(reward_models.bradley_terry_loss, model_config=CONFIG)
     example = next(batch_source("pointwise")(0))
-    step = training.make_train_step(partitioner, CONFIG, optimizer, loss_fn, example,
-                                    layout=layout)
-    state = training.place_state(partitioner, CONFIG, optimizer, params, jax.random.PRNGKey(1),
-                                 layout=layout)
+    step = training.make_train_step(partitioner, model, optimizer, loss_fn, example)
+    state = training.place_state(partitioner, model, optimizer, params, jax.random.PRNGKey(1))
     _, first = step(state, partitioner.shard_batch(example))
     assert float(first["loss"]) == pytest.approx(np.log(2), abs=1e-6)  # zero head: all rewards 0
-    state = training.place_state(partitioner, CONFIG, optimizer, params, jax.random.PRNGKey(1),
-                                 layout=layout)
+    state = training.place_state(partitioner, model, optimizer, params, jax.random.PRNGKey(1))
     state, _ = train_loop.train(state, step, batch_source("pointwise"), str(tmp_path),
                                 train_loop.LoopConfig(num_steps=300, checkpoint_every=300,
                                                       progress_bar=False),
-                                model_config=CONFIG)
+                                model_config=model)
     contexts, chosen, rejected = validation
     score = reward_models.make_pointwise_scorer(CONFIG)
     params = jax.device_get(state.params)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import sft_targets
+from rso_jax.selection import sft_targets
 
 
 def test_raft_keeps_the_best_valid_candidate():

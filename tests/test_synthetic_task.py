@@ -231,7 +231,7 @@ def test_shipped_vocabulary_is_what_the_script_builds(tmp_path):
 
 
 def test_task_and_batching_modules_do_not_import_tensorflow_or_seqio():
-    code = ("import sys; import rso_jax.synthetic_task, rso_jax.batching, rso_jax.data_formats, "
+    code = ("import sys; import rso_jax.synthetic_task, rso_jax.batching, rso_jax.data.readers, "
             "rso_jax.vocabularies; from rso_jax import synthetic_task, vocabularies, batching; "
             "batching.sft_batch(synthetic_task.sft_examples('train', 2), "
             "vocabularies.load_sentencepiece(synthetic_task.VOCABULARY_FILE), "

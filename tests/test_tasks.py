@@ -13,7 +13,8 @@ import pytest
 import seqio
 import sentencepiece
 
-from rso_jax import batching, data_formats, synthetic_task, tasks
+from rso_jax import batching, synthetic_task, tasks
+from rso_jax.data import readers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "tests", "data")
@@ -89,7 +90,7 @@ def test_tldr_tasks_read_jsonl_through_gin(tmp_path):
     [test] = examples("rso_tldr_preferences", "test")  # the 'valid2' record
     assert test["rejected_pretokenized"] == b"Rain closed roads."
     assert gin.query_parameter("%SEQUENCE_LENGTHS") is not None
-    lengths = data_formats.gin_configured(batching.SequenceLengths)()
+    lengths = readers.gin_configured(batching.SequenceLengths)()
     assert (lengths.inputs, lengths.targets) == (1024, 128)
 
 
@@ -169,8 +170,7 @@ def test_seqio_output_batches_like_the_text(tmp_path):
     counts = batching.TruncationCounts()
     from_text = batching.sft_batch(synthetic_task.sft_examples("train", 5), PROCESSOR, lengths,
                                    batch_size=6, counts=counts)
-    for field in ("encoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                  "example_mask"):
+    for field in ("inputs", "targets", "loss_weights"):
         np.testing.assert_array_equal(getattr(from_seqio, field), getattr(from_text, field))
     assert counts.truncated["inputs"] == 5  # every prompt is longer than 20 tokens
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import checkpoints, network, partitioning, train_loop, training
+from rso_jax import batching, checkpoints, network, partitioning, train_loop, training
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 
@@ -28,7 +28,7 @@ def make_batches(num_batches=50, nan_at=None, interrupt_at=None):
             weights = (targets > 0).astype(np.float32)
             if position == nan_at:
                 weights[0, 0] = np.nan
-            yield training.SftBatch(inputs=inputs, targets=targets, loss_weights=weights)
+            yield batching.SftBatch(inputs=inputs, targets=targets, loss_weights=weights)
             position += 1
     return source
 
@@ -117,8 +117,9 @@ def test_best_checkpoint_follows_the_evaluation_metric(setup, tmp_path):
                      evaluate=evaluate)
     best = json.load(open(os.path.join(work_dir, "best", "best.json")))
     assert best == {"step": 4, "metric": "win_rate", "value": 0.7}
-    params, config = checkpoints.restore_params(os.path.join(work_dir, "best"))
-    assert config == MESH_TEST_CONFIG
+    best_dir = os.path.join(work_dir, "best")
+    assert checkpoints.load_config(best_dir, network.T5Config) == MESH_TEST_CONFIG
+    params = checkpoints.restore_params(best_dir, MESH_TEST_CONFIG)
     np.testing.assert_array_equal(np.asarray(params["decoder"]["logits_dense"]["kernel"]), seen[1])
     evals = [json.loads(line) for line in open(os.path.join(work_dir, "metrics.jsonl"))
              if "eval/win_rate" in line]

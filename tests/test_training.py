@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import network, partitioning, scoring, training
+from rso_jax import batching, network, partitioning, scoring, training
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 A_TOKEN, B_TOKEN = 65, 66
@@ -24,11 +24,10 @@ def preference_batch(params):
     chosen = padded_tokens(rng, [7, 2, 5, 7, 4, 6, 3, 7], 7, MESH_TEST_CONFIG.vocab_size)
     rejected = padded_tokens(rng, [3, 6, 5, 2, 7, 6, 4, 5], 7, MESH_TEST_CONFIG.vocab_size)
     score = scoring.make_scorer(MESH_TEST_CONFIG)
-    return training.PreferenceBatch(
-        prompts=prompts, chosen=chosen, rejected=rejected,
+    return batching.preference_batch_from_tokens(
+        prompts, chosen, rejected,
         reference_chosen_logps=np.asarray(score(params, prompts, chosen)[1]),
-        reference_rejected_logps=np.asarray(score(params, prompts, rejected)[1]),
-        pair_mask=np.ones(8, bool))
+        reference_rejected_logps=np.asarray(score(params, prompts, rejected)[1]))
 
 
 def single_device_partitioner():
@@ -71,6 +70,15 @@ def test_pair_logps_encode_once_and_equal_separate_scoring(params, preference_ba
                                atol=1e-5)
 
 
+def test_preference_loss_needs_reference_logps(params, preference_batch):
+    batch = batching.preference_batch_from_tokens(preference_batch.inputs,
+                                                  preference_batch.chosen,
+                                                  preference_batch.rejected)
+    with pytest.raises(ValueError, match="no reference log-probabilities"):
+        training.preference_loss(params, batch, jax.random.PRNGKey(0),
+                                 model_config=MESH_TEST_CONFIG)
+
+
 @pytest.mark.parametrize("kind", ["sft", "ranker"])
 def test_supervised_steps_learn(kind, params):
     rng = np.random.default_rng(1)
@@ -80,8 +88,7 @@ def test_supervised_steps_learn(kind, params):
     else:  # the ranker's text-to-text target: 'A' or 'B', then EOS
         labels = rng.choice([A_TOKEN, B_TOKEN], size=8)
         targets = np.stack([labels, np.ones(8, int)], axis=1).astype(np.int32)
-    batch = training.SftBatch(inputs=inputs, targets=targets,
-                              loss_weights=(targets > 0).astype(np.float32))
+    batch = batching.sft_batch_from_tokens(inputs, targets)
     loss_fn = functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG)
     _, losses = run_steps(single_device_partitioner(), loss_fn, batch, params, 5)
     assert losses[-1] < 0.8 * losses[0]

@@ -1,1 +1,11 @@
-"""What an experiment reads: the task interface, its implementations and the text codec."""
+"""What an experiment reads: data files, the task interface, its implementations, the text codec.
+
+  records       data files and their records (JSON lines or parquet), errors that say where
+  summaries     Reddit TL;DR and CNN/DailyMail readers, with their input templates
+  dialogues     Anthropic HH, WebGPT and OASST1 readers, with the dialogue template
+  readers       the datasets by name (`DATASETS`), their files from gin, `read_split`
+  task          the task interface every stage asks for its data
+  builtin_task  the built-in synthetic task
+  file_tasks    the public datasets as tasks, read through `readers`
+  text_codec    texts to token ids and back
+"""

@@ -7,7 +7,7 @@
   OASST1         the best reply (SFT) and ranked sibling pairs      ranker template: dialogue
 
 The ranker's context is the policy's input as the task writes it (post, article or dialogue).
-Files are read by `data_formats.read_split`, which names the file and line of any malformed
+Files are read by `readers.read_split`, which names the file and line of any malformed
 record; a split's examples are read once per process.
 """
 
@@ -19,24 +19,23 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from rso_jax import data_formats
-from rso_jax.data import task
+from rso_jax.data import readers, task
 
 
 @dataclasses.dataclass(frozen=True)
 class FileTask:
-    """A task read from local files through the dataset readers of `data_formats`.
+    """A task read from local files through the dataset readers (`readers.DATASETS`).
 
     Attributes:
       name: how the task is named in logs and results (e.g. 'tldr').
       vocabulary: the SentencePiece model file (T5's 32k vocabulary for real runs).
       ranker_template: 'summary' or 'dialogue' (`task.RANKER_TEMPLATES`).
-      sft_dataset: the `data_formats.DATASETS` entry giving SFT examples / prompts, or None
+      sft_dataset: the `readers.DATASETS` entry giving SFT examples / prompts, or None
         to use each comparison's chosen response as the SFT target.
-      comparison_dataset: the `data_formats.DATASETS` entry giving comparisons, or None for a
+      comparison_dataset: the `readers.DATASETS` entry giving comparisons, or None for a
         prompts-only task (CNN/DailyMail).
-      files: as `data_formats.data_files()` returns (bound in gin/data/*.gin).
-      options: as `data_formats.read_options()` returns.
+      files: as `readers.data_files()` returns (bound in gin/data/*.gin).
+      options: as `readers.read_options()` returns.
       split_files: which file split serves each of the experiment's splits (HH ships train
         and test only: {'validation': 'test'} evaluates checkpoints on test data).
     """
@@ -54,9 +53,9 @@ class FileTask:
         task.check_ranker_template(self.ranker_template, f"task {self.name!r}")
         for field in ("sft_dataset", "comparison_dataset"):
             dataset = getattr(self, field)
-            if dataset is not None and dataset not in data_formats.DATASETS:
+            if dataset is not None and dataset not in readers.DATASETS:
                 raise ValueError(f"task {self.name!r}: {field}={dataset!r} is not a dataset; "
-                                 f"choose one of {sorted(data_formats.DATASETS)}.")
+                                 f"choose one of {sorted(readers.DATASETS)}.")
         if self.sft_dataset is None and self.comparison_dataset is None:
             raise ValueError(f"task {self.name!r} reads nothing: give sft_dataset or "
                              "comparison_dataset.")
@@ -69,8 +68,8 @@ class FileTask:
 
     def _read(self, dataset: str, split: str) -> list:
         file_split = (self.split_files or {}).get(task.check_split(split), split)
-        options = self.options if self.options is not None else data_formats.read_options()
-        return data_formats.read_split(dataset, file_split, self.files, options).examples
+        options = self.options if self.options is not None else readers.read_options()
+        return readers.read_split(dataset, file_split, self.files, options).examples
 
     @functools.lru_cache(maxsize=None)
     def sft_examples(self, split: str) -> tuple:

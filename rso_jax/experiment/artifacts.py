@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rso_jax import atomic_io, checkpoints, network, partitioning, run_info
+from rso_jax import atomic_io, checkpoints, model_spec, partitioning, run_info
 
 DONE_FILE = "DONE.json"
 PARAMS_DIR = "params"
@@ -47,13 +47,12 @@ def params_path(work_dir: str, stage: str) -> str:
     return os.path.join(stage_dir(work_dir, stage), PARAMS_DIR)
 
 
-def load_params(work_dir: str, stage: str, config: network.T5Config,
+def load_params(work_dir: str, stage: str, config: model_spec.ModelSpec,
                 partitioner: partitioning.Partitioner) -> Any:
     """A stage's parameters restored straight onto their shards on the mesh."""
-    params, _ = checkpoints.restore_params(params_path(work_dir, stage),
-                                           shardings=partitioner.param_shardings(config))
-    return params
+    return checkpoints.restore_params(params_path(work_dir, stage), config,
+                                      partitioner.param_shardings(config))
 
 
-def save_params(work_dir: str, stage: str, params: Any, config: network.T5Config) -> None:
+def save_params(work_dir: str, stage: str, params: Any, config: model_spec.ModelSpec) -> None:
     checkpoints.save_params(params, config, params_path(work_dir, stage))

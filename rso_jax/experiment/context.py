@@ -95,6 +95,15 @@ class StageContext:
             self.ranker_inputs(contexts, second, first, task),
             self.experiment.inference_batch_sizes.ranker, self.partitioner)
 
+    def rewards_vs_baseline(self, params: Any, contexts: Sequence[str],
+                            candidates: Sequence[str], baselines: Sequence[str]) -> np.ndarray:
+        """Eq. 7 rewards of candidates against baseline responses under the trained ranker."""
+        return inference.rewards_vs_baseline(
+            self.experiment.ranker_config, params, self.codec.ab_tokens,
+            self.ranker_inputs(contexts, candidates, baselines),
+            self.ranker_inputs(contexts, baselines, candidates),
+            self.experiment.inference_batch_sizes.ranker, self.partitioner)
+
     def sample(self, params: Any, prompts: np.ndarray, sampling: decoding.SamplingConfig,
                key: jax.Array) -> decoding.SampleOutput:
         return inference.sample(self.experiment.policy_config, params, prompts, sampling, key,

@@ -56,9 +56,9 @@ def _scorer(config, partitioner):
 
 
 @functools.lru_cache(maxsize=None)
-def _symmetric_pair_scorer(config, a_token, b_token, partitioner):
-    fn = functools.partial(reward_models.symmetric_preference_probability, config,
-                           a_token=a_token, b_token=b_token)
+def _both_orders_scorer(score_fn, config, a_token, b_token, partitioner):
+    """`score_fn(config, params, inputs_ab, inputs_ba, a_token=, b_token=)` jitted on the mesh."""
+    fn = functools.partial(score_fn, config, a_token=a_token, b_token=b_token)
     batch = partitioner.batch_sharding(2)
     return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(config), batch, batch),
                            out_shardings=partitioner.batch_sharding(1))
@@ -92,11 +92,22 @@ def sequence_logps(config: network.T5Config, params: Any, prompts: np.ndarray,
                       partitioner)
 
 
+def rewards_vs_baseline(config: network.T5Config, params: Any, ab_tokens: tuple[int, int],
+                        inputs_candidate_first: np.ndarray, inputs_baseline_first: np.ndarray,
+                        batch_size: int, partitioner: partitioning.Partitioner) -> np.ndarray:
+    """Eq. 7 rewards logit P(candidate > baseline), both presentation orders averaged."""
+    scorer = _both_orders_scorer(reward_models.pointwise_rewards_vs_baseline, config,
+                                  *ab_tokens, partitioner)
+    return map_chunks(lambda _, cb, bc: scorer(params, cb, bc),
+                      [inputs_candidate_first, inputs_baseline_first], batch_size, partitioner)
+
+
 def preference_probabilities(config: network.T5Config, params: Any, ab_tokens: tuple[int, int],
                              inputs_first: np.ndarray, inputs_second: np.ndarray,
                              batch_size: int, partitioner: partitioning.Partitioner
                              ) -> np.ndarray:
     """P(first > second) from the pairwise ranker, both presentation orders averaged."""
-    scorer = _symmetric_pair_scorer(config, *ab_tokens, partitioner)
+    scorer = _both_orders_scorer(reward_models.symmetric_preference_probability, config,
+                                  *ab_tokens, partitioner)
     return map_chunks(lambda _, ab, ba: scorer(params, ab, ba), [inputs_first, inputs_second],
                       batch_size, partitioner)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from rso_jax import checkpoints, network, partitioning, train_loop, training
+from rso_jax import checkpoints, model_spec, partitioning, train_loop, training
 from rso_jax.experiment import artifacts
 from rso_jax.experiment.config import TrainingSchedule
 
@@ -33,7 +33,7 @@ def cycling_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
 
 
 def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
-                 model_config: network.T5Config, params: Any, loss_fn: Callable,
+                 model_config: model_spec.ModelSpec, params: Any, loss_fn: Callable,
                  arrays: dict[str, np.ndarray], make_batch: Callable[..., Any],
                  partitioner: partitioning.Partitioner,
                  evaluate: Optional[Callable] = None,
@@ -61,7 +61,7 @@ def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
                                       model_config=model_config, evaluate=evaluate)
     params = state.params
     if summary["best"] is not None:
-        params, _ = checkpoints.restore_params(os.path.join(directory, "best"),
-                                               shardings=partitioner.param_shardings(model_config))
+        params = checkpoints.restore_params(os.path.join(directory, "best"), model_config,
+                                            partitioner.param_shardings(model_config))
     artifacts.save_params(work_dir, name, params, model_config)
     return params, summary

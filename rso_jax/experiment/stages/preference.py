@@ -6,18 +6,12 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-import numpy as np
-
-from rso_jax import training
+from rso_jax import batching, training
 from rso_jax.experiment import metrics, training_runs
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import reference, select
 
 BEST_METRIC = "proxy_win_rate_vs_sft_target"
-
-
-def make_batch(**fields: np.ndarray) -> training.PreferenceBatch:
-    return training.PreferenceBatch(pair_mask=np.ones(len(fields["prompts"]), bool), **fields)
 
 
 def proxy_win_rate_on_validation(context: StageContext) -> Callable[[Any], dict]:
@@ -40,13 +34,14 @@ def run(context: StageContext) -> dict:
     experiment = context.experiment
     pairs = context.load_arrays("select", select.PAIRS_FILE)
     logps = context.load_arrays("reference", reference.LOGPS_FILE)
-    arrays = {"prompts": pairs["prompts"], "chosen": pairs["chosen"],
+    arrays = {"inputs": pairs["prompts"], "chosen": pairs["chosen"],
               "rejected": pairs["rejected"], "reference_chosen_logps": logps["chosen"],
               "reference_rejected_logps": logps["rejected"]}
     loss_fn = functools.partial(training.preference_loss, model_config=experiment.policy_config,
                                 loss_name=experiment.loss, gamma=experiment.gamma)
     _, summary = training_runs.run_training(
         "preference", experiment.preference, experiment.work_dir, experiment.policy_config,
-        context.params("sft"), loss_fn, arrays, make_batch, context.partitioner,
+        context.params("sft"), loss_fn, arrays, batching.preference_batch_from_tokens,
+        context.partitioner,
         evaluate=proxy_win_rate_on_validation(context), best_metric=BEST_METRIC)
     return {"final_metrics": summary["last_metrics"], "best": summary["best"]}

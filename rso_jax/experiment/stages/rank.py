@@ -12,14 +12,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from rso_jax import network, reward_models, training
+from rso_jax import batching, network, reward_models, training
 from rso_jax.experiment import checkpoint_inputs, training_runs
 from rso_jax.experiment.context import StageContext
-
-
-def make_batch(inputs: np.ndarray, targets: np.ndarray) -> training.SftBatch:
-    return training.SftBatch(inputs=inputs, targets=targets,
-                             loss_weights=np.ones(targets.shape, np.float32))
 
 
 def training_arrays(context: StageContext, split: str, seed: int) -> dict[str, np.ndarray]:
@@ -50,8 +45,8 @@ def run(context: StageContext) -> dict:
         lambda: network.init_params(config, jax.random.PRNGKey(schedule.seed + 1)))
     params, _ = training_runs.run_training(
         "ranker", schedule, experiment.work_dir, config, params,
-        functools.partial(training.sft_loss, model_config=config), arrays, make_batch,
-        context.partitioner,
+        functools.partial(training.sft_loss, model_config=config), arrays,
+        batching.sft_batch_from_tokens, context.partitioner,
         evaluate=lambda p: {"accuracy": accuracy(context, p, validation)},
         best_metric="accuracy")
     return {"validation_accuracy": accuracy(context, params, validation)}

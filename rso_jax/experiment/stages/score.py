@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from rso_jax import reward_models
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import sample
 
@@ -19,9 +18,8 @@ def run(context: StageContext) -> dict:
     candidates = context.decode(samples["tokens"])
     baselines = np.repeat(context.decode(samples["baseline"]), num_candidates)
     contexts = np.repeat([e.context for e in examples], num_candidates)
-    probability = context.preference_probabilities(context.params("ranker"), contexts,
-                                                   candidates, baselines)
-    rewards = np.asarray(reward_models.logit(probability)).reshape(num_prompts, num_candidates)
+    rewards = context.rewards_vs_baseline(context.params("ranker"), contexts, candidates,
+                                          baselines).reshape(num_prompts, num_candidates)
     arrays = {"rewards": rewards}
     summary = {"mean_reward": float(rewards.mean())}
     task = context.experiment.task

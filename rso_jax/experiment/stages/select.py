@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from rso_jax import pair_construction, rejection_sampling
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import sample, score
+from rso_jax.selection import pair_rules, rejection_sampling, subsampling
 
 PAIRS_FILE = "pairs.npz"
 
@@ -38,12 +38,12 @@ def run(context: StageContext) -> dict:
                                                                 config.num_samples)
         extra["acceptance_rate"] = float(np.nanmean(np.asarray(stats.acceptance_rate)))
     else:
-        selection = rejection_sampling.uniform_subsample(mask, key, config.num_samples)
+        selection = subsampling.uniform_subsample(mask, key, config.num_samples)
     kept, valid = np.asarray(selection.indices_pk), np.asarray(selection.valid_pk)
     if config.pair_rule == "tournament":
-        pairs = pair_construction.tournament_rank_pairs(kept, valid, rewards_pn=rewards)
+        pairs = pair_rules.tournament_rank_pairs(kept, valid, rewards_pn=rewards)
     else:
-        pairs = pair_construction.first_round_rank_pairs(
+        pairs = pair_rules.first_round_rank_pairs(
             kept, valid, preference_fn=_ranker_preference(context, samples, kept, valid))
     chosen_index = np.asarray(pairs.chosen_index_pm)
     rejected_index = np.asarray(pairs.rejected_index_pm)

@@ -5,16 +5,10 @@ from __future__ import annotations
 import functools
 
 import jax
-import numpy as np
 
-from rso_jax import network, training
+from rso_jax import batching, network, training
 from rso_jax.experiment import checkpoint_inputs, training_runs
 from rso_jax.experiment.context import StageContext
-
-
-def make_batch(inputs: np.ndarray, targets: np.ndarray) -> training.SftBatch:
-    return training.SftBatch(inputs=inputs, targets=targets,
-                             loss_weights=(targets > 0).astype(np.float32))
 
 
 def run(context: StageContext) -> dict:
@@ -28,6 +22,6 @@ def run(context: StageContext) -> dict:
         lambda: network.init_params(config, jax.random.PRNGKey(schedule.seed)))
     _, summary = training_runs.run_training(
         "sft", schedule, experiment.work_dir, config, params,
-        functools.partial(training.sft_loss, model_config=config), arrays, make_batch,
-        context.partitioner)
+        functools.partial(training.sft_loss, model_config=config), arrays,
+        batching.sft_batch_from_tokens, context.partitioner)
     return {"final_loss": summary["last_metrics"].get("loss"), "examples": len(data)}

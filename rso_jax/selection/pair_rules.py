@@ -6,7 +6,7 @@ slots holding the candidate index of the winner (`chosen_index_pm`) and of the l
 `INVALID_INDEX` (-1) in both index arrays. Shape suffixes: `p` prompts, `n` candidates, `k`
 kept responses, `m` pair slots.
 
-RSO ranks the responses kept by a selection rule (`rejection_sampling.Selection`: candidate
+RSO ranks the responses kept by a selection rule (`candidate_sets.Selection`: candidate
 indices [P, K] with a validity mask). The winner of a pair is decided either by a preference
 function, e.g. a pairwise ranker, or by pointwise rewards:
 
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from rso_jax.rejection_sampling import INVALID_INDEX
+from rso_jax.selection.candidate_sets import INVALID_INDEX
 
 Array = jax.Array
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rso_jax import pair_construction as pc
-from rso_jax.rejection_sampling import INVALID_INDEX
+from rso_jax.selection import pair_rules
+from rso_jax.selection.candidate_sets import INVALID_INDEX
 
 # Candidate rewards of one prompt, and a kept selection with an invalid slot in the middle:
 # the valid kept responses, in order, are 5, 2, 7, 0, 3.
@@ -38,23 +38,23 @@ def first_always_wins(first, second):
 
 
 def test_first_round_rank_by_rewards():
-    pairs = jax.jit(lambda i, v, r: pc.first_round_rank_pairs(i, v, rewards_pn=r))(
+    pairs = jax.jit(lambda i, v, r: pair_rules.first_round_rank_pairs(i, v, rewards_pn=r))(
         KEPT, KEPT_VALID, REWARDS)
     # (5, 2): 1.0 < 3.0; (7, 0): 4.0 > 0.5; 3 has no partner.
     assert as_tuples(pairs) == [[(2, 5), (7, 0), None]]
 
 
 def test_first_round_rank_by_preference_function():
-    assert as_tuples(pc.first_round_rank_pairs(KEPT, KEPT_VALID,
+    assert as_tuples(pair_rules.first_round_rank_pairs(KEPT, KEPT_VALID,
                                                preference_fn=lower_index_wins)) == [
         [(2, 5), (0, 7), None]]
-    assert as_tuples(pc.first_round_rank_pairs(KEPT, KEPT_VALID,
+    assert as_tuples(pair_rules.first_round_rank_pairs(KEPT, KEPT_VALID,
                                                preference_fn=first_always_wins)) == [
         [(5, 2), (7, 0), None]]
 
 
 def test_tournament_rank_by_rewards():
-    pairs = jax.jit(lambda i, v, r: pc.tournament_rank_pairs(i, v, rewards_pn=r))(
+    pairs = jax.jit(lambda i, v, r: pair_rules.tournament_rank_pairs(i, v, rewards_pn=r))(
         KEPT, KEPT_VALID, REWARDS)
     # Round 1: 2 beats 5, 7 beats 0, 3 has a bye (its slot is empty). Round 2: 7 beats 2, 3 has
     # a bye. Final: 7 beats 3. Five responses, four pairs.
@@ -62,10 +62,10 @@ def test_tournament_rank_by_rewards():
 
 
 def test_tournament_rank_by_preference_function():
-    assert as_tuples(pc.tournament_rank_pairs(KEPT, KEPT_VALID,
+    assert as_tuples(pair_rules.tournament_rank_pairs(KEPT, KEPT_VALID,
                                               preference_fn=lower_index_wins)) == [
         [(2, 5), (0, 7), None, (0, 2), (0, 3)]]
-    assert as_tuples(pc.tournament_rank_pairs(KEPT, KEPT_VALID,
+    assert as_tuples(pair_rules.tournament_rank_pairs(KEPT, KEPT_VALID,
                                               preference_fn=first_always_wins)) == [
         [(5, 2), (7, 0), None, (5, 7), (5, 3)]]
 
@@ -73,13 +73,13 @@ def test_tournament_rank_by_preference_function():
 def test_ties_go_to_the_first_response():
     rewards = np.array([[1.0, 1.0, 1.0, 1.0]], np.float32)
     kept, valid = np.array([[3, 1, 2, 0]]), np.ones((1, 4), bool)
-    assert as_tuples(pc.tournament_rank_pairs(kept, valid, rewards_pn=rewards)) == [
+    assert as_tuples(pair_rules.tournament_rank_pairs(kept, valid, rewards_pn=rewards)) == [
         [(3, 1), (2, 0), (3, 2)]]
-    assert as_tuples(pc.first_round_rank_pairs(
+    assert as_tuples(pair_rules.first_round_rank_pairs(
         kept, valid, preference_fn=lambda a, b: jnp.full(a.shape, 0.5))) == [[(3, 1), (2, 0)]]
     # A reward difference that the Bradley-Terry sigmoid rounds to 0.5 still decides.
     close = np.array([[1.0, 1.0 + 1e-6]], np.float32)
-    assert as_tuples(pc.first_round_rank_pairs(np.array([[0, 1]]), np.ones((1, 2), bool),
+    assert as_tuples(pair_rules.first_round_rank_pairs(np.array([[0, 1]]), np.ones((1, 2), bool),
                                                rewards_pn=close)) == [[(1, 0)]]
 
 
@@ -103,8 +103,8 @@ def test_rank_rules_on_random_batches():
     kept = np.stack([rng.permutation(16)[:9] for _ in range(200)])
     valid = np.arange(9) < rng.integers(0, 10, size=(200, 1))
     valid = np.take_along_axis(valid, np.argsort(rng.random((200, 9)), axis=1), axis=1)
-    tournament = as_tuples(pc.tournament_rank_pairs(kept, valid, rewards_pn=rewards))
-    first_round = as_tuples(pc.first_round_rank_pairs(kept, valid, rewards_pn=rewards))
+    tournament = as_tuples(pair_rules.tournament_rank_pairs(kept, valid, rewards_pn=rewards))
+    first_round = as_tuples(pair_rules.first_round_rank_pairs(kept, valid, rewards_pn=rewards))
     for p in range(200):
         order = [int(i) for i in kept[p][valid[p]]]
         expected_tournament = numpy_tournament(order, rewards[p])
@@ -114,18 +114,19 @@ def test_rank_rules_on_random_batches():
 
 
 def test_reward_preference_function_is_bradley_terry():
-    preference = pc.reward_preference_fn(REWARDS)
+    preference = pair_rules.reward_preference_fn(REWARDS)
     probability = preference(jnp.array([[1, 0, 3]]), jnp.array([[2, 7, 3]]))
     np.testing.assert_allclose(probability, [[1 / (1 + math.exp(-6.0)),
                                               1 / (1 + math.exp(3.5)), 0.5]], rtol=1e-6)
-    assert as_tuples(pc.tournament_rank_pairs(KEPT, KEPT_VALID, preference_fn=preference)) == \
-        as_tuples(pc.tournament_rank_pairs(KEPT, KEPT_VALID, rewards_pn=REWARDS))
+    by_preference = pair_rules.tournament_rank_pairs(KEPT, KEPT_VALID, preference_fn=preference)
+    assert as_tuples(by_preference) == as_tuples(
+        pair_rules.tournament_rank_pairs(KEPT, KEPT_VALID, rewards_pn=REWARDS))
 
 
 def test_winner_rule_must_be_given_exactly_once():
     for kwargs in ({}, {"rewards_pn": REWARDS, "preference_fn": first_always_wins}):
         with pytest.raises(ValueError, match="exactly one of rewards_pn"):
-            pc.tournament_rank_pairs(KEPT, KEPT_VALID, **kwargs)
+            pair_rules.tournament_rank_pairs(KEPT, KEPT_VALID, **kwargs)
 
 
 # RS-DPO ----------------------------------------------------------------------------------
@@ -135,31 +136,32 @@ def test_rs_dpo_pairs_hand_worked():
     # masked (its reward would make four more pairs).
     rewards = np.array([[0.0, 1.0, 2.0, 3.0, 10.0]], np.float32)
     mask = np.array([[True, True, True, True, False]])
-    pairs = pc.rs_dpo_pairs(rewards, mask, eta=0.85)
+    pairs = pair_rules.rs_dpo_pairs(rewards, mask, eta=0.85)
     assert [t for t in as_tuples(pairs)[0] if t] == [(2, 0), (3, 0), (3, 1)]
     assert pairs.valid_pm.shape == (1, 20)
     # Slot j * (N - 1) + l' holds (j, l): (2, 0) is slot 2 * 4 + 0, (3, 1) slot 3 * 4 + 1.
     assert np.flatnonzero(np.asarray(pairs.valid_pm)[0]).tolist() == [8, 12, 13]
-    assert int(pc.rs_dpo_pairs(rewards, mask, eta=0.5).valid_pm.sum()) == 6
-    assert int(pc.rs_dpo_pairs(rewards, mask, eta=0.85, tau=2.0).valid_pm.sum()) == 0
-    assert int(pc.rs_dpo_pairs(rewards, mask, eta=0.85, tau=0.8).valid_pm.sum()) == 3
+    assert int(pair_rules.rs_dpo_pairs(rewards, mask, eta=0.5).valid_pm.sum()) == 6
+    assert int(pair_rules.rs_dpo_pairs(rewards, mask, eta=0.85, tau=2.0).valid_pm.sum()) == 0
+    assert int(pair_rules.rs_dpo_pairs(rewards, mask, eta=0.85, tau=0.8).valid_pm.sum()) == 3
 
 
 def test_rs_dpo_pair_count_on_known_rewards():
     # r_j = j / 2 for 16 candidates: kept when (j - l) / 2 > 1.7346, i.e. j - l >= 4, which
     # holds for 12 + 11 + ... + 1 = 78 ordered pairs.
     rewards = (np.arange(16) / 2).astype(np.float32)[None]
-    pairs = jax.jit(pc.rs_dpo_pairs)(rewards, np.ones((1, 16), bool))
+    pairs = jax.jit(pair_rules.rs_dpo_pairs)(rewards, np.ones((1, 16), bool))
     assert int(pairs.valid_pm.sum()) == 78
     # The paper's eta = 0.9 (logit 2.197): j - l >= 5, 11 + 10 + ... + 1 = 66 pairs.
-    assert int(pc.rs_dpo_pairs(rewards, np.ones((1, 16), bool), eta=0.9).valid_pm.sum()) == 66
+    strict = pair_rules.rs_dpo_pairs(rewards, np.ones((1, 16), bool), eta=0.9)
+    assert int(strict.valid_pm.sum()) == 66
 
 
 def test_rs_dpo_pairs_against_numpy():
     rng = np.random.default_rng(1)
     rewards = rng.normal(scale=2.0, size=(50, 12)).astype(np.float32)
     mask = rng.random((50, 12)) < 0.8
-    pairs = as_tuples(pc.rs_dpo_pairs(rewards, mask, eta=0.8, tau=1.2))
+    pairs = as_tuples(pair_rules.rs_dpo_pairs(rewards, mask, eta=0.8, tau=1.2))
     for p in range(50):
         expected = [(j, l) for j, l in itertools.permutations(range(12), 2)
                     if mask[p, j] and mask[p, l]
@@ -170,7 +172,7 @@ def test_rs_dpo_pairs_against_numpy():
 @pytest.mark.parametrize("eta,tau", [(1.0, 1.0), (0.0, 1.0), (0.85, 0.0)])
 def test_rs_dpo_refuses_bad_thresholds(eta, tau):
     with pytest.raises(ValueError, match="eta|tau"):
-        pc.rs_dpo_pairs(REWARDS, np.ones_like(REWARDS, bool), eta=eta, tau=tau)
+        pair_rules.rs_dpo_pairs(REWARDS, np.ones_like(REWARDS, bool), eta=eta, tau=tau)
 
 
 # Best-vs-worst, best-vs-random -------------------------------------------------------------
@@ -181,7 +183,7 @@ def test_best_vs_worst_hand_worked():
                         [2.0, 2.0, 2.0, 2.0, 2.0],
                         [7.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
     mask = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
-    pairs = jax.jit(pc.best_vs_worst_pairs)(rewards, mask)
+    pairs = jax.jit(pair_rules.best_vs_worst_pairs)(rewards, mask)
     # Ties: the best is the first maximum, the worst the first minimum among the others.
     assert as_tuples(pairs) == [[(4, 1)], [(2, 3)], [(0, 1)], [None]]
 
@@ -189,12 +191,13 @@ def test_best_vs_worst_hand_worked():
 def test_best_vs_random_draws_the_other_uniformly():
     rewards = np.array([[0.3, 2.0, -1.0, 0.7, 5.0, 1.1]], np.float32)
     mask = np.array([[True, True, True, False, True, True]])
-    draw = jax.jit(jax.vmap(lambda key: pc.best_vs_random_pairs(rewards, mask, key)))
+    draw = jax.jit(jax.vmap(lambda key: pair_rules.best_vs_random_pairs(rewards, mask, key)))
     pairs = draw(jax.random.split(jax.random.key(0), 8000))
     assert np.all(np.asarray(pairs.valid_pm)) and np.all(np.asarray(pairs.chosen_index_pm) == 4)
     counts = collections.Counter(np.asarray(pairs.rejected_index_pm).ravel().tolist())
     assert sorted(counts) == [0, 1, 2, 5]  # Never the best, never the masked candidate.
     statistic = sum((c - 2000) ** 2 / 2000 for c in counts.values())
     assert float(jax.scipy.special.gammaincc(1.5, statistic / 2)) > 1e-3  # 3 dof.
-    single = pc.best_vs_random_pairs(rewards, np.eye(1, 6, 2, dtype=bool), jax.random.key(1))
+    single = pair_rules.best_vs_random_pairs(rewards, np.eye(1, 6, 2, dtype=bool),
+                                             jax.random.key(1))
     assert as_tuples(single) == [[None]]

@@ -1,0 +1,46 @@
+"""What the partitioner, the train steps and checkpoints need to know of a model.
+
+A `ModelSpec` describes a model's parameter tree without allocating it: abstract shapes,
+logical axis names per dimension (mapped onto the mesh by `partitioning`'s one rule table),
+how to initialise it, and the config written beside a checkpoint of it. Model configs
+provide it: `network.T5Config` for T5 and `reward_models.PointwiseRewardConfig` for the
+pointwise reward model, so no code below the models has a special case for either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+from flax import linen as nn
+
+
+class ModelSpec(Protocol):
+    """A model's parameter tree, described by its (hashable, frozen) config."""
+
+    def param_shapes(self) -> Any:
+        """The parameter tree as `jax.ShapeDtypeStruct`s, computed without allocating."""
+
+    def param_logical_axes(self) -> Any:
+        """The same tree with a `PartitionSpec` of logical axis names at each leaf."""
+
+    def init_params(self, rng: jax.Array) -> Any:
+        """Freshly initialised parameters (a nested dict of arrays)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as JSON fields, written beside a checkpoint; `from_json` reads them."""
+
+    @classmethod
+    def from_json(cls, fields: dict[str, Any], **overrides) -> "ModelSpec":
+        """The config from `to_json`'s fields, with `overrides` replacing some of them."""
+
+
+def abstract_params(boxed_init: Any, *args) -> tuple[Any, Any]:
+    """(shapes, logical axes) of a Flax init returning `nn.LogicallyPartitioned` leaves.
+
+    Args:
+      boxed_init: `(*args) -> boxed params`, e.g. `lambda rng: Model(config).init(rng, x)`.
+      *args: its arguments (arrays or `jax.ShapeDtypeStruct`s; nothing is computed).
+    """
+    boxed = jax.eval_shape(boxed_init, *args)
+    return nn.unbox(boxed), nn.get_partition_spec(boxed)
