@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 
-from rso_jax import (checkpoints, hf_weights, network, param_tree, partitioning,
+from rso_jax import (checkpoints, hf_weights, t5, param_tree, partitioning,
                      t5x_checkpoint)
 
 FORMATS = ("t5x", "hf", "orbax")
@@ -93,7 +93,7 @@ def param_shapes(path: str) -> dict[str, tuple[int, ...]]:
     return _SHAPE_READERS[fmt](path)
 
 
-def check_fits(path: str, config: network.T5Config, name: str) -> None:
+def check_fits(path: str, config: t5.T5Config, name: str) -> None:
     """Checks, without reading weights, that a checkpoint has exactly `config`'s parameters.
 
     Args:
@@ -113,7 +113,7 @@ def check_fits(path: str, config: network.T5Config, name: str) -> None:
                             f"config {config}.")
 
 
-def restore(path: str, config: network.T5Config, partitioner: partitioning.Partitioner,
+def restore(path: str, config: t5.T5Config, partitioner: partitioning.Partitioner,
             name: str) -> Any:
     """Reads a checkpoint onto the mesh: each parameter sharded as the partitioner says.
 
@@ -240,7 +240,7 @@ def _t5x_leaves(target: Mapping[str, Any]) -> dict[str, Any]:
             for key_path, value in leaves}
 
 
-def _restore_t5x(path: str, config: network.T5Config, shardings: Any) -> Any:
+def _restore_t5x(path: str, config: t5.T5Config, shardings: Any) -> Any:
     try:
         params = t5x_checkpoint.load_params(path)
     except FileNotFoundError:
@@ -358,7 +358,7 @@ def _hf_shapes(path: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _restore_hf(path: str, config: network.T5Config, shardings: Any) -> Any:
+def _restore_hf(path: str, config: t5.T5Config, shardings: Any) -> Any:
     from safetensors import SafetensorError, safe_open
 
     layout = _hf_layout(path)
@@ -398,7 +398,7 @@ def _orbax_shapes(path: str) -> dict[str, tuple[int, ...]]:
         raise _unreadable(path, "orbax", error) from error
 
 
-def _restore_orbax(path: str, config: network.T5Config, shardings: Any) -> Any:
+def _restore_orbax(path: str, config: t5.T5Config, shardings: Any) -> Any:
     try:  # Restore onto exactly our config (shapes were checked; dtype is cast by orbax).
         params = checkpoints.restore_params(path, config, shardings)
     except FileNotFoundError:

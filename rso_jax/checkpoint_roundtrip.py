@@ -14,7 +14,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from rso_jax import (checkpoints, hf_weights, network, param_tree, partitioning, run_info,
+from rso_jax import (checkpoints, hf_weights, t5, param_tree, partitioning, run_info,
                      scoring, t5x_checkpoint, vocabularies)
 
 
@@ -63,7 +63,7 @@ def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts
     param_shardings = partitioner.param_shardings(config)
     start = time.perf_counter()
     checkpoints.save_params(params, config, orbax_dir)
-    orbax_config = checkpoints.load_config(orbax_dir, network.T5Config)
+    orbax_config = checkpoints.load_config(orbax_dir, t5.T5Config)
     orbax_params = checkpoints.restore_params(orbax_dir, config, param_shardings)
     timings["orbax_write_read_s"] = time.perf_counter() - start
 

@@ -4,7 +4,7 @@ Layout of a parameter checkpoint directory:
   params/            orbax StandardCheckpointer tree (sharded arrays, restorable onto a mesh)
   model_config.json  the model config's `to_json()`, so the directory describes itself
 
-The model is any `model_spec.ModelSpec` (T5's `network.T5Config`, the pointwise reward
+The model is any `model_spec.ModelSpec` (T5's `t5.T5Config`, the pointwise reward
 model's config, ...): it gives the tree's shapes to check and restore onto.
 """
 
@@ -39,7 +39,7 @@ def load_config(directory: str, config_class: type, **overrides) -> Any:
 
     Args:
       directory: a parameter checkpoint.
-      config_class: the model config class (e.g. `network.T5Config`).
+      config_class: the model config class (e.g. `t5.T5Config`).
       **overrides: fields that replace the saved ones (e.g. param_dtype).
     """
     path = os.path.join(directory, MODEL_CONFIG_FILE)

@@ -17,14 +17,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rso_jax import checkpoints, hf_weights, network, param_tree, t5x_checkpoint
+from rso_jax import checkpoints, hf_weights, t5, param_tree, t5x_checkpoint
 
 READ_FORMATS = ("t5x", "hf", "orbax")
 WRITE_FORMATS = ("hf", "orbax")
 
 
 def read(fmt: str, path: str, relative_attention_max_distance: Optional[int] = None
-         ) -> tuple[Any, network.T5Config]:
+         ) -> tuple[Any, t5.T5Config]:
     """Reads parameters (as numpy arrays) and their config from `path` in format `fmt`."""
     overrides = {}
     if relative_attention_max_distance is not None:
@@ -37,12 +37,12 @@ def read(fmt: str, path: str, relative_attention_max_distance: Optional[int] = N
     if fmt == "hf":
         return hf_weights.load(path, **overrides)
     if fmt == "orbax":
-        config = checkpoints.load_config(path, network.T5Config, **overrides)
+        config = checkpoints.load_config(path, t5.T5Config, **overrides)
         return jax_to_numpy(checkpoints.restore_params(path, config)), config
     raise ValueError(f"Unknown input format {fmt!r}; choose one of {READ_FORMATS}.")
 
 
-def write(fmt: str, path: str, params: Any, config: network.T5Config) -> None:
+def write(fmt: str, path: str, params: Any, config: t5.T5Config) -> None:
     if fmt == "hf":
         hf_weights.save(params, config, path)
     elif fmt == "orbax":
@@ -60,7 +60,7 @@ def jax_to_numpy(params: Any) -> Any:
 def cast(params: Any, dtype: str) -> Any:
     import jax
 
-    target = network.resolve_dtype(dtype)
+    target = t5.resolve_dtype(dtype)
     return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(target), params)
 
 

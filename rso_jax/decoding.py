@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from rso_jax import network, partitioning, vocabularies
+from rso_jax import t5, partitioning, vocabularies
 
 Array = jax.Array
 
@@ -172,7 +172,7 @@ def _chosen_log_probs(logits: Array, chosen: Array, row_max: Array) -> Array:
     return chosen_logits - row_max - jnp.log(shifted_sum)
 
 
-def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rng: Array,
+def sample(model_config: t5.T5Config, params: Any, prompt_tokens: Array, rng: Array,
            sampling: SamplingConfig) -> SampleOutput:
     """Samples `sampling.num_candidates` responses for every prompt (pure; jit it).
 
@@ -190,7 +190,7 @@ def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rn
     Returns:
       a SampleOutput.
     """
-    model = network.T5(model_config)
+    model = t5.T5(model_config)
     variables = {"params": params}
     num_prompts = prompt_tokens.shape[0]
     num_candidates, max_length = sampling.num_candidates, sampling.max_decode_length
@@ -207,7 +207,7 @@ def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rn
     start_tokens = jnp.full((num_prompts,), vocabularies.DECODER_START_ID, jnp.int32)
     first_logits, first_caches = decode(
         start_tokens, jnp.zeros((), jnp.int32),
-        network.init_decode_cache(model_config, num_prompts, max_length))
+        t5.init_decode_cache(model_config, num_prompts, max_length))
 
     def per_candidate(per_prompt):  # [P, ...] -> [P*N, ...], each prompt's row N times
         repeated = jnp.broadcast_to(per_prompt[:, None],
@@ -222,7 +222,7 @@ def sample(model_config: network.T5Config, params: Any, prompt_tokens: Array, rn
 
     logits = per_candidate(first_logits)
     caches = jax.tree_util.tree_map(with_first_position,
-                                    network.init_decode_cache(model_config, batch, max_length),
+                                    t5.init_decode_cache(model_config, batch, max_length),
                                     first_caches)
 
     def draw(position, logits, tokens, token_logps, done):
@@ -267,7 +267,7 @@ def response_lengths(tokens: Array, eos_id: int = vocabularies.EOS_ID) -> Array:
     return jnp.where(is_eos.any(axis=-1), first_eos + 1, tokens.shape[-1]).astype(jnp.int32)
 
 
-def make_sampler(model_config: network.T5Config, sampling: SamplingConfig,
+def make_sampler(model_config: t5.T5Config, sampling: SamplingConfig,
                  partitioner: Optional[partitioning.Partitioner] = None):
     """A jitted `(params, prompt_tokens, rng) -> SampleOutput` on the partitioner's mesh.
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rso_jax import atomic_io, network, param_tree
+from rso_jax import atomic_io, t5, param_tree
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,7 +34,7 @@ _ACTIVATIONS_OF_PROJ = {proj: acts for acts, proj in _FEED_FORWARD_PROJ.items()}
 _TIED_EMBEDDING_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
-def hf_config_dict(config: network.T5Config) -> dict[str, Any]:
+def hf_config_dict(config: t5.T5Config) -> dict[str, Any]:
     """HF `T5Config` fields (as written to config.json) for our config."""
     if config.mlp_activations not in _FEED_FORWARD_PROJ:
         raise ValueError(f"mlp_activations={config.mlp_activations} has no HF equivalent; "
@@ -64,7 +64,7 @@ def hf_config_dict(config: network.T5Config) -> dict[str, Any]:
     }
 
 
-def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> network.T5Config:
+def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> t5.T5Config:
     """Our T5Config from HF config.json fields; `overrides` set e.g. the compute dtype."""
     if _scales_decoder_outputs(hf_config):
         raise ValueError("This HF config rescales the decoder output by d_model**-0.5 for tied "
@@ -84,7 +84,7 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> network.T5Confi
         dropout_rate=hf_config.get("dropout_rate", 0.0),
         layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-6))
     fields.update(overrides)
-    return network.T5Config(**fields)
+    return t5.T5Config(**fields)
 
 
 def _scales_decoder_outputs(hf_config: Mapping[str, Any]) -> bool:
@@ -98,7 +98,7 @@ def _scales_decoder_outputs(hf_config: Mapping[str, Any]) -> bool:
     return bool(hf_config.get("tie_word_embeddings", True))
 
 
-def _key_map(config: network.T5Config) -> dict[str, tuple[str, bool]]:
+def _key_map(config: t5.T5Config) -> dict[str, tuple[str, bool]]:
     """Our flat key -> (HF key, whether the matrix is transposed between the two)."""
     mapping = {
         "token_embedder/embedding": ("shared.weight", False),
@@ -140,7 +140,7 @@ def _key_map(config: network.T5Config) -> dict[str, tuple[str, bool]]:
 
 
 def params_to_hf_state_dict(params: Mapping[str, Any],
-                            config: network.T5Config) -> dict[str, np.ndarray]:
+                            config: t5.T5Config) -> dict[str, np.ndarray]:
     """Our parameter tree -> HF state dict of numpy arrays (tied embedding copies omitted)."""
     param_tree.check_against_config(params, config, "the parameters being exported")
     flat = param_tree.flatten(params)
@@ -151,7 +151,7 @@ def params_to_hf_state_dict(params: Mapping[str, Any],
     return state_dict
 
 
-def hf_state_dict_to_params(state_dict: Mapping[str, Any], config: network.T5Config,
+def hf_state_dict_to_params(state_dict: Mapping[str, Any], config: t5.T5Config,
                             source: str = "an HF state dict",
                             lm_head_tied: bool = False) -> dict[str, Any]:
     """HF state dict (numpy arrays) -> our nested parameter tree, with a full key/shape check.
@@ -193,7 +193,7 @@ def hf_state_dict_to_params(state_dict: Mapping[str, Any], config: network.T5Con
     return params
 
 
-def save(params: Mapping[str, Any], config: network.T5Config, directory: str) -> None:
+def save(params: Mapping[str, Any], config: t5.T5Config, directory: str) -> None:
     """Writes `model.safetensors` and `config.json` into `directory`, atomically."""
     from safetensors.numpy import save_file
 
@@ -204,7 +204,7 @@ def save(params: Mapping[str, Any], config: network.T5Config, directory: str) ->
             json.dump(hf_config_dict(config), stream, indent=2, sort_keys=True)
 
 
-def load(directory: str, **config_overrides) -> tuple[dict[str, Any], network.T5Config]:
+def load(directory: str, **config_overrides) -> tuple[dict[str, Any], t5.T5Config]:
     """Reads an HF T5 directory (config.json + model.safetensors, sharded or not).
 
     Returns:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 
-from rso_jax import network
+from rso_jax import t5
 
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO_ROOT, "gin", "models", "t5_1_1")
 
 
-def model_config(size: str, **overrides) -> network.T5Config:
+def model_config(size: str, **overrides) -> t5.T5Config:
     """The T5Config that gin/models/t5_1_1/<size>.gin binds, with `overrides` applied."""
     import gin
 

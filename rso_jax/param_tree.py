@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
-from rso_jax import model_spec, network
+from rso_jax import model_spec, t5
 
 SEPARATOR = "/"
 
@@ -75,7 +75,7 @@ def check_against_config(params: Mapping[str, Any], model: model_spec.ModelSpec,
                  f"Parameters from {source} do not fit the model config {model}.")
 
 
-def infer_config(params: Mapping[str, Any], **overrides) -> network.T5Config:
+def infer_config(params: Mapping[str, Any], **overrides) -> t5.T5Config:
     """Reads a T5Config off a parameter tree's shapes (relative-position distance aside).
 
     `relative_attention_max_distance`, `dropout_rate`, dtypes and the activation function
@@ -106,4 +106,4 @@ def infer_config(params: Mapping[str, Any], **overrides) -> network.T5Config:
                   relative_attention_num_buckets=num_buckets,
                   mlp_activations=("gelu", "linear") if gated else ("relu",))
     fields.update(overrides)
-    return network.T5Config(**fields)
+    return t5.T5Config(**fields)

@@ -26,7 +26,7 @@ import numpy as np
 from flax import linen as nn
 from flax import struct
 
-from rso_jax import model_spec, network, param_tree, partitioning, vocabularies
+from rso_jax import model_spec, t5, param_tree, partitioning, vocabularies
 
 Array = jax.Array
 
@@ -104,10 +104,10 @@ def _start_tokens(inputs: Array) -> Array:
     return jnp.full((inputs.shape[0], 1), vocabularies.DECODER_START_ID, jnp.int32)
 
 
-def first_step_logits(model_config: network.T5Config, params: Any, inputs: Array,
+def first_step_logits(model_config: t5.T5Config, params: Any, inputs: Array,
                       token_ids: Sequence[int]) -> Array:
     """Logits [batch, len(token_ids)] of the given tokens at the first decoding step only."""
-    model = network.T5(model_config)
+    model = t5.T5(model_config)
     variables = {"params": params}
     encoded = model.apply(variables, inputs, method=model.encode)
     hidden = model.apply(variables, encoded, inputs, _start_tokens(inputs),
@@ -118,14 +118,14 @@ def first_step_logits(model_config: network.T5Config, params: Any, inputs: Array
                    preferred_element_type=jnp.float32)
 
 
-def preference_probability(model_config: network.T5Config, params: Any, inputs: Array, *,
+def preference_probability(model_config: t5.T5Config, params: Any, inputs: Array, *,
                            a_token: int, b_token: int) -> Array:
     """P(the response shown as A is better) = sigma(logit_A - logit_B), float32 [batch]."""
     logits = first_step_logits(model_config, params, inputs, (a_token, b_token))
     return jax.nn.sigmoid(logits[:, 0] - logits[:, 1])
 
 
-def symmetric_preference_probability(model_config: network.T5Config, params: Any,
+def symmetric_preference_probability(model_config: t5.T5Config, params: Any,
                                      inputs_ab: Array, inputs_ba: Array, *, a_token: int,
                                      b_token: int) -> Array:
     """P(y1 > y2) averaged over both presentation orders (cancels position bias)."""
@@ -145,7 +145,7 @@ def logit(probability: Array, eps: float = 1e-7) -> Array:
     return jnp.log(probability) - jnp.log(1.0 - probability)
 
 
-def pointwise_rewards_vs_baseline(model_config: network.T5Config, params: Any,
+def pointwise_rewards_vs_baseline(model_config: t5.T5Config, params: Any,
                                   inputs_candidate_first: Array,
                                   inputs_baseline_first: Optional[Array], *, a_token: int,
                                   b_token: int) -> Array:
@@ -168,7 +168,7 @@ def pointwise_rewards_vs_baseline(model_config: network.T5Config, params: Any,
                                                   b_token=b_token))
 
 
-def make_pair_scorer(model_config: network.T5Config, a_token: int, b_token: int,
+def make_pair_scorer(model_config: t5.T5Config, a_token: int, b_token: int,
                      partitioner: Optional[partitioning.Partitioner] = None):
     """Jitted `(params, inputs) -> P(A)` for batches of ranker inputs, sharded over 'data'."""
     fn = functools.partial(preference_probability, model_config, a_token=a_token,
@@ -187,11 +187,11 @@ def make_pair_scorer(model_config: network.T5Config, a_token: int, b_token: int,
 class PointwiseRewardModel(nn.Module):
     """T5 with a scalar head on the first decoder state; params {'t5': ..., 'reward_head': ...}."""
 
-    config: network.T5Config
+    config: t5.T5Config
 
     def setup(self):
-        self.t5 = network.T5(self.config)
-        self.reward_head = network.DenseGeneral(
+        self.t5 = t5.T5(self.config)
+        self.reward_head = t5.DenseGeneral(
             1, kernel_axes=("embed", "reward"), dtype=self.config.compute_dtype,
             param_dtype=self.config.storage_dtype, output_dtype=jnp.float32)
 
@@ -203,12 +203,12 @@ class PointwiseRewardModel(nn.Module):
         return self.reward_head(hidden[:, 0])[:, 0]
 
 
-def _init_boxed_pointwise(config: network.T5Config, rng: Array) -> Any:
+def _init_boxed_pointwise(config: t5.T5Config, rng: Array) -> Any:
     dummy = jnp.ones((1, 1), jnp.int32)
     return PointwiseRewardModel(config).init(rng, dummy)["params"]
 
 
-def init_pointwise_params(config: network.T5Config, rng: Array,
+def init_pointwise_params(config: t5.T5Config, rng: Array,
                           t5_params: Optional[Any] = None) -> Any:
     """Head initialised to zero (all rewards start at 0); T5 weights from `t5_params` if given.
 
@@ -234,7 +234,7 @@ class PointwiseRewardConfig:
     and the scalar head, every parameter sharded by the rules (the head's 'reward' axis has
     none, so it is never split)."""
 
-    t5: network.T5Config
+    t5: t5.T5Config
 
     def _abstract(self) -> tuple[Any, Any]:
         return model_spec.abstract_params(functools.partial(_init_boxed_pointwise, self.t5),
@@ -258,7 +258,7 @@ class PointwiseRewardConfig:
         if set(fields) != {"t5"}:
             raise ValueError(f"Unknown PointwiseRewardConfig fields {sorted(fields)} in a saved "
                              "model config (expected only 't5').")
-        return cls(network.T5Config.from_json(fields["t5"], **overrides))
+        return cls(t5.T5Config.from_json(fields["t5"], **overrides))
 
 
 @struct.dataclass
@@ -276,7 +276,7 @@ class PointwisePairBatch:
 
 
 def bradley_terry_loss(params: Any, batch: PointwisePairBatch, dropout_rng: Array, *,
-                       model_config: network.T5Config) -> tuple[Array, dict[str, Array]]:
+                       model_config: t5.T5Config) -> tuple[Array, dict[str, Array]]:
     """-log sigma(R(x, y_w) - R(x, y_l)), averaged over valid pairs; a train_step loss_fn."""
     model = PointwiseRewardModel(model_config)
     dropout = model_config.dropout_rate > 0
@@ -294,7 +294,7 @@ def bradley_terry_loss(params: Any, batch: PointwisePairBatch, dropout_rng: Arra
                   "rewards/accuracy": ((margin > 0) * mask).sum() / count}
 
 
-def make_pointwise_scorer(config: network.T5Config,
+def make_pointwise_scorer(config: t5.T5Config,
                           partitioner: Optional[partitioning.Partitioner] = None
                           ) -> Callable[[Any, Array], Array]:
     """Jitted `(params, inputs) -> rewards [batch]`."""

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from rso_jax import batching, network, partitioning, vocabularies
+from rso_jax import batching, t5, partitioning, vocabularies
 
 
 def token_log_probs(logits_btv: jax.Array, target_tokens_bt: jax.Array) -> jax.Array:
@@ -17,7 +17,7 @@ def token_log_probs(logits_btv: jax.Array, target_tokens_bt: jax.Array) -> jax.A
     return jnp.take_along_axis(log_probs, target_tokens_bt[..., None], axis=-1)[..., 0]
 
 
-def score_targets(config: network.T5Config, params: Any, encoder_input_tokens: jax.Array,
+def score_targets(config: t5.T5Config, params: Any, encoder_input_tokens: jax.Array,
                   target_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-token and per-sequence log-likelihood of `target_tokens` given the inputs.
 
@@ -31,14 +31,14 @@ def score_targets(config: network.T5Config, params: Any, encoder_input_tokens: j
     Returns:
       (token_logps [prompts * G, dec_len] with 0 at padding, sequence_logps [prompts * G]).
     """
-    logits = network.T5(config).apply({"params": params}, encoder_input_tokens,
+    logits = t5.T5(config).apply({"params": params}, encoder_input_tokens,
                                       batching.shift_right(target_tokens))
     target_mask = target_tokens != vocabularies.PAD_ID
     token_logps = jnp.where(target_mask, token_log_probs(logits, target_tokens), 0.0)
     return token_logps, token_logps.sum(axis=-1)
 
 
-def make_scorer(config: network.T5Config, partitioner: Optional[partitioning.Partitioner] = None):
+def make_scorer(config: t5.T5Config, partitioner: Optional[partitioning.Partitioner] = None):
     """A jitted `(params, prompts, targets) -> (token_logps, sequence_logps)`.
 
     With a partitioner, prompts and targets are sharded over 'data' and parameters as the

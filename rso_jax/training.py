@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rso_jax import (batching, losses, model_spec, network, param_tree, partitioning, scoring,
+from rso_jax import (batching, losses, model_spec, t5, param_tree, partitioning, scoring,
                      vocabularies)
 
 Array = jax.Array
@@ -98,9 +98,9 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation,
 
 
 def sft_loss(params: Any, batch: batching.SftBatch, dropout_rng: Array, *,
-             model_config: network.T5Config) -> tuple[Array, Metrics]:
+             model_config: t5.T5Config) -> tuple[Array, Metrics]:
     """Token cross-entropy of the targets (teacher forcing)."""
-    logits = network.T5(model_config).apply(
+    logits = t5.T5(model_config).apply(
         {"params": params}, batch.inputs, batching.shift_right(batch.targets),
         enable_dropout=model_config.dropout_rate > 0, rngs={"dropout": dropout_rng})
     loss, metrics = losses.token_cross_entropy(logits, batch.targets, batch.loss_weights)
@@ -108,9 +108,9 @@ def sft_loss(params: Any, batch: batching.SftBatch, dropout_rng: Array, *,
 
 
 def policy_pair_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
-                      model_config: network.T5Config) -> tuple[Array, Array]:
+                      model_config: t5.T5Config) -> tuple[Array, Array]:
     """Sequence log-probs of chosen and rejected under the policy, prompt encoded once."""
-    model = network.T5(model_config)
+    model = t5.T5(model_config)
     dropout = model_config.dropout_rate > 0
     encoded = model.apply({"params": params}, batch.inputs, enable_dropout=dropout,
                           method=model.encode, rngs={"dropout": dropout_rng})
@@ -125,7 +125,7 @@ def policy_pair_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng:
 
 
 def preference_loss(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
-                    model_config: network.T5Config, loss_name: str = "sigmoid_norm",
+                    model_config: t5.T5Config, loss_name: str = "sigmoid_norm",
                     gamma: float = 0.05) -> tuple[Array, Metrics]:
     """RSO's preference losses (eqs. 8-10) on one batch of pairs."""
     if batch.reference_chosen_logps is None or batch.reference_rejected_logps is None:

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import cpu_tuning, decoding, hf_weights, model_sizes, network  # noqa: E402
+from rso_jax import cpu_tuning, decoding, hf_weights, model_sizes, t5  # noqa: E402
 from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
 NEVER = -1  # an EOS id no token can equal: every candidate runs the full length
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
         cpu_tuning.restrict_ynnpack_to_dots()  # what rso_jax.main does
 
     config = model_sizes.model_config(args.size, dtype=args.dtype, param_dtype=args.dtype)
-    params = network.init_params(config, jax.random.PRNGKey(0))
+    params = t5.init_params(config, jax.random.PRNGKey(0))
     prompts = random_prompts(args.num_prompts, args.prompt_length, config.vocab_size, seed=0)
     sampling = decoding.SamplingConfig(num_candidates=args.num_candidates,
                                        max_decode_length=args.new_tokens,

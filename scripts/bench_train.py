@@ -29,14 +29,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import (batching, cpu_tuning, hf_weights, model_sizes, network,  # noqa: E402
+from rso_jax import (batching, cpu_tuning, hf_weights, model_sizes, t5,  # noqa: E402
                      partitioning, scoring, training)
 from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 
-def step_flops(config: network.T5Config, pairs: int, prompt_length: int,
+def step_flops(config: t5.T5Config, pairs: int, prompt_length: int,
                response_length: int) -> float:
     """Training FLOPs (3x forward) of our preference step on `pairs` pairs."""
     e, hd, f, v = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim, config.vocab_size
@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
         cpu_tuning.restrict_ynnpack_to_dots()  # what rso_jax.main does
 
     config = model_sizes.model_config(args.size, dtype=args.dtype, param_dtype="float32")
-    params = network.init_params(config, jax.random.PRNGKey(0))
+    params = t5.init_params(config, jax.random.PRNGKey(0))
     prompts, chosen, rejected = random_batch(config, args.pairs, args.prompt_length,
                                              args.response_length)
     seconds, compile_s, loss = bench_ours(config, params, prompts, chosen, rejected, args)

@@ -6,14 +6,14 @@ import os
 
 import numpy as np
 
-from rso_jax import network, vocabularies
+from rso_jax import t5, vocabularies
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T5X_FIXTURE = os.path.join(REPO_ROOT, "..", "shared", "fixtures", "t5x",
                            "test_t5_tiny.checkpoint_0")
 
 # Divisible by 1, 2, 4 and 8 in every sharded dimension, so any (data, model) mesh of 8 fits.
-MESH_TEST_CONFIG = network.T5Config(vocab_size=128, emb_dim=16, num_heads=4, head_dim=8,
+MESH_TEST_CONFIG = t5.T5Config(vocab_size=128, emb_dim=16, num_heads=4, head_dim=8,
                                     mlp_dim=32, num_encoder_layers=2, num_decoder_layers=2,
                                     relative_attention_num_buckets=8,
                                     relative_attention_max_distance=16)

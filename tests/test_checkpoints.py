@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import checkpoints, network, param_tree, partitioning, reward_models
+from rso_jax import checkpoints, t5, param_tree, partitioning, reward_models
 from t5_helpers import MESH_TEST_CONFIG
 
 POINTWISE = reward_models.PointwiseRewardConfig(MESH_TEST_CONFIG)
@@ -43,6 +43,6 @@ def test_restoring_as_another_model_fails_clearly(tmp_path):
 
 
 def test_t5_config_is_a_model_spec():
-    assert network.T5Config.from_json(MESH_TEST_CONFIG.to_json()) == MESH_TEST_CONFIG
+    assert t5.T5Config.from_json(MESH_TEST_CONFIG.to_json()) == MESH_TEST_CONFIG
     assert (param_tree.flatten(MESH_TEST_CONFIG.param_shapes()).keys()
             == param_tree.flatten(MESH_TEST_CONFIG.param_logical_axes()).keys())

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from rso_jax import checkpoints, convert, hf_weights, network, param_tree, t5x_checkpoint
+from rso_jax import checkpoints, convert, hf_weights, t5, param_tree, t5x_checkpoint
 from t5_helpers import T5X_FIXTURE
 
 
@@ -23,7 +23,7 @@ def test_conversions_preserve_every_array(tmp_path, capsys):
     for key, value in param_tree.flatten(params).items():
         np.testing.assert_array_equal(value, original[key], err_msg=key)
     assert json.load(open(os.path.join(orbax_dir, "model_config.json")))["emb_dim"] == 8
-    assert config == checkpoints.load_config(orbax_dir, network.T5Config)
+    assert config == checkpoints.load_config(orbax_dir, t5.T5Config)
 
 
 def test_bfloat16_cast_and_overwrite(tmp_path):
@@ -33,7 +33,7 @@ def test_bfloat16_cast_and_overwrite(tmp_path):
     assert convert.main(["--from=t5x", f"--input={T5X_FIXTURE}", "--to=orbax",
                          f"--output={out}", "--dtype=bfloat16"]) == 0
     assert not os.path.exists(os.path.join(out, "stale_file"))  # replaced as a whole
-    config = checkpoints.load_config(out, network.T5Config)
+    config = checkpoints.load_config(out, t5.T5Config)
     params = checkpoints.restore_params(out, config)
     assert config.param_dtype == "bfloat16"
     kernel = params["decoder"]["logits_dense"]["kernel"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rso_jax import decoding, hf_weights, network, partitioning, scoring
+from rso_jax import decoding, hf_weights, t5, partitioning, scoring
 from t5_helpers import padded_tokens, random_hf_t5
 
 
@@ -108,7 +108,7 @@ def test_same_key_same_samples_and_candidates_differ(hf_and_ours, prompts):
 
 
 def first_step_logits(config, params, prompt):
-    return np.asarray(jax.jit(network.T5(config).apply)({"params": params}, prompt[None],
+    return np.asarray(jax.jit(t5.T5(config).apply)({"params": params}, prompt[None],
                                                         np.zeros((1, 1), np.int32)))[0, 0]
 
 
@@ -117,9 +117,9 @@ def first_step_logits(config, params, prompt):
     (0.7, 8, 1.0, 36 * decoding.TOP_K_BLOCK + 5),  # through the two-stage top-k, with a tail
 ])
 def test_first_token_frequencies_match_filtered_softmax(temperature, top_k, top_p, vocab_size):
-    config = network.T5Config(vocab_size=vocab_size, emb_dim=16, num_heads=2, head_dim=8,
+    config = t5.T5Config(vocab_size=vocab_size, emb_dim=16, num_heads=2, head_dim=8,
                               mlp_dim=24, num_encoder_layers=1, num_decoder_layers=1)
-    params = network.init_params(config, jax.random.PRNGKey(1))
+    params = t5.init_params(config, jax.random.PRNGKey(1))
     prompt = np.array([5, 9, 2, 7, 1, 0], np.int32)
     logits = first_step_logits(config, params, prompt).astype(np.float64)
 

@@ -115,11 +115,11 @@ def test_hh_runs_with_the_hf_export_as_sft_checkpoint_and_a_gold_ranker(hf_expor
 
 
 def _assert_sft_params_equal_fixture(work_dir):
-    from rso_jax import checkpoints, network, param_tree, t5x_checkpoint
+    from rso_jax import checkpoints, t5, param_tree, t5x_checkpoint
     expected = param_tree.flatten(t5x_checkpoint.load_params(T5X_FIXTURE))
     directory = str(work_dir / "sft" / "params")
     installed = param_tree.flatten(jax.device_get(checkpoints.restore_params(
-        directory, checkpoints.load_config(directory, network.T5Config))))
+        directory, checkpoints.load_config(directory, t5.T5Config))))
     assert set(installed) == set(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(np.asarray(installed[key]), value, err_msg=key)
@@ -148,7 +148,7 @@ def test_a_checkpoint_of_the_wrong_size_fails_before_any_stage(tldr_flags, tmp_p
 
 
 def test_paper_tldr_configuration_builds_at_abstract_shapes():
-    from rso_jax import decoding, network, partitioning, reward_models
+    from rso_jax import decoding, t5, partitioning, reward_models
     tldr_files = os.path.join(REPO_ROOT, "tests", "data")
     experiment = build_experiment([
         "--gin_file=configs/tldr_rso.gin",
@@ -173,7 +173,7 @@ def test_paper_tldr_configuration_builds_at_abstract_shapes():
     assert experiment.task.name == "tldr" and experiment.task.ranker_template == "summary"
 
     def count(config):
-        shapes = network.param_shapes(config)  # abstract: nothing allocated
+        shapes = t5.param_shapes(config)  # abstract: nothing allocated
         return sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
     assert count(policy) == 783_150_080 and count(ranker) == 11_135_332_352
     partitioner = partitioning.Partitioner(mesh=partitioning.create_mesh(1, 8))
@@ -181,12 +181,12 @@ def test_paper_tldr_configuration_builds_at_abstract_shapes():
     prompts = jax.ShapeDtypeStruct((8, experiment.lengths.prompt), np.int32)
     out = jax.eval_shape(
         lambda p, x: decoding.sample(policy, p, x, jax.random.PRNGKey(0), sampling=sampling),
-        network.param_shapes(policy), prompts)
+        t5.param_shapes(policy), prompts)
     assert out.tokens.shape == (8, 64, 64)
     inputs = jax.ShapeDtypeStruct((4, experiment.lengths.ranker_input), np.int32)
     probability = jax.eval_shape(
         lambda p, x: reward_models.preference_probability(ranker, p, x, a_token=3, b_token=4),
-        network.param_shapes(ranker), inputs)
+        t5.param_shapes(ranker), inputs)
     assert probability.shape == (4,)
 
 

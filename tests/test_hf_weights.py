@@ -4,16 +4,16 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import hf_weights, network, param_tree
+from rso_jax import hf_weights, t5, param_tree
 from t5_helpers import T5X_FIXTURE
 
-CONFIG = network.T5Config(vocab_size=40, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=12,
+CONFIG = t5.T5Config(vocab_size=40, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=12,
                           num_encoder_layers=2, num_decoder_layers=1)
 
 
 @pytest.fixture(scope="module")
 def params():
-    return jax.device_get(network.init_params(CONFIG, jax.random.PRNGKey(0)))
+    return jax.device_get(t5.init_params(CONFIG, jax.random.PRNGKey(0)))
 
 
 def test_state_dict_round_trip_is_exact_and_transposes(params):
@@ -51,7 +51,7 @@ def test_t5x_fixture_against_the_wrong_size_lists_every_mismatch():
     from rso_jax import t5x_checkpoint
 
     fixture = t5x_checkpoint.load_params(T5X_FIXTURE)
-    wrong = network.T5Config(emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
+    wrong = t5.T5Config(emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
                              num_encoder_layers=3, num_decoder_layers=2, vocab_size=32000)
     with pytest.raises(param_tree.ParamTreeMismatchError) as error:
         param_tree.check_against_config(fixture, wrong, "the fixture")
@@ -74,7 +74,7 @@ def test_load_names_the_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="No HF config"):
         hf_weights.load(str(tmp_path))
     (tmp_path / "config.json").write_text('{"vocab_size": 8}')
-    hf_weights.save(jax.device_get(network.init_params(CONFIG, jax.random.PRNGKey(1))), CONFIG,
+    hf_weights.save(jax.device_get(t5.init_params(CONFIG, jax.random.PRNGKey(1))), CONFIG,
                     str(tmp_path / "ok"))
     (tmp_path / "ok" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="No model.safetensors"):

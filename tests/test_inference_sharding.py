@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rso_jax import decoding, network, param_tree, partitioning, reward_models, scoring
+from rso_jax import decoding, t5, param_tree, partitioning, reward_models, scoring
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 CONFIG = MESH_TEST_CONFIG  # float32; heads, head_dim*heads, mlp and vocab all divide by 4
@@ -27,7 +27,7 @@ RTOL, ATOL = 1e-5, 1e-6
 @pytest.fixture(scope="module")
 def host_params():
     """Random T5 parameters (on the host) whose EOS logit is boosted, so lengths vary."""
-    params = jax.device_get(network.init_params(CONFIG, jax.random.PRNGKey(0)))
+    params = jax.device_get(t5.init_params(CONFIG, jax.random.PRNGKey(0)))
     params = jax.tree_util.tree_map(np.array, params)  # writable copies
     params["decoder"]["logits_dense"]["kernel"][:, 1] *= 3.0
     return params

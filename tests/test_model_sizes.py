@@ -4,7 +4,7 @@ import numpy as np
 import jax
 import pytest
 
-from rso_jax import model_sizes, network
+from rso_jax import model_sizes, t5
 
 # Parameter counts of google/t5-v1_1-{small,base,large,xl,xxl}; tiny is T5X's test model.
 PUBLISHED_COUNTS = {"tiny": 518_240, "small": 76_961_152, "base": 247_577_856,
@@ -14,7 +14,7 @@ PUBLISHED_COUNTS = {"tiny": 518_240, "small": 76_961_152, "base": 247_577_856,
 @pytest.mark.parametrize("size", model_sizes.SIZES)
 def test_parameter_count(size):
     config = model_sizes.model_config(size)
-    shapes = jax.tree_util.tree_leaves(network.param_shapes(config))
+    shapes = jax.tree_util.tree_leaves(t5.param_shapes(config))
     assert sum(int(np.prod(s.shape)) for s in shapes) == PUBLISHED_COUNTS[size]
     assert config.vocab_size == 32128 and config.mlp_activations == ("gelu", "linear")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rso_jax import batching, network, param_tree, partitioning, scoring
+from rso_jax import batching, t5, param_tree, partitioning, scoring
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 # The rule table written out by hand: logical axis -> mesh axis.
@@ -17,7 +17,7 @@ EXPECTED_MESH_AXIS = {"vocab": "model", "mlp": "model", "heads": "model", "joine
 
 @pytest.fixture(scope="module")
 def single_device_params():
-    return network.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0))
+    return t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_parameters_are_sharded_as_the_rules_say(data, model, single_device_para
     partitioner = partitioning.create_partitioner(data_parallelism=data, model_parallelism=model)
     assert dict(partitioner.mesh.shape) == {"data": data, "model": model}
     params = partitioner.shard_params(jax.device_get(single_device_params), MESH_TEST_CONFIG)
-    logical = param_tree.flatten(network.param_logical_axes(MESH_TEST_CONFIG))
+    logical = param_tree.flatten(t5.param_logical_axes(MESH_TEST_CONFIG))
     sizes = {"data": data, "model": model, None: 1}
     for key, array in param_tree.flatten(params).items():
         expected = tuple(EXPECTED_MESH_AXIS[name] for name in logical[key])
@@ -65,7 +65,7 @@ def test_fsdp_shards_embed_over_data():
 @pytest.mark.parametrize("data,model", [(2, 4), (4, 2), (8, 1)])
 def test_sharded_forward_equals_single_device(data, model, single_device_params, batch):
     prompts, targets = batch
-    forward = jax.jit(functools.partial(network.T5(MESH_TEST_CONFIG).apply))
+    forward = jax.jit(functools.partial(t5.T5(MESH_TEST_CONFIG).apply))
     expected = np.asarray(forward({"params": single_device_params}, prompts,
                                   batching.shift_right(targets)))
 
@@ -74,7 +74,7 @@ def test_sharded_forward_equals_single_device(data, model, single_device_params,
     params = partitioner.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0))
     batch_sharding = partitioner.batch_sharding(2)
     sharded_forward = partitioner.jit(
-        lambda p, x, y: network.T5(MESH_TEST_CONFIG).apply({"params": p}, x, y),
+        lambda p, x, y: t5.T5(MESH_TEST_CONFIG).apply({"params": p}, x, y),
         in_shardings=(param_shardings, batch_sharding, batch_sharding),
         out_shardings=partitioner.sharding(("batch", "length", "vocab")))
     prompts_on_mesh, inputs_on_mesh = partitioner.shard_batch(

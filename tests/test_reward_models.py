@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, network, partitioning, reward_models, train_loop, training
+from rso_jax import batching, t5, partitioning, reward_models, train_loop, training
 
-CONFIG = network.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
+CONFIG = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                           num_encoder_layers=2, num_decoder_layers=1,
                           relative_attention_num_buckets=8, relative_attention_max_distance=32)
 CONTEXT, MARK_A, MARK_B, A_TOKEN, B_TOKEN = 3, 4, 5, 6, 7
@@ -100,7 +100,7 @@ def trained_ranker(partitioner, validation, tmp_path_factory):
     # ranker from scratch) ends settled rather than still moving at a constant learning rate.
     num_steps = 800
     optimizer = training.adam_warmup_cosine(3e-3, num_steps, warmup_steps=50)
-    params = network.init_params(CONFIG, jax.random.PRNGKey(0))
+    params = t5.init_params(CONFIG, jax.random.PRNGKey(0))
     loss_fn = functools.partial(training.sft_loss, model_config=CONFIG)
     example = next(batch_source("ranker")(0))
     step = training.make_train_step(partitioner, CONFIG, optimizer, loss_fn, example)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, checkpoints, network, partitioning, train_loop, training
+from rso_jax import batching, checkpoints, t5, partitioning, train_loop, training
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 
@@ -37,7 +37,7 @@ def make_batches(num_batches=50, nan_at=None, interrupt_at=None):
 def setup():
     partitioner = partitioning.create_partitioner(data_parallelism=4, model_parallelism=2)
     optimizer = training.adafactor(learning_rate=1e-2)
-    params = jax.device_get(network.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
+    params = jax.device_get(t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
     loss_fn = functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG)
     example = next(make_batches()(0))
     step = training.make_train_step(partitioner, MESH_TEST_CONFIG, optimizer, loss_fn, example)
@@ -118,7 +118,7 @@ def test_best_checkpoint_follows_the_evaluation_metric(setup, tmp_path):
     best = json.load(open(os.path.join(work_dir, "best", "best.json")))
     assert best == {"step": 4, "metric": "win_rate", "value": 0.7}
     best_dir = os.path.join(work_dir, "best")
-    assert checkpoints.load_config(best_dir, network.T5Config) == MESH_TEST_CONFIG
+    assert checkpoints.load_config(best_dir, t5.T5Config) == MESH_TEST_CONFIG
     params = checkpoints.restore_params(best_dir, MESH_TEST_CONFIG)
     np.testing.assert_array_equal(np.asarray(params["decoder"]["logits_dense"]["kernel"]), seen[1])
     evals = [json.loads(line) for line in open(os.path.join(work_dir, "metrics.jsonl"))

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, network, partitioning, scoring, training
+from rso_jax import batching, t5, partitioning, scoring, training
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 A_TOKEN, B_TOKEN = 65, 66
@@ -14,7 +14,7 @@ A_TOKEN, B_TOKEN = 65, 66
 
 @pytest.fixture(scope="module")
 def params():
-    return jax.device_get(network.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
+    return jax.device_get(t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
 
 
 @pytest.fixture(scope="module")

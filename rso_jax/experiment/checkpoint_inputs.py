@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from rso_jax import checkpoint_formats, network, partitioning
+from rso_jax import checkpoint_formats, t5, partitioning
 from rso_jax.experiment.config import Experiment
 
 
-def given_checkpoints(experiment: Experiment) -> list[tuple[str, str, network.T5Config]]:
+def given_checkpoints(experiment: Experiment) -> list[tuple[str, str, t5.T5Config]]:
     """(macro name, path, model config it must fit) of every checkpoint the experiment names."""
     entries = [("SFT_CHECKPOINT", experiment.sft_checkpoint, experiment.policy_config),
                ("SFT_INIT_CHECKPOINT", experiment.sft_init_checkpoint, experiment.policy_config),
@@ -28,12 +28,12 @@ def check_all(experiment: Experiment) -> None:
         checkpoint_formats.check_fits(path, config, name)
 
 
-def restore(path: str, name: str, config: network.T5Config,
+def restore(path: str, name: str, config: t5.T5Config,
             partitioner: partitioning.Partitioner) -> Any:
     return checkpoint_formats.restore(path, config, partitioner, name)
 
 
-def initial_params(path: Optional[str], name: str, config: network.T5Config,
+def initial_params(path: Optional[str], name: str, config: t5.T5Config,
                    partitioner: partitioning.Partitioner, initialize: Callable[[], Any]) -> Any:
     """Where a training stage starts: the given checkpoint, else `initialize()`."""
     return initialize() if path is None else restore(path, name, config, partitioner)

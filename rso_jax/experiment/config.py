@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import optax
 
-from rso_jax import decoding, network, training
+from rso_jax import decoding, t5, training
 
 SELECTIONS = ("rso", "sft", "direct")
 PAIR_RULES = ("first_round", "tournament")
@@ -112,8 +112,8 @@ class Experiment:
 
     work_dir: str
     task: Any  # a `rso_jax.data.task.Task`
-    policy_config: network.T5Config
-    ranker_config: network.T5Config
+    policy_config: t5.T5Config
+    ranker_config: t5.T5Config
     sampling: decoding.SamplingConfig
     lengths: Lengths = Lengths()
     sft: TrainingSchedule = TrainingSchedule()
@@ -133,7 +133,7 @@ class Experiment:
     ranker_init_checkpoint: Optional[str] = None
     # The "stronger ranker" that judges gold win rates on tasks without a gold program.
     gold_ranker_checkpoint: Optional[str] = None
-    gold_ranker_config: Optional[network.T5Config] = None
+    gold_ranker_config: Optional[t5.T5Config] = None
     # Evaluate on another task's prompts (RSO Table 6: a TL;DR policy on CNN/DailyMail).
     eval_task: Optional[Any] = None
     # Whether the ranker's input includes the context. The demo's tiny ranker, trained from

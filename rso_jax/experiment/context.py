@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from rso_jax import decoding, network, partitioning
+from rso_jax import decoding, t5, partitioning
 from rso_jax.data import task as task_lib
 from rso_jax.data import text_codec
 from rso_jax.experiment import artifacts, inference
@@ -45,7 +45,7 @@ class StageContext:
     def load_arrays(self, stage: str, name: str) -> dict[str, np.ndarray]:
         return artifacts.load_arrays(os.path.join(self.directory(stage), name))
 
-    def model_config(self, stage: str) -> network.T5Config:
+    def model_config(self, stage: str) -> t5.T5Config:
         if stage in POLICY_STAGES:
             return self.experiment.policy_config
         if stage in RANKER_STAGES:
@@ -85,7 +85,7 @@ class StageContext:
 
     def preference_probabilities(self, params: Any, contexts: Sequence[str],
                                  first: Sequence[str], second: Sequence[str], *,
-                                 config: Optional[network.T5Config] = None,
+                                 config: Optional[t5.T5Config] = None,
                                  task: Optional[Any] = None) -> np.ndarray:
         """P(first > second) under a pairwise ranker (the trained one unless `config` says
         otherwise), both presentation orders averaged."""

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from rso_jax import decoding, network, partitioning, reward_models, scoring
+from rso_jax import decoding, t5, partitioning, reward_models, scoring
 
 
 def check_batch_size(name: str, batch_size: int, partitioner: partitioning.Partitioner) -> None:
@@ -64,7 +64,7 @@ def _both_orders_scorer(score_fn, config, a_token, b_token, partitioner):
                            out_shardings=partitioner.batch_sharding(1))
 
 
-def sample(config: network.T5Config, params: Any, prompts: np.ndarray,
+def sample(config: t5.T5Config, params: Any, prompts: np.ndarray,
            sampling: decoding.SamplingConfig, key: jax.Array, batch_size: int,
            partitioner: partitioning.Partitioner) -> decoding.SampleOutput:
     """N candidates per prompt; chunk i draws with `fold_in(key, i)`."""
@@ -73,7 +73,7 @@ def sample(config: network.T5Config, params: Any, prompts: np.ndarray,
                       [prompts], batch_size, partitioner)
 
 
-def greedy(config: network.T5Config, params: Any, prompts: np.ndarray,
+def greedy(config: t5.T5Config, params: Any, prompts: np.ndarray,
            sampling: decoding.SamplingConfig, batch_size: int,
            partitioner: partitioning.Partitioner) -> np.ndarray:
     """Greedy decodes [prompts, length] under `sampling`'s length and EOS."""
@@ -83,7 +83,7 @@ def greedy(config: network.T5Config, params: Any, prompts: np.ndarray,
     return out.tokens[:, 0]
 
 
-def sequence_logps(config: network.T5Config, params: Any, prompts: np.ndarray,
+def sequence_logps(config: t5.T5Config, params: Any, prompts: np.ndarray,
                    responses: np.ndarray, batch_size: int,
                    partitioner: partitioning.Partitioner) -> np.ndarray:
     """Teacher-forced log-probability of each response given its prompt, float32 [n]."""
@@ -92,7 +92,7 @@ def sequence_logps(config: network.T5Config, params: Any, prompts: np.ndarray,
                       partitioner)
 
 
-def rewards_vs_baseline(config: network.T5Config, params: Any, ab_tokens: tuple[int, int],
+def rewards_vs_baseline(config: t5.T5Config, params: Any, ab_tokens: tuple[int, int],
                         inputs_candidate_first: np.ndarray, inputs_baseline_first: np.ndarray,
                         batch_size: int, partitioner: partitioning.Partitioner) -> np.ndarray:
     """Eq. 7 rewards logit P(candidate > baseline), both presentation orders averaged."""
@@ -102,7 +102,7 @@ def rewards_vs_baseline(config: network.T5Config, params: Any, ab_tokens: tuple[
                       [inputs_candidate_first, inputs_baseline_first], batch_size, partitioner)
 
 
-def preference_probabilities(config: network.T5Config, params: Any, ab_tokens: tuple[int, int],
+def preference_probabilities(config: t5.T5Config, params: Any, ab_tokens: tuple[int, int],
                              inputs_first: np.ndarray, inputs_second: np.ndarray,
                              batch_size: int, partitioner: partitioning.Partitioner
                              ) -> np.ndarray:

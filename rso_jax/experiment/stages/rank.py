@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from rso_jax import batching, network, reward_models, training
+from rso_jax import batching, t5, reward_models, training
 from rso_jax.experiment import checkpoint_inputs, training_runs
 from rso_jax.experiment.context import StageContext
 
@@ -42,7 +42,7 @@ def run(context: StageContext) -> dict:
     validation = experiment.task.comparisons("validation")
     params = checkpoint_inputs.initial_params(
         experiment.ranker_init_checkpoint, "RANKER_INIT_CHECKPOINT", config, context.partitioner,
-        lambda: network.init_params(config, jax.random.PRNGKey(schedule.seed + 1)))
+        lambda: t5.init_params(config, jax.random.PRNGKey(schedule.seed + 1)))
     params, _ = training_runs.run_training(
         "ranker", schedule, experiment.work_dir, config, params,
         functools.partial(training.sft_loss, model_config=config), arrays,

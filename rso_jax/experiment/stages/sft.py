@@ -6,7 +6,7 @@ import functools
 
 import jax
 
-from rso_jax import batching, network, training
+from rso_jax import batching, t5, training
 from rso_jax.experiment import checkpoint_inputs, training_runs
 from rso_jax.experiment.context import StageContext
 
@@ -19,7 +19,7 @@ def run(context: StageContext) -> dict:
     schedule = experiment.sft
     params = checkpoint_inputs.initial_params(
         experiment.sft_init_checkpoint, "SFT_INIT_CHECKPOINT", config, context.partitioner,
-        lambda: network.init_params(config, jax.random.PRNGKey(schedule.seed)))
+        lambda: t5.init_params(config, jax.random.PRNGKey(schedule.seed)))
     _, summary = training_runs.run_training(
         "sft", schedule, experiment.work_dir, config, params,
         functools.partial(training.sft_loss, model_config=config), arrays,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rso_jax import batching, hf_weights, network, param_tree, t5x_checkpoint
+from rso_jax import batching, hf_weights, t5, param_tree, t5x_checkpoint
 from t5_helpers import T5X_FIXTURE, hf_logits, hf_state_dict_numpy, padded_tokens, random_hf_t5
 
 
@@ -15,19 +15,19 @@ def fixture_params():
 
 
 def test_initialised_tree_is_t5x_tree(fixture_params):
-    config = network.T5Config(emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
+    config = t5.T5Config(emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
                               num_encoder_layers=2, num_decoder_layers=2)
-    ours = {k: v.shape for k, v in param_tree.flatten(network.param_shapes(config)).items()}
+    ours = {k: v.shape for k, v in param_tree.flatten(t5.param_shapes(config)).items()}
     theirs = {k: v.shape for k, v in param_tree.flatten(fixture_params).items()}
     assert ours == theirs
     assert theirs["decoder/layers_1/encoder_decoder_attention/out/kernel"] == (12, 8)
 
 
 def test_every_parameter_has_logical_axes():
-    config = network.T5Config(emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
+    config = t5.T5Config(emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
                               num_encoder_layers=1, num_decoder_layers=1)
-    axes = param_tree.flatten(network.param_logical_axes(config))
-    shapes = param_tree.flatten(network.param_shapes(config))
+    axes = param_tree.flatten(t5.param_logical_axes(config))
+    shapes = param_tree.flatten(t5.param_shapes(config))
     for key, spec in axes.items():
         assert len(spec) == len(shapes[key].shape) and all(isinstance(a, str) for a in spec), key
     assert tuple(axes["token_embedder/embedding"]) == ("vocab", "embed")
@@ -45,7 +45,7 @@ def test_relative_position_buckets_match_hf(bidirectional, num_buckets, max_dist
     relative = np.arange(-1500, 1500)
     theirs = T5Attention._relative_position_bucket(torch.tensor(relative), bidirectional,
                                                    num_buckets, max_distance).numpy()
-    ours = np.asarray(network.relative_position_bucket(
+    ours = np.asarray(t5.relative_position_bucket(
         relative, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance))
     np.testing.assert_array_equal(ours, theirs)
 
@@ -60,7 +60,7 @@ def test_t5x_fixture_logits_match_hf(fixture_params, tmp_path):
     encoder_tokens = padded_tokens(rng, [11, 4, 16, 7], 16, config.vocab_size)
     targets = padded_tokens(rng, [6, 9, 2, 9], 9, config.vocab_size)
     assert (encoder_tokens == 0).any() and (targets == 0).any()  # padding on both sides
-    ours = np.asarray(network.T5(config).apply({"params": fixture_params}, encoder_tokens,
+    ours = np.asarray(t5.T5(config).apply({"params": fixture_params}, encoder_tokens,
                                                batching.shift_right(targets)))
     theirs = hf_logits(hf_model, encoder_tokens, batching.shift_right(targets))
     valid = targets > 0
@@ -81,7 +81,7 @@ def test_hf_to_ours_to_hf_on_random_config_longer_than_bucket_distance(tmp_path)
     encoder_tokens = padded_tokens(rng, [60, 33, 45], 60, config.vocab_size)
     targets = padded_tokens(rng, [40, 25, 31], 40, config.vocab_size)
     reference = hf_logits(hf_model, encoder_tokens, batching.shift_right(targets))
-    ours = np.asarray(network.T5(config).apply({"params": params}, encoder_tokens,
+    ours = np.asarray(t5.T5(config).apply({"params": params}, encoder_tokens,
                                                batching.shift_right(targets)))
     valid = targets > 0
     np.testing.assert_allclose(ours[valid], reference[valid], atol=1e-5, rtol=0)
@@ -99,10 +99,10 @@ def test_hf_to_ours_to_hf_on_random_config_longer_than_bucket_distance(tmp_path)
 
 
 def test_grouped_decoding_equals_repeating_the_prompt():
-    config = network.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
+    config = t5.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
                               num_encoder_layers=1, num_decoder_layers=2)
-    params = network.init_params(config, jax.random.PRNGKey(0))
-    model = network.T5(config)
+    params = t5.init_params(config, jax.random.PRNGKey(0))
+    model = t5.T5(config)
     rng = np.random.default_rng(2)
     prompts = padded_tokens(rng, [9, 5], 9, config.vocab_size)
     group = 3
@@ -116,21 +116,21 @@ def test_grouped_decoding_equals_repeating_the_prompt():
 
 
 def test_bfloat16_compute_tracks_float32():
-    config = network.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=48,
+    config = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=48,
                               num_encoder_layers=2, num_decoder_layers=2)
-    params = network.init_params(config, jax.random.PRNGKey(3))
+    params = t5.init_params(config, jax.random.PRNGKey(3))
     rng = np.random.default_rng(3)
     prompts = padded_tokens(rng, [12, 7], 12, config.vocab_size)
     targets = padded_tokens(rng, [5, 8], 8, config.vocab_size)
-    full = jax.jit(network.T5(config).apply)({"params": params}, prompts,
+    full = jax.jit(t5.T5(config).apply)({"params": params}, prompts,
                                              batching.shift_right(targets))
     bf16_config = config.replace(dtype="bfloat16", param_dtype="bfloat16")
     bf16_params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
-    half = jax.jit(network.T5(bf16_config).apply)({"params": bf16_params}, prompts,
+    half = jax.jit(t5.T5(bf16_config).apply)({"params": bf16_params}, prompts,
                                                   batching.shift_right(targets))
     assert half.dtype == jnp.float32  # logits always come out in float32
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(
-        network.init_params(bf16_config, jax.random.PRNGKey(0))))
+        t5.init_params(bf16_config, jax.random.PRNGKey(0))))
     scale = float(jnp.abs(full).max())
     error = float(jnp.abs(half - full).max())
     assert error < 0.05 * scale and error > 0  # close, but really computed in bfloat16
@@ -138,8 +138,8 @@ def test_bfloat16_compute_tracks_float32():
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="mlp_activations"):
-        network.T5Config(mlp_activations=("swish",))
+        t5.T5Config(mlp_activations=("swish",))
     with pytest.raises(ValueError, match="Unknown dtype"):
-        network.T5Config(dtype="float8")
+        t5.T5Config(dtype="float8")
     with pytest.raises(ValueError, match="emb_dim"):
-        network.T5Config(emb_dim=0)
+        t5.T5Config(emb_dim=0)
