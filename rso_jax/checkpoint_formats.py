@@ -111,6 +111,33 @@ def check_fits(path: str, config: t5.T5Config, name: str) -> None:
     param_tree.check_shapes(param_tree.config_shapes(config), shapes,
                             f"{name}: the {fmt} checkpoint {path} does not fit the model "
                             f"config {config}.")
+    with _named(name):
+        _check_saved_config(path, fmt, config)
+
+
+# Fields that shapes do not show; a checkpoint saved with other values computes another model.
+_SHAPE_FREE_FIELDS = ("mlp_activations", "relative_attention_max_distance", "layer_norm_epsilon")
+
+
+def _check_saved_config(path: str, fmt: str, config: t5.T5Config) -> None:
+    """Refuses an HF or orbax checkpoint whose saved config differs from `config` where shapes
+    cannot tell (T5X keeps no model config beside its weights)."""
+    if fmt == "t5x":
+        return
+    try:
+        saved = (checkpoints.load_config(path, t5.T5Config) if fmt == "orbax"
+                 else hf_weights.config_from_hf(_read_hf_config(path)))
+    except FileNotFoundError:
+        raise
+    except _READ_ERRORS as error:
+        raise _unreadable(path, fmt, error) from error
+    differences = [f"{field}: checkpoint {getattr(saved, field)!r}, experiment "
+                   f"{getattr(config, field)!r}" for field in _SHAPE_FREE_FIELDS
+                   if getattr(saved, field) != getattr(config, field)]
+    if differences:
+        raise ValueError(f"the {fmt} checkpoint {path} was saved for another model than the "
+                         f"experiment's ({'; '.join(differences)}); set the experiment's model "
+                         "config (e.g. POLICY_CONFIG) to the checkpoint's.")
 
 
 def restore(path: str, config: t5.T5Config, partitioner: partitioning.Partitioner,
@@ -222,12 +249,12 @@ def _t5x_shapes(path: str) -> dict[str, tuple[int, ...]]:
     target, checkpoint_dir = _t5x_target(path)
     shapes = {}
     for key, value in _t5x_leaves(target).items():
-        if not t5x_checkpoint._is_tensorstore_spec(value):
+        if not t5x_checkpoint.is_tensorstore_spec(value):
             shapes[key] = tuple(np.shape(value))
             continue
         shape = value.get("metadata", {}).get("shape")
         if shape is None:  # No shape in the spec: read the array (rare; T5X writes shapes).
-            shape = t5x_checkpoint._read_tensorstore(value, checkpoint_dir, key).shape
+            shape = t5x_checkpoint.read_tensorstore(value, checkpoint_dir, key).shape
         shapes[key] = tuple(shape)
     return shapes
 
@@ -235,22 +262,34 @@ def _t5x_shapes(path: str) -> dict[str, tuple[int, ...]]:
 def _t5x_leaves(target: Mapping[str, Any]) -> dict[str, Any]:
     """Flat key -> what the msgpack stores there: an inline array or a TensorStore spec."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(
-        target, is_leaf=t5x_checkpoint._is_tensorstore_spec)
+        target, is_leaf=t5x_checkpoint.is_tensorstore_spec)
     return {param_tree.SEPARATOR.join(str(getattr(k, "key", k)) for k in key_path): value
             for key_path, value in leaves}
 
 
 def _restore_t5x(path: str, config: t5.T5Config, shardings: Any) -> Any:
+    """Each device shard reads only its slice: of the inline array, or of the TensorStore
+    array beside the msgpack."""
+    target, checkpoint_dir = _t5x_target(path)
+    dtype = config.storage_dtype
+    flat_shardings = param_tree.flatten(shardings)
+
+    def place(key: str, value: Any) -> jax.Array:
+        if t5x_checkpoint.is_tensorstore_spec(value):
+            array = t5x_checkpoint.open_tensorstore(value, checkpoint_dir, key)
+            read = lambda index: np.asarray(array[index].read().result()).astype(dtype)
+        else:
+            array = np.asarray(value)
+            read = lambda index: array[index].astype(dtype)
+        return jax.make_array_from_callback(tuple(array.shape), flat_shardings[key], read)
+
     try:
-        params = t5x_checkpoint.load_params(path)
+        return param_tree.unflatten({key: place(key, value)
+                                     for key, value in _t5x_leaves(target).items()})
     except FileNotFoundError:
         raise
     except _READ_ERRORS as error:
         raise _unreadable(path, "t5x", error) from error
-    dtype = config.storage_dtype
-    params = jax.tree_util.tree_map(lambda value: np.asarray(value).astype(dtype, copy=False),
-                                    params)
-    return partitioning.Partitioner.place(params, shardings)
 
 
 # ----------------------------------------------------------------------------- HF

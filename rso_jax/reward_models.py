@@ -49,21 +49,24 @@ class TruncationReport:
     truncated_contexts: int = 0
     context_tokens_removed: int = 0
     too_long: int = 0  # the responses alone exceed the input length: not encoded
+    truncated_responses: int = 0  # responses cut to max_response_tokens
 
     def __str__(self) -> str:
         return (f"{self.truncated_contexts}/{self.examples} contexts truncated "
-                f"({self.context_tokens_removed} tokens removed), {self.too_long} too long even "
-                "without context")
+                f"({self.context_tokens_removed} tokens removed), {self.truncated_responses} "
+                f"responses cut, {self.too_long} too long even without context")
 
 
 def pack_ranker_input(vocabulary: TextEncoder, context: str, responses: Sequence[str],
                       template: Sequence[str], max_length: int,
                       eos_id: int = vocabularies.EOS_ID,
-                      report: Optional[TruncationReport] = None) -> Optional[list[int]]:
+                      report: Optional[TruncationReport] = None,
+                      max_response_tokens: Optional[int] = None) -> Optional[list[int]]:
     """Token ids of `template[0] context template[1] y1 template[2] y2 ... EOS`.
 
-    Only the context is shortened (from its end) to fit `max_length`: the responses always
-    stay whole. Returns None (and counts it) when even an empty context does not fit.
+    Responses longer than `max_response_tokens` (when given) are cut to it, as the policy's
+    own responses are; then only the context is shortened (from its end) to fit `max_length`.
+    Returns None (and counts it) when even an empty context does not fit.
     """
     report = report if report is not None else TruncationReport()
     report.examples += 1
@@ -71,7 +74,11 @@ def pack_ranker_input(vocabulary: TextEncoder, context: str, responses: Sequence
     context_ids = list(vocabulary.encode(context))
     fixed = []
     for marker, response in zip(marker_ids[1:], responses):
-        fixed.append(marker + list(vocabulary.encode(response)))
+        response_ids = list(vocabulary.encode(response))
+        if max_response_tokens is not None and len(response_ids) > max_response_tokens:
+            report.truncated_responses += 1
+            response_ids = response_ids[:max_response_tokens]
+        fixed.append(marker + response_ids)
     fixed_length = len(marker_ids[0]) + sum(len(part) for part in fixed) + 1
     room = max_length - fixed_length
     if room < 0:
@@ -231,8 +238,8 @@ def init_pointwise_params(config: t5.T5Config, rng: Array,
 @dataclasses.dataclass(frozen=True)
 class PointwiseRewardConfig:
     """The pointwise reward model's `model_spec.ModelSpec`: its T5 (less the output projection)
-    and the scalar head, every parameter sharded by the rules (the head's 'reward' axis has
-    none, so it is never split)."""
+    and the scalar head, every parameter sharded by the rules (the head's 'reward' axis has no
+    rule, so only its 'embed' axis can be split: over 'data' under FSDP)."""
 
     t5: t5.T5Config
 

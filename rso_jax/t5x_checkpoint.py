@@ -18,11 +18,14 @@ import numpy as np
 MSGPACK_FILE = "checkpoint"
 
 
-def _is_tensorstore_spec(value: Any) -> bool:
+def is_tensorstore_spec(value: Any) -> bool:
+    """Whether a msgpack leaf is a TensorStore spec (array data stored beside the msgpack)."""
     return isinstance(value, Mapping) and {"driver", "kvstore"} <= set(value)
 
 
-def _read_tensorstore(spec: Mapping[str, Any], checkpoint_dir: str, name: str) -> np.ndarray:
+def open_tensorstore(spec: Mapping[str, Any], checkpoint_dir: str, name: str) -> Any:
+    """The TensorStore array a msgpack leaf points at, opened (nothing read yet): index it and
+    `.read().result()` to read a slice."""
     import tensorstore as ts
 
     spec = dict(spec)
@@ -42,7 +45,12 @@ def _read_tensorstore(spec: Mapping[str, Any], checkpoint_dir: str, name: str) -
                                 f"checkpoint directory, not only its '{MSGPACK_FILE}' file.")
     spec["kvstore"] = kvstore
     spec.pop("path", None)
-    return np.asarray(ts.open(spec).result().read().result())
+    return ts.open(spec).result()
+
+
+def read_tensorstore(spec: Mapping[str, Any], checkpoint_dir: str, name: str) -> np.ndarray:
+    """The whole array a msgpack leaf points at."""
+    return np.asarray(open_tensorstore(spec, checkpoint_dir, name).read().result())
 
 
 def resolve_path(path: str) -> tuple[str, str]:
@@ -76,11 +84,11 @@ def load_state(path: str) -> dict[str, Any]:
 
     def materialise(key_path, value):
         name = jax.tree_util.keystr(key_path)
-        if _is_tensorstore_spec(value):
-            return _read_tensorstore(value, checkpoint_dir, name)
+        if is_tensorstore_spec(value):
+            return read_tensorstore(value, checkpoint_dir, name)
         return np.asarray(value)
 
-    return jax.tree_util.tree_map_with_path(materialise, state, is_leaf=_is_tensorstore_spec)
+    return jax.tree_util.tree_map_with_path(materialise, state, is_leaf=is_tensorstore_spec)
 
 
 def load_params(path: str) -> dict[str, Any]:

@@ -171,3 +171,14 @@ def test_damaged_checkpoints_fail_naming_the_path_and_the_fix(tmp_path, paths, c
     (no_metadata / "params").mkdir()
     with pytest.raises(ValueError, match="SFT_CHECKPOINT: .*orbax_no_metadata.*no readable"):
         checkpoint_formats.check_fits(str(no_metadata), config, "SFT_CHECKPOINT")
+
+
+def test_a_checkpoint_saved_for_another_model_of_the_same_shapes_is_refused(paths, config,
+                                                                            tmp_path):
+    other = config.replace(relative_attention_max_distance=config.relative_attention_max_distance
+                           * 2)
+    for fmt in ("hf", "orbax"):  # both keep a model config beside the weights
+        with pytest.raises(ValueError, match="relative_attention_max_distance: checkpoint 128, "
+                                             "experiment 256"):
+            checkpoint_formats.check_fits(paths[fmt], other, "SFT_CHECKPOINT")
+    checkpoint_formats.check_fits(paths["t5x"], other, "SFT_CHECKPOINT")  # T5X keeps none

@@ -35,12 +35,13 @@ def test_tldr_examples_and_comparisons_carry_the_post_as_context():
         tldr.gold_rewards([example.context], ["x"])
 
 
-def test_hh_validation_reads_the_test_files_and_targets_are_chosen_responses():
+def test_hh_validation_is_held_out_of_train_and_targets_are_chosen_responses():
     hh = file_tasks.hh_helpful(VOCABULARY, files(hh_helpful="hh_helpful.jsonl"),
-                               split_files={"validation": "test"})
-    comparisons = hh.comparisons("validation")
-    assert comparisons == hh.comparisons("test")
-    first = comparisons[0]
+                               validation_fraction=0.25)
+    train, validation = hh.comparisons("train"), hh.comparisons("validation")
+    every = hh.comparisons("test")  # the same file, read whole (2 of its 4 records are pairs)
+    assert validation == every[-1:] and train == every[:-1]
+    first = train[0]
     assert first.prompt.endswith("\n\nAssistant:") and first.context == first.prompt
     assert first.chosen == "Scrambled eggs, pasta with tomato sauce, and rice."
     sft = hh.sft_examples("train")[0]
@@ -77,9 +78,13 @@ def test_bad_task_settings_are_named():
         file_tasks.FileTask("x", VOCABULARY, "poem", "tldr_sft", None)
     with pytest.raises(ValueError, match="sft_dataset='tldr'"):
         file_tasks.FileTask("x", VOCABULARY, "summary", "tldr", None)
-    hh = file_tasks.hh_helpful(VOCABULARY, files(hh_helpful="hh_helpful.jsonl"))
+    hh = file_tasks.hh_helpful(VOCABULARY, files(hh_helpful="hh_helpful.jsonl"),
+                               validation_fraction=0.0)
     with pytest.raises(ValueError, match="No 'validation' files configured"):
         hh.comparisons("validation")
+    with pytest.raises(ValueError, match="leave none to train on"):
+        file_tasks.hh_helpful(VOCABULARY, files(hh_helpful="hh_helpful.jsonl"),
+                              validation_fraction=0.9).comparisons("train")
     with pytest.raises(ValueError, match="Unknown split 'dev'"):
         hh.comparisons("dev")
     assert set(task.RANKER_TEMPLATES) == {"summary", "dialogue"}

@@ -36,8 +36,12 @@ class FileTask:
         prompts-only task (CNN/DailyMail).
       files: as `readers.data_files()` returns (bound in gin/data/*.gin).
       options: as `readers.read_options()` returns.
-      split_files: which file split serves each of the experiment's splits (HH ships train
-        and test only: {'validation': 'test'} evaluates checkpoints on test data).
+      split_files: which file split serves each of the experiment's splits (e.g.
+        {'test': 'validation'}); identity by default.
+      validation_fraction: when > 0, the validation split is this fraction of the train
+        files' examples (the last ones) and train keeps the rest; for datasets that ship no
+        validation split (HH: train and test only), so that checkpoints are not chosen on the
+        test prompts that evaluation reports.
     """
 
     name: str
@@ -48,8 +52,12 @@ class FileTask:
     files: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     options: Optional[Mapping[str, Any]] = dataclasses.field(default=None, hash=False)
     split_files: Optional[Mapping[str, str]] = dataclasses.field(default=None, hash=False)
+    validation_fraction: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"task {self.name!r}: validation_fraction="
+                             f"{self.validation_fraction} must be in [0, 1).")
         task.check_ranker_template(self.ranker_template, f"task {self.name!r}")
         for field in ("sft_dataset", "comparison_dataset"):
             dataset = getattr(self, field)
@@ -67,7 +75,19 @@ class FileTask:
         return self.vocabulary
 
     def _read(self, dataset: str, split: str) -> list:
-        file_split = (self.split_files or {}).get(task.check_split(split), split)
+        task.check_split(split)
+        if self.validation_fraction and split in ("train", "validation"):
+            examples = self._read_file_split(dataset, "train")
+            held_out = max(1, round(self.validation_fraction * len(examples)))
+            if held_out >= len(examples):
+                raise ValueError(f"task {self.name!r}: {len(examples)} train examples of "
+                                 f"{dataset} leave none to train on after holding out "
+                                 f"validation_fraction={self.validation_fraction}.")
+            return examples[-held_out:] if split == "validation" else examples[:-held_out]
+        return self._read_file_split(dataset, split)
+
+    def _read_file_split(self, dataset: str, split: str) -> list:
+        file_split = (self.split_files or {}).get(split, split)
         options = self.options if self.options is not None else readers.read_options()
         return readers.read_split(dataset, file_split, self.files, options).examples
 
@@ -107,10 +127,12 @@ def tldr(vocabulary: str, files: Mapping[str, Any], options: Optional[Mapping] =
 
 
 def hh_helpful(vocabulary: str, files: Mapping[str, Any], options: Optional[Mapping] = None,
-               split_files: Optional[Mapping[str, str]] = None) -> FileTask:
-    """Anthropic HH helpful: the chosen responses as SFT targets, the pairs as comparisons."""
+               split_files: Optional[Mapping[str, str]] = None,
+               validation_fraction: float = 0.05) -> FileTask:
+    """Anthropic HH helpful: the chosen responses as SFT targets, the pairs as comparisons;
+    HH has no validation split, so 5% of train is held out as one."""
     return FileTask("hh_helpful", vocabulary, "dialogue", "hh_helpful_sft",
-                    "hh_helpful_preferences", files, options, split_files)
+                    "hh_helpful_preferences", files, options, split_files, validation_fraction)
 
 
 def cnn_dailymail(vocabulary: str, files: Mapping[str, Any],
@@ -121,14 +143,17 @@ def cnn_dailymail(vocabulary: str, files: Mapping[str, Any],
 
 
 def webgpt(vocabulary: str, files: Mapping[str, Any],
-           split_files: Optional[Mapping[str, str]] = None) -> FileTask:
-    """WebGPT comparisons; the preferred answers are the SFT targets."""
+           split_files: Optional[Mapping[str, str]] = None,
+           validation_fraction: float = 0.05) -> FileTask:
+    """WebGPT comparisons (one split: test files are named by the user, validation is held
+    out of train); the preferred answers are the SFT targets."""
     return FileTask("webgpt", vocabulary, "dialogue", None, "webgpt_preferences", files,
-                    None, split_files)
+                    None, split_files, validation_fraction)
 
 
 def oasst1(vocabulary: str, files: Mapping[str, Any], options: Optional[Mapping] = None,
-           split_files: Optional[Mapping[str, str]] = None) -> FileTask:
+           split_files: Optional[Mapping[str, str]] = None,
+           validation_fraction: float = 0.0) -> FileTask:
     """OASST1: the best-ranked replies (SFT) and ranked sibling pairs (comparisons)."""
     return FileTask("oasst1", vocabulary, "dialogue", "oasst1_sft", "oasst1_preferences", files,
-                    options, split_files)
+                    options, split_files, validation_fraction)

@@ -3,7 +3,9 @@ and restored straight onto the mesh."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+
+import jax
 
 from rso_jax import checkpoint_formats, t5, partitioning
 from rso_jax.experiment.config import Experiment
@@ -34,6 +36,9 @@ def restore(path: str, name: str, config: t5.T5Config,
 
 
 def initial_params(path: Optional[str], name: str, config: t5.T5Config,
-                   partitioner: partitioning.Partitioner, initialize: Callable[[], Any]) -> Any:
-    """Where a training stage starts: the given checkpoint, else `initialize()`."""
-    return initialize() if path is None else restore(path, name, config, partitioner)
+                   partitioner: partitioning.Partitioner, seed: int) -> Any:
+    """Where a training stage starts: the given checkpoint, else a random initialisation
+    (from `seed`), created directly in its shards."""
+    if path is None:
+        return partitioner.init_params(config, jax.random.PRNGKey(seed))
+    return restore(path, name, config, partitioner)

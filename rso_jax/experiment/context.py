@@ -78,8 +78,9 @@ class StageContext:
         experiment's ranker does not see them)."""
         if not self.experiment.ranker_sees_context:
             contexts = [""] * len(contexts)
+        lengths = self.experiment.lengths
         return self.codec.ranker_inputs(self.ranker_template(task), contexts, first, second,
-                                        self.experiment.lengths.ranker_input)
+                                        lengths.ranker_input, lengths.response)
 
     # Models ------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 Every call goes through the partitioner: parameters sharded by the rule table, batches over
 the 'data' axis, in fixed-size chunks (the last one zero-padded) so that one compiled shape
-serves a whole stage. The same code runs on one CPU and on a pod slice.
+serves a whole stage. The same code runs on one CPU device and on a mesh of many devices of
+one process; several processes (multi-host pod slices) are not supported yet: each would feed
+the whole chunk as its own.
 """
 
 from __future__ import annotations

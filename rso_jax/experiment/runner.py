@@ -41,9 +41,39 @@ def check_inputs(context: StageContext) -> None:
                              f"vocabulary {codec.model_file} ({codec.size} pieces).")
         context.partitioner.param_shardings(config)  # fits the mesh
     sizes = experiment.inference_batch_sizes
-    for field in ("sample", "ranker", "reference", "eval"):
-        inference.check_batch_size(f"{field.upper()}_BATCH_SIZE", getattr(sizes, field),
-                                   context.partitioner)
+    for name, field in (("SAMPLE_BATCH_SIZE", "sample"), ("RANKER_INFERENCE_BATCH_SIZE", "ranker"),
+                        ("REFERENCE_BATCH_SIZE", "reference"), ("EVAL_BATCH_SIZE", "eval")):
+        inference.check_batch_size(name, getattr(sizes, field), context.partitioner)
+    lengths = experiment.lengths
+    for task in {id(t): t for t in (experiment.task, eval_task)}.values():
+        needed = 2 * lengths.response + codec.ranker_input_overhead(context.ranker_template(task))
+        if lengths.ranker_input < needed:
+            raise ValueError(f"RANKER_INPUT_LENGTH={lengths.ranker_input} cannot hold two "
+                             f"responses of MAX_DECODE_LENGTH={lengths.response} tokens and the "
+                             f"markers of task {task.name!r}: it needs at least {needed}.")
+
+
+def check_task_data(experiment: Experiment, stages: Sequence[str]) -> None:
+    """Reads, before any work, the data the stages still to run will ask for (a missing file or
+    a malformed record fails now, not hours in). Tasks cache what they read: stages reuse it."""
+    work_dir = experiment.work_dir
+    pending = {stage for stage in stages if not artifacts.is_done(work_dir, stage)}
+    if experiment.sft_checkpoint:
+        pending.discard("sft")
+    if experiment.ranker_checkpoint:
+        pending.discard("ranker")
+    task, eval_task = experiment.task, experiment.evaluation_task
+    reads = {"sft": [(task.sft_examples, "train")],
+             "ranker": [(task.comparisons, "train"), (task.comparisons, "validation")],
+             "sample": [(task.sft_examples, "train")] if experiment.needs_samples else [],
+             "select": [] if experiment.needs_samples else [(task.comparisons, "train")],
+             "preference": [(task.sft_examples, "validation")],
+             "evaluate": [(eval_task.sft_examples, "test")]}
+    for stage in sorted(pending):
+        for read, split in reads.get(stage, []):
+            if not read(split):
+                raise ValueError(f"Stage {stage} needs the {split} split of "
+                                 f"{read.__name__} but the task gives none; check its files.")
 
 
 def install_checkpoint(context: StageContext, stage: str, name: str, path: str) -> None:
@@ -63,6 +93,7 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
         raise ValueError(f"Unknown stages {unknown}; the stages are {STAGES}.")
     context = StageContext(experiment, partitioner or partitioning.create_partitioner())
     check_inputs(context)
+    check_task_data(experiment, stages)
     work_dir = experiment.work_dir
     os.makedirs(work_dir, exist_ok=True)
     for stage, name, path in (("sft", "SFT_CHECKPOINT", experiment.sft_checkpoint),

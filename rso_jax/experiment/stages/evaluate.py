@@ -63,9 +63,9 @@ def run(context: StageContext) -> dict:
                "trained": context.greedy_texts(context.params("preference"), prompts)}
     gold = _GoldJudge(context, task)
 
-    def proxy(first, second):
+    def proxy(first, second):  # the trained ranker, in the template it was trained with
         return metrics.proxy_win_rate(context.preference_probabilities(
-            ranker, contexts, first, second, task=task))
+            ranker, contexts, first, second))
 
     rows = {}
     for name, texts in decodes.items():

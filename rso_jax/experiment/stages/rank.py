@@ -9,10 +9,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
-from rso_jax import batching, t5, reward_models, training
+from rso_jax import batching, reward_models, training
 from rso_jax.experiment import checkpoint_inputs, training_runs
 from rso_jax.experiment.context import StageContext
 
@@ -41,8 +40,8 @@ def run(context: StageContext) -> dict:
     arrays = training_arrays(context, "train", schedule.seed)
     validation = experiment.task.comparisons("validation")
     params = checkpoint_inputs.initial_params(
-        experiment.ranker_init_checkpoint, "RANKER_INIT_CHECKPOINT", config, context.partitioner,
-        lambda: t5.init_params(config, jax.random.PRNGKey(schedule.seed + 1)))
+        experiment.ranker_init_checkpoint, "RANKER_INIT_CHECKPOINT", config,
+        context.partitioner, schedule.seed + 1)
     params, _ = training_runs.run_training(
         "ranker", schedule, experiment.work_dir, config, params,
         functools.partial(training.sft_loss, model_config=config), arrays,

@@ -16,15 +16,16 @@ def run(context: StageContext) -> dict:
     num_prompts, num_candidates = samples["tokens"].shape[:2]
     examples = sample.sample_prompts(context)[:num_prompts]
     candidates = context.decode(samples["tokens"])
-    baselines = np.repeat(context.decode(samples["baseline"]), num_candidates)
-    contexts = np.repeat([e.context for e in examples], num_candidates)
+    baselines = [text for text in context.decode(samples["baseline"])
+                 for _ in range(num_candidates)]
+    contexts = [e.context for e in examples for _ in range(num_candidates)]
     rewards = context.rewards_vs_baseline(context.params("ranker"), contexts, candidates,
                                           baselines).reshape(num_prompts, num_candidates)
     arrays = {"rewards": rewards}
     summary = {"mean_reward": float(rewards.mean())}
     task = context.experiment.task
     if task.has_gold_reward:
-        gold = task.gold_rewards(list(contexts), candidates)
+        gold = task.gold_rewards(contexts, candidates)
         arrays["gold_rewards"] = gold.reshape(num_prompts, num_candidates)
         summary["reward_gold_correlation"] = float(np.corrcoef(rewards.reshape(-1), gold)[0, 1])
     context.save_arrays("score", REWARDS_FILE, **arrays)

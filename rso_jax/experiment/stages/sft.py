@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 
-import jax
-
-from rso_jax import batching, t5, training
+from rso_jax import batching, training
 from rso_jax.experiment import checkpoint_inputs, training_runs
 from rso_jax.experiment.context import StageContext
 
@@ -18,8 +16,8 @@ def run(context: StageContext) -> dict:
               "targets": context.encode_responses([d.target for d in data])}
     schedule = experiment.sft
     params = checkpoint_inputs.initial_params(
-        experiment.sft_init_checkpoint, "SFT_INIT_CHECKPOINT", config, context.partitioner,
-        lambda: t5.init_params(config, jax.random.PRNGKey(schedule.seed)))
+        experiment.sft_init_checkpoint, "SFT_INIT_CHECKPOINT", config,
+        context.partitioner, schedule.seed)
     _, summary = training_runs.run_training(
         "sft", schedule, experiment.work_dir, config, params,
         functools.partial(training.sft_loss, model_config=config), arrays,
