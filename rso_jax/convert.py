@@ -12,6 +12,7 @@ rate; pass --relative_attention_max_distance when it differs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Optional, Sequence
 
@@ -64,18 +65,31 @@ def cast(params: Any, dtype: str) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(target), params)
 
 
+def check_output(path: str, overwrite: bool) -> None:
+    """Refuses to replace a file, or a non-empty directory unless `overwrite`, before any work."""
+    if os.path.isfile(path) or (os.path.exists(path) and not os.path.isdir(path)):
+        raise ValueError(f"--output {path} is a file; the converter writes a directory and will "
+                         "not replace a file. Choose another --output.")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise ValueError(f"--output {path} is a non-empty directory; pass --overwrite to replace "
+                         "it, or choose another --output.")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source_format", required=True, choices=READ_FORMATS)
     parser.add_argument("--input", required=True, help="checkpoint file or directory to read")
     parser.add_argument("--to", dest="target_format", required=True, choices=WRITE_FORMATS)
-    parser.add_argument("--output", required=True, help="directory to write (replaced atomically)")
+    parser.add_argument("--output", required=True, help="directory to write (atomically)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing non-empty --output directory")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="cast parameters before writing (default: keep)")
     parser.add_argument("--relative_attention_max_distance", type=int, default=None)
     args = parser.parse_args(argv)
     try:
+        check_output(args.output, args.overwrite)
         params, config = read(args.source_format, args.input, args.relative_attention_max_distance)
         if args.dtype:
             params = cast(params, args.dtype)

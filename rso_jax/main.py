@@ -11,8 +11,10 @@ experiment's files: any experiment, shrunk to run on a CPU in about a minute.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -64,10 +66,38 @@ def configure_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
             raise GinConfigError(f"Gin file {gin_file!r} not found (looked in {os.getcwd()} and "
                                  f"{REPO_ROOT}).")
     try:
-        gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
+        gin.parse_config_files_and_bindings(gin_files, [], finalize_config=False)
+        check_macro_bindings(bindings, defined_macros())
+        gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
+    except GinConfigError:
+        raise
     except Exception as error:  # gin raises ValueError, KeyError, SyntaxError, ImportError...
         raise GinConfigError(f"Invalid gin configuration ({type(error).__name__}): {error}\n"
                              f"gin files: {list(gin_files)}\nbindings: {list(bindings)}") from error
+
+
+_MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
+
+
+def defined_macros() -> set[str]:
+    """The macros the parsed gin files define (gin keeps a macro as the scope of `gin.macro`)."""
+    import gin
+
+    return {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}
+
+
+def check_macro_bindings(bindings: Sequence[str], known: set[str]) -> None:
+    """Refuses a command-line binding of a macro that no gin file defines: gin would accept it
+    as a new macro that nothing reads (`--gin.BEAT=0.5` would leave BETA as it was)."""
+    for binding in bindings:
+        match = _MACRO_BINDING.match(binding)
+        if match and match.group(1) not in known:
+            name = match.group(1)
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise GinConfigError(f"--gin.{name}: no gin file of this experiment defines the "
+                                 f"macro {name}, so the binding would change nothing.{hint} "
+                                 "The run file's header (gin/runs/rso.gin) lists the macros.")
 
 
 def run(job: Callable[[], Any], initialize_distributed: str | bool = "auto") -> Any:

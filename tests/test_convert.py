@@ -31,7 +31,7 @@ def test_bfloat16_cast_and_overwrite(tmp_path):
     os.makedirs(out)
     (tmp_path / "orbax_bf16" / "stale_file").write_text("old")
     assert convert.main(["--from=t5x", f"--input={T5X_FIXTURE}", "--to=orbax",
-                         f"--output={out}", "--dtype=bfloat16"]) == 0
+                         f"--output={out}", "--dtype=bfloat16", "--overwrite"]) == 0
     assert not os.path.exists(os.path.join(out, "stale_file"))  # replaced as a whole
     config = checkpoints.load_config(out, t5.T5Config)
     params = checkpoints.restore_params(out, config)
@@ -51,3 +51,22 @@ def test_failures_exit_with_a_message(tmp_path, capsys):
     assert convert.main(["--from=orbax", f"--input={tmp_path}", "--to=hf",
                          f"--output={tmp_path}/out"]) == 2
     assert "no model_config.json" in capsys.readouterr().err
+
+
+def test_refuses_to_replace_a_file_or_a_non_empty_directory(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert convert.main(["--from=t5x", f"--input={T5X_FIXTURE}", "--to=hf",
+                         f"--output={a_file}"]) == 2
+    assert "is a file" in capsys.readouterr().err and a_file.read_text() == "keep me"
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine").write_text("keep me too")
+    assert convert.main(["--from=t5x", f"--input={T5X_FIXTURE}", "--to=hf",
+                         f"--output={full}"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (full / "mine").read_text() == "keep me too"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert convert.main(["--from=t5x", f"--input={T5X_FIXTURE}", "--to=hf",
+                         f"--output={empty}"]) == 0  # an empty directory is no loss

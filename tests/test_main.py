@@ -65,3 +65,11 @@ def test_cpu_tuning_adds_its_flag_once_and_respects_the_users_choice():
     empty = {}
     assert cpu_tuning.restrict_ynnpack_to_dots(empty)
     assert empty["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+
+
+def test_misspelt_macro_is_refused_with_the_closest_name(tmp_path):
+    result = run_main("--gin.BEAT=0.5", f"--gin.WORK_DIR='{tmp_path}/run'",
+                      gin_file="--gin_file=configs/demo_rso.gin")
+    assert result.returncode == 2
+    assert "--gin.BEAT" in result.stderr and "Did you mean BETA?" in result.stderr
+    assert not os.path.exists(tmp_path / "run")

@@ -7,12 +7,16 @@ Every file is written atomically (`atomic_io`), so an interrupted stage leaves n
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 from typing import Any
 
 import numpy as np
 
 from rso_jax import atomic_io, checkpoints, model_spec, partitioning, run_info
+
+logger = logging.getLogger(__name__)
 
 DONE_FILE = "DONE.json"
 PARAMS_DIR = "params"
@@ -23,7 +27,40 @@ def stage_dir(work_dir: str, stage: str) -> str:
 
 
 def is_done(work_dir: str, stage: str) -> bool:
-    return os.path.isfile(os.path.join(stage_dir(work_dir, stage), DONE_FILE))
+    """Whether the stage finished: its DONE marker exists and holds its summary (an empty or
+    damaged marker, which no finished stage writes, is reported and does not count)."""
+    path = os.path.join(stage_dir(work_dir, stage), DONE_FILE)
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as stream:
+            summary = json.load(stream)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        logger.warning("%s is damaged (%s); stage %s runs again.", path, error, stage)
+        return False
+    if not isinstance(summary, dict):
+        logger.warning("%s holds no stage summary; stage %s runs again.", path, stage)
+        return False
+    return True
+
+
+def check_work_dir(work_dir: str) -> None:
+    """Fails, naming WORK_DIR, unless it is (or can be made) a writable directory; creates
+    nothing, so that a run refused at start-up leaves no trace."""
+    path = os.path.abspath(work_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"WORK_DIR {work_dir}: {path} is a file, not a directory; choose "
+                         "another WORK_DIR.")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"WORK_DIR {work_dir}: {path} is not writable; choose a directory "
+                         "you can write to.")
+
+
+def make_work_dir(work_dir: str) -> None:
+    check_work_dir(work_dir)
+    os.makedirs(work_dir, exist_ok=True)
 
 
 def mark_done(work_dir: str, stage: str, summary: dict) -> None:

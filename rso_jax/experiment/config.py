@@ -7,6 +7,7 @@ fails before any stage runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import optax
@@ -19,6 +20,53 @@ OPTIMIZERS = ("adafactor", "adam")
 LOSSES = ("sigmoid_norm", "hinge", "hinge_norm")
 
 
+# The gin macro that sets each field (gin/runs/rso.gin), named in error messages; {stage} is a
+# training schedule's stage ('SFT', 'RANKER', 'PREFERENCE').
+_MACROS = {
+    ("Lengths", "prompt"): "PROMPT_LENGTH", ("Lengths", "response"): "MAX_DECODE_LENGTH",
+    ("Lengths", "ranker_input"): "RANKER_INPUT_LENGTH",
+    ("SelectionConfig", "method"): "SELECTION", ("SelectionConfig", "beta"): "BETA",
+    ("SelectionConfig", "num_samples"): "NUM_SAMPLES",
+    ("SelectionConfig", "pair_rule"): "PAIR_RULE", ("SelectionConfig", "seed"): "SEED",
+    ("Experiment", "loss"): "LOSS", ("Experiment", "gamma"): "GAMMA",
+    ("Experiment", "num_sample_prompts"): "NUM_SAMPLE_PROMPTS",
+    ("Experiment", "num_eval_prompts"): "NUM_EVAL_PROMPTS", ("Experiment", "seed"): "SEED",
+    ("Experiment", "ranker_sees_context"): "RANKER_SEES_CONTEXT",
+    ("InferenceBatchSizes", "sample"): "SAMPLE_BATCH_SIZE",
+    ("InferenceBatchSizes", "ranker"): "RANKER_INFERENCE_BATCH_SIZE",
+    ("InferenceBatchSizes", "reference"): "REFERENCE_BATCH_SIZE",
+    ("InferenceBatchSizes", "eval"): "EVAL_BATCH_SIZE",
+    **{("TrainingSchedule", field): "{stage}_" + field.upper()
+       for field in ("steps", "batch_size", "learning_rate", "checkpoint_every", "optimizer",
+                     "warmup_steps", "eval_every", "grad_accum_steps")},
+    ("TrainingSchedule", "seed"): "SEED",
+}
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def setting(instance: Any, field: str) -> str:
+    """How a user sets `field` of a config object: its gin macro, else Class.field."""
+    owner = type(instance).__name__
+    stage = getattr(instance, "stage", "")
+    macro = _MACROS.get((owner, field))
+    if macro is None or ("{stage}" in macro and not stage):
+        return f"{owner}.{field}"
+    return macro.format(stage=stage.upper())
+
+
+def check_types(instance: Any) -> None:
+    """Raises a ValueError naming the setting when a field of a simple type (int, float, str,
+    bool) holds another type, e.g. --gin.BETA="'abc'"."""
+    for field in dataclasses.fields(instance):
+        allowed = _SIMPLE_TYPES.get(field.type if isinstance(field.type, str)
+                                    else getattr(field.type, "__name__", ""))
+        value = getattr(instance, field.name)
+        if allowed and (not isinstance(value, allowed)
+                        or (isinstance(value, bool) and bool not in allowed)):
+            raise ValueError(f"{setting(instance, field.name)} must be of type {field.type}, got "
+                             f"{type(value).__name__} {value!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class Lengths:
     """Fixed token lengths (EOS included)."""
@@ -28,9 +76,10 @@ class Lengths:
     ranker_input: int = 96  # `[CONTEXT] x [.. A] y1 [.. B] y2`: only the context is cut
 
     def __post_init__(self):
+        check_types(self)
         for field in dataclasses.fields(self):
-            if int(getattr(self, field.name)) < 2:
-                raise ValueError(f"Lengths.{field.name} must be >= 2 tokens, got "
+            if getattr(self, field.name) < 2:
+                raise ValueError(f"{setting(self, field.name)} must be >= 2 tokens, got "
                                  f"{getattr(self, field.name)}.")
 
 
@@ -49,20 +98,25 @@ class TrainingSchedule:
     warmup_steps: int = 0
     eval_every: int = 0  # steps between evaluations (stages that evaluate); 0: steps // 2.
     grad_accum_steps: int = 1  # micro-batches per optimizer step (batch_size divides by it)
+    stage: str = ""  # 'sft', 'ranker' or 'preference': names its settings in messages
 
     def __post_init__(self):
+        check_types(self)
+        name = functools.partial(setting, self)
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"TrainingSchedule.optimizer={self.optimizer!r}; choose one of "
+            raise ValueError(f"{name('optimizer')}={self.optimizer!r}; choose one of "
                              f"{OPTIMIZERS}.")
-        if self.steps < 1 or not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"TrainingSchedule: need steps >= 1 and 0 <= warmup_steps < steps, "
-                             f"got steps={self.steps}, warmup_steps={self.warmup_steps}.")
-        if self.batch_size < 1 or self.checkpoint_every < 1 or self.learning_rate <= 0:
-            raise ValueError("TrainingSchedule: need batch_size >= 1, checkpoint_every >= 1 and "
-                             f"learning_rate > 0, got {self}.")
-        if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
-            raise ValueError(f"TrainingSchedule: grad_accum_steps={self.grad_accum_steps} must "
-                             f"divide batch_size={self.batch_size}.")
+        for field in ("steps", "batch_size", "checkpoint_every", "grad_accum_steps"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{name(field)} must be >= 1, got {getattr(self, field)}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"{name('learning_rate')} must be > 0, got {self.learning_rate}.")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"{name('warmup_steps')}={self.warmup_steps} must be >= 0 and < "
+                             f"{name('steps')}={self.steps}.")
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"{name('grad_accum_steps')}={self.grad_accum_steps} must divide "
+                             f"{name('batch_size')}={self.batch_size}.")
 
     def make_optimizer(self) -> optax.GradientTransformation:
         if self.optimizer == "adam":
@@ -84,15 +138,16 @@ class SelectionConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_types(self)
         if self.method not in SELECTIONS:
-            raise ValueError(f"SelectionConfig.method={self.method!r}; choose one of {SELECTIONS}.")
+            raise ValueError(f"SELECTION={self.method!r}; choose one of {SELECTIONS}.")
         if self.pair_rule not in PAIR_RULES:
-            raise ValueError(f"SelectionConfig.pair_rule={self.pair_rule!r}; choose one of "
-                             f"{PAIR_RULES}.")
+            raise ValueError(f"PAIR_RULE={self.pair_rule!r}; choose one of {PAIR_RULES}.")
         if not self.beta > 0:
-            raise ValueError(f"SelectionConfig.beta must be > 0, got {self.beta}.")
+            raise ValueError(f"BETA must be > 0 (the rejection-sampling temperature), got "
+                             f"{self.beta}.")
         if self.num_samples < 2:
-            raise ValueError(f"SelectionConfig.num_samples must be >= 2 (pairs need two), got "
+            raise ValueError(f"NUM_SAMPLES must be >= 2 (pairs need two), got "
                              f"{self.num_samples}.")
 
 
@@ -104,6 +159,9 @@ class InferenceBatchSizes:
     ranker: int = 256  # ranker inputs per call
     reference: int = 64  # pairs per teacher-forced scoring call
     eval: int = 64  # prompts per greedy-decoding call
+
+    def __post_init__(self):
+        check_types(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,12 +200,13 @@ class Experiment:
     seed: int = 0
 
     def __post_init__(self):
+        check_types(self)
         if self.loss not in LOSSES:
-            raise ValueError(f"Experiment.loss={self.loss!r}; choose one of {LOSSES}.")
+            raise ValueError(f"LOSS={self.loss!r}; choose one of {LOSSES}.")
         if self.gamma <= 0:
-            raise ValueError(f"Experiment.gamma must be > 0, got {self.gamma}.")
+            raise ValueError(f"GAMMA must be > 0, got {self.gamma}.")
         if self.num_sample_prompts < 1 or self.num_eval_prompts < 1:
-            raise ValueError("Experiment: num_sample_prompts and num_eval_prompts must be >= 1.")
+            raise ValueError("NUM_SAMPLE_PROMPTS and NUM_EVAL_PROMPTS must be >= 1.")
         if (self.selection.method != "direct"
                 and self.selection.num_samples > self.sampling.num_candidates):
             raise ValueError(f"NUM_SAMPLES={self.selection.num_samples} > NUM_CANDIDATES="

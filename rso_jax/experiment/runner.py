@@ -22,6 +22,7 @@ def check_inputs(context: StageContext) -> None:
     """Everything that can be checked before any work: checkpoints (shapes), vocabularies,
     the models' vocabulary sizes and the inference batch sizes against the mesh."""
     experiment = context.experiment
+    artifacts.check_work_dir(experiment.work_dir)
     checkpoint_inputs.check_all(experiment)
     codec = context.codec
     codec.ab_tokens  # loads and checks the vocabulary (T5 ids, single-token 'A' and 'B')
@@ -95,7 +96,7 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
     check_inputs(context)
     check_task_data(experiment, stages)
     work_dir = experiment.work_dir
-    os.makedirs(work_dir, exist_ok=True)
+    artifacts.make_work_dir(work_dir)
     for stage, name, path in (("sft", "SFT_CHECKPOINT", experiment.sft_checkpoint),
                               ("ranker", "RANKER_CHECKPOINT", experiment.ranker_checkpoint)):
         if path and not artifacts.is_done(work_dir, stage):
