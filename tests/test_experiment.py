@@ -69,6 +69,25 @@ def test_rerun_skips_finished_stages(finished_run):
     assert "Stage evaluate: done before, skipped." in again.stderr
 
 
+def test_a_rerun_with_other_settings_is_refused_naming_them(finished_run, tmp_path):
+    work_dir, _ = finished_run
+    start = time.time()
+    changed = run_main(work_dir, "--gin.LOSS='hinge'", "--gin.BETA=0.1")
+    assert changed.returncode == 1, changed.stderr[-3000:]
+    assert f"WORK_DIR {work_dir} holds stage select made with other settings" in changed.stderr
+    assert "selection.beta: 0.5 -> 0.1" in changed.stderr
+    assert "(reference, preference, evaluate)" in changed.stderr  # and what depends on it
+    assert "Stage" not in changed.stderr and time.time() - start < 60  # refused before any work
+    sft = run_main(work_dir, "--gin.SFT_STEPS=500")
+    assert sft.returncode == 1 and "holds stage sft" in sft.stderr
+    assert "schedule.steps: 12 -> 500" in sft.stderr
+    given = run_main(work_dir, f"--gin.SFT_CHECKPOINT='{work_dir}/sft/params'")
+    assert given.returncode == 1 and "holds stage sft" in given.stderr
+    assert "checkpoint: " in given.stderr  # a given SFT checkpoint is not silently ignored
+    done = json.load(open(work_dir / "select" / "DONE.json"))
+    assert done["settings"]["selection"]["beta"] == 0.5 and len(done["fingerprint"]) == 16
+
+
 def test_killed_during_preference_training_resumes_to_the_same_results(finished_run,
                                                                        tmp_path):
     reference_dir, _ = finished_run

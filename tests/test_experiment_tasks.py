@@ -60,7 +60,7 @@ def test_tldr_runs_every_stage_from_files(tldr_run):
 def test_tldr_policy_evaluated_on_cnn_dailymail(tldr_run, tldr_flags, tmp_path):
     work_dir = tmp_path / "transfer"
     shutil.copytree(tldr_run[0], work_dir)
-    os.remove(work_dir / "evaluate" / "DONE.json")
+    shutil.rmtree(work_dir / "evaluate")  # evaluated on TL;DR: redone on CNN/DailyMail
     articles = os.path.join(REPO_ROOT, "tests", "data", "cnn_dailymail.jsonl")
     flags = [f.replace("configs/tldr_rso.gin", "configs/tldr_to_cnn_dailymail.gin")
              for f in tldr_flags]

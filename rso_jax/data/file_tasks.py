@@ -67,6 +67,12 @@ class FileTask:
         if self.sft_dataset is None and self.comparison_dataset is None:
             raise ValueError(f"task {self.name!r} reads nothing: give sft_dataset or "
                              "comparison_dataset.")
+        # Keep only the file groups this task reads (gin's data_files names every dataset's),
+        # so that the task, as a stage's setting, changes only when its own files do.
+        groups = {readers.DATASETS[d][0] for d in (self.sft_dataset, self.comparison_dataset)
+                  if d is not None}
+        object.__setattr__(self, "files", {group: patterns for group, patterns
+                                           in dict(self.files).items() if group in groups})
 
     def __hash__(self):  # the mappings are not hashable; the lru caches key on the instance
         return id(self)

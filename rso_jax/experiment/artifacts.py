@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -26,22 +26,26 @@ def stage_dir(work_dir: str, stage: str) -> str:
     return os.path.join(work_dir, stage)
 
 
-def is_done(work_dir: str, stage: str) -> bool:
-    """Whether the stage finished: its DONE marker exists and holds its summary (an empty or
+def read_done(work_dir: str, stage: str) -> Optional[dict]:
+    """A finished stage's DONE summary; None when the stage has not finished (an empty or
     damaged marker, which no finished stage writes, is reported and does not count)."""
     path = os.path.join(stage_dir(work_dir, stage), DONE_FILE)
     if not os.path.isfile(path):
-        return False
+        return None
     try:
         with open(path) as stream:
             summary = json.load(stream)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         logger.warning("%s is damaged (%s); stage %s runs again.", path, error, stage)
-        return False
+        return None
     if not isinstance(summary, dict):
         logger.warning("%s holds no stage summary; stage %s runs again.", path, stage)
-        return False
-    return True
+        return None
+    return summary
+
+
+def is_done(work_dir: str, stage: str) -> bool:
+    return read_done(work_dir, stage) is not None
 
 
 def check_work_dir(work_dir: str) -> None:

@@ -9,8 +9,8 @@ import os
 import time
 from typing import Optional, Sequence
 
-from rso_jax import partitioning
-from rso_jax.experiment import artifacts, checkpoint_inputs, inference
+from rso_jax import atomic_io, partitioning
+from rso_jax.experiment import artifacts, checkpoint_inputs, fingerprints, inference
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import RUN, SAMPLING_STAGES, STAGES
@@ -77,13 +77,67 @@ def check_task_data(experiment: Experiment, stages: Sequence[str]) -> None:
                                  f"{read.__name__} but the task gives none; check its files.")
 
 
+def recorded_settings(work_dir: str, stage: str) -> Optional[dict]:
+    """What a stage in the work directory was made with: from its DONE marker when finished,
+    else from the settings it recorded when it started; None for a stage never started."""
+    done = artifacts.read_done(work_dir, stage)
+    if done is not None:
+        return {"settings": done.get("settings"), "fingerprint": done.get("fingerprint")}
+    path = os.path.join(artifacts.stage_dir(work_dir, stage), fingerprints.SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return None  # written atomically, so only by hand; the stage starts again
+
+
+def check_settings(experiment: Experiment) -> None:
+    """Refuses, before any work, a work directory whose stages were made (or started) with
+    other settings than this experiment's, naming the first such stage and its differences."""
+    changed = []
+    for stage in STAGES:
+        recorded = recorded_settings(experiment.work_dir, stage)
+        if recorded is None:
+            continue
+        current = fingerprints.stage_settings(experiment, stage)
+        if recorded.get("fingerprint") != fingerprints.fingerprint(current):
+            changed.append((stage, fingerprints.differences(recorded.get("settings") or {},
+                                                            current)))
+    if not changed:
+        return
+    stage, found = changed[0]
+    listed = "\n".join(f"  {line}" for line in found[:12]) or "  (no settings recorded)"
+    later = [name for name, _ in changed[1:]]
+    raise ValueError(
+        f"WORK_DIR {experiment.work_dir} holds stage {stage} made with other settings than "
+        f"this experiment's:\n{listed}\n"
+        + (f"and so the stages after it ({', '.join(later)}).\n" if later else "")
+        + "Give another WORK_DIR, or delete "
+        f"{artifacts.stage_dir(experiment.work_dir, stage)} (and the stages after it) to redo "
+        "it with these settings.")
+
+
+def mark_done(experiment: Experiment, stage: str, summary: dict) -> None:
+    settings = fingerprints.stage_settings(experiment, stage)
+    artifacts.mark_done(experiment.work_dir, stage, {
+        **summary, "settings": settings, "fingerprint": fingerprints.fingerprint(settings)})
+
+
+def record_start(experiment: Experiment, stage: str) -> None:
+    settings = fingerprints.stage_settings(experiment, stage)
+    atomic_io.write_json(
+        os.path.join(artifacts.stage_dir(experiment.work_dir, stage), fingerprints.SETTINGS_FILE),
+        {"settings": settings, "fingerprint": fingerprints.fingerprint(settings)})
+
+
 def install_checkpoint(context: StageContext, stage: str, name: str, path: str) -> None:
     """Uses a given checkpoint (any format) as the output of `stage`."""
     config = context.model_config(stage)
     params = checkpoint_inputs.restore(path, name, config, context.partitioner)
     artifacts.save_params(context.experiment.work_dir, stage, params, config)
-    artifacts.mark_done(context.experiment.work_dir, stage,
-                        {"from_checkpoint": os.path.abspath(path)})
+    mark_done(context.experiment, stage, {"from_checkpoint": os.path.abspath(path)})
 
 
 def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] = None,
@@ -94,6 +148,7 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
         raise ValueError(f"Unknown stages {unknown}; the stages are {STAGES}.")
     context = StageContext(experiment, partitioner or partitioning.create_partitioner())
     check_inputs(context)
+    check_settings(experiment)
     check_task_data(experiment, stages)
     work_dir = experiment.work_dir
     artifacts.make_work_dir(work_dir)
@@ -109,10 +164,11 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
             logger.info("Stage %s: done before, skipped.", stage)
             continue
         logger.info("Stage %s: running.", stage)
+        record_start(experiment, stage)
         start = time.perf_counter()
         summary = RUN[stage](context)
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        artifacts.mark_done(work_dir, stage, summary)
+        mark_done(experiment, stage, summary)
         logger.info("Stage %s: done in %.1f s: %s", stage, summary["seconds"], summary)
     results_path = os.path.join(work_dir, "results.json")
     if not os.path.isfile(results_path):

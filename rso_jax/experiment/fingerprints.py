@@ -1,0 +1,110 @@
+"""What each stage's output depends on, so that a finished stage is never reused silently.
+
+`stage_settings(experiment, stage)` lists exactly the settings and inputs a stage depends on,
+with the stages it reads from by their fingerprints. `fingerprint` hashes that. A finished
+stage records both in its DONE marker, and a stage that starts records them in
+`settings.json`; the runner compares them with the current experiment before any work and
+refuses a work directory whose stages were made with other settings, naming the differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Optional
+
+from rso_jax.experiment.config import Experiment
+
+SETTINGS_FILE = "settings.json"
+
+
+def describe(value: Any) -> Any:
+    """A JSON-able description of a setting (dataclasses field by field, with their type)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {field.name: describe(getattr(value, field.name))
+                  for field in dataclasses.fields(value)}
+        return {"type": type(value).__name__, **fields}
+    if isinstance(value, dict):
+        return {str(key): describe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [describe(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _path(path: Optional[str]) -> Optional[str]:
+    return None if path is None else os.path.abspath(path)
+
+
+def _own_settings(experiment: Experiment, stage: str) -> dict:
+    """The settings a stage reads itself, and the stages whose outputs it reads."""
+    e, lengths = experiment, experiment.lengths
+    if stage == "sft":
+        if e.sft_checkpoint:
+            return {"checkpoint": _path(e.sft_checkpoint), "policy": describe(e.policy_config)}
+        return {"task": describe(e.task), "policy": describe(e.policy_config),
+                "schedule": describe(e.sft), "init_checkpoint": _path(e.sft_init_checkpoint),
+                "prompt_length": lengths.prompt, "response_length": lengths.response}
+    if stage == "ranker":
+        if e.ranker_checkpoint:
+            return {"checkpoint": _path(e.ranker_checkpoint), "ranker": describe(e.ranker_config)}
+        return {"task": describe(e.task), "ranker": describe(e.ranker_config),
+                "schedule": describe(e.ranker), "init_checkpoint": _path(e.ranker_init_checkpoint),
+                "ranker_input_length": lengths.ranker_input, "response_length": lengths.response,
+                "ranker_sees_context": e.ranker_sees_context}
+    if stage == "sample":
+        return {"after": ["sft"], "task": describe(e.task), "sampling": describe(e.sampling),
+                "num_sample_prompts": e.num_sample_prompts, "prompt_length": lengths.prompt,
+                "sample_batch_size": e.inference_batch_sizes.sample, "seed": e.seed}
+    if stage == "score":
+        return {"after": ["sample", "ranker"], "ranker_input_length": lengths.ranker_input,
+                "ranker_sees_context": e.ranker_sees_context}
+    if stage == "select":
+        if not e.needs_samples:
+            return {"task": describe(e.task), "selection": describe(e.selection),
+                    "num_sample_prompts": e.num_sample_prompts, "prompt_length": lengths.prompt,
+                    "response_length": lengths.response}
+        return {"after": ["score", "ranker"], "selection": describe(e.selection)}
+    if stage == "reference":
+        return {"after": ["select", "sft"]}
+    if stage == "preference":
+        return {"after": ["reference", "sft", "ranker"], "schedule": describe(e.preference),
+                "loss": e.loss, "gamma": e.gamma, "task": describe(e.task),
+                "num_eval_prompts": e.num_eval_prompts, "sampling": describe(e.sampling)}
+    if stage == "evaluate":
+        return {"after": ["preference", "sft", "ranker"],
+                "eval_task": describe(e.evaluation_task), "num_eval_prompts": e.num_eval_prompts,
+                "sampling": describe(e.sampling),
+                "gold_ranker_checkpoint": _path(e.gold_ranker_checkpoint),
+                "gold_ranker": describe(e.gold_ranker_config)}
+    raise ValueError(f"Unknown stage {stage!r}.")
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_settings(experiment: Experiment, stage: str) -> dict:
+    """A stage's own settings, with each stage it reads from replaced by its fingerprint."""
+    settings = _own_settings(experiment, stage)
+    upstream = settings.pop("after", [])
+    if upstream:
+        settings["inputs"] = {name: fingerprint(stage_settings(experiment, name))
+                              for name in upstream}
+    return settings
+
+
+def differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """'key: recorded -> current' for every leaf that differs (dicts compared key by key)."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(recorded) | set(current)):
+            found += differences(recorded.get(key, "<absent>"), current.get(key, "<absent>"),
+                                 f"{prefix}{key}.")
+        return found
+    if recorded != current:
+        return [f"{prefix[:-1]}: {json.dumps(recorded)} -> {json.dumps(current)}"]
+    return []
