@@ -2,7 +2,8 @@
 
 Everything is written under a temporary name in the destination's own directory and then
 renamed into place (a rename within one file system is atomic), so a crash or a kill leaves
-either the old artifact or the new one, never a mixture.
+either the old artifact or the new one, never a mixture. What is written gets the modes that
+`open` and `mkdir` would give under the process's umask (tempfile's own are 0600 and 0700).
 """
 
 from __future__ import annotations
@@ -15,12 +16,53 @@ import tempfile
 from typing import Any, Iterator
 
 
+_TEMPORARY_MARK = ".partial-"  # in the name of every temporary file or directory written here
+
+
+def _temporary_prefix(path: str) -> str:
+    return "." + os.path.basename(path) + _TEMPORARY_MARK
+
+
+def remove_leftovers(directory: str, recursive: bool = True) -> list[str]:
+    """Deletes, in `directory` (and below it when `recursive`), the temporary files and
+    directories of writes that were killed before their rename (a SIGKILL runs no clean-up);
+    returns their paths. Only call it when no other process is writing there."""
+    removed = []
+    for root, folders, files in os.walk(directory):
+        for name in [*files, *folders]:
+            if name.startswith(".") and _TEMPORARY_MARK in name:
+                path = os.path.join(root, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                removed.append(path)
+        folders[:] = [f for f in folders if recursive
+                      and not (f.startswith(".") and _TEMPORARY_MARK in f)]
+    return removed
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it (other threads may be creating files)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Atomically replaces `path` with `data`."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=_temporary_prefix(path))
     try:
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -51,11 +93,12 @@ def directory(path: str) -> Iterator[str]:
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    temp_dir = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".tmp.")
+    temp_dir = tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix(path))
     try:
+        os.chmod(temp_dir, 0o777 & ~_umask())
         yield temp_dir
         if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".old.")
+            old = tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix(path))
             os.rmdir(old)
             os.replace(path, old)
             os.replace(temp_dir, path)

@@ -5,7 +5,8 @@
 With no --gin_file it runs DEFAULT_GIN_FILE. Gin files are looked up relative to the current
 directory and to the repository root, so `gin/...` and `configs/...` resolve from anywhere.
 The job to run is bound in gin as `main.run.job`. `--tiny` applies TINY_GIN_FILE after the
-experiment's files: any experiment, shrunk to run on a CPU in about a minute.
+experiment's files: any experiment, shrunk to run on a CPU in about a minute. `--help` lists
+every setting of the experiment (of its --gin_file, or the default) with its value.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rso_jax import cpu_tuning
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "configs/demo_rso.gin"
 TINY_GIN_FILE = "gin/tiny.gin"
+RUN_FILE = "gin/runs/rso.gin"  # its header says what each setting means
 
 
 class GinConfigError(ValueError):
@@ -31,15 +33,13 @@ class GinConfigError(ValueError):
 
 def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Splits argv into gin files and bindings (`--gin.NAME=VALUE` -> 'NAME = VALUE')."""
-    parser = argparse.ArgumentParser(prog="python -m rso_jax.main", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin file to parse (repeatable, applied in order)")
-    parser.add_argument("--gin_bindings", action="append", default=[],
-                        help="a binding 'NAME = VALUE' (repeatable)")
-    parser.add_argument("--tiny", action="store_true",
-                        help=f"shrink the experiment to a one-minute CPU run ({TINY_GIN_FILE})")
+    parser = _argument_parser()
     args, rest = parser.parse_known_args(list(argv))
+    gin_files = (args.gin_file or [DEFAULT_GIN_FILE]) + ([TINY_GIN_FILE] if args.tiny else [])
+    if args.help:
+        print(parser.format_help())
+        print(settings_help(gin_files))
+        sys.exit(0)
     bindings = list(args.gin_bindings)
     unknown = []
     for arg in rest:
@@ -50,8 +50,66 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
             unknown.append(arg)
     if unknown:
         parser.error(f"unrecognised arguments {unknown}; use --gin_file=FILE and --gin.NAME=VALUE")
-    gin_files = (args.gin_file or [DEFAULT_GIN_FILE]) + ([TINY_GIN_FILE] if args.tiny else [])
     return gin_files, bindings
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rso_jax.main", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     add_help=False)
+    parser.add_argument("-h", "--help", action="store_true",
+                        help="show this message and every setting of the experiment, then exit")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file to parse (repeatable, applied in order)")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="a binding 'NAME = VALUE' (repeatable)")
+    parser.add_argument("--tiny", action="store_true",
+                        help=f"shrink the experiment to a one-minute CPU run ({TINY_GIN_FILE})")
+    return parser
+
+
+def settings_help(gin_files: Sequence[str]) -> str:
+    """What each setting means (the run file's header) and every macro of `gin_files` with the
+    value they give it."""
+    import gin
+
+    with open(os.path.join(REPO_ROOT, RUN_FILE)) as stream:
+        header = [line[2:].rstrip() for line in stream if line.startswith("#")]
+    gin.clear_config()
+    try:
+        configure_gin(gin_files, [])
+        values = {scope: entry["value"] for (scope, selector), entry in gin.config._CONFIG.items()
+                  if selector == "gin.macro"}
+    except GinConfigError as error:
+        return f"The settings of {list(gin_files)} could not be read: {error}"
+    finally:
+        gin.clear_config()
+    width = max(map(len, values), default=0)
+    listed = [f"  {name.ljust(width)} = {value!r}" for name, value in sorted(values.items())]
+    return "\n".join(
+        [f"What the settings mean ({RUN_FILE}):", *(f"  {line}" for line in header), "",
+         f"The settings of {' + '.join(gin_files)}; change any with --gin.NAME=VALUE, strings "
+         "in quotes (--gin.LOSS=\"'hinge'\"):", *listed])
+
+
+_UNQUOTED = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*=\s*([A-Za-z_][\w.]*)\s*$")
+
+
+def check_binding_values(bindings: Sequence[str]) -> None:
+    """Refuses `--gin.LOSS=hinge`: gin reads a bare word as neither a string nor a value, and
+    its own error (`malformed node or string`) names neither the setting nor the fix."""
+    for binding in bindings:
+        match = _UNQUOTED.match(binding)
+        if not match or match.group(2) in ("True", "False", "None"):
+            continue
+        name, word = match.groups()
+        if word.lower() in ("true", "false", "none"):
+            fix = f"--gin.{name}={word.capitalize()}"
+        else:
+            fix = (f"--gin.{name}=\"'{word}'\" (a string in quotes; a configurable is "
+                   f"@{word}, a macro %{word})")
+        raise GinConfigError(f"--gin.{name}={word}: gin cannot read the bare word {word!r} as "
+                             f"a value. Write {fix}.")
 
 
 def configure_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
@@ -68,6 +126,7 @@ def configure_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     try:
         gin.parse_config_files_and_bindings(gin_files, [], finalize_config=False)
         check_macro_bindings(bindings, defined_macros())
+        check_binding_values(bindings)
         gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
     except GinConfigError:
         raise
@@ -108,6 +167,12 @@ def run(job: Callable[[], Any], initialize_distributed: str | bool = "auto") -> 
     return job()
 
 
+def _without_gin_notes(error: Exception) -> str:
+    """The error's message without the '  In call to configurable ...' lines gin appends."""
+    return "\n".join(line for line in str(error).splitlines()
+                     if not line.startswith("  In call to configurable "))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import gin
 
@@ -123,8 +188,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         configured_run()
-    except (FileNotFoundError, ValueError) as error:
-        print(f"rso_jax.main: {type(error).__name__}: {error}", file=sys.stderr)
+    except (OSError, ValueError, FloatingPointError) as error:  # a path, a setting, a NaN loss
+        print(f"rso_jax.main: {type(error).__name__}: {_without_gin_notes(error)}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -4,12 +4,14 @@ A run directory holds:
   checkpoints/<step>/     orbax: the TrainState (params, optimizer state, step, PRNG key) and
                           a JSON item with the data position and the operative gin config
   checkpoints/operative_config.gin
+  checkpoints_unusable/   step directories that could not be restored, moved aside on resume
   metrics.jsonl           one JSON object per logged step or evaluation
   tensorboard/            event files (when tensorboardX is installed)
   best/                   parameters of the best evaluation so far (pluggable metric) + best.json
 
-Resuming restores the state and the data position from the latest checkpoint, so a run killed
-after a checkpoint and started again ends with exactly the parameters of an uninterrupted run.
+Resuming restores the state and the data position from the newest checkpoint that restores, so
+a run killed after a checkpoint and started again ends with exactly the parameters of an
+uninterrupted run.
 A non-finite loss stops the run before anything is saved, naming the step; the last good
 checkpoint stays as it was.
 """
@@ -51,7 +53,7 @@ class LoopConfig:
     best_metric: Optional[str] = None  # evaluation metric that selects best/ (e.g. 'win_rate').
     best_mode: str = "max"  # 'max' or 'min'.
     async_checkpointing: bool = True  # orbax writes in the background while training goes on.
-    progress_bar: bool = True
+    progress_bar: bool = True  # a bar on a terminal (log lines when stderr is redirected)
     name: str = "train"  # what the progress bar and log lines call this loop (e.g. 'sft').
 
     def __post_init__(self):
@@ -118,9 +120,69 @@ def _checkpoint_manager(directory: str, loop: LoopConfig):
                                  item_names=("state", "progress"))
 
 
+UNUSABLE_CHECKPOINTS_DIR = "checkpoints_unusable"
+
+
+def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: training.TrainState):
+    """(manager, restored items or None, their step or None): the newest checkpoint that
+    restores. Newer ones that do not (an empty step directory, a damaged file) are moved to
+    `checkpoints_unusable/` beside `checkpoint_dir`, saying so, so that training redoes their
+    steps and saves them again."""
+    import orbax.checkpoint as ocp
+
+    manager = _checkpoint_manager(checkpoint_dir, loop)
+    unusable = []
+    restored, step = None, None
+    for candidate in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(candidate, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract_state(state)),
+                progress=ocp.args.JsonRestore()))
+            int(restored.progress["data_position"])
+            step = candidate
+            break
+        except Exception as error:  # orbax raises KeyError, ValueError, FileNotFoundError...
+            restored = None
+            unusable.append(candidate)
+            logger.warning("Checkpoint %s cannot be restored (%s: %s).",
+                           os.path.join(checkpoint_dir, str(candidate)), type(error).__name__,
+                           str(error).splitlines()[0][:300] if str(error) else "")
+    if not unusable:
+        return manager, restored, step
+    manager.close()
+    aside = os.path.join(os.path.dirname(checkpoint_dir), UNUSABLE_CHECKPOINTS_DIR)
+    os.makedirs(aside, exist_ok=True)
+    for candidate in unusable:
+        target = os.path.join(aside, str(candidate))
+        suffix = 1
+        while os.path.exists(target):
+            target, suffix = os.path.join(aside, f"{candidate}.{suffix}"), suffix + 1
+        os.replace(os.path.join(checkpoint_dir, str(candidate)), target)
+    logger.warning("Moved the unusable checkpoints (steps %s) to %s; %s.",
+                   ", ".join(map(str, unusable)), aside,
+                   f"resuming from step {step}, the newest valid one" if step is not None
+                   else "no valid checkpoint is left, so training starts from step 0")
+    return _checkpoint_manager(checkpoint_dir, loop), restored, step
+
+
 def _abstract_state(state: training.TrainState) -> Any:
     return jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def _read_best(path: str) -> Optional[dict]:
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as stream:
+            best = json.load(stream)
+        float(best["value"]), int(best["step"])
+        return best
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}), so the best "
+                         "evaluation so far is unknown; delete the directory of this training "
+                         f"run ({os.path.dirname(os.path.dirname(path))}) to train it again."
+                         ) from error
 
 
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:
@@ -143,7 +205,9 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
       evaluate: optional `params -> metrics` for periodic evaluation and best/ selection.
 
     Returns:
-      (final state, summary dict with 'step', 'resumed_from', 'last_metrics', 'best').
+      (final state, summary dict with 'step', 'resumed_from', 'last_metrics', 'best' and
+      'seconds_before_resume': the training time of earlier attempts up to the checkpoint
+      this one resumed from).
 
     Raises:
       NonFiniteLossError: the loss became NaN or infinite (nothing was saved for that step).
@@ -152,26 +216,26 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
 
     os.makedirs(work_dir, exist_ok=True)
     checkpoint_dir = os.path.join(work_dir, "checkpoints")
-    manager = _checkpoint_manager(checkpoint_dir, loop)
+    manager, restored, resumed_from = _restore_newest_usable(checkpoint_dir, loop, state)
     run_info.write_gin_config(checkpoint_dir)
-    resumed_from = manager.latest_step()
     data_position = 0
-    if resumed_from is not None:
-        restored = manager.restore(resumed_from, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract_state(state)),
-            progress=ocp.args.JsonRestore()))
+    seconds_before_resume = 0.0  # training time of earlier attempts, up to their checkpoint
+    last_metrics: dict[str, float] = {}
+    if restored is not None:
         state, data_position = restored.state, int(restored.progress["data_position"])
+        seconds_before_resume = float(restored.progress.get("elapsed_seconds", 0.0))
+        last_metrics = dict(restored.progress.get("last_metrics", {}))
         logger.info("Resumed from step %d (data position %d) in %s", resumed_from,
                     data_position, checkpoint_dir)
     best_path = os.path.join(work_dir, "best", "best.json")
-    best = json.load(open(best_path)) if os.path.isfile(best_path) else None
+    best = _read_best(best_path)
     log = MetricsLog(work_dir, resumed_from)
     step = int(jax.device_get(state.step))
-    last_metrics: dict[str, float] = {}
 
     def save(step_number: int) -> None:
         progress = {"step": step_number, "data_position": data_position,
-                    "gin_config": _gin_config_text()}
+                    "gin_config": _gin_config_text(), "last_metrics": last_metrics,
+                    "elapsed_seconds": seconds_before_resume + time.perf_counter() - start_time}
         manager.save(step_number, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
 
@@ -217,7 +281,7 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
                 last_metrics["steps_per_second"] = (step - (resumed_from or 0)) / (
                     time.perf_counter() - start_time)
                 log.write(step, last_metrics, prefix="train/")
-                progress.set_postfix(loss=f"{loss:.4f}")
+                progress.set_postfix(step, loss)
             progress.update(1)
             if evaluate is not None and loop.eval_every and step % loop.eval_every == 0:
                 run_evaluation(step)
@@ -231,7 +295,8 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
         log.close()
         manager.close()
     return state, {"step": step, "resumed_from": resumed_from, "last_metrics": last_metrics,
-                   "best": best, "checkpoint_dir": checkpoint_dir}
+                   "best": best, "checkpoint_dir": checkpoint_dir,
+                   "seconds_before_resume": round(seconds_before_resume, 2)}
 
 
 def _gin_config_text() -> str:
@@ -240,22 +305,46 @@ def _gin_config_text() -> str:
     return gin.operative_config_str() or gin.config_str()
 
 
-class _NoProgress:
+class _LoggedProgress:
+    """Progress as log lines (one per logged step): for logs redirected to a file, which a
+    progress bar would fill with carriage returns."""
+
+    def __init__(self, loop: LoopConfig):
+        self.loop = loop
+
     def update(self, n):
         pass
 
-    def set_postfix(self, **kwargs):
-        pass
+    def set_postfix(self, step: int, loss: float):
+        logger.info("%s step %d/%d loss %.4f", self.loop.name, step, self.loop.num_steps, loss)
 
     def close(self):
         pass
 
 
+class _ProgressBar:
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, n):
+        self.bar.update(n)
+
+    def set_postfix(self, step: int, loss: float):
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def close(self):
+        self.bar.close()
+
+
 def _progress(loop: LoopConfig, start: int):
-    if not loop.progress_bar:
-        return _NoProgress()
+    """A progress bar on a terminal; log lines when stderr goes elsewhere or no bar is wanted."""
+    import sys
+
+    if not loop.progress_bar or not sys.stderr.isatty():
+        return _LoggedProgress(loop)
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return _NoProgress()
-    return tqdm(total=loop.num_steps, initial=start, desc=loop.name, unit="step", dynamic_ncols=True)
+        return _LoggedProgress(loop)
+    return _ProgressBar(tqdm(total=loop.num_steps, initial=start, desc=loop.name, unit="step",
+                             dynamic_ncols=True))

@@ -3,8 +3,7 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
+import stat
 import time
 
 import pytest
@@ -59,6 +58,48 @@ def test_every_stage_runs_and_writes_results(finished_run):
     assert preference["best"]["step"] in (20, 40)  # evaluated every 20 of 40 steps
     select = json.load(open(work_dir / "select" / "DONE.json"))
     assert select["pairs"] > 0 and 0 < select["acceptance_rate"] <= 1
+    assert "\r" not in result.stderr  # no progress bar in a redirected log; lines instead:
+    assert "rso_jax.train_loop: sft step 12/12 loss" in result.stderr
+
+
+def test_what_the_experiment_writes_gets_the_modes_of_the_umask(finished_run, tmp_path):
+    work_dir, _ = finished_run
+    plain = tmp_path / "plain"
+    plain.write_text("")  # as open() makes a file under this process's umask (the run's)
+    (tmp_path / "plain_dir").mkdir()
+    expected = stat.S_IMODE(os.stat(plain).st_mode)
+    ours = [work_dir / "results.json", work_dir / "select" / "pairs.npz",
+            work_dir / "select" / "DONE.json", work_dir / "select" / "settings.json",
+            work_dir / "sft" / "params" / "model_config.json"]
+    assert {str(path): stat.S_IMODE(os.stat(path).st_mode) for path in ours} == {
+        str(path): expected for path in ours}
+    assert stat.S_IMODE(os.stat(work_dir / "sft" / "params").st_mode) == stat.S_IMODE(
+        os.stat(tmp_path / "plain_dir").st_mode)
+
+
+def test_damaged_outputs_and_an_empty_checkpoint_are_found_and_redone(finished_run, tmp_path):
+    reference_dir, _ = finished_run
+    work_dir = tmp_path / "damaged"
+    shutil.copytree(reference_dir, work_dir)
+    pairs = work_dir / "select" / "pairs.npz"
+    size = os.path.getsize(pairs)
+    with open(pairs, "r+b") as stream:
+        stream.truncate(size // 2)  # a copy cut short
+    for finished in ("DONE.json", "params"):  # preference interrupted after its last step ...
+        path = work_dir / "preference" / finished
+        shutil.rmtree(path) if path.is_dir() else os.remove(path)
+    (work_dir / "preference" / "checkpoints" / "50").mkdir()  # ... with an empty step dir
+    rerun = run_main(work_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (f"Stage select: its outputs changed after it finished ({pairs} has {size // 2} "
+            f"bytes; the stage wrote {size}): running it again.") in rerun.stderr
+    assert "Stage reference: done before, skipped." in rerun.stderr  # select made them again
+    assert f"Checkpoint {work_dir}/preference/checkpoints/50 cannot be restored" in rerun.stderr
+    assert "resuming from step 40, the newest valid one" in rerun.stderr
+    assert os.listdir(work_dir / "preference" / "checkpoints_unusable") == ["50"]
+    assert "Stage evaluate: stage preference" in rerun.stderr
+    assert json.load(open(work_dir / "results.json")) == json.load(
+        open(reference_dir / "results.json"))
 
 
 def test_rerun_skips_finished_stages(finished_run):
@@ -88,34 +129,48 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(finished_run, tmp_pa
     assert done["settings"]["selection"]["beta"] == 0.5 and len(done["fingerprint"]) == 16
 
 
-def test_killed_during_preference_training_resumes_to_the_same_results(finished_run,
-                                                                       tmp_path):
+def _kill_and_resume_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "kill_and_resume", os.path.join(REPO_ROOT, "scripts", "kill_and_resume.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_killed_in_several_stages_and_rerun_ends_as_an_uninterrupted_run(finished_run,
+                                                                         tmp_path):
+    """SIGKILL in sampling, in the reference stage and after preference training's first
+    checkpoint, a re-run after each; the last one ends with the uninterrupted run's outputs,
+    bit for bit (scripts/kill_and_resume.py kills 20 times at random points of every stage)."""
+    script = _kill_and_resume_script()
     reference_dir, _ = finished_run
     work_dir = tmp_path / "killed"
-    shutil.copytree(reference_dir, work_dir)  # the stages before preference, as they ended
-    for finished in ("preference", "evaluate", "results.json", "results.md"):
-        path = work_dir / finished
+    shutil.copytree(reference_dir, work_dir)  # SFT and ranker as they ended; the rest to do
+    for later in ("sample", "score", "select", "reference", "preference", "evaluate",
+                  "results.json", "results.md"):
+        path = work_dir / later
         shutil.rmtree(path) if path.is_dir() else os.remove(path)
-    process = subprocess.Popen(experiment_helpers.main_command(*demo_flags(work_dir)),
-                               cwd=REPO_ROOT, env=experiment_helpers.ONE_DEVICE_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint_dir = work_dir / "preference" / "checkpoints"
-    deadline = time.time() + 600
-    while time.time() < deadline and process.poll() is None:
-        if checkpoint_dir.is_dir() and any(name.isdigit() for name in os.listdir(checkpoint_dir)):
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, "the run ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    command = experiment_helpers.main_command(*demo_flags(work_dir))
+    checkpoints = work_dir / "preference" / "checkpoints"
+    kill_points = [("sample", 0.5, None), ("reference", 0.2, None),
+                   ("preference", 0.0, lambda: checkpoints.is_dir() and any(
+                       name.isdigit() for name in os.listdir(checkpoints)))]
+    for stage, delay, ready in kill_points:
+        attempt = script.run_until_killed(command, stage, delay, ready,
+                                          env=experiment_helpers.ONE_DEVICE_ENV)
+        assert attempt["killed"], f"the run ended before it could be killed in {stage}"
     assert not (work_dir / "preference" / "DONE.json").exists()
     resumed = run_main(work_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Stage sft: done before, skipped." in resumed.stderr
     assert "Resumed from step" in resumed.stderr
-    expected = json.load(open(reference_dir / "results.json"))
-    got = json.load(open(work_dir / "results.json"))
-    assert got["policies"] == expected["policies"]
-    assert got["examples"] == expected["examples"]
+    assert script.differences(str(reference_dir), str(work_dir)) == []
+    preference = json.load(open(work_dir / "preference" / "DONE.json"))
+    assert preference["resumed_from_step"] >= 10 and preference["seconds_before_resume"] > 0
+    assert preference["seconds"] > preference["seconds_before_resume"]  # both attempts count
+    assert not [name for _, folders, files in os.walk(work_dir) for name in folders + files
+                if ".partial-" in name]
 
 
 def test_bad_binding_and_missing_checkpoint_fail_at_start(tmp_path):

@@ -203,7 +203,7 @@ def test_every_inference_stage_matches_between_a_mesh_and_one_device(tldr_run, t
         for stage in INFERENCE_STAGES:
             os.remove(work_dir / stage / "DONE.json")
         runner.run(dataclasses.replace(experiment, work_dir=str(work_dir)),
-                   partitioning.Partitioner(mesh=mesh))
+                   partitioning.Partitioner(mesh=mesh), stages=INFERENCE_STAGES)
     one, mesh = tmp_path / "one_device", tmp_path / "data2_model4"
     for stage, file, exact in (("sample", "samples.npz", ("tokens", "lengths", "baseline")),
                                ("score", "rewards.npz", ()),

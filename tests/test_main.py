@@ -43,6 +43,7 @@ def test_missing_checkpoint_is_named(tmp_path):
     result = run_main(f"--gin.T5X_CHECKPOINT='{tmp_path}/absent'", f"--gin.WORK_DIR='{tmp_path}/run'")
     assert result.returncode == 1
     assert f"{tmp_path}/absent does not exist" in result.stderr
+    assert "In call to configurable" not in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -73,3 +74,37 @@ def test_misspelt_macro_is_refused_with_the_closest_name(tmp_path):
     assert result.returncode == 2
     assert "--gin.BEAT" in result.stderr and "Did you mean BETA?" in result.stderr
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_an_unquoted_string_binding_is_refused_with_the_fix(tmp_path):
+    result = run_main("--gin.LOSS=hinge", "--gin.RANKER_SEES_CONTEXT=true",
+                      f"--gin.WORK_DIR='{tmp_path}/run'",
+                      gin_file="--gin_file=configs/demo_rso.gin")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert ("--gin.LOSS=hinge: gin cannot read the bare word 'hinge' as a value. Write "
+            "--gin.LOSS=\"'hinge'\"") in result.stderr
+    from rso_jax import main
+    for good in ("LOSS = 'hinge'", "RANKER_SEES_CONTEXT = True", "POLICY_CONFIG = %T5_1_1_TINY",
+                 "SFT_CHECKPOINT = None", "BETA = 0.5"):
+        main.check_binding_values([good])
+    try:
+        main.check_binding_values(["RANKER_SEES_CONTEXT = true"])
+    except main.GinConfigError as error:
+        assert "Write --gin.RANKER_SEES_CONTEXT=True." in str(error)
+    else:
+        raise AssertionError("a lower-case true was accepted")
+
+
+def test_help_lists_every_setting_of_the_experiment_with_its_value():
+    result = run_main("--help", "--tiny", gin_file="--gin_file=configs/tldr_rso.gin")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "--gin_file" in out and "What the settings mean (gin/runs/rso.gin):" in out
+    assert "SELECTION ('rso' | 'sft' | 'direct'), BETA" in out  # the run file's header
+    assert "The settings of configs/tldr_rso.gin + gin/tiny.gin" in out
+    settings = {name.strip(): value for name, value in
+                (line.split(" = ", 1) for line in out.splitlines()
+                 if line.startswith("  ") and " = " in line)}
+    assert settings["BETA"] == "0.5" and settings["LOSS"] == "'sigmoid_norm'"
+    assert settings["NUM_CANDIDATES"] == "4" and settings["SFT_STEPS"] == "8"  # as --tiny sets
+    assert settings["TOP_K"] == "40" and settings["WORK_DIR"] == "%gin.REQUIRED"

@@ -60,15 +60,29 @@ def loop(num_steps, **kwargs):
                                  log_every=1, progress_bar=False, **kwargs)
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(setup, tmp_path):
+@pytest.fixture(scope="module")
+def straight(setup, tmp_path_factory):
+    """The final state of 7 steps without interruption."""
     fresh_state, step, sharded = setup
-    straight, _ = train_loop.train(fresh_state(), step, sharded(make_batches()),
-                                   str(tmp_path / "straight"), loop(7),
-                                   model_config=MESH_TEST_CONFIG)
-    work_dir = str(tmp_path / "interrupted")
+    state, _ = train_loop.train(fresh_state(), step, sharded(make_batches()),
+                                str(tmp_path_factory.mktemp("straight")), loop(7),
+                                model_config=MESH_TEST_CONFIG)
+    return state
+
+
+def interrupted_at_step_5(setup, work_dir, train_step=None):
+    """7 steps started in `work_dir` and interrupted at step 5 (checkpoints at 2 and 4)."""
+    fresh_state, step, sharded = setup
     with pytest.raises(Interrupted):
-        train_loop.train(fresh_state(), step, sharded(make_batches(interrupt_at=5)), work_dir,
-                         loop(7), model_config=MESH_TEST_CONFIG)
+        train_loop.train(fresh_state(), train_step or step,
+                         sharded(make_batches(interrupt_at=5)), work_dir, loop(7),
+                         model_config=MESH_TEST_CONFIG)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(setup, straight, tmp_path):
+    fresh_state, step, sharded = setup
+    work_dir = str(tmp_path / "interrupted")
+    interrupted_at_step_5(setup, work_dir)
     assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == [
         "2", "4", "operative_config.gin"]
     resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
@@ -125,3 +139,43 @@ def test_best_checkpoint_follows_the_evaluation_metric(setup, tmp_path):
              if "eval/win_rate" in line]
     assert [e["step"] for e in evals] == [2, 4, 6]
     assert os.listdir(os.path.join(work_dir, "tensorboard"))
+
+
+def test_unusable_newest_checkpoints_fall_back_to_the_newest_valid_one(setup, straight, tmp_path,
+                                                                      caplog):
+    fresh_state, step, sharded = setup
+    work_dir = str(tmp_path / "damaged")
+    interrupted_at_step_5(setup, work_dir)
+    checkpoint_dir = os.path.join(work_dir, "checkpoints")
+    os.mkdir(os.path.join(checkpoint_dir, "6"))  # an empty step directory
+    progress = os.path.join(checkpoint_dir, "4", "progress")
+    for name in os.listdir(progress):  # step 4's JSON item made garbage
+        with open(os.path.join(progress, name), "wb") as stream:
+            stream.write(b"\xff\xfe not json")
+    resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                        loop(7), model_config=MESH_TEST_CONFIG)
+    assert summary["resumed_from"] == 2 and int(resumed.step) == 7
+    assert f"Checkpoint {checkpoint_dir}/6 cannot be restored" in caplog.text
+    assert f"Checkpoint {checkpoint_dir}/4 cannot be restored" in caplog.text
+    assert "resuming from step 2, the newest valid one" in caplog.text
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints_unusable"))) == ["4", "6"]
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight.params)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed.params))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_resumed_run_counts_the_training_time_before_the_interruption(setup, tmp_path):
+    import time
+    fresh_state, step, sharded = setup
+
+    def slow_step(state, batch):
+        time.sleep(0.3)
+        return step(state, batch)
+
+    work_dir = str(tmp_path / "timed")
+    interrupted_at_step_5(setup, work_dir, slow_step)
+    _, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                  loop(7), model_config=MESH_TEST_CONFIG)
+    assert summary["resumed_from"] == 4
+    assert 4 * 0.3 <= summary["seconds_before_resume"] < 60  # steps 1-4 before the checkpoint
+    assert summary["last_metrics"]["loss"] > 0

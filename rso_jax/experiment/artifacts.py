@@ -1,11 +1,14 @@
 """The work directory: one folder per stage, its DONE marker, arrays and parameters.
 
-A finished stage leaves `DONE.json` (its summary) with the operative gin config beside it.
-Every file is written atomically (`atomic_io`), so an interrupted stage leaves no half file.
+A finished stage leaves `DONE.json` (its summary, and the size and SHA-256 of each output
+file) with the operative gin config beside it. Every file is written atomically (`atomic_io`),
+so an interrupted stage leaves no half file; a file damaged later (a full disk, a copy cut
+short, an edit by hand) no longer matches its DONE marker and is found before it is read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -19,7 +22,14 @@ from rso_jax import atomic_io, checkpoints, model_spec, partitioning, run_info
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "DONE.json"
+SETTINGS_FILE = "settings.json"  # what a stage was started with (stage_records)
 PARAMS_DIR = "params"
+# What a stage directory holds besides its outputs: records, logs and a training stage's
+# working state (which `train_loop` checks itself when it resumes).
+_NOT_OUTPUTS = {DONE_FILE, SETTINGS_FILE, run_info.OPERATIVE_CONFIG_FILE, "metrics.jsonl",
+                "checkpoints", "checkpoints_unusable", "tensorboard", "best"}
+# Outputs a stage writes at the top of the work directory, where users look for them.
+TOP_LEVEL_OUTPUTS = {"evaluate": ("results.json", "results.md")}
 
 
 def stage_dir(work_dir: str, stage: str) -> str:
@@ -68,9 +78,67 @@ def make_work_dir(work_dir: str) -> None:
 
 
 def mark_done(work_dir: str, stage: str, summary: dict) -> None:
+    """Writes the stage's DONE marker: `summary` and the manifest of its outputs."""
     directory = stage_dir(work_dir, stage)
     run_info.write_gin_config(directory)
-    atomic_io.write_json(os.path.join(directory, DONE_FILE), summary)
+    atomic_io.write_json(os.path.join(directory, DONE_FILE),
+                         {**summary, "outputs": output_manifest(work_dir, stage)})
+
+
+def output_files(work_dir: str, stage: str) -> list[str]:
+    """The stage's output files, as paths relative to the work directory (temporary files of
+    interrupted writes, which start with '.', are not outputs)."""
+    directory = stage_dir(work_dir, stage)
+    found = [name for name in TOP_LEVEL_OUTPUTS.get(stage, ())
+             if os.path.isfile(os.path.join(work_dir, name))]
+    for root, folders, files in os.walk(directory):
+        top = root == directory
+        folders[:] = sorted(f for f in folders
+                            if not f.startswith(".") and not (top and f in _NOT_OUTPUTS))
+        found += [os.path.relpath(os.path.join(root, name), work_dir) for name in files
+                  if not name.startswith(".") and not (top and name in _NOT_OUTPUTS)]
+    return sorted(found)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_manifest(work_dir: str, stage: str) -> dict[str, dict]:
+    """relative path -> {'bytes', 'sha256'} for each of the stage's output files."""
+    return {name: {"bytes": os.path.getsize(os.path.join(work_dir, name)),
+                   "sha256": file_sha256(os.path.join(work_dir, name))}
+            for name in output_files(work_dir, stage)}
+
+
+def manifest_digest(manifest: dict[str, dict]) -> str:
+    """One hash for all of a stage's outputs (what the stages after it record having read)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def damaged_outputs(work_dir: str, manifest: dict[str, dict]) -> list[str]:
+    """How the files listed in a DONE marker's manifest differ from what is on disk now."""
+    found = []
+    for name, recorded in sorted(manifest.items()):
+        path = os.path.join(work_dir, name)
+        if not os.path.isfile(path):
+            found.append(f"{path} is missing")
+        elif os.path.getsize(path) != recorded["bytes"]:
+            found.append(f"{path} has {os.path.getsize(path)} bytes; the stage wrote "
+                         f"{recorded['bytes']}")
+        elif file_sha256(path) != recorded["sha256"]:
+            found.append(f"{path} is not what the stage wrote (its SHA-256 differs)")
+    return found
+
+
+def _damaged(path: str, error: Exception) -> ValueError:
+    return ValueError(f"{path} could not be read ({type(error).__name__}: {error}). It was "
+                      "damaged after its stage finished; run the experiment again, which redoes "
+                      "a stage whose outputs no longer match its DONE.json.")
 
 
 def save_arrays(path: str, **arrays: np.ndarray) -> None:
@@ -80,8 +148,13 @@ def save_arrays(path: str, **arrays: np.ndarray) -> None:
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
+    try:
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # zipfile.BadZipFile, EOFError, ValueError, OSError, ...
+        raise _damaged(path, error) from error
 
 
 def params_path(work_dir: str, stage: str) -> str:
@@ -91,8 +164,13 @@ def params_path(work_dir: str, stage: str) -> str:
 def load_params(work_dir: str, stage: str, config: model_spec.ModelSpec,
                 partitioner: partitioning.Partitioner) -> Any:
     """A stage's parameters restored straight onto their shards on the mesh."""
-    return checkpoints.restore_params(params_path(work_dir, stage), config,
-                                      partitioner.param_shardings(config))
+    path = params_path(work_dir, stage)
+    try:
+        return checkpoints.restore_params(path, config, partitioner.param_shardings(config))
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # orbax and TensorStore raise many kinds for a damaged tree
+        raise _damaged(path, error) from error
 
 
 def save_params(work_dir: str, stage: str, params: Any, config: model_spec.ModelSpec) -> None:

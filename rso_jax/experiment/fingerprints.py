@@ -3,7 +3,7 @@
 `stage_settings(experiment, stage)` lists exactly the settings and inputs a stage depends on,
 with the stages it reads from by their fingerprints. `fingerprint` hashes that. A finished
 stage records both in its DONE marker, and a stage that starts records them in
-`settings.json`; the runner compares them with the current experiment before any work and
+`settings.json`; `stage_records` compares them with the current experiment before any work and
 refuses a work directory whose stages were made with other settings, naming the differences.
 """
 
@@ -17,7 +17,6 @@ from typing import Any, Optional
 
 from rso_jax.experiment.config import Experiment
 
-SETTINGS_FILE = "settings.json"
 
 
 def describe(value: Any) -> Any:
@@ -85,6 +84,11 @@ def _own_settings(experiment: Experiment, stage: str) -> dict:
 
 def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def upstream(experiment: Experiment, stage: str) -> list[str]:
+    """The stages whose outputs `stage` reads."""
+    return list(_own_settings(experiment, stage).get("after", []))
 
 
 def stage_settings(experiment: Experiment, stage: str) -> dict:

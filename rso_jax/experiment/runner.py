@@ -1,5 +1,6 @@
 """Runs an experiment: every input checked first, given checkpoints installed, then the
-stages in order, finished ones skipped, an interrupted training stage resumed."""
+stages in order, finished ones reused when `stage_records` allows, an interrupted training
+stage resumed."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import os
 import time
 from typing import Optional, Sequence
 
-from rso_jax import atomic_io, partitioning
-from rso_jax.experiment import artifacts, checkpoint_inputs, fingerprints, inference
+from rso_jax import partitioning
+from rso_jax.experiment import artifacts, checkpoint_inputs, inference, stage_records
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import RUN, SAMPLING_STAGES, STAGES
@@ -54,11 +55,12 @@ def check_inputs(context: StageContext) -> None:
                              f"markers of task {task.name!r}: it needs at least {needed}.")
 
 
-def check_task_data(experiment: Experiment, stages: Sequence[str]) -> None:
+def check_task_data(experiment: Experiment, stages: Sequence[str],
+                    damaged: stage_records.Damaged) -> None:
     """Reads, before any work, the data the stages still to run will ask for (a missing file or
     a malformed record fails now, not hours in). Tasks cache what they read: stages reuse it."""
-    work_dir = experiment.work_dir
-    pending = {stage for stage in stages if not artifacts.is_done(work_dir, stage)}
+    pending = {stage for stage in stages
+               if stage_records.reason_to_run(experiment, stage, damaged) is not None}
     if experiment.sft_checkpoint:
         pending.discard("sft")
     if experiment.ranker_checkpoint:
@@ -77,67 +79,13 @@ def check_task_data(experiment: Experiment, stages: Sequence[str]) -> None:
                                  f"{read.__name__} but the task gives none; check its files.")
 
 
-def recorded_settings(work_dir: str, stage: str) -> Optional[dict]:
-    """What a stage in the work directory was made with: from its DONE marker when finished,
-    else from the settings it recorded when it started; None for a stage never started."""
-    done = artifacts.read_done(work_dir, stage)
-    if done is not None:
-        return {"settings": done.get("settings"), "fingerprint": done.get("fingerprint")}
-    path = os.path.join(artifacts.stage_dir(work_dir, stage), fingerprints.SETTINGS_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as stream:
-            return json.load(stream)
-    except (OSError, ValueError):
-        return None  # written atomically, so only by hand; the stage starts again
-
-
-def check_settings(experiment: Experiment) -> None:
-    """Refuses, before any work, a work directory whose stages were made (or started) with
-    other settings than this experiment's, naming the first such stage and its differences."""
-    changed = []
-    for stage in STAGES:
-        recorded = recorded_settings(experiment.work_dir, stage)
-        if recorded is None:
-            continue
-        current = fingerprints.stage_settings(experiment, stage)
-        if recorded.get("fingerprint") != fingerprints.fingerprint(current):
-            changed.append((stage, fingerprints.differences(recorded.get("settings") or {},
-                                                            current)))
-    if not changed:
-        return
-    stage, found = changed[0]
-    listed = "\n".join(f"  {line}" for line in found[:12]) or "  (no settings recorded)"
-    later = [name for name, _ in changed[1:]]
-    raise ValueError(
-        f"WORK_DIR {experiment.work_dir} holds stage {stage} made with other settings than "
-        f"this experiment's:\n{listed}\n"
-        + (f"and so the stages after it ({', '.join(later)}).\n" if later else "")
-        + "Give another WORK_DIR, or delete "
-        f"{artifacts.stage_dir(experiment.work_dir, stage)} (and the stages after it) to redo "
-        "it with these settings.")
-
-
-def mark_done(experiment: Experiment, stage: str, summary: dict) -> None:
-    settings = fingerprints.stage_settings(experiment, stage)
-    artifacts.mark_done(experiment.work_dir, stage, {
-        **summary, "settings": settings, "fingerprint": fingerprints.fingerprint(settings)})
-
-
-def record_start(experiment: Experiment, stage: str) -> None:
-    settings = fingerprints.stage_settings(experiment, stage)
-    atomic_io.write_json(
-        os.path.join(artifacts.stage_dir(experiment.work_dir, stage), fingerprints.SETTINGS_FILE),
-        {"settings": settings, "fingerprint": fingerprints.fingerprint(settings)})
-
-
 def install_checkpoint(context: StageContext, stage: str, name: str, path: str) -> None:
     """Uses a given checkpoint (any format) as the output of `stage`."""
     config = context.model_config(stage)
     params = checkpoint_inputs.restore(path, name, config, context.partitioner)
     artifacts.save_params(context.experiment.work_dir, stage, params, config)
-    mark_done(context.experiment, stage, {"from_checkpoint": os.path.abspath(path)})
+    stage_records.mark_done(context.experiment, stage,
+                            {"from_checkpoint": os.path.abspath(path)})
 
 
 def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] = None,
@@ -148,27 +96,32 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
         raise ValueError(f"Unknown stages {unknown}; the stages are {STAGES}.")
     context = StageContext(experiment, partitioner or partitioning.create_partitioner())
     check_inputs(context)
-    check_settings(experiment)
-    check_task_data(experiment, stages)
+    stage_records.check_settings(experiment)
+    damaged = stage_records.find_damaged(experiment.work_dir)
+    check_task_data(experiment, stages, damaged)
     work_dir = experiment.work_dir
     artifacts.make_work_dir(work_dir)
     for stage, name, path in (("sft", "SFT_CHECKPOINT", experiment.sft_checkpoint),
                               ("ranker", "RANKER_CHECKPOINT", experiment.ranker_checkpoint)):
-        if path and not artifacts.is_done(work_dir, stage):
+        if path and stage_records.reason_to_run(experiment, stage, damaged) is not None:
             logger.info("Stage %s: from %s %s.", stage, name, path)
             install_checkpoint(context, stage, name, path)
+            damaged.pop(stage, None)
     for stage in stages:
         if stage in SAMPLING_STAGES and not experiment.needs_samples:
             continue
-        if artifacts.is_done(work_dir, stage):
+        reason = stage_records.reason_to_run(experiment, stage, damaged)
+        if reason is None:
             logger.info("Stage %s: done before, skipped.", stage)
             continue
-        logger.info("Stage %s: running.", stage)
-        record_start(experiment, stage)
+        logger.info("Stage %s: %s", stage, reason)
+        stage_records.start(experiment, stage)
         start = time.perf_counter()
         summary = RUN[stage](context)
-        summary["seconds"] = round(time.perf_counter() - start, 2)
-        mark_done(experiment, stage, summary)
+        summary["seconds"] = round(time.perf_counter() - start  # with earlier attempts'
+                                   + summary.get("seconds_before_resume", 0.0), 2)
+        stage_records.mark_done(experiment, stage, summary)
+        damaged.pop(stage, None)
         logger.info("Stage %s: done in %.1f s: %s", stage, summary["seconds"], summary)
     results_path = os.path.join(work_dir, "results.json")
     if not os.path.isfile(results_path):

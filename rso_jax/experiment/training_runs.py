@@ -65,3 +65,13 @@ def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
                                             partitioner.param_shardings(model_config))
     artifacts.save_params(work_dir, name, params, model_config)
     return params, summary
+
+
+def resume_summary(summary: dict) -> dict:
+    """What a stage's DONE marker says of a training run that was resumed; the runner adds
+    `seconds_before_resume` (training time of the earlier attempts, up to the checkpoint
+    resumed from) to the stage's `seconds`."""
+    if summary["resumed_from"] is None:
+        return {}
+    return {"resumed_from_step": summary["resumed_from"],
+            "seconds_before_resume": summary["seconds_before_resume"]}

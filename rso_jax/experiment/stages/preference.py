@@ -44,4 +44,5 @@ def run(context: StageContext) -> dict:
         context.params("sft"), loss_fn, arrays, batching.preference_batch_from_tokens,
         context.partitioner,
         evaluate=proxy_win_rate_on_validation(context), best_metric=BEST_METRIC)
-    return {"final_metrics": summary["last_metrics"], "best": summary["best"]}
+    return {"final_metrics": summary["last_metrics"], "best": summary["best"],
+            **training_runs.resume_summary(summary)}

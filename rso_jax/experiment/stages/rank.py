@@ -42,10 +42,11 @@ def run(context: StageContext) -> dict:
     params = checkpoint_inputs.initial_params(
         experiment.ranker_init_checkpoint, "RANKER_INIT_CHECKPOINT", config,
         context.partitioner, schedule.seed + 1)
-    params, _ = training_runs.run_training(
+    params, summary = training_runs.run_training(
         "ranker", schedule, experiment.work_dir, config, params,
         functools.partial(training.sft_loss, model_config=config), arrays,
         batching.sft_batch_from_tokens, context.partitioner,
         evaluate=lambda p: {"accuracy": accuracy(context, p, validation)},
         best_metric="accuracy")
-    return {"validation_accuracy": accuracy(context, params, validation)}
+    return {"validation_accuracy": accuracy(context, params, validation),
+            **training_runs.resume_summary(summary)}

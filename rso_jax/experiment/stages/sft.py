@@ -22,4 +22,5 @@ def run(context: StageContext) -> dict:
         "sft", schedule, experiment.work_dir, config, params,
         functools.partial(training.sft_loss, model_config=config), arrays,
         batching.sft_batch_from_tokens, context.partitioner)
-    return {"final_loss": summary["last_metrics"].get("loss"), "examples": len(data)}
+    return {"final_loss": summary["last_metrics"].get("loss"), "examples": len(data),
+            **training_runs.resume_summary(summary)}
