@@ -23,6 +23,11 @@ def _temporary_prefix(path: str) -> str:
     return "." + os.path.basename(path) + _TEMPORARY_MARK
 
 
+def is_leftover(name: str) -> bool:
+    """Whether a file or directory name is a temporary one of this module's writes."""
+    return name.startswith(".") and _TEMPORARY_MARK in name
+
+
 def remove_leftovers(directory: str, recursive: bool = True) -> list[str]:
     """Deletes, in `directory` (and below it when `recursive`), the temporary files and
     directories of writes that were killed before their rename (a SIGKILL runs no clean-up);
@@ -30,7 +35,7 @@ def remove_leftovers(directory: str, recursive: bool = True) -> list[str]:
     removed = []
     for root, folders, files in os.walk(directory):
         for name in [*files, *folders]:
-            if name.startswith(".") and _TEMPORARY_MARK in name:
+            if is_leftover(name):
                 path = os.path.join(root, name)
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path, ignore_errors=True)
@@ -38,9 +43,18 @@ def remove_leftovers(directory: str, recursive: bool = True) -> list[str]:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
                 removed.append(path)
-        folders[:] = [f for f in folders if recursive
-                      and not (f.startswith(".") and _TEMPORARY_MARK in f)]
+        folders[:] = [f for f in folders if recursive and not is_leftover(f)]
     return removed
+
+
+def remove_tree(path: str) -> None:
+    """Deletes a directory so that an interruption leaves it whole or gone: it is first renamed
+    to a temporary name (which `remove_leftovers` of its parent finishes off)."""
+    path = os.path.abspath(path)
+    doomed = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=_temporary_prefix(path))
+    os.rmdir(doomed)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _umask() -> int:

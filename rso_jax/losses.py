@@ -5,10 +5,16 @@ Names follow the RSO paper exactly (other libraries use them differently):
   hinge (SLiC, eq. 9):         max(0, 1 - gamma * [logp_w - logp_l])
   hinge-norm (eq. 10):         max(0, 1 - gamma * [(logp_w - ref_w) - (logp_l - ref_l)])
   SLiC with regularisation (eq. 1): max(0, delta - logp_w + logp_l) - lambda * logp_ref_target
+Beyond the paper, as other preference libraries offer them:
+  ipo (Azar et al., IPO):      (h - 1 / (2 gamma))^2, h = (logp_w - ref_w) - (logp_l - ref_l)
+  conservative sigmoid-norm (cDPO, labels flipped with probability epsilon):
+                               -(1 - epsilon) log sigma(gamma h) - epsilon log sigma(-gamma h)
 
 `logp_*` are sequence log-probabilities under the policy being trained, `ref_*` under the
 frozen SFT policy (computed once for the pair dataset). Every loss returns the mean loss over
-the valid pairs and a metrics dict with the names tunix and TRL use:
+the valid pairs (a padding pair never contributes, not even a NaN or an infinity in its
+log-probabilities, to the loss or to the gradient) and a metrics dict with the names tunix and
+TRL use:
   rewards/chosen, rewards/rejected   gamma * log-ratio of each response (hinge: gamma * logp)
   rewards/margin                     their difference
   rewards/accuracy                   fraction of pairs with a positive margin
@@ -17,6 +23,7 @@ the valid pairs and a metrics dict with the names tunix and TRL use:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -29,8 +36,25 @@ Metrics = dict[str, Array]
 def _masked_mean(values: Array, mask: Optional[Array]) -> Array:
     if mask is None:
         return jnp.mean(values)
-    mask = mask.astype(values.dtype)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    mask = jnp.asarray(mask, bool)
+    return (jnp.sum(jnp.where(mask, values, 0.0))
+            / jnp.maximum(jnp.sum(mask.astype(values.dtype)), 1.0))
+
+
+def _zero_padding(mask: Optional[Array], *arrays: Array) -> tuple[Array, ...]:
+    """The arrays with padding pairs set to 0 before any arithmetic: a NaN there would
+    otherwise come back through the gradient (0 times a NaN derivative is NaN)."""
+    if mask is None:
+        return arrays
+    mask = jnp.asarray(mask, bool)
+    return tuple(jnp.where(mask, a, jnp.zeros_like(a)) for a in arrays)
+
+
+def _log_ratio_margins(chosen_logps: Array, rejected_logps: Array, reference_chosen_logps: Array,
+                       reference_rejected_logps: Array, gamma: float) -> tuple[Array, Array]:
+    """gamma * (logp_w - ref_w) and gamma * (logp_l - ref_l): the implicit rewards."""
+    return (gamma * (chosen_logps - reference_chosen_logps),
+            gamma * (rejected_logps - reference_rejected_logps))
 
 
 def _pair_metrics(chosen_rewards: Array, rejected_rewards: Array, chosen_logps: Array,
@@ -60,10 +84,45 @@ def sigmoid_norm_loss(chosen_logps: Array, rejected_logps: Array, reference_chos
     Returns:
       (mean loss over valid pairs, metrics).
     """
-    chosen_rewards = gamma * (chosen_logps - reference_chosen_logps)
-    rejected_rewards = gamma * (rejected_logps - reference_rejected_logps)
-    losses = -jax.nn.log_sigmoid(chosen_rewards - rejected_rewards)
+    return conservative_sigmoid_norm_loss(
+        chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps,
+        gamma=gamma, label_smoothing=0.0, mask=mask)
+
+
+def conservative_sigmoid_norm_loss(chosen_logps: Array, rejected_logps: Array,
+                                   reference_chosen_logps: Array,
+                                   reference_rejected_logps: Array, *, gamma: float,
+                                   label_smoothing: float,
+                                   mask: Optional[Array] = None) -> tuple[Array, Metrics]:
+    """Sigmoid-norm with label smoothing (conservative DPO): each label taken as wrong with
+    probability `label_smoothing` (epsilon), -(1 - eps) log sigma(gamma h) - eps log
+    sigma(-gamma h). Other args as sigmoid_norm_loss; eps = 0 is eq. (8)."""
+    chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps = (
+        _zero_padding(mask, chosen_logps, rejected_logps, reference_chosen_logps,
+                      reference_rejected_logps))
+    chosen_rewards, rejected_rewards = _log_ratio_margins(
+        chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps, gamma)
+    margins = chosen_rewards - rejected_rewards
+    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(margins)
+              - label_smoothing * jax.nn.log_sigmoid(-margins))
     return _masked_mean(losses, mask), _pair_metrics(chosen_rewards, rejected_rewards,
+                                                     chosen_logps, rejected_logps, mask)
+
+
+def ipo_loss(chosen_logps: Array, rejected_logps: Array, reference_chosen_logps: Array,
+             reference_rejected_logps: Array, *, gamma: float,
+             mask: Optional[Array] = None) -> tuple[Array, Metrics]:
+    """IPO: (h - 1 / (2 gamma))^2 with h the log-ratio margin of sequence log-probabilities
+    (gamma is IPO's tau: the margin the policy is pulled towards is 1 / (2 gamma)). Args as
+    sigmoid_norm_loss; rewards in the metrics are gamma * log-ratio."""
+    chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps = (
+        _zero_padding(mask, chosen_logps, rejected_logps, reference_chosen_logps,
+                      reference_rejected_logps))
+    chosen_rewards, rejected_rewards = _log_ratio_margins(
+        chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps, 1.0)
+    losses = jnp.square(chosen_rewards - rejected_rewards - 1.0 / (2.0 * gamma))
+    return _masked_mean(losses, mask), _pair_metrics(gamma * chosen_rewards,
+                                                     gamma * rejected_rewards,
                                                      chosen_logps, rejected_logps, mask)
 
 
@@ -71,8 +130,11 @@ def hinge_norm_loss(chosen_logps: Array, rejected_logps: Array, reference_chosen
                     reference_rejected_logps: Array, *, gamma: float,
                     mask: Optional[Array] = None) -> tuple[Array, Metrics]:
     """Eq. (10): max(0, 1 - gamma * (chosen log-ratio - rejected log-ratio)). Args as sigmoid_norm."""
-    chosen_rewards = gamma * (chosen_logps - reference_chosen_logps)
-    rejected_rewards = gamma * (rejected_logps - reference_rejected_logps)
+    chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps = (
+        _zero_padding(mask, chosen_logps, rejected_logps, reference_chosen_logps,
+                      reference_rejected_logps))
+    chosen_rewards, rejected_rewards = _log_ratio_margins(
+        chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps, gamma)
     losses = jax.nn.relu(1.0 - (chosen_rewards - rejected_rewards))
     return _masked_mean(losses, mask), _pair_metrics(chosen_rewards, rejected_rewards,
                                                      chosen_logps, rejected_logps, mask)
@@ -87,6 +149,7 @@ def hinge_loss(chosen_logps: Array, rejected_logps: Array, reference_chosen_logp
     preference loss has one signature. Rewards in the metrics are gamma * logp.
     """
     del reference_chosen_logps, reference_rejected_logps
+    chosen_logps, rejected_logps = _zero_padding(mask, chosen_logps, rejected_logps)
     chosen_rewards, rejected_rewards = gamma * chosen_logps, gamma * rejected_logps
     losses = jax.nn.relu(1.0 - (chosen_rewards - rejected_rewards))
     return _masked_mean(losses, mask), _pair_metrics(chosen_rewards, rejected_rewards,
@@ -108,6 +171,8 @@ def slic_loss(chosen_logps: Array, rejected_logps: Array, regularization_target_
       regularization_weight: lambda.
       mask: optional [pairs] bool.
     """
+    chosen_logps, rejected_logps, regularization_target_logps = _zero_padding(
+        mask, chosen_logps, rejected_logps, regularization_target_logps)
     losses = (jax.nn.relu(delta - chosen_logps + rejected_logps)
               - regularization_weight * regularization_target_logps)
     metrics = _pair_metrics(chosen_logps, rejected_logps, chosen_logps, rejected_logps, mask)
@@ -119,15 +184,29 @@ PREFERENCE_LOSSES: dict[str, Callable[..., tuple[Array, Metrics]]] = {
     "sigmoid_norm": sigmoid_norm_loss,
     "hinge": hinge_loss,
     "hinge_norm": hinge_norm_loss,
+    "ipo": ipo_loss,
+    "conservative_sigmoid_norm": conservative_sigmoid_norm_loss,
 }
+# The losses that take a label-smoothing epsilon.
+SMOOTHED_LOSSES = ("conservative_sigmoid_norm",)
 
 
-def preference_loss(name: str) -> Callable[..., tuple[Array, Metrics]]:
-    """The preference loss called `name` ('sigmoid_norm', 'hinge' or 'hinge_norm')."""
+def preference_loss(name: str, *, gamma: float,
+                    label_smoothing: float = 0.0) -> Callable[..., tuple[Array, Metrics]]:
+    """The preference loss called `name` with its settings bound:
+    `(chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps, mask=None)
+    -> (loss, metrics)`."""
     if name not in PREFERENCE_LOSSES:
         raise ValueError(f"Unknown preference loss {name!r}; choose one of "
-                         f"{sorted(PREFERENCE_LOSSES)} (the RSO paper's eqs. 8, 9, 10).")
-    return PREFERENCE_LOSSES[name]
+                         f"{sorted(PREFERENCE_LOSSES)} (the RSO paper's eqs. 8, 9, 10, IPO, "
+                         "conservative DPO).")
+    if name in SMOOTHED_LOSSES:
+        return functools.partial(PREFERENCE_LOSSES[name], gamma=gamma,
+                                 label_smoothing=label_smoothing)
+    if label_smoothing:
+        raise ValueError(f"label_smoothing={label_smoothing} is for the losses {SMOOTHED_LOSSES}, "
+                         f"not {name!r}.")
+    return functools.partial(PREFERENCE_LOSSES[name], gamma=gamma)
 
 
 def token_cross_entropy(logits_btv: Array, target_tokens_bt: Array,

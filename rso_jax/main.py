@@ -38,8 +38,9 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     gin_files = (args.gin_file or [DEFAULT_GIN_FILE]) + ([TINY_GIN_FILE] if args.tiny else [])
     if args.help:
         print(parser.format_help())
-        print(settings_help(gin_files))
-        sys.exit(0)
+        listed, readable = settings_help(gin_files)
+        print(listed)
+        sys.exit(0 if readable else 2)
     bindings = list(args.gin_bindings)
     unknown = []
     for arg in rest:
@@ -68,9 +69,9 @@ def _argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_help(gin_files: Sequence[str]) -> str:
+def settings_help(gin_files: Sequence[str]) -> tuple[str, bool]:
     """What each setting means (the run file's header) and every macro of `gin_files` with the
-    value they give it."""
+    value they give it; and whether the gin files could be read."""
     import gin
 
     with open(os.path.join(REPO_ROOT, RUN_FILE)) as stream:
@@ -81,7 +82,7 @@ def settings_help(gin_files: Sequence[str]) -> str:
         values = {scope: entry["value"] for (scope, selector), entry in gin.config._CONFIG.items()
                   if selector == "gin.macro"}
     except GinConfigError as error:
-        return f"The settings of {list(gin_files)} could not be read: {error}"
+        return f"The settings of {list(gin_files)} could not be read: {error}", False
     finally:
         gin.clear_config()
     width = max(map(len, values), default=0)
@@ -89,7 +90,7 @@ def settings_help(gin_files: Sequence[str]) -> str:
     return "\n".join(
         [f"What the settings mean ({RUN_FILE}):", *(f"  {line}" for line in header), "",
          f"The settings of {' + '.join(gin_files)}; change any with --gin.NAME=VALUE, strings "
-         "in quotes (--gin.LOSS=\"'hinge'\"):", *listed])
+         "in quotes (--gin.LOSS=\"'hinge'\"):", *listed]), True
 
 
 _UNQUOTED = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*=\s*([A-Za-z_][\w.]*)\s*$")

@@ -124,10 +124,11 @@ UNUSABLE_CHECKPOINTS_DIR = "checkpoints_unusable"
 
 
 def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: training.TrainState):
-    """(manager, restored items or None, their step or None): the newest checkpoint that
-    restores. Newer ones that do not (an empty step directory, a damaged file) are moved to
-    `checkpoints_unusable/` beside `checkpoint_dir`, saying so, so that training redoes their
-    steps and saves them again."""
+    """(manager, restored items or None, their step or None, whether earlier work was set
+    aside): the newest checkpoint that restores with finite parameters. Newer ones that do not
+    (an empty step directory, a damaged file) are moved to `checkpoints_unusable/` beside
+    `checkpoint_dir`, saying so, so that training redoes their steps and saves them again.
+    When none is left, the best parameters of the abandoned work go there too."""
     import orbax.checkpoint as ocp
 
     manager = _checkpoint_manager(checkpoint_dir, loop)
@@ -139,8 +140,12 @@ def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: trainin
                 state=ocp.args.StandardRestore(_abstract_state(state)),
                 progress=ocp.args.JsonRestore()))
             int(restored.progress["data_position"])
+            if not _all_finite(restored.state.params):
+                raise ValueError("its parameters are not all finite")
             step = candidate
             break
+        except (MemoryError, jax.errors.JaxRuntimeError):
+            raise  # out of device memory, a device failure: nothing says the files are bad
         except Exception as error:  # orbax raises KeyError, ValueError, FileNotFoundError...
             restored = None
             unusable.append(candidate)
@@ -148,21 +153,31 @@ def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: trainin
                            os.path.join(checkpoint_dir, str(candidate)), type(error).__name__,
                            str(error).splitlines()[0][:300] if str(error) else "")
     if not unusable:
-        return manager, restored, step
+        return manager, restored, step, False
     manager.close()
-    aside = os.path.join(os.path.dirname(checkpoint_dir), UNUSABLE_CHECKPOINTS_DIR)
+    run_dir = os.path.dirname(checkpoint_dir)
+    aside = os.path.join(run_dir, UNUSABLE_CHECKPOINTS_DIR)
+    moves = [(os.path.join(checkpoint_dir, str(candidate)), str(candidate))
+             for candidate in unusable]
+    if step is None and os.path.isdir(os.path.join(run_dir, "best")):
+        moves.append((os.path.join(run_dir, "best"), "best"))
     os.makedirs(aside, exist_ok=True)
-    for candidate in unusable:
-        target = os.path.join(aside, str(candidate))
-        suffix = 1
+    for source, name in moves:
+        target, suffix = os.path.join(aside, name), 1
         while os.path.exists(target):
-            target, suffix = os.path.join(aside, f"{candidate}.{suffix}"), suffix + 1
-        os.replace(os.path.join(checkpoint_dir, str(candidate)), target)
+            target, suffix = os.path.join(aside, f"{name}.{suffix}"), suffix + 1
+        os.replace(source, target)
     logger.warning("Moved the unusable checkpoints (steps %s) to %s; %s.",
                    ", ".join(map(str, unusable)), aside,
                    f"resuming from step {step}, the newest valid one" if step is not None
-                   else "no valid checkpoint is left, so training starts from step 0")
-    return _checkpoint_manager(checkpoint_dir, loop), restored, step
+                   else "no valid checkpoint is left, so training starts from step 0 (the "
+                   "best parameters so far went there too)")
+    return _checkpoint_manager(checkpoint_dir, loop), restored, step, step is None
+
+
+def _all_finite(tree: Any) -> bool:
+    return all(bool(jax.device_get(jax.numpy.isfinite(leaf).all()))
+               for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def _abstract_state(state: training.TrainState) -> Any:
@@ -216,7 +231,8 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
 
     os.makedirs(work_dir, exist_ok=True)
     checkpoint_dir = os.path.join(work_dir, "checkpoints")
-    manager, restored, resumed_from = _restore_newest_usable(checkpoint_dir, loop, state)
+    manager, restored, resumed_from, started_over = _restore_newest_usable(checkpoint_dir, loop,
+                                                                           state)
     run_info.write_gin_config(checkpoint_dir)
     data_position = 0
     seconds_before_resume = 0.0  # training time of earlier attempts, up to their checkpoint
@@ -229,7 +245,7 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
                     data_position, checkpoint_dir)
     best_path = os.path.join(work_dir, "best", "best.json")
     best = _read_best(best_path)
-    log = MetricsLog(work_dir, resumed_from)
+    log = MetricsLog(work_dir, 0 if started_over else resumed_from)
     step = int(jax.device_get(state.step))
 
     def save(step_number: int) -> None:
@@ -271,9 +287,11 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
                 manager.wait_until_finished()
                 raise NonFiniteLossError(
                     f"Loss is {loss} at step {step + 1} (data position {data_position}); "
-                    f"training stopped and nothing was saved for this step. The last good "
-                    f"checkpoint is step {manager.latest_step()} in {checkpoint_dir}. Lower the "
-                    f"learning rate or inspect that batch.")
+                    f"training stopped and nothing was saved for this step. "
+                    + (f"The last good checkpoint is step {manager.latest_step()} in "
+                       f"{checkpoint_dir}. " if manager.latest_step() is not None
+                       else "No checkpoint was saved before it. ")
+                    + "Lower the learning rate or inspect that batch.")
             step += 1
             data_position += 1
             if step % loop.log_every == 0 or step == loop.num_steps:

@@ -126,17 +126,19 @@ def policy_pair_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng:
 
 def preference_loss(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
                     model_config: t5.T5Config, loss_name: str = "sigmoid_norm",
-                    gamma: float = 0.05) -> tuple[Array, Metrics]:
-    """RSO's preference losses (eqs. 8-10) on one batch of pairs."""
+                    gamma: float = 0.05, label_smoothing: float = 0.0) -> tuple[Array, Metrics]:
+    """A preference loss (`losses.PREFERENCE_LOSSES`: RSO's eqs. 8-10, IPO, conservative DPO)
+    on one batch of pairs."""
     if batch.reference_chosen_logps is None or batch.reference_rejected_logps is None:
         raise ValueError("The preference batch has no reference log-probabilities; compute them "
                          "once with the frozen SFT policy (scoring.make_scorer) and pass them to "
                          "batching.preference_batch_from_tokens.")
     chosen_logps, rejected_logps = policy_pair_logps(params, batch, dropout_rng,
                                                      model_config=model_config)
-    loss, metrics = losses.preference_loss(loss_name)(
+    loss, metrics = losses.preference_loss(loss_name, gamma=gamma,
+                                           label_smoothing=label_smoothing)(
         chosen_logps, rejected_logps, batch.reference_chosen_logps,
-        batch.reference_rejected_logps, gamma=gamma, mask=batch.pair_mask)
+        batch.reference_rejected_logps, mask=batch.pair_mask)
     return loss, {"loss": loss, **metrics}
 
 

@@ -175,7 +175,8 @@ def main(argv=None) -> int:
     found = (differences(reference_dir, killed_dir) if final.returncode == 0
              else [f"the last run failed: {final.stderr[-2000:]}"])
     leftovers = [os.path.join(root, name) for root, folders, files in os.walk(killed_dir)
-                 for name in [*files, *folders] if ".partial-" in name or "-tmp-" in name]
+                 for name in [*files, *folders]
+                 if ".partial-" in name or "orbax-checkpoint-tmp" in name]
     run_info.report_benchmark({
         "benchmark": "kill_and_resume", "flags": args.flags, "kills": args.kills,
         "landed": sum(a["killed"] for a in attempts),

@@ -5,6 +5,7 @@ paper's configuration at abstract shapes, and every inference stage on a mesh.""
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -50,8 +51,10 @@ def test_tldr_runs_every_stage_from_files(tldr_run):
     assert results["eval_prompts"] == 8
     assert results["examples"][0]["context"].startswith("SUBREDDIT: r/synthetic\nTITLE: post 0")
     table = open(work_dir / "results.md").read()
-    assert "RSO experiment (tldr): rso-sample-rank, first_round pairs, beta 0.5" in table
-    assert "gold judge: none" in table and "| trained | - | - |" in table
+    assert ("RSO experiment (tldr): rso-sample-rank, first-round pairs by the ranker, beta 0.5"
+            in table)
+    assert "gold judge: none" in table
+    assert re.search(r"\| trained \| - \| [0-9.]+% \| - \| - \| - \|", table), table
     samples = np.load(work_dir / "sample" / "samples.npz")
     assert samples["tokens"].shape == (16, 4, 12)  # the tiny switch's prompts x candidates
     assert "sft:" in result.stderr and "preference:" in result.stderr  # named progress bars
@@ -95,7 +98,9 @@ def test_hh_runs_with_the_hf_export_as_sft_checkpoint_and_a_gold_ranker(hf_expor
     result = run_main(*HH, *public_format_data.gin_flags(data), *FIXTURE_POLICY,
                       f"--gin.SFT_CHECKPOINT='{hf_export_of_fixture}'",
                       f"--gin.GOLD_RANKER_CHECKPOINT='{T5X_FIXTURE}'",
-                      "--gin.GOLD_RANKER_CONFIG=%T5_1_1_TINY", f"--gin.WORK_DIR='{work_dir}'")
+                      "--gin.GOLD_RANKER_CONFIG=%T5_1_1_TINY",
+                      f"--gin.AUTOSXS_JUDGE_CHECKPOINT='{T5X_FIXTURE}'",
+                      "--gin.AUTOSXS_JUDGE_CONFIG=%T5_1_1_TINY", f"--gin.WORK_DIR='{work_dir}'")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.load(open(work_dir / "sft" / "DONE.json"))["from_checkpoint"] == \
         hf_export_of_fixture
@@ -107,6 +112,11 @@ def test_hh_runs_with_the_hf_export_as_sft_checkpoint_and_a_gold_ranker(hf_expor
         row = results["policies"][name]
         assert row["gold_reward"] is None
         assert 0.0 <= row["gold_win_rate_vs_sft_target"] <= 1.0
+        # AutoSxS by the fixture as judge: a win rate, a multiple of 1 / (eval prompts).
+        autosxs = row["autosxs_win_rate_vs_sft_target"]
+        assert 0.0 <= autosxs <= 1.0
+        assert autosxs * results["eval_prompts"] == pytest.approx(
+            round(autosxs * results["eval_prompts"]))
     assert 0.0 <= results["policies"]["trained"]["gold_win_rate_vs_sft_policy"] <= 1.0
     assert "gold judge: gold_ranker" in open(work_dir / "results.md").read()
     assert results["examples"][0]["context"].startswith("Human: Summarize: ")

@@ -59,13 +59,62 @@ def test_mask_excludes_padding_pairs(logps):
     np.testing.assert_allclose(float(masked), float(subset), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["sigmoid_norm", "hinge", "hinge_norm"])
+@pytest.mark.parametrize("gamma", [0.05, 0.5])
+def test_ipo_pulls_the_log_ratio_margin_to_one_over_two_gamma(logps, gamma):
+    w, l, ref_w, ref_l = logps
+    h = (w - ref_w) - (l - ref_l)
+    loss, metrics = losses.ipo_loss(w, l, ref_w, ref_l, gamma=gamma)
+    np.testing.assert_allclose(float(loss), ((h - 1 / (2 * gamma)) ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["rewards/margin"]), (gamma * h).mean(), rtol=1e-4,
+                               atol=1e-6)
+    grad_w = jax.grad(lambda c: losses.ipo_loss(c, l, ref_w, ref_l, gamma=gamma)[0])(w)
+    np.testing.assert_array_equal(np.sign(np.asarray(grad_w)), np.sign(h - 1 / (2 * gamma)))
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.3])
+def test_conservative_sigmoid_norm_smooths_the_labels(logps, epsilon):
+    w, l, ref_w, ref_l = logps
+    z = 0.5 * ((w - ref_w) - (l - ref_l))
+    expected = (-(1 - epsilon) * log_sigmoid(z) - epsilon * log_sigmoid(-z)).mean()
+    loss, _ = losses.conservative_sigmoid_norm_loss(w, l, ref_w, ref_l, gamma=0.5,
+                                                    label_smoothing=epsilon)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    if epsilon == 0.0:
+        plain, _ = losses.sigmoid_norm_loss(w, l, ref_w, ref_l, gamma=0.5)
+        assert float(plain) == float(loss)
+
+
+LOSS_SETTINGS = {"sigmoid_norm": {}, "hinge": {}, "hinge_norm": {}, "ipo": {},
+                 "conservative_sigmoid_norm": {"label_smoothing": 0.1}}
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_SETTINGS))
+def test_a_nan_in_a_padding_pair_reaches_neither_loss_nor_gradient(name, logps):
+    w, l, ref_w, ref_l = (np.array(x) for x in logps)
+    mask = np.arange(64) < 40
+    for array in (w, l, ref_w, ref_l):
+        array[50] = np.nan
+    ref_l[60] = -np.inf
+    loss_fn = losses.preference_loss(name, gamma=0.1, **LOSS_SETTINGS[name])
+    loss, metrics = loss_fn(w, l, ref_w, ref_l, mask=mask)
+    subset, _ = loss_fn(w[:40], l[:40], ref_w[:40], ref_l[:40])
+    np.testing.assert_allclose(float(loss), float(subset), rtol=1e-6)
+    assert all(np.isfinite(float(value)) for value in metrics.values())
+    grads = jax.grad(lambda c, r: loss_fn(c, r, ref_w, ref_l, mask=mask)[0], argnums=(0, 1))(
+        jnp.asarray(w), jnp.asarray(l))
+    for grad in grads:
+        assert np.isfinite(np.asarray(grad)).all()
+        assert (np.asarray(grad)[40:] == 0).all()
+
+
+@pytest.mark.parametrize("name", ["sigmoid_norm", "hinge", "hinge_norm",
+                                  "conservative_sigmoid_norm"])
 def test_gradient_step_raises_chosen_over_rejected(name, logps):
     w, l, ref_w, ref_l = (jnp.asarray(x) for x in logps)
-    loss_fn = losses.preference_loss(name)
+    loss_fn = losses.preference_loss(name, gamma=0.05, **LOSS_SETTINGS[name])
 
     def loss_of(chosen, rejected):
-        return loss_fn(chosen, rejected, ref_w, ref_l, gamma=0.05)[0]
+        return loss_fn(chosen, rejected, ref_w, ref_l)[0]
 
     grad_w, grad_l = jax.grad(loss_of, argnums=(0, 1))(w, l)
     assert (np.asarray(grad_w) <= 0).all() and (np.asarray(grad_l) >= 0).all()
@@ -90,6 +139,9 @@ def test_token_cross_entropy_matches_numpy():
     assert float(metrics["tokens"]) == weights.sum()
 
 
-def test_unknown_loss_name_is_refused():
+def test_unknown_loss_name_and_misplaced_smoothing_are_refused():
     with pytest.raises(ValueError, match="Unknown preference loss 'dpo'"):
-        losses.preference_loss("dpo")
+        losses.preference_loss("dpo", gamma=0.1)
+    with pytest.raises(ValueError, match="label_smoothing=0.1 is for the losses "
+                                         r"\('conservative_sigmoid_norm',\), not 'hinge'"):
+        losses.preference_loss("hinge", gamma=0.1, label_smoothing=0.1)

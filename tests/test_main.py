@@ -100,7 +100,7 @@ def test_help_lists_every_setting_of_the_experiment_with_its_value():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "--gin_file" in out and "What the settings mean (gin/runs/rso.gin):" in out
-    assert "SELECTION ('rso' | 'sft' | 'direct'), BETA" in out  # the run file's header
+    assert "SELECTION ('rso' | 'sft' | 'top_k_over_n' | 'direct'), BETA" in out  # its header
     assert "The settings of configs/tldr_rso.gin + gin/tiny.gin" in out
     settings = {name.strip(): value for name, value in
                 (line.split(" = ", 1) for line in out.splitlines()

@@ -201,3 +201,44 @@ def test_best_vs_random_draws_the_other_uniformly():
     single = pair_rules.best_vs_random_pairs(rewards, np.eye(1, 6, 2, dtype=bool),
                                              jax.random.key(1))
     assert as_tuples(single) == [[None]]
+
+
+def test_first_round_pairs_of_shuffled_kept_responses_are_a_random_pairing():
+    """At the paper's settings (64 candidates, 8 kept, beta 0.5) first-round pairs in candidate
+    order have a smaller mean reward gap than a random pairing of the same kept sets (the cap of
+    a round takes candidates in index order); after `shuffled` the gap is a random pairing's,
+    within sampling error. Per-prompt differences against an independent random pairing."""
+    from rso_jax.selection import candidate_sets, rejection_sampling
+    num_prompts = 40_000
+    rewards = np.random.default_rng(0).normal(size=(num_prompts, 64)).astype(np.float32)
+    selection, _ = rejection_sampling.rejection_sample(
+        rewards, np.ones_like(rewards, bool), jax.random.PRNGKey(1), 0.5, 8)
+
+    def first_round_gap(kept):
+        pairs = pair_rules.first_round_rank_pairs(kept.indices_pk, kept.valid_pk,
+                                                  rewards_pn=rewards)
+        chosen = np.take_along_axis(rewards, np.asarray(pairs.chosen_index_pm), axis=1)
+        rejected = np.take_along_axis(rewards, np.asarray(pairs.rejected_index_pm), axis=1)
+        assert np.asarray(pairs.valid_pm).all()
+        return (chosen - rejected).mean(axis=1)
+
+    random_pairing = first_round_gap(candidate_sets.shuffled(selection, jax.random.PRNGKey(3)))
+    for kept, biased in ((selection, True),
+                         (candidate_sets.shuffled(selection, jax.random.PRNGKey(2)), False)):
+        difference = first_round_gap(kept) - random_pairing
+        z = difference.mean() / (difference.std() / np.sqrt(num_prompts))
+        assert (z < -4) if biased else (abs(z) < 4), z
+
+
+def test_shuffled_keeps_each_set_and_orders_it_uniformly():
+    from rso_jax.selection import candidate_sets
+    indices = np.tile(np.array([[3, 5, 9, INVALID_INDEX]], np.int32), (6000, 1))
+    valid = indices != INVALID_INDEX
+    out = candidate_sets.shuffled(candidate_sets.Selection(indices, valid), jax.random.PRNGKey(0))
+    out_indices, out_valid = np.asarray(out.indices_pk), np.asarray(out.valid_pk)
+    np.testing.assert_array_equal(out_valid, valid)  # still a prefix
+    assert (out_indices[:, 3] == INVALID_INDEX).all()
+    assert (np.sort(out_indices[:, :3], axis=1) == [3, 5, 9]).all()
+    counts = collections.Counter(map(tuple, out_indices[:, :3]))
+    assert len(counts) == 6  # every order, each near 1000 (binomial sd 29)
+    assert all(abs(count - 1000) < 150 for count in counts.values()), counts

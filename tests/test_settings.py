@@ -2,6 +2,7 @@
 name the setting; a damaged DONE marker and a bad WORK_DIR are named too."""
 
 import json
+import re
 
 import pytest
 
@@ -20,9 +21,15 @@ DEMO = ["--gin_file=configs/demo_rso.gin"]
     ("SELECTION='best'", "SELECTION='best'; choose one of"),
     ("PROMPT_LENGTH=1.5", "PROMPT_LENGTH must be of type int"),
     ("RANKER_SEES_CONTEXT=1", "RANKER_SEES_CONTEXT must be of type bool"),
+    ("ETA=1.2", "ETA must be in (0, 1)"),
+    ("TAU=0.0", "TAU must be > 0"),
+    ("PAIR_RULE='best'", "PAIR_RULE='best'; choose one of"),
+    ("LABEL_SMOOTHING=0.1", "LABEL_SMOOTHING=0.1 is for LOSS in ('conservative_sigmoid_norm',), "
+                            "not LOSS='sigmoid_norm'"),
+    ("LABEL_SMOOTHING=0.7", "LABEL_SMOOTHING must be in [0, 0.5)"),
 ])
 def test_a_bad_setting_fails_when_the_experiment_is_built_naming_it(binding, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         build_experiment(DEMO + [f"--gin.{binding}"])
 
 
@@ -63,7 +70,7 @@ def recorded_stages(tmp_path):
     stage_records.mark_done(experiment, "sft", {"final_loss": 1.0})
     (tmp_path / "sample").mkdir()
     (tmp_path / "sample" / "samples.npz").write_bytes(b"0123456789")
-    (tmp_path / "sample" / ".samples.npz.tmp").write_bytes(b"half")  # an interrupted write
+    (tmp_path / "sample" / ".samples.npz.partial-x1y2").write_bytes(b"half")  # killed write
     stage_records.mark_done(experiment, "sample", {"prompts": 2})
     return experiment, tmp_path
 
@@ -117,9 +124,63 @@ def test_a_stage_whose_inputs_were_made_again_differently_starts_afresh(recorded
     assert stage_records.find_damaged(str(work_dir)) == {}
     assert stage_records.reason_to_run(experiment, "sample", {}) == (
         "stage sft, which it reads, was made again with other outputs: running it again.")
-    stage_records.start(experiment, "sample")
-    assert f"deleting {work_dir}/sample, whose work read other outputs of stage sft" in caplog.text
+    stage_records.start(experiment, "sample", {})
+    assert (f"deleting {work_dir}/sample (its work read other outputs of stage sft than there "
+            "are now); the stage starts afresh") in caplog.text
     assert sorted(p.name for p in (work_dir / "sample").iterdir()) == ["settings.json"]
     assert stage_records.changed_inputs(experiment, "sample") == []
-    stage_records.start(experiment, "sample")  # its own earlier attempt: kept to resume
+    stage_records.start(experiment, "sample", {})  # its own earlier attempt: kept to resume
     assert caplog.text.count("deleting") == 1
+
+
+def test_a_damaged_stage_and_unrecorded_work_start_afresh(recorded_stages, caplog):
+    from rso_jax.experiment import stage_records
+    experiment, work_dir = recorded_stages
+    damaged = {"sft": ["sft/params/weights is not what the stage wrote"]}
+    stage_records.start(experiment, "sft", damaged)  # its checkpoints may be damaged too
+    assert "outputs were damaged after it finished" in caplog.text
+    assert not (work_dir / "sft" / "checkpoints").exists()
+    (work_dir / "score" / "checkpoints").mkdir(parents=True)  # e.g. a deletion cut short
+    stage_records.start(experiment, "score", {})
+    assert f"deleting {work_dir}/score (nothing records what its work was made from)" in caplog.text
+    assert sorted(p.name for p in (work_dir / "score").iterdir()) == ["settings.json"]
+
+
+def test_a_deletion_cut_short_leaves_a_leftover_that_the_next_run_removes(tmp_path):
+    from rso_jax import atomic_io
+    stage = tmp_path / "preference"
+    (stage / "checkpoints" / "10").mkdir(parents=True)
+    real_rmtree = atomic_io.shutil.rmtree
+    try:
+        atomic_io.shutil.rmtree = lambda path, **kwargs: None  # killed before any removal
+        atomic_io.remove_tree(str(stage))
+    finally:
+        atomic_io.shutil.rmtree = real_rmtree
+    assert not stage.exists()  # the stage is gone at once: renamed
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and atomic_io.is_leftover(leftovers[0])
+    atomic_io.remove_leftovers(str(tmp_path), recursive=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stage_subset_that_reads_unfinished_or_damaged_stages_is_refused(recorded_stages):
+    from rso_jax.experiment import runner
+    experiment, work_dir = recorded_stages
+    with pytest.raises(ValueError, match="Stage score reads stage ranker, which has not "
+                                         "finished .* Add 'ranker' to STAGES"):
+        runner.check_stage_inputs(experiment, ("score",), {})
+    damaged = {"sample": [f"{work_dir}/sample/samples.npz is missing"]}
+    with pytest.raises(ValueError, match="Stage score reads stage sample, whose outputs changed "
+                                         ".*samples.npz is missing.*Add 'sample' to STAGES"):
+        runner.check_stage_inputs(experiment, ("ranker", "score"), damaged)
+    runner.check_stage_inputs(experiment, ("sample", "ranker", "score"), damaged)
+
+
+def test_a_second_run_of_the_same_work_dir_at_once_is_refused(tmp_path):
+    from rso_jax.experiment import artifacts
+    with artifacts.work_dir_lock(str(tmp_path / "run")):
+        with pytest.raises(ValueError, match="WORK_DIR .*/run is in use by another run"):
+            with artifacts.work_dir_lock(str(tmp_path / "run")):
+                pass
+    with artifacts.work_dir_lock(str(tmp_path / "run")):  # free again once the first ends
+        pass

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -179,3 +180,29 @@ def test_a_resumed_run_counts_the_training_time_before_the_interruption(setup, t
     assert summary["resumed_from"] == 4
     assert 4 * 0.3 <= summary["seconds_before_resume"] < 60  # steps 1-4 before the checkpoint
     assert summary["last_metrics"]["loss"] > 0
+
+
+def test_with_no_usable_checkpoint_training_starts_over_and_sets_the_old_best_aside(
+        setup, straight, tmp_path, caplog):
+    fresh_state, step, sharded = setup
+    work_dir = str(tmp_path / "none_left")
+    interrupted_at_step_5(setup, work_dir)
+    checkpoint_dir = os.path.join(work_dir, "checkpoints")
+    for name in ("2", "4"):  # every checkpoint emptied
+        for entry in os.listdir(os.path.join(checkpoint_dir, name)):
+            path = os.path.join(checkpoint_dir, name, entry)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(os.path.join(work_dir, "best"))
+    with open(os.path.join(work_dir, "best", "best.json"), "w") as stream:
+        json.dump({"step": 4, "metric": "win_rate", "value": 1.0}, stream)
+    resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                        loop(7), model_config=MESH_TEST_CONFIG)
+    assert summary["resumed_from"] is None and summary["best"] is None
+    assert "no valid checkpoint is left, so training starts from step 0" in caplog.text
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints_unusable"))) == [
+        "2", "4", "best"]
+    steps = [json.loads(line)["step"] for line in open(os.path.join(work_dir, "metrics.jsonl"))]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # the abandoned attempt's lines are gone
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight.params)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed.params))):
+        np.testing.assert_array_equal(a, b)

@@ -8,16 +8,17 @@ short, an edit by hand) no longer matches its DONE marker and is found before it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from rso_jax import atomic_io, checkpoints, model_spec, partitioning, run_info
+from rso_jax import atomic_io, checkpoints, model_spec, param_tree, partitioning, run_info
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,22 @@ def read_done(work_dir: str, stage: str) -> Optional[dict]:
         with open(path) as stream:
             summary = json.load(stream)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        logger.warning("%s is damaged (%s); stage %s runs again.", path, error, stage)
+        _warn_once(f"{path} is damaged ({error}); stage {stage} runs again.")
         return None
     if not isinstance(summary, dict):
-        logger.warning("%s holds no stage summary; stage %s runs again.", path, stage)
+        _warn_once(f"{path} holds no stage summary; stage {stage} runs again.")
         return None
     return summary
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Logs a warning the first time only (the records are read many times in a run)."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
 
 
 def is_done(work_dir: str, stage: str) -> bool:
@@ -77,6 +88,34 @@ def make_work_dir(work_dir: str) -> None:
     os.makedirs(work_dir, exist_ok=True)
 
 
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def work_dir_lock(work_dir: str) -> Iterator[None]:
+    """Holds WORK_DIR for this run (its first process): a second run of the same WORK_DIR at
+    the same time is refused, naming it, rather than both writing and deleting there."""
+    import fcntl
+
+    import jax
+
+    if jax.process_index() != 0:
+        yield
+        return
+    make_work_dir(work_dir)
+    path = os.path.join(work_dir, LOCK_FILE)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"WORK_DIR {work_dir} is in use by another run (it holds {path}); "
+                             "wait for that run to end, or choose another WORK_DIR.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def mark_done(work_dir: str, stage: str, summary: dict) -> None:
     """Writes the stage's DONE marker: `summary` and the manifest of its outputs."""
     directory = stage_dir(work_dir, stage)
@@ -87,16 +126,16 @@ def mark_done(work_dir: str, stage: str, summary: dict) -> None:
 
 def output_files(work_dir: str, stage: str) -> list[str]:
     """The stage's output files, as paths relative to the work directory (temporary files of
-    interrupted writes, which start with '.', are not outputs)."""
+    interrupted writes are not outputs)."""
     directory = stage_dir(work_dir, stage)
     found = [name for name in TOP_LEVEL_OUTPUTS.get(stage, ())
              if os.path.isfile(os.path.join(work_dir, name))]
-    for root, folders, files in os.walk(directory):
+    for root, folders, files in os.walk(directory, followlinks=True):
         top = root == directory
         folders[:] = sorted(f for f in folders
-                            if not f.startswith(".") and not (top and f in _NOT_OUTPUTS))
+                            if not atomic_io.is_leftover(f) and not (top and f in _NOT_OUTPUTS))
         found += [os.path.relpath(os.path.join(root, name), work_dir) for name in files
-                  if not name.startswith(".") and not (top and name in _NOT_OUTPUTS)]
+                  if not atomic_io.is_leftover(name) and not (top and name in _NOT_OUTPUTS)]
     return sorted(found)
 
 
@@ -136,9 +175,18 @@ def damaged_outputs(work_dir: str, manifest: dict[str, dict]) -> list[str]:
 
 
 def _damaged(path: str, error: Exception) -> ValueError:
-    return ValueError(f"{path} could not be read ({type(error).__name__}: {error}). It was "
-                      "damaged after its stage finished; run the experiment again, which redoes "
-                      "a stage whose outputs no longer match its DONE.json.")
+    return ValueError(f"{path} could not be read ({type(error).__name__}: {error}). If it was "
+                      "damaged after its stage finished, run the experiment again with that "
+                      "stage among STAGES: a stage whose outputs no longer match its DONE.json "
+                      "runs again.")
+
+
+def _is_damage(error: Exception) -> bool:
+    """Whether reading a file failed because of its contents, not for want of memory, a
+    device error or parameters of another model."""
+    import jax
+    return not isinstance(error, (MemoryError, jax.errors.JaxRuntimeError,
+                                  param_tree.ParamTreeMismatchError))
 
 
 def save_arrays(path: str, **arrays: np.ndarray) -> None:
@@ -154,6 +202,8 @@ def load_arrays(path: str) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise
     except Exception as error:  # zipfile.BadZipFile, EOFError, ValueError, OSError, ...
+        if not _is_damage(error):
+            raise
         raise _damaged(path, error) from error
 
 
@@ -170,6 +220,8 @@ def load_params(work_dir: str, stage: str, config: model_spec.ModelSpec,
     except FileNotFoundError:
         raise
     except Exception as error:  # orbax and TensorStore raise many kinds for a damaged tree
+        if not _is_damage(error):
+            raise
         raise _damaged(path, error) from error
 
 

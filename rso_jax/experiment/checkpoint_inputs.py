@@ -19,7 +19,9 @@ def given_checkpoints(experiment: Experiment) -> list[tuple[str, str, t5.T5Confi
                ("RANKER_INIT_CHECKPOINT", experiment.ranker_init_checkpoint,
                 experiment.ranker_config),
                ("GOLD_RANKER_CHECKPOINT", experiment.gold_ranker_checkpoint,
-                experiment.gold_ranker_config)]
+                experiment.gold_ranker_config),
+               ("AUTOSXS_JUDGE_CHECKPOINT", experiment.autosxs_judge_checkpoint,
+                experiment.autosxs_judge_config)]
     return [(name, path, config) for name, path, config in entries if path is not None]
 
 

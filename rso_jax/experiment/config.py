@@ -12,12 +12,18 @@ from typing import Any, Optional
 
 import optax
 
-from rso_jax import decoding, t5, training
+from rso_jax import decoding, losses, t5, training
 
-SELECTIONS = ("rso", "sft", "direct")
-PAIR_RULES = ("first_round", "tournament")
+# Which responses are kept (NUM_SAMPLES of NUM_CANDIDATES): rso-sample-rank, sft-sample-rank,
+# best-of-N (the top NUM_SAMPLES by reward), or the task's own comparisons (no samples).
+SELECTIONS = ("rso", "sft", "top_k_over_n", "direct")
+# How the kept responses (in a random order) become pairs: RSO's first-round and tournament
+# ranks decided by the pairwise ranker (tournament_by_reward: by eq. 7 rewards), RS-DPO's
+# reward-gap rule (ETA, TAU), and best vs worst / best vs random by reward.
+PAIR_RULES = ("first_round", "tournament", "tournament_by_reward", "rs_dpo", "best_vs_worst",
+              "best_vs_random")
 OPTIMIZERS = ("adafactor", "adam")
-LOSSES = ("sigmoid_norm", "hinge", "hinge_norm")
+LOSSES = tuple(losses.PREFERENCE_LOSSES)
 
 
 # The gin macro that sets each field (gin/runs/rso.gin), named in error messages; {stage} is a
@@ -28,7 +34,9 @@ _MACROS = {
     ("SelectionConfig", "method"): "SELECTION", ("SelectionConfig", "beta"): "BETA",
     ("SelectionConfig", "num_samples"): "NUM_SAMPLES",
     ("SelectionConfig", "pair_rule"): "PAIR_RULE", ("SelectionConfig", "seed"): "SEED",
+    ("SelectionConfig", "eta"): "ETA", ("SelectionConfig", "tau"): "TAU",
     ("Experiment", "loss"): "LOSS", ("Experiment", "gamma"): "GAMMA",
+    ("Experiment", "label_smoothing"): "LABEL_SMOOTHING",
     ("Experiment", "num_sample_prompts"): "NUM_SAMPLE_PROMPTS",
     ("Experiment", "num_eval_prompts"): "NUM_EVAL_PROMPTS", ("Experiment", "seed"): "SEED",
     ("Experiment", "ranker_sees_context"): "RANKER_SEES_CONTEXT",
@@ -131,10 +139,12 @@ class TrainingSchedule:
 class SelectionConfig:
     """How preference pairs are built from the samples (RSO section 3)."""
 
-    method: str = "rso"  # 'rso' (rso-sample-rank), 'sft' (sft-sample-rank) or 'direct'.
+    method: str = "rso"  # one of SELECTIONS
     beta: float = 0.5  # rejection-sampling temperature (RSO: 0.5).
     num_samples: int = 8  # responses kept per prompt (RSO: 8 of 64).
-    pair_rule: str = "first_round"  # 'first_round' (ranker-labelled) or 'tournament'.
+    pair_rule: str = "first_round"  # one of PAIR_RULES
+    eta: float = 0.85  # rs_dpo: pairs with sigmoid((r_j - r_l) / tau) > eta (RS-DPO: 0.85)
+    tau: float = 1.0  # rs_dpo's temperature
     seed: int = 0
 
     def __post_init__(self):
@@ -146,6 +156,11 @@ class SelectionConfig:
         if not self.beta > 0:
             raise ValueError(f"BETA must be > 0 (the rejection-sampling temperature), got "
                              f"{self.beta}.")
+        if not 0 < self.eta < 1:
+            raise ValueError(f"ETA must be in (0, 1) (a preference probability), got "
+                             f"{self.eta}.")
+        if not self.tau > 0:
+            raise ValueError(f"TAU must be > 0 (a temperature), got {self.tau}.")
         if self.num_samples < 2:
             raise ValueError(f"NUM_SAMPLES must be >= 2 (pairs need two), got "
                              f"{self.num_samples}.")
@@ -178,8 +193,9 @@ class Experiment:
     ranker: TrainingSchedule = TrainingSchedule()
     preference: TrainingSchedule = TrainingSchedule(learning_rate=3e-4)
     selection: SelectionConfig = SelectionConfig()
-    loss: str = "sigmoid_norm"
+    loss: str = "sigmoid_norm"  # one of LOSSES
     gamma: float = 0.05
+    label_smoothing: float = 0.0  # conservative_sigmoid_norm's epsilon
     num_sample_prompts: int = 512  # train prompts whose candidates are sampled
     num_eval_prompts: int = 256  # held-out (test) prompts decoded by the evaluation
     inference_batch_sizes: InferenceBatchSizes = InferenceBatchSizes()
@@ -192,6 +208,9 @@ class Experiment:
     # The "stronger ranker" that judges gold win rates on tasks without a gold program.
     gold_ranker_checkpoint: Optional[str] = None
     gold_ranker_config: Optional[t5.T5Config] = None
+    # The AutoSxS judge: any pairwise ranker checkpoint (e.g. the gold ranker); `rso_jax.autosxs`.
+    autosxs_judge_checkpoint: Optional[str] = None
+    autosxs_judge_config: Optional[t5.T5Config] = None
     # Evaluate on another task's prompts (RSO Table 6: a TL;DR policy on CNN/DailyMail).
     eval_task: Optional[Any] = None
     # Whether the ranker's input includes the context. The demo's tiny ranker, trained from
@@ -205,6 +224,12 @@ class Experiment:
             raise ValueError(f"LOSS={self.loss!r}; choose one of {LOSSES}.")
         if self.gamma <= 0:
             raise ValueError(f"GAMMA must be > 0, got {self.gamma}.")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"LABEL_SMOOTHING must be in [0, 0.5), got "
+                             f"{self.label_smoothing}.")
+        if self.label_smoothing and self.loss not in losses.SMOOTHED_LOSSES:
+            raise ValueError(f"LABEL_SMOOTHING={self.label_smoothing} is for LOSS in "
+                             f"{losses.SMOOTHED_LOSSES}, not LOSS={self.loss!r}.")
         if self.num_sample_prompts < 1 or self.num_eval_prompts < 1:
             raise ValueError("NUM_SAMPLE_PROMPTS and NUM_EVAL_PROMPTS must be >= 1.")
         if (self.selection.method != "direct"
@@ -218,6 +243,9 @@ class Experiment:
         if (self.gold_ranker_checkpoint is None) != (self.gold_ranker_config is None):
             raise ValueError("Give both gold_ranker_checkpoint and gold_ranker_config "
                              "(GOLD_RANKER_CHECKPOINT, GOLD_RANKER_CONFIG) or neither.")
+        if (self.autosxs_judge_checkpoint is None) != (self.autosxs_judge_config is None):
+            raise ValueError("Give both AUTOSXS_JUDGE_CHECKPOINT and AUTOSXS_JUDGE_CONFIG or "
+                             "neither.")
 
     @property
     def evaluation_task(self) -> Any:

@@ -96,6 +96,16 @@ class StageContext:
             self.ranker_inputs(contexts, second, first, task),
             self.experiment.inference_batch_sizes.ranker, self.partitioner)
 
+    def judge_probabilities(self, params: Any, config: t5.T5Config, contexts: Sequence[str],
+                            first: Sequence[str], second: Sequence[str],
+                            task: Optional[Any] = None) -> tuple[np.ndarray, np.ndarray]:
+        """A pairwise judge's P(A better) with `first` shown as A, and with `second` as A."""
+        def ordered(a, b):
+            return inference.ordered_preference_probabilities(
+                config, params, self.codec.ab_tokens, self.ranker_inputs(contexts, a, b, task),
+                self.experiment.inference_batch_sizes.ranker, self.partitioner)
+        return ordered(first, second), ordered(second, first)
+
     def rewards_vs_baseline(self, params: Any, contexts: Sequence[str],
                             candidates: Sequence[str], baselines: Sequence[str]) -> np.ndarray:
         """Eq. 7 rewards of candidates against baseline responses under the trained ranker."""

@@ -66,19 +66,23 @@ def _own_settings(experiment: Experiment, stage: str) -> dict:
             return {"task": describe(e.task), "selection": describe(e.selection),
                     "num_sample_prompts": e.num_sample_prompts, "prompt_length": lengths.prompt,
                     "response_length": lengths.response}
-        return {"after": ["score", "ranker"], "selection": describe(e.selection)}
+        return {"after": ["sample", "score", "ranker"], "selection": describe(e.selection)}
     if stage == "reference":
         return {"after": ["select", "sft"]}
     if stage == "preference":
-        return {"after": ["reference", "sft", "ranker"], "schedule": describe(e.preference),
-                "loss": e.loss, "gamma": e.gamma, "task": describe(e.task),
+        return {"after": ["select", "reference", "sft", "ranker"],
+                "schedule": describe(e.preference),
+                "loss": e.loss, "gamma": e.gamma, "label_smoothing": e.label_smoothing,
+                "task": describe(e.task),
                 "num_eval_prompts": e.num_eval_prompts, "sampling": describe(e.sampling)}
     if stage == "evaluate":
         return {"after": ["preference", "sft", "ranker"],
                 "eval_task": describe(e.evaluation_task), "num_eval_prompts": e.num_eval_prompts,
                 "sampling": describe(e.sampling),
                 "gold_ranker_checkpoint": _path(e.gold_ranker_checkpoint),
-                "gold_ranker": describe(e.gold_ranker_config)}
+                "gold_ranker": describe(e.gold_ranker_config),
+                "autosxs_judge_checkpoint": _path(e.autosxs_judge_checkpoint),
+                "autosxs_judge": describe(e.autosxs_judge_config)}
     raise ValueError(f"Unknown stage {stage!r}.")
 
 

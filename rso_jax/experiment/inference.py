@@ -104,6 +104,25 @@ def rewards_vs_baseline(config: t5.T5Config, params: Any, ab_tokens: tuple[int, 
                       [inputs_candidate_first, inputs_baseline_first], batch_size, partitioner)
 
 
+@functools.lru_cache(maxsize=None)
+def _one_order_scorer(config, a_token, b_token, partitioner):
+    fn = functools.partial(reward_models.preference_probability, config, a_token=a_token,
+                           b_token=b_token)
+    return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(config),
+                                             partitioner.batch_sharding(2)),
+                           out_shardings=partitioner.batch_sharding(1))
+
+
+def ordered_preference_probabilities(config: t5.T5Config, params: Any,
+                                     ab_tokens: tuple[int, int], inputs: np.ndarray,
+                                     batch_size: int, partitioner: partitioning.Partitioner
+                                     ) -> np.ndarray:
+    """P(A better) from a pairwise ranker for the responses in the order the inputs show
+    them (no averaging over orders: what a judge says of one presentation)."""
+    scorer = _one_order_scorer(config, *ab_tokens, partitioner)
+    return map_chunks(lambda _, x: scorer(params, x), [inputs], batch_size, partitioner)
+
+
 def preference_probabilities(config: t5.T5Config, params: Any, ab_tokens: tuple[int, int],
                              inputs_first: np.ndarray, inputs_second: np.ndarray,
                              batch_size: int, partitioner: partitioning.Partitioner

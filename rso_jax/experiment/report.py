@@ -7,7 +7,13 @@ from typing import Optional
 
 from rso_jax.experiment.config import Experiment
 
-METHOD_NAMES = {"rso": "rso-sample-rank", "sft": "sft-sample-rank", "direct": "direct"}
+METHOD_NAMES = {"rso": "rso-sample-rank", "sft": "sft-sample-rank",
+                "top_k_over_n": "best-of-N (top-k-over-N)", "direct": "direct"}
+PAIR_RULE_NAMES = {"first_round": "first-round pairs by the ranker",
+                   "tournament": "tournament pairs by the ranker",
+                   "tournament_by_reward": "tournament pairs by eq. 7 rewards",
+                   "rs_dpo": "RS-DPO pairs", "best_vs_worst": "best-vs-worst pairs",
+                   "best_vs_random": "best-vs-random pairs"}
 
 
 def selection_settings(experiment: Experiment) -> dict:
@@ -19,11 +25,17 @@ def method_title(results: dict) -> str:
     method = METHOD_NAMES[selection["method"]]
     parts = [method]
     if selection["method"] != "direct":
-        parts.append(f"{selection['pair_rule']} pairs")
+        rule = PAIR_RULE_NAMES[selection["pair_rule"]]
+        if selection["pair_rule"] == "rs_dpo":
+            rule += f" (eta {selection['eta']}, tau {selection['tau']})"
+        parts.append(rule)
         if selection["method"] == "rso":
             parts.append(f"beta {selection['beta']}")
         parts.append(f"{selection['num_samples']} kept")
-    return (f"{', '.join(parts)}; {results['loss']} (gamma {results['gamma']})")
+    loss = f"{results['loss']} (gamma {results['gamma']}"
+    if results.get("label_smoothing"):
+        loss += f", label smoothing {results['label_smoothing']}"
+    return f"{', '.join(parts)}; {loss})"
 
 
 def _percent(value: Optional[float]) -> str:
@@ -36,14 +48,16 @@ def results_table(results: dict) -> str:
     lines = [f"# RSO experiment ({task}): {method_title(results)}", "",
              f"{results['eval_prompts']} held-out prompts, greedy decoding; gold judge: "
              f"{results['gold_source'] or 'none (proxy figures only)'}.", "",
-             "| policy | gold reward | gold win rate vs SFT target | proxy win rate vs SFT target "
-             "| gold win rate vs SFT policy | proxy win rate vs SFT policy |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| policy | gold reward | proxy win rate vs SFT target | gold win rate vs SFT target "
+             "| AutoSxS win rate vs SFT target | gold win rate vs SFT policy "
+             "| proxy win rate vs SFT policy |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in results["policies"].items():
         reward = row["gold_reward"]
         lines.append(f"| {name} | {'-' if reward is None else f'{reward:.3f}'} | "
-                     f"{_percent(row['gold_win_rate_vs_sft_target'])} | "
                      f"{_percent(row['proxy_win_rate_vs_sft_target'])} | "
+                     f"{_percent(row['gold_win_rate_vs_sft_target'])} | "
+                     f"{_percent(row.get('autosxs_win_rate_vs_sft_target'))} | "
                      f"{_percent(row.get('gold_win_rate_vs_sft_policy'))} | "
                      f"{_percent(row.get('proxy_win_rate_vs_sft_policy'))} |")
     if results["gold_reward_sft_target"] is not None:

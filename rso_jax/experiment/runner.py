@@ -10,8 +10,9 @@ import os
 import time
 from typing import Optional, Sequence
 
-from rso_jax import partitioning
-from rso_jax.experiment import artifacts, checkpoint_inputs, inference, stage_records
+from rso_jax import atomic_io, partitioning
+from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, inference,
+                                stage_records)
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import RUN, SAMPLING_STAGES, STAGES
@@ -37,6 +38,8 @@ def check_inputs(context: StageContext) -> None:
                ("RANKER_CONFIG", experiment.ranker_config)]
     if experiment.gold_ranker_config is not None:
         configs.append(("GOLD_RANKER_CONFIG", experiment.gold_ranker_config))
+    if experiment.autosxs_judge_config is not None:
+        configs.append(("AUTOSXS_JUDGE_CONFIG", experiment.autosxs_judge_config))
     for name, config in configs:
         if config.vocab_size < codec.size:
             raise ValueError(f"{name}.vocab_size={config.vocab_size} is smaller than the "
@@ -53,6 +56,27 @@ def check_inputs(context: StageContext) -> None:
             raise ValueError(f"RANKER_INPUT_LENGTH={lengths.ranker_input} cannot hold two "
                              f"responses of MAX_DECODE_LENGTH={lengths.response} tokens and the "
                              f"markers of task {task.name!r}: it needs at least {needed}.")
+
+
+def check_stage_inputs(experiment: Experiment, stages: Sequence[str],
+                       damaged: stage_records.Damaged) -> None:
+    """Refuses, before any work, to run a stage (of a STAGES subset) that would read a stage
+    which is not finished or whose outputs were damaged, and which is not run first."""
+    given = {"sft": experiment.sft_checkpoint, "ranker": experiment.ranker_checkpoint}
+    will_run = set(stages) | {stage for stage, path in given.items() if path}
+    for stage in stages:
+        if stage_records.reason_to_run(experiment, stage, damaged) is None:
+            continue
+        for before in fingerprints.upstream(experiment, stage):
+            if before in will_run:
+                continue
+            if before in damaged:
+                raise ValueError(f"Stage {stage} reads stage {before}, whose outputs changed "
+                                 f"after it finished ({'; '.join(damaged[before][:2])}). Add "
+                                 f"{before!r} to STAGES to redo it.")
+            if not artifacts.is_done(experiment.work_dir, before):
+                raise ValueError(f"Stage {stage} reads stage {before}, which has not finished "
+                                 f"in WORK_DIR {experiment.work_dir}. Add {before!r} to STAGES.")
 
 
 def check_task_data(experiment: Experiment, stages: Sequence[str],
@@ -98,9 +122,18 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
     check_inputs(context)
     stage_records.check_settings(experiment)
     damaged = stage_records.find_damaged(experiment.work_dir)
+    check_stage_inputs(experiment, stages, damaged)
     check_task_data(experiment, stages, damaged)
+    with artifacts.work_dir_lock(experiment.work_dir):  # creates it: every check passed
+        return _run_stages(context, stages, damaged)
+
+
+def _run_stages(context: StageContext, stages: Sequence[str],
+                damaged: stage_records.Damaged) -> dict:
+    experiment = context.experiment
     work_dir = experiment.work_dir
-    artifacts.make_work_dir(work_dir)
+    for path in atomic_io.remove_leftovers(work_dir, recursive=False):
+        logger.info("Removed %s, left by an interrupted write or deletion.", path)
     for stage, name, path in (("sft", "SFT_CHECKPOINT", experiment.sft_checkpoint),
                               ("ranker", "RANKER_CHECKPOINT", experiment.ranker_checkpoint)):
         if path and stage_records.reason_to_run(experiment, stage, damaged) is not None:
@@ -115,7 +148,7 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
             logger.info("Stage %s: done before, skipped.", stage)
             continue
         logger.info("Stage %s: %s", stage, reason)
-        stage_records.start(experiment, stage)
+        stage_records.start(experiment, stage, damaged)
         start = time.perf_counter()
         summary = RUN[stage](context)
         summary["seconds"] = round(time.perf_counter() - start  # with earlier attempts'
@@ -124,8 +157,8 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
         damaged.pop(stage, None)
         logger.info("Stage %s: done in %.1f s: %s", stage, summary["seconds"], summary)
     results_path = os.path.join(work_dir, "results.json")
-    if not os.path.isfile(results_path):
-        return {}
+    if stage_records.reason_to_run(experiment, "evaluate", damaged) is not None:
+        return {}  # not evaluated yet (STAGES stopped before), or no longer current
     with open(results_path) as stream:
         results = json.load(stream)
     with open(os.path.join(work_dir, "results.md")) as stream:

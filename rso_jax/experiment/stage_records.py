@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from typing import Optional
 
 from rso_jax import atomic_io
@@ -126,17 +125,35 @@ def reason_to_run(experiment: Experiment, stage: str, damaged: Damaged) -> Optio
     return None
 
 
-def start(experiment: Experiment, stage: str) -> None:
+def _holds_work(directory: str) -> bool:
+    return os.path.isdir(directory) and any(
+        not atomic_io.is_leftover(name) for name in os.listdir(directory))
+
+
+def start(experiment: Experiment, stage: str, damaged: Damaged) -> None:
     """Records that the stage starts. An earlier attempt's work (a training stage's
     checkpoints) is kept for it to resume from, unless that attempt read other outputs of the
-    stages before it: then it is deleted, saying so, and the stage starts afresh."""
-    directory = artifacts.stage_dir(experiment.work_dir, stage)
+    stages before it, or its outputs were damaged after it finished, or nothing records what
+    it was made from: then it is deleted, saying so, and the stage starts afresh."""
+    work_dir = experiment.work_dir
+    directory = artifacts.stage_dir(work_dir, stage)
+    reasons = []
     changed = changed_inputs(experiment, stage)
-    if changed and os.path.isdir(directory):
-        logger.warning("Stage %s: deleting %s, whose work read other outputs of stage %s than "
-                       "there are now; the stage starts afresh.", stage, directory,
-                       " and ".join(changed))
-        shutil.rmtree(directory)
+    if changed:
+        reasons.append(f"its work read other outputs of stage {' and '.join(changed)} than "
+                       "there are now")
+    if stage in damaged:
+        reasons.append("its outputs were damaged after it finished, and its checkpoints may "
+                       "be too")
+    if recorded_settings(work_dir, stage) is None and _holds_work(directory):
+        reasons.append("nothing records what its work was made from")
+    if reasons and _holds_work(directory):
+        logger.warning("Stage %s: deleting %s (%s); the stage starts afresh.", stage, directory,
+                       "; ".join(reasons))
+        atomic_io.remove_tree(directory)
+        for name in artifacts.TOP_LEVEL_OUTPUTS.get(stage, ()):
+            if os.path.isfile(os.path.join(work_dir, name)):
+                os.remove(os.path.join(work_dir, name))
     leftovers = atomic_io.remove_leftovers(directory) if os.path.isdir(directory) else []
     if stage in artifacts.TOP_LEVEL_OUTPUTS:
         leftovers += atomic_io.remove_leftovers(experiment.work_dir, recursive=False)

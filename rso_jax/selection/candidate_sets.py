@@ -3,10 +3,14 @@
 A selection rule works on a batch of prompts, each with up to N candidate responses identified
 by their index. It returns a set of candidates per prompt as fixed-shape arrays so that
 everything jits (`Selection`): `indices_pk` holds the chosen candidate indices in increasing
-order (the candidates are i.i.d. draws, so this order says nothing about their rewards and
-pairing them in it is a random pairing) and `valid_pk` marks the real entries, always a prefix
-of the row; the other slots hold `INVALID_INDEX` (-1). A prompt with fewer valid candidates than
-`num_samples` gets all of them and invalid slots for the rest.
+order and `valid_pk` marks the real entries, always a prefix of the row; the other slots hold
+`INVALID_INDEX` (-1). A prompt with fewer valid candidates than `num_samples` gets all of them
+and invalid slots for the rest.
+
+The increasing order is not a random order of the kept responses: a rule that caps what it
+keeps in candidate order (rejection sampling's rounds) makes the rank of a kept response
+depend on its index. Pair them after `shuffled`, which puts each row's kept responses in a
+uniformly random order (pairing (y1, y2), (y3, y4), ... is then a random pairing).
 
 Inside the rules, sets of candidates are uint32 bit words per prompt, [P, W] with
 W = ceil(N / 32): candidate n is bit n % 32 of word n // 32. Counting, capping and reading out
@@ -31,13 +35,23 @@ class Selection:
     """Responses kept per prompt.
 
     Attributes:
-      indices_pk: int32 [P, K] chosen candidate indices, increasing; `INVALID_INDEX` where
-        `valid_pk` is False.
+      indices_pk: int32 [P, K] chosen candidate indices (increasing as the rules return them;
+        in a random order after `shuffled`); `INVALID_INDEX` where `valid_pk` is False.
       valid_pk: bool [P, K], True for real entries (always a prefix of each row).
     """
 
     indices_pk: Array
     valid_pk: Array
+
+
+def shuffled(selection: Selection, key: Array) -> Selection:
+    """The selection with each row's valid entries in a uniformly random order (still a prefix
+    of the row); jittable."""
+    valid_pk = jnp.asarray(selection.valid_pk, bool)
+    scores_pk = jnp.where(valid_pk, jax.random.uniform(key, valid_pk.shape), 2.0)
+    order_pk = jnp.argsort(scores_pk, axis=1)
+    return Selection(indices_pk=jnp.take_along_axis(selection.indices_pk, order_pk, axis=1),
+                     valid_pk=jnp.take_along_axis(valid_pk, order_pk, axis=1))
 
 
 # Bits per word of a candidate set.

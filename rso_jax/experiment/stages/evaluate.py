@@ -3,7 +3,8 @@ against the SFT targets and each other.
 
 Proxy win rates come from the trained ranker. Gold figures come from the task's gold reward
 program where it has one, otherwise from a separate gold ranker checkpoint (RSO's "stronger
-ranker"); with neither, only proxy figures are reported. The prompts may come from another
+ranker"); with neither, only proxy figures are reported. AutoSxS win rates (`rso_jax.autosxs`:
+8 judgements, 4 flipped) come from AUTOSXS_JUDGE_CHECKPOINT when one is given. The prompts may come from another
 task than the training one (EVAL_TASK; RSO Table 6: a TL;DR policy on CNN/DailyMail).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from rso_jax import atomic_io, run_info
+from rso_jax import atomic_io, autosxs, run_info
 from rso_jax.experiment import checkpoint_inputs, metrics, report
 from rso_jax.experiment.context import StageContext
 
@@ -52,6 +53,15 @@ class _GoldJudge:
         return None
 
 
+def autosxs_win_rate(context: StageContext, judge_params: Any, task: Any, contexts, policy,
+                     baseline, seed: int) -> float:
+    """AutoSxS win rate of the `policy` responses over the `baseline` ones."""
+    experiment = context.experiment
+    policy_first, baseline_first = context.judge_probabilities(
+        judge_params, experiment.autosxs_judge_config, contexts, policy, baseline, task)
+    return autosxs.decide(autosxs.judgement_scores(policy_first, baseline_first, seed)).win_rate
+
+
 def run(context: StageContext) -> dict:
     experiment = context.experiment
     task = experiment.evaluation_task
@@ -62,6 +72,11 @@ def run(context: StageContext) -> dict:
     decodes = {"sft": context.greedy_texts(context.params("sft"), prompts),
                "trained": context.greedy_texts(context.params("preference"), prompts)}
     gold = _GoldJudge(context, task)
+    judge = None
+    if experiment.autosxs_judge_checkpoint is not None:
+        judge = checkpoint_inputs.restore(experiment.autosxs_judge_checkpoint,
+                                          "AUTOSXS_JUDGE_CHECKPOINT",
+                                          experiment.autosxs_judge_config, context.partitioner)
 
     def proxy(first, second):  # the trained ranker, in the template it was trained with
         return metrics.proxy_win_rate(context.preference_probabilities(
@@ -72,7 +87,10 @@ def run(context: StageContext) -> dict:
         rewards = gold.rewards(contexts, texts)
         rows[name] = {"gold_reward": None if rewards is None else float(rewards.mean()),
                       "gold_win_rate_vs_sft_target": gold.win_rate(contexts, texts, targets),
-                      "proxy_win_rate_vs_sft_target": proxy(texts, targets)}
+                      "proxy_win_rate_vs_sft_target": proxy(texts, targets),
+                      "autosxs_win_rate_vs_sft_target": None if judge is None else
+                      autosxs_win_rate(context, judge, task, contexts, texts, targets,
+                                       experiment.seed)}
     rows["trained"]["gold_win_rate_vs_sft_policy"] = gold.win_rate(contexts, decodes["trained"],
                                                                    decodes["sft"])
     rows["trained"]["proxy_win_rate_vs_sft_policy"] = proxy(decodes["trained"], decodes["sft"])
@@ -80,7 +98,8 @@ def run(context: StageContext) -> dict:
     results = {
         "task": experiment.task.name, "eval_task": task.name,
         "selection": report.selection_settings(experiment), "loss": experiment.loss,
-        "gamma": experiment.gamma, "eval_prompts": len(data), "gold_source": gold.source,
+        "gamma": experiment.gamma, "label_smoothing": experiment.label_smoothing,
+        "eval_prompts": len(data), "gold_source": gold.source,
         "gold_reward_sft_target": None if target_rewards is None else float(target_rewards.mean()),
         "gold_reward_optimum": task.gold_reward_optimum(contexts) if gold.source == "program"
         else None,

@@ -38,7 +38,8 @@ def run(context: StageContext) -> dict:
               "rejected": pairs["rejected"], "reference_chosen_logps": logps["chosen"],
               "reference_rejected_logps": logps["rejected"]}
     loss_fn = functools.partial(training.preference_loss, model_config=experiment.policy_config,
-                                loss_name=experiment.loss, gamma=experiment.gamma)
+                                loss_name=experiment.loss, gamma=experiment.gamma,
+                                label_smoothing=experiment.label_smoothing)
     _, summary = training_runs.run_training(
         "preference", experiment.preference, experiment.work_dir, experiment.policy_config,
         context.params("sft"), loss_fn, arrays, batching.preference_batch_from_tokens,

@@ -1,0 +1,120 @@
+"""The select stage's pair rules on kept responses, against numpy references written here:
+RSO's ranks decided by the pairwise ranker (or, when named so, by eq. 7 rewards), RS-DPO's rule,
+best vs worst and best vs random."""
+
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from rso_jax.experiment import config
+from rso_jax.experiment.stages import select
+
+NUM_PROMPTS, NUM_CANDIDATES, KEPT = 40, 8, 6
+
+
+def knockout(members, first_wins):
+    """A knock-out bracket in the members' order (an odd last one gets a bye); its matches as
+    (winner, loser), round by round."""
+    matches = []
+    while len(members) > 1:
+        advancing = []
+        for a, b in zip(members[0::2], members[1::2]):
+            winner, loser = (a, b) if first_wins(a, b) else (b, a)
+            matches.append((winner, loser))
+            advancing.append(winner)
+        if len(members) % 2:
+            advancing.append(members[-1])
+        members = advancing
+    return matches
+
+
+@pytest.fixture(scope="module")
+def setting():
+    """Kept responses (some prompts keep fewer), a hidden ranker strength per candidate that
+    decides the ranker's preferences, and eq. 7 rewards that disagree with it."""
+    rng = np.random.default_rng(0)
+    strength = rng.normal(size=(NUM_PROMPTS, NUM_CANDIDATES))
+    rewards = rng.normal(size=(NUM_PROMPTS, NUM_CANDIDATES)).astype(np.float32)
+    kept = np.stack([rng.permutation(NUM_CANDIDATES)[:KEPT] for _ in range(NUM_PROMPTS)])
+    valid = np.ones_like(kept, bool)
+    valid[::5, KEPT - 1] = False  # a prompt with 5 kept responses: a bye in the tournament
+    kept = np.where(valid, kept, -1).astype(np.int32)
+    tokens = np.zeros((NUM_PROMPTS, NUM_CANDIDATES, 3), np.int32)
+    tokens[:, :, 0] = np.arange(NUM_CANDIDATES) + 10  # the text names the candidate
+    asked = []
+
+    def preference_probabilities(params, contexts, first, second):
+        rows = [int(c) for c in contexts]
+        a, b = np.array([int(t) for t in first]), np.array([int(t) for t in second])
+        asked.append(len(rows))
+        return 1 / (1 + np.exp(-(strength[rows, a] - strength[rows, b])))
+
+    context = types.SimpleNamespace(
+        experiment=types.SimpleNamespace(
+            num_sample_prompts=NUM_PROMPTS,
+            task=types.SimpleNamespace(sft_examples=lambda split: [
+                types.SimpleNamespace(context=str(p)) for p in range(NUM_PROMPTS)])),
+        decode=lambda t: [str(int(row[0]) - 10) for row in np.asarray(t).reshape(-1, 3)],
+        params=lambda stage: None, preference_probabilities=preference_probabilities)
+    return types.SimpleNamespace(strength=strength, rewards=rewards, kept=kept, valid=valid,
+                                 samples={"tokens": tokens}, context=context, asked=asked)
+
+
+def pairs_of(setting, rule, **fields):
+    selection = config.SelectionConfig(pair_rule=rule, **fields)
+    pairs = select.make_pairs(setting.context, selection, setting.samples, setting.rewards,
+                              setting.kept, setting.valid, jax.random.PRNGKey(0))
+    chosen, rejected = np.asarray(pairs.chosen_index_pm), np.asarray(pairs.rejected_index_pm)
+    valid = np.asarray(pairs.valid_pm)
+    return [sorted((int(c), int(r)) for c, r, v in zip(chosen[p], rejected[p], valid[p]) if v)
+            for p in range(NUM_PROMPTS)]
+
+
+def members(setting, p):
+    return [int(i) for i, v in zip(setting.kept[p], setting.valid[p]) if v]
+
+
+@pytest.mark.parametrize("rule", ["first_round", "tournament", "tournament_by_reward"])
+def test_rsos_ranks_are_decided_by_the_ranker_unless_named_by_reward(setting, rule):
+    got = pairs_of(setting, rule)
+    for p in range(NUM_PROMPTS):
+        if rule == "tournament_by_reward":
+            def first_wins(a, b):
+                return setting.rewards[p, a] >= setting.rewards[p, b]
+        else:
+            def first_wins(a, b):
+                return setting.strength[p, a] >= setting.strength[p, b]
+        kept = members(setting, p)
+        matches = (knockout(kept, first_wins) if rule != "first_round"
+                   else [(a, b) if first_wins(a, b) else (b, a)
+                         for a, b in zip(kept[0::2], kept[1::2])])
+        assert got[p] == sorted(matches), (rule, p)
+    if rule == "tournament":  # every pair of kept responses was put to the ranker
+        assert setting.asked[-1] == sum(len(members(setting, p)) * (len(members(setting, p)) - 1)
+                                        // 2 for p in range(NUM_PROMPTS))
+
+
+def test_rs_dpo_pairs_every_ordered_pair_of_kept_responses_past_eta(setting):
+    got = pairs_of(setting, "rs_dpo", eta=0.6, tau=0.8)
+    for p in range(NUM_PROMPTS):
+        r = setting.rewards[p]
+        expected = [(j, l) for j in members(setting, p) for l in members(setting, p)
+                    if j != l and 1 / (1 + np.exp(-(r[j] - r[l]) / 0.8)) > 0.6]
+        assert got[p] == sorted(expected)
+
+
+def test_best_vs_worst_and_best_vs_random_among_the_kept(setting):
+    worst = pairs_of(setting, "best_vs_worst")
+    random_pairs = pairs_of(setting, "best_vs_random")
+    others = []
+    for p in range(NUM_PROMPTS):
+        kept = members(setting, p)
+        rewards = setting.rewards[p, kept]
+        best = kept[int(np.argmax(rewards))]
+        assert worst[p] == [(best, kept[int(np.argmin(rewards))])]
+        assert len(random_pairs[p]) == 1 and random_pairs[p][0][0] == best
+        assert random_pairs[p][0][1] in kept and random_pairs[p][0][1] != best
+        others.append(random_pairs[p][0][1])
+    assert len(set(others)) > 3  # not always the same one
