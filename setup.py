@@ -33,6 +33,7 @@ setup(
             "torch==2.13.0",
             "transformers>=4.44",
             "pytest>=8",
+            "pytest-xdist>=3.5",
         ],
     },
     entry_points={

@@ -62,7 +62,7 @@ def test_fsdp_shards_embed_over_data():
     assert partitioner.mesh_axes(("batch", "length", "embed")) == P("data", None, None)
 
 
-@pytest.mark.parametrize("data,model", [(2, 4), (4, 2), (8, 1)])
+@pytest.mark.parametrize("data,model", [(2, 4), (8, 1)])
 def test_sharded_forward_equals_single_device(data, model, single_device_params, batch):
     prompts, targets = batch
     forward = jax.jit(functools.partial(t5.T5(MESH_TEST_CONFIG).apply))
