@@ -216,3 +216,41 @@ def test_training_schedule_rejects_bad_settings(fields, message):
     from rso_jax.experiment import config
     with pytest.raises(ValueError, match=message):
         config.TrainingSchedule(**fields)
+
+
+@pytest.mark.parametrize("method", ["raft", "rest"])
+def test_raft_and_rest_fine_tune_on_selected_responses(finished_run, tmp_path, method):
+    """RAFT and ReST from the same samples and rewards: SFT targets instead of pairs (no
+    reference stage), the policy fine-tuned on them from the SFT policy, then evaluated."""
+    import numpy as np
+    reference_dir, _ = finished_run
+    work_dir = tmp_path / method
+    shutil.copytree(reference_dir, work_dir)
+    for later in ("select", "reference", "preference", "evaluate", "results.json", "results.md"):
+        path = work_dir / later
+        shutil.rmtree(path) if path.is_dir() else os.remove(path)
+    result = run_main(work_dir, f"--gin.SELECTION='{method}'", "--gin.PREFERENCE_STEPS=10",
+                      "--gin.PREFERENCE_EVAL_EVERY=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Stage reference" not in result.stderr and not (work_dir / "reference").exists()
+    rewards = np.load(work_dir / "score" / "rewards.npz")["rewards"]
+    samples = np.load(work_dir / "sample" / "samples.npz")
+    targets = np.load(work_dir / "select" / "targets.npz")
+    select = json.load(open(work_dir / "select" / "DONE.json"))
+    if method == "rest":  # numpy: rewards min-max normalised per prompt, kept above 0.7
+        low, high = rewards.min(axis=1, keepdims=True), rewards.max(axis=1, keepdims=True)
+        keep = (high > low) & ((rewards - low) / np.where(high > low, high - low, 1) > 0.7)
+        prompts, candidates = np.nonzero(keep)
+        assert select["targets"] == len(prompts) > 0
+        np.testing.assert_array_equal(targets["targets"], samples["tokens"][prompts, candidates])
+        assert select["mean_target_reward"] > select["mean_candidate_reward"]
+    else:  # one target per prompt, the winner of 3 ranker comparisons among its 4 candidates
+        assert select["targets"] == 32 and select["ranker_comparisons"] == 32 * 3
+        for p in range(32):
+            assert any((targets["targets"][p] == candidate).all()
+                       for candidate in samples["tokens"][p])
+    results = json.load(open(work_dir / "results.json"))
+    assert results["selection"]["method"] == method
+    title = open(work_dir / "results.md").read().splitlines()[0]
+    assert ("RAFT (SFT on each prompt's best candidate" if method == "raft"
+            else "ReST (SFT on candidates above") in title

@@ -27,6 +27,7 @@ DEMO = ["--gin_file=configs/demo_rso.gin"]
     ("LABEL_SMOOTHING=0.1", "LABEL_SMOOTHING=0.1 is for LOSS in ('conservative_sigmoid_norm',), "
                             "not LOSS='sigmoid_norm'"),
     ("LABEL_SMOOTHING=0.7", "LABEL_SMOOTHING must be in [0, 0.5)"),
+    ("REST_THRESHOLD=1.0", "REST_THRESHOLD must be in [0, 1)"),
 ])
 def test_a_bad_setting_fails_when_the_experiment_is_built_naming_it(binding, message):
     with pytest.raises(ValueError, match=re.escape(message)):

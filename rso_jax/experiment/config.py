@@ -15,8 +15,11 @@ import optax
 from rso_jax import decoding, losses, t5, training
 
 # Which responses are kept (NUM_SAMPLES of NUM_CANDIDATES): rso-sample-rank, sft-sample-rank,
-# best-of-N (the top NUM_SAMPLES by reward), or the task's own comparisons (no samples).
-SELECTIONS = ("rso", "sft", "top_k_over_n", "direct")
+# best-of-N (the top NUM_SAMPLES by reward), or the task's own comparisons (no samples); or
+# which become SFT targets: RAFT (each prompt's best candidate by a tournament of ranker
+# comparisons) and ReST (candidates whose normalised eq. 7 reward exceeds REST_THRESHOLD).
+SELECTIONS = ("rso", "sft", "top_k_over_n", "direct", "raft", "rest")
+SFT_SELECTIONS = ("raft", "rest")  # the policy is fine-tuned on them, not on pairs
 # How the kept responses (in a random order) become pairs: RSO's first-round and tournament
 # ranks decided by the pairwise ranker (tournament_by_reward: by eq. 7 rewards), RS-DPO's
 # reward-gap rule (ETA, TAU), and best vs worst / best vs random by reward.
@@ -35,6 +38,7 @@ _MACROS = {
     ("SelectionConfig", "num_samples"): "NUM_SAMPLES",
     ("SelectionConfig", "pair_rule"): "PAIR_RULE", ("SelectionConfig", "seed"): "SEED",
     ("SelectionConfig", "eta"): "ETA", ("SelectionConfig", "tau"): "TAU",
+    ("SelectionConfig", "rest_threshold"): "REST_THRESHOLD",
     ("Experiment", "loss"): "LOSS", ("Experiment", "gamma"): "GAMMA",
     ("Experiment", "label_smoothing"): "LABEL_SMOOTHING",
     ("Experiment", "num_sample_prompts"): "NUM_SAMPLE_PROMPTS",
@@ -145,6 +149,7 @@ class SelectionConfig:
     pair_rule: str = "first_round"  # one of PAIR_RULES
     eta: float = 0.85  # rs_dpo: pairs with sigmoid((r_j - r_l) / tau) > eta (RS-DPO: 0.85)
     tau: float = 1.0  # rs_dpo's temperature
+    rest_threshold: float = 0.7  # rest: normalised rewards above it become SFT targets
     seed: int = 0
 
     def __post_init__(self):
@@ -161,6 +166,14 @@ class SelectionConfig:
                              f"{self.eta}.")
         if not self.tau > 0:
             raise ValueError(f"TAU must be > 0 (a temperature), got {self.tau}.")
+        if not 0 <= self.rest_threshold < 1:
+            raise ValueError(f"REST_THRESHOLD must be in [0, 1) (rewards are normalised to "
+                             f"[0, 1]), got {self.rest_threshold}.")
+
+    @property
+    def makes_pairs(self) -> bool:
+        """Whether the policy learns from preference pairs (else from SFT targets)."""
+        return self.method not in SFT_SELECTIONS
         if self.num_samples < 2:
             raise ValueError(f"NUM_SAMPLES must be >= 2 (pairs need two), got "
                              f"{self.num_samples}.")

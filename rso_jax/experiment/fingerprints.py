@@ -70,6 +70,10 @@ def _own_settings(experiment: Experiment, stage: str) -> dict:
     if stage == "reference":
         return {"after": ["select", "sft"]}
     if stage == "preference":
+        if not e.selection.makes_pairs:  # SFT on the selected responses: no loss settings
+            return {"after": ["select", "sft", "ranker"], "schedule": describe(e.preference),
+                    "task": describe(e.task), "num_eval_prompts": e.num_eval_prompts,
+                    "sampling": describe(e.sampling)}
         return {"after": ["select", "reference", "sft", "ranker"],
                 "schedule": describe(e.preference),
                 "loss": e.loss, "gamma": e.gamma, "label_smoothing": e.label_smoothing,

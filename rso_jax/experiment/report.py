@@ -8,7 +8,9 @@ from typing import Optional
 from rso_jax.experiment.config import Experiment
 
 METHOD_NAMES = {"rso": "rso-sample-rank", "sft": "sft-sample-rank",
-                "top_k_over_n": "best-of-N (top-k-over-N)", "direct": "direct"}
+                "top_k_over_n": "best-of-N (top-k-over-N)", "direct": "direct",
+                "raft": "RAFT (SFT on each prompt's best candidate by a ranker tournament)",
+                "rest": "ReST (SFT on candidates above the normalised eq. 7 reward threshold)"}
 PAIR_RULE_NAMES = {"first_round": "first-round pairs by the ranker",
                    "tournament": "tournament pairs by the ranker",
                    "tournament_by_reward": "tournament pairs by eq. 7 rewards",
@@ -24,6 +26,10 @@ def method_title(results: dict) -> str:
     selection = results["selection"]
     method = METHOD_NAMES[selection["method"]]
     parts = [method]
+    if selection["method"] in ("raft", "rest"):
+        if selection["method"] == "rest":
+            parts.append(f"threshold {selection['rest_threshold']}")
+        return ", ".join(parts)
     if selection["method"] != "direct":
         rule = PAIR_RULE_NAMES[selection["pair_rule"]]
         if selection["pair_rule"] == "rs_dpo":

@@ -15,7 +15,7 @@ from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, infe
                                 stage_records)
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.context import StageContext
-from rso_jax.experiment.stages import RUN, SAMPLING_STAGES, STAGES
+from rso_jax.experiment.stages import RUN, STAGES, applies
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def check_stage_inputs(experiment: Experiment, stages: Sequence[str],
     given = {"sft": experiment.sft_checkpoint, "ranker": experiment.ranker_checkpoint}
     will_run = set(stages) | {stage for stage, path in given.items() if path}
     for stage in stages:
-        if stage_records.reason_to_run(experiment, stage, damaged) is None:
+        if (not applies(experiment, stage)
+                or stage_records.reason_to_run(experiment, stage, damaged) is None):
             continue
         for before in fingerprints.upstream(experiment, stage):
             if before in will_run:
@@ -83,8 +84,8 @@ def check_task_data(experiment: Experiment, stages: Sequence[str],
                     damaged: stage_records.Damaged) -> None:
     """Reads, before any work, the data the stages still to run will ask for (a missing file or
     a malformed record fails now, not hours in). Tasks cache what they read: stages reuse it."""
-    pending = {stage for stage in stages
-               if stage_records.reason_to_run(experiment, stage, damaged) is not None}
+    pending = {stage for stage in stages if applies(experiment, stage)
+               and stage_records.reason_to_run(experiment, stage, damaged) is not None}
     if experiment.sft_checkpoint:
         pending.discard("sft")
     if experiment.ranker_checkpoint:
@@ -141,7 +142,7 @@ def _run_stages(context: StageContext, stages: Sequence[str],
             install_checkpoint(context, stage, name, path)
             damaged.pop(stage, None)
     for stage in stages:
-        if stage in SAMPLING_STAGES and not experiment.needs_samples:
+        if not applies(experiment, stage):
             continue
         reason = stage_records.reason_to_run(experiment, stage, damaged)
         if reason is None:

@@ -5,12 +5,14 @@
   sample      N candidates per prompt from the SFT policy, plus
               one more random decode per prompt as the baseline  -> sample/samples.npz
   score       eq. 7 rewards against the baseline                 -> score/rewards.npz
-  select      rso-sample-rank | sft-sample-rank | direct, paired
-              (first-round by the ranker, or tournament by eq. 7) -> select/pairs.npz
-  reference   SFT log-probs of every pair, computed once          -> reference/logps.npz
-  preference  sigmoid-norm | hinge | hinge-norm training from SFT;
-              keeps the checkpoint with the best proxy win rate
-              against the SFT targets on validation prompts      -> preference/params
+  select      kept responses paired (rso, sft, top_k_over_n, direct;
+              PAIR_RULE), or SFT targets (raft, rest)              -> select/pairs.npz or
+                                                                    select/targets.npz
+  reference   SFT log-probs of every pair, computed once (pairs)  -> reference/logps.npz
+  preference  the policy trained from SFT: the preference LOSS on
+              the pairs, or SFT on the targets; keeps the
+              checkpoint with the best proxy win rate against the
+              SFT targets on validation prompts                   -> preference/params
   evaluate    decode held-out prompts; win rates against the SFT
               target and the SFT policy, proxy ranker and gold    -> results.json, results.md
 """
@@ -22,5 +24,13 @@ STAGES = ("sft", "ranker", "sample", "score", "select", "reference", "preference
 RUN = {"sft": sft.run, "ranker": rank.run, "sample": sample.run, "score": score.run,
        "select": select.run, "reference": reference.run, "preference": preference.run,
        "evaluate": evaluate.run}
-# Stages that only selection methods working on samples need.
-SAMPLING_STAGES = ("sample", "score")
+
+
+def applies(experiment, stage: str) -> bool:
+    """Whether `stage` is part of this experiment's method: sampling and scoring only for
+    selections from samples, reference log-probs only for preference pairs."""
+    if stage in ("sample", "score"):
+        return experiment.needs_samples
+    if stage == "reference":
+        return experiment.selection.makes_pairs
+    return True

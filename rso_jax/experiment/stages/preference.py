@@ -1,5 +1,6 @@
-"""Preference: the policy trained from SFT on the pairs with the configured loss; keeps the
-checkpoint with the best proxy win rate against the SFT targets on validation prompts (RSO)."""
+"""Preference: the policy trained from SFT on the pairs with the configured loss, or (RAFT,
+ReST) fine-tuned on the selected responses; keeps the checkpoint with the best proxy win rate
+against the SFT targets on validation prompts (RSO)."""
 
 from __future__ import annotations
 
@@ -32,18 +33,25 @@ def proxy_win_rate_on_validation(context: StageContext) -> Callable[[Any], dict]
 
 def run(context: StageContext) -> dict:
     experiment = context.experiment
-    pairs = context.load_arrays("select", select.PAIRS_FILE)
-    logps = context.load_arrays("reference", reference.LOGPS_FILE)
-    arrays = {"inputs": pairs["prompts"], "chosen": pairs["chosen"],
-              "rejected": pairs["rejected"], "reference_chosen_logps": logps["chosen"],
-              "reference_rejected_logps": logps["rejected"]}
-    loss_fn = functools.partial(training.preference_loss, model_config=experiment.policy_config,
-                                loss_name=experiment.loss, gamma=experiment.gamma,
-                                label_smoothing=experiment.label_smoothing)
+    config = experiment.policy_config
+    if experiment.selection.makes_pairs:
+        pairs = context.load_arrays("select", select.PAIRS_FILE)
+        logps = context.load_arrays("reference", reference.LOGPS_FILE)
+        arrays = {"inputs": pairs["prompts"], "chosen": pairs["chosen"],
+                  "rejected": pairs["rejected"], "reference_chosen_logps": logps["chosen"],
+                  "reference_rejected_logps": logps["rejected"]}
+        loss_fn = functools.partial(training.preference_loss, model_config=config,
+                                    loss_name=experiment.loss, gamma=experiment.gamma,
+                                    label_smoothing=experiment.label_smoothing)
+        make_batch = batching.preference_batch_from_tokens
+    else:  # RAFT, ReST: SFT on the selected responses, continuing from the SFT policy
+        targets = context.load_arrays("select", select.TARGETS_FILE)
+        arrays = {"inputs": targets["prompts"], "targets": targets["targets"]}
+        loss_fn = functools.partial(training.sft_loss, model_config=config)
+        make_batch = batching.sft_batch_from_tokens
     _, summary = training_runs.run_training(
-        "preference", experiment.preference, experiment.work_dir, experiment.policy_config,
-        context.params("sft"), loss_fn, arrays, batching.preference_batch_from_tokens,
-        context.partitioner,
+        "preference", experiment.preference, experiment.work_dir, config,
+        context.params("sft"), loss_fn, arrays, make_batch, context.partitioner,
         evaluate=proxy_win_rate_on_validation(context), best_metric=BEST_METRIC)
     return {"final_metrics": summary["last_metrics"], "best": summary["best"],
             **training_runs.resume_summary(summary)}

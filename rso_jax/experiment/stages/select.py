@@ -1,9 +1,14 @@
-"""Select: which responses make the preference pairs (RSO section 3, RS-DPO, best-of-N).
+"""Select: which responses make the preference pairs (RSO section 3, RS-DPO, best-of-N), or
+the SFT targets of RAFT and ReST.
 
   rso           statistical rejection sampling (Algorithm 1) of NUM_SAMPLES of the candidates
   sft           a uniform sub-sample of NUM_SAMPLES candidates
   top_k_over_n  the NUM_SAMPLES candidates of highest reward (best-of-N)
   direct        the task's own comparisons as they are (no samples)
+  raft          SFT targets: each prompt's best candidate, the winner of a knock-out tournament
+                of ranker comparisons among all of them (RSO appendix A.10)
+  rest          SFT targets: every candidate whose eq. 7 reward, min-max normalised over its
+                prompt's candidates, exceeds REST_THRESHOLD (ReST's improve step, one round)
 
 The kept responses, put in a random order, are paired by PAIR_RULE: first_round (y1 vs y2, y3
 vs y4, ...) or tournament (a knock-out bracket) with every match decided by the pairwise
@@ -13,16 +18,16 @@ pair with sigmoid((r_j - r_l) / TAU) > ETA), best_vs_worst and best_vs_random by
 
 from __future__ import annotations
 
-import itertools
-
 import jax
 import numpy as np
 
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import sample, score
-from rso_jax.selection import candidate_sets, pair_rules, rejection_sampling, subsampling
+from rso_jax.selection import (candidate_sets, pair_rules, rejection_sampling, sft_targets,
+                               subsampling)
 
 PAIRS_FILE = "pairs.npz"
+TARGETS_FILE = "targets.npz"
 
 
 def run(context: StageContext) -> dict:
@@ -38,6 +43,8 @@ def run(context: StageContext) -> dict:
     rewards = context.load_arrays("score", score.REWARDS_FILE)["rewards"]
     mask = np.ones(rewards.shape, bool)
     key = jax.random.PRNGKey(config.seed)
+    if not config.makes_pairs:
+        return _save_sft_targets(context, config, samples, rewards, key)
     extra = {}
     if config.method == "rso":
         selection, stats = rejection_sampling.rejection_sample(rewards, mask, key, config.beta,
@@ -72,8 +79,7 @@ def make_pairs(context: StageContext, config, samples, rewards, kept, valid,
     if rule in ("first_round", "tournament"):
         build = (pair_rules.first_round_rank_pairs if rule == "first_round"
                  else pair_rules.tournament_rank_pairs)
-        return build(kept, valid, preference_fn=_ranker_preference(
-            context, samples, kept, valid, every_pair=rule == "tournament"))
+        return build(kept, valid, preference_fn=_RankerPreference(context, samples))
     if rule == "tournament_by_reward":
         return pair_rules.tournament_rank_pairs(kept, valid, rewards_pn=rewards)
     kept_mask = np.zeros(rewards.shape, bool)
@@ -86,26 +92,62 @@ def make_pairs(context: StageContext, config, samples, rewards, kept, valid,
     return pair_rules.best_vs_random_pairs(rewards, kept_mask, key)
 
 
-def _ranker_preference(context: StageContext, samples, kept, valid, every_pair: bool):
-    """P(first > second) from the ranker on the texts of the kept responses: for the
-    first-round pairs, or for every pair of kept responses (a tournament's later matches)."""
-    num_prompts, num_candidates = samples["tokens"].shape[:2]
-    texts = np.array(context.decode(samples["tokens"]), object).reshape(num_prompts,
-                                                                         num_candidates)
-    contexts = [e.context for e in sample.sample_prompts(context)[:num_prompts]]
-    table = np.full((num_prompts, num_candidates, num_candidates), 0.5, np.float32)
-    rows, firsts, seconds = [], [], []
-    for p in range(num_prompts):
-        members = [int(i) for i, v in zip(kept[p], valid[p]) if v]
-        matches = (itertools.combinations(members, 2) if every_pair
-                   else zip(members[0::2], members[1::2]))
-        for a, b in matches:
-            rows.append(p), firsts.append(a), seconds.append(b)
-    if rows:
-        probability = context.preference_probabilities(
-            context.params("ranker"), [contexts[p] for p in rows], list(texts[rows, firsts]),
-            list(texts[rows, seconds]))
-        table[rows, firsts, seconds] = probability
-        table[rows, seconds, firsts] = 1.0 - probability
-    prompts = np.arange(num_prompts)[:, None]
-    return lambda first, second: table[prompts, np.asarray(first), np.asarray(second)]
+def _save_sft_targets(context: StageContext, config, samples, rewards, key) -> dict:
+    mask = np.ones(rewards.shape, bool)
+    if config.method == "raft":
+        everyone = candidate_sets.shuffled(subsampling.uniform_subsample(
+            mask, key, rewards.shape[1]), jax.random.fold_in(key, 1))
+        preference = _RankerPreference(context, samples)
+        pairs = pair_rules.tournament_rank_pairs(everyone.indices_pk, everyone.valid_pk,
+                                                 preference_fn=preference)
+        prompt_index = np.arange(rewards.shape[0])
+        candidate_index = tournament_winners(pairs, rewards.shape)
+        extra = {"ranker_comparisons": preference.comparisons}
+    else:
+        keep = np.asarray(sft_targets.rest_targets(rewards, mask, config.rest_threshold))
+        prompt_index, candidate_index = np.nonzero(keep)
+        extra = {"prompts_with_targets": int(len(np.unique(prompt_index)))}
+    context.save_arrays("select", TARGETS_FILE, prompts=samples["prompts"][prompt_index],
+                        targets=samples["tokens"][prompt_index, candidate_index])
+    chosen_rewards = rewards[prompt_index, candidate_index]
+    return {"targets": int(len(prompt_index)),
+            "mean_target_reward": float(chosen_rewards.mean()) if len(prompt_index) else None,
+            "mean_candidate_reward": float(rewards.mean()), **extra}
+
+
+def tournament_winners(pairs: pair_rules.Pairs, shape: tuple[int, int]) -> np.ndarray:
+    """int [P]: the candidate of each prompt that no valid match of a tournament rejected."""
+    rejected = np.zeros(shape, bool)
+    prompts, slots = np.nonzero(np.asarray(pairs.valid_pm))
+    rejected[prompts, np.asarray(pairs.rejected_index_pm)[prompts, slots]] = True
+    return np.argmin(rejected, axis=1)
+
+
+class _RankerPreference:
+    """A `pair_rules.PreferenceFn` that asks the ranker, on the responses' texts, only about
+    the pairs it is given, once each (both presentation orders averaged): a first round needs
+    one call, a tournament one per round, K - 1 comparisons per prompt in all."""
+
+    def __init__(self, context: StageContext, samples):
+        num_prompts, num_candidates = samples["tokens"].shape[:2]
+        self.context, self.params = context, context.params("ranker")
+        self.texts = np.array(context.decode(samples["tokens"]), object).reshape(
+            num_prompts, num_candidates)
+        self.contexts = [e.context for e in sample.sample_prompts(context)[:num_prompts]]
+        self.table = np.full((num_prompts, num_candidates, num_candidates), np.nan, np.float32)
+        self.table[:, np.arange(num_candidates), np.arange(num_candidates)] = 0.5
+        self.comparisons = 0
+
+    def __call__(self, first, second):
+        first, second = np.asarray(first), np.asarray(second)
+        prompts = np.broadcast_to(np.arange(first.shape[0])[:, None], first.shape)
+        unknown = np.isnan(self.table[prompts, first, second])
+        rows, firsts, seconds = prompts[unknown], first[unknown], second[unknown]
+        if rows.size:
+            probability = self.context.preference_probabilities(
+                self.params, [self.contexts[p] for p in rows], list(self.texts[rows, firsts]),
+                list(self.texts[rows, seconds]))
+            self.table[rows, firsts, seconds] = probability
+            self.table[rows, seconds, firsts] = 1.0 - probability
+            self.comparisons += int(rows.size)
+        return self.table[prompts, first, second]
