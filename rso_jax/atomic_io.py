@@ -47,14 +47,18 @@ def remove_leftovers(directory: str, recursive: bool = True) -> list[str]:
     return removed
 
 
+def _move_aside(path: str) -> str:
+    """Renames `path` (absolute) to a fresh temporary name beside it; returns that name."""
+    aside = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=_temporary_prefix(path))
+    os.rmdir(aside)
+    os.replace(path, aside)
+    return aside
+
+
 def remove_tree(path: str) -> None:
     """Deletes a directory so that an interruption leaves it whole or gone: it is first renamed
     to a temporary name (which `remove_leftovers` of its parent finishes off)."""
-    path = os.path.abspath(path)
-    doomed = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=_temporary_prefix(path))
-    os.rmdir(doomed)
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    shutil.rmtree(_move_aside(os.path.abspath(path)), ignore_errors=True)
 
 
 def _umask() -> int:
@@ -112,9 +116,7 @@ def directory(path: str) -> Iterator[str]:
         os.chmod(temp_dir, 0o777 & ~_umask())
         yield temp_dir
         if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix(path))
-            os.rmdir(old)
-            os.replace(path, old)
+            old = _move_aside(path)
             os.replace(temp_dir, path)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -121,6 +121,9 @@ def _checkpoint_manager(directory: str, loop: LoopConfig):
 
 
 UNUSABLE_CHECKPOINTS_DIR = "checkpoints_unusable"
+# Everything `train` keeps in a run directory (see the module docstring).
+RUN_STATE_NAMES = ("checkpoints", UNUSABLE_CHECKPOINTS_DIR, "metrics.jsonl", "tensorboard",
+                   "best")
 
 
 def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: training.TrainState):
@@ -176,8 +179,10 @@ def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: trainin
 
 
 def _all_finite(tree: Any) -> bool:
-    return all(bool(jax.device_get(jax.numpy.isfinite(leaf).all()))
-               for leaf in jax.tree_util.tree_leaves(tree))
+    """Whether every array of `tree` is finite (one transfer to the host)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return bool(jax.device_get(jax.numpy.stack([jax.numpy.isfinite(leaf).all()
+                                                for leaf in leaves]).all()))
 
 
 def _abstract_state(state: training.TrainState) -> Any:

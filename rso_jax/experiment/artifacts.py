@@ -18,17 +18,18 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from rso_jax import atomic_io, checkpoints, model_spec, param_tree, partitioning, run_info
+from rso_jax import (atomic_io, checkpoints, model_spec, param_tree, partitioning, run_info,
+                     train_loop)
 
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "DONE.json"
 SETTINGS_FILE = "settings.json"  # what a stage was started with (stage_records)
 PARAMS_DIR = "params"
-# What a stage directory holds besides its outputs: records, logs and a training stage's
-# working state (which `train_loop` checks itself when it resumes).
-_NOT_OUTPUTS = {DONE_FILE, SETTINGS_FILE, run_info.OPERATIVE_CONFIG_FILE, "metrics.jsonl",
-                "checkpoints", "checkpoints_unusable", "tensorboard", "best"}
+# What a stage directory holds besides its outputs: records, and a training stage's working
+# state (which `train_loop` checks itself when it resumes).
+_NOT_OUTPUTS = {DONE_FILE, SETTINGS_FILE, run_info.OPERATIVE_CONFIG_FILE,
+                *train_loop.RUN_STATE_NAMES}
 # Outputs a stage writes at the top of the work directory, where users look for them.
 TOP_LEVEL_OUTPUTS = {"evaluate": ("results.json", "results.md")}
 
@@ -174,19 +175,23 @@ def damaged_outputs(work_dir: str, manifest: dict[str, dict]) -> list[str]:
     return found
 
 
-def _damaged(path: str, error: Exception) -> ValueError:
-    return ValueError(f"{path} could not be read ({type(error).__name__}: {error}). If it was "
-                      "damaged after its stage finished, run the experiment again with that "
-                      "stage among STAGES: a stage whose outputs no longer match its DONE.json "
-                      "runs again.")
-
-
-def _is_damage(error: Exception) -> bool:
-    """Whether reading a file failed because of its contents, not for want of memory, a
-    device error or parameters of another model."""
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """Turns a failure to read `path` because of its contents into an error that names it and
+    what to do; a missing file, want of memory, a device error or parameters of another model
+    pass through as they are."""
     import jax
-    return not isinstance(error, (MemoryError, jax.errors.JaxRuntimeError,
-                                  param_tree.ParamTreeMismatchError))
+
+    try:
+        yield
+    except (FileNotFoundError, MemoryError, jax.errors.JaxRuntimeError,
+            param_tree.ParamTreeMismatchError):
+        raise
+    except Exception as error:  # BadZipFile, EOFError; orbax and TensorStore raise many kinds
+        raise ValueError(f"{path} could not be read ({type(error).__name__}: {error}). If it "
+                         "was damaged after its stage finished, run the experiment again with "
+                         "that stage among STAGES: a stage whose outputs no longer match its "
+                         "DONE.json runs again.") from error
 
 
 def save_arrays(path: str, **arrays: np.ndarray) -> None:
@@ -196,15 +201,8 @@ def save_arrays(path: str, **arrays: np.ndarray) -> None:
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # zipfile.BadZipFile, EOFError, ValueError, OSError, ...
-        if not _is_damage(error):
-            raise
-        raise _damaged(path, error) from error
+    with _reading(path), np.load(path) as data:
+        return {key: data[key] for key in data.files}
 
 
 def params_path(work_dir: str, stage: str) -> str:
@@ -215,14 +213,8 @@ def load_params(work_dir: str, stage: str, config: model_spec.ModelSpec,
                 partitioner: partitioning.Partitioner) -> Any:
     """A stage's parameters restored straight onto their shards on the mesh."""
     path = params_path(work_dir, stage)
-    try:
+    with _reading(path):
         return checkpoints.restore_params(path, config, partitioner.param_shardings(config))
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # orbax and TensorStore raise many kinds for a damaged tree
-        if not _is_damage(error):
-            raise
-        raise _damaged(path, error) from error
 
 
 def save_params(work_dir: str, stage: str, params: Any, config: model_spec.ModelSpec) -> None:

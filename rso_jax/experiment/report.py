@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from rso_jax.experiment.config import Experiment
+from rso_jax.experiment.config import SFT_SELECTIONS, Experiment
 
 METHOD_NAMES = {"rso": "rso-sample-rank", "sft": "sft-sample-rank",
                 "top_k_over_n": "best-of-N (top-k-over-N)", "direct": "direct",
@@ -26,7 +26,7 @@ def method_title(results: dict) -> str:
     selection = results["selection"]
     method = METHOD_NAMES[selection["method"]]
     parts = [method]
-    if selection["method"] in ("raft", "rest"):
+    if selection["method"] in SFT_SELECTIONS:
         if selection["method"] == "rest":
             parts.append(f"threshold {selection['rest_threshold']}")
         return ", ".join(parts)

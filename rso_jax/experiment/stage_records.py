@@ -77,8 +77,8 @@ def find_damaged(work_dir: str) -> Damaged:
         if done is None:
             continue
         if not isinstance(done.get("outputs"), dict):
-            damaged[stage] = [f"{os.path.join(artifacts.stage_dir(work_dir, stage), artifacts.DONE_FILE)}"
-                              " lists no outputs"]
+            marker = os.path.join(artifacts.stage_dir(work_dir, stage), artifacts.DONE_FILE)
+            damaged[stage] = [f"{marker} lists no outputs"]
             continue
         found = artifacts.damaged_outputs(work_dir, done["outputs"])
         if found:
@@ -154,19 +154,19 @@ def start(experiment: Experiment, stage: str, damaged: Damaged) -> None:
         for name in artifacts.TOP_LEVEL_OUTPUTS.get(stage, ()):
             if os.path.isfile(os.path.join(work_dir, name)):
                 os.remove(os.path.join(work_dir, name))
-    leftovers = atomic_io.remove_leftovers(directory) if os.path.isdir(directory) else []
-    if stage in artifacts.TOP_LEVEL_OUTPUTS:
-        leftovers += atomic_io.remove_leftovers(experiment.work_dir, recursive=False)
-    for path in leftovers:
+    # (Leftovers at the top of the work directory the runner removes when the run starts.)
+    for path in atomic_io.remove_leftovers(directory) if os.path.isdir(directory) else []:
         logger.info("Stage %s: removed %s, left by a write that was interrupted.", stage, path)
-    settings = fingerprints.stage_settings(experiment, stage)
-    atomic_io.write_json(os.path.join(directory, artifacts.SETTINGS_FILE), {
-        "settings": settings, "fingerprint": fingerprints.fingerprint(settings),
-        "inputs_read": inputs_read(experiment, stage)})
+    atomic_io.write_json(os.path.join(directory, artifacts.SETTINGS_FILE),
+                         _record(experiment, stage))
 
 
 def mark_done(experiment: Experiment, stage: str, summary: dict) -> None:
+    artifacts.mark_done(experiment.work_dir, stage, {**summary, **_record(experiment, stage)})
+
+
+def _record(experiment: Experiment, stage: str) -> dict:
+    """What a stage records of how it was made: settings, fingerprint, the inputs it read."""
     settings = fingerprints.stage_settings(experiment, stage)
-    artifacts.mark_done(experiment.work_dir, stage, {
-        **summary, "settings": settings, "fingerprint": fingerprints.fingerprint(settings),
-        "inputs_read": inputs_read(experiment, stage)})
+    return {"settings": settings, "fingerprint": fingerprints.fingerprint(settings),
+            "inputs_read": inputs_read(experiment, stage)}

@@ -4,8 +4,9 @@ against the SFT targets and each other.
 Proxy win rates come from the trained ranker. Gold figures come from the task's gold reward
 program where it has one, otherwise from a separate gold ranker checkpoint (RSO's "stronger
 ranker"); with neither, only proxy figures are reported. AutoSxS win rates (`rso_jax.autosxs`:
-8 judgements, 4 flipped) come from AUTOSXS_JUDGE_CHECKPOINT when one is given. The prompts may come from another
-task than the training one (EVAL_TASK; RSO Table 6: a TL;DR policy on CNN/DailyMail).
+8 judgements, 4 flipped) come from AUTOSXS_JUDGE_CHECKPOINT when one is given. The prompts may
+come from another task than the training one (EVAL_TASK; RSO Table 6: a TL;DR policy on
+CNN/DailyMail).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def run(context: StageContext) -> dict:
     mask = np.ones(rewards.shape, bool)
     key = jax.random.PRNGKey(config.seed)
     if not config.makes_pairs:
-        return _save_sft_targets(context, config, samples, rewards, key)
+        return _save_sft_targets(context, config, samples, rewards, mask, key)
     extra = {}
     if config.method == "rso":
         selection, stats = rejection_sampling.rejection_sample(rewards, mask, key, config.beta,
@@ -92,11 +92,12 @@ def make_pairs(context: StageContext, config, samples, rewards, kept, valid,
     return pair_rules.best_vs_random_pairs(rewards, kept_mask, key)
 
 
-def _save_sft_targets(context: StageContext, config, samples, rewards, key) -> dict:
-    mask = np.ones(rewards.shape, bool)
+def _save_sft_targets(context: StageContext, config, samples, rewards, mask, key) -> dict:
     if config.method == "raft":
-        everyone = candidate_sets.shuffled(subsampling.uniform_subsample(
-            mask, key, rewards.shape[1]), jax.random.fold_in(key, 1))
+        every_candidate = np.broadcast_to(np.arange(rewards.shape[1], dtype=np.int32),
+                                          rewards.shape)
+        everyone = candidate_sets.shuffled(candidate_sets.Selection(every_candidate, mask),
+                                           jax.random.fold_in(key, 1))
         preference = _RankerPreference(context, samples)
         pairs = pair_rules.tournament_rank_pairs(everyone.indices_pk, everyone.valid_pk,
                                                  preference_fn=preference)
