@@ -111,6 +111,9 @@ class PreferenceBatch:
       reference_chosen_logps, reference_rejected_logps: float32 [B], each response's sequence
         log-probability under the frozen SFT policy, computed once beforehand (`scoring`);
         None until then.
+      sft_targets: int32 [B, Lt], the SFT target of each pair's prompt, for SLiC's
+        regularisation term (eq. 1); None when the loss has none. `grouped_responses` then
+        lays out G = 3 rows per prompt.
     """
 
     inputs: Array
@@ -119,6 +122,7 @@ class PreferenceBatch:
     pair_mask: Array
     reference_chosen_logps: Optional[Array] = None
     reference_rejected_logps: Optional[Array] = None
+    sft_targets: Optional[Array] = None
 
 
 def _array_module(array: Array) -> Any:
@@ -142,10 +146,14 @@ def shift_right(target_tokens: Array, start_id: int = vocabularies.DECODER_START
 
 
 def grouped_responses(batch: PreferenceBatch) -> Array:
-    """[2B, Lt]: rows 2i and 2i + 1 are prompt i's chosen and rejected responses (the
-    network's and `scoring.score_targets`' G = 2 layout); numpy or jax, as the batch."""
+    """[GB, Lt]: rows Gi and Gi + 1 are prompt i's chosen and rejected responses, and row
+    Gi + 2 its SFT target when the batch has them (the network's and `scoring.score_targets`'
+    layout of G = 2 or 3 responses per prompt); numpy or jax, as the batch."""
     xp = _array_module(batch.chosen)
-    grouped = xp.stack([batch.chosen, batch.rejected], axis=1)
+    rows = [batch.chosen, batch.rejected]
+    if batch.sft_targets is not None:
+        rows.append(batch.sft_targets)
+    grouped = xp.stack(rows, axis=1)
     return grouped.reshape((-1,) + tuple(batch.chosen.shape[1:]))
 
 
@@ -158,13 +166,16 @@ def sft_batch_from_tokens(inputs: np.ndarray, targets: np.ndarray) -> SftBatch:
 def preference_batch_from_tokens(inputs: np.ndarray, chosen: np.ndarray, rejected: np.ndarray,
                                  reference_chosen_logps: Optional[np.ndarray] = None,
                                  reference_rejected_logps: Optional[np.ndarray] = None,
-                                 pair_mask: Optional[np.ndarray] = None) -> PreferenceBatch:
-    """A PreferenceBatch of token arrays (and reference log-probs); every pair real by default."""
+                                 pair_mask: Optional[np.ndarray] = None,
+                                 sft_targets: Optional[np.ndarray] = None) -> PreferenceBatch:
+    """A PreferenceBatch of token arrays (and reference log-probs, and SFT targets for a
+    regularisation term); every pair real by default."""
     if pair_mask is None:
         pair_mask = np.ones(len(inputs), bool)
     return PreferenceBatch(inputs=inputs, chosen=chosen, rejected=rejected, pair_mask=pair_mask,
                            reference_chosen_logps=reference_chosen_logps,
-                           reference_rejected_logps=reference_rejected_logps)
+                           reference_rejected_logps=reference_rejected_logps,
+                           sft_targets=sft_targets)
 
 
 def ids_with_eos(value: Any, vocabulary: Any = None, eos_id: int = vocabularies.EOS_ID) -> list:

@@ -108,6 +108,12 @@ def check_fits(path: str, config: t5.T5Config, name: str) -> None:
     with _named(name):
         fmt = detect_format(path)
         shapes = _SHAPE_READERS[fmt](path)
+    if not isinstance(config, t5.T5Config) and fmt != "orbax":
+        raise ValueError(f"{name}: {path} is a {fmt} checkpoint, which holds a T5; a "
+                         f"{type(config).__name__} loads only from this project's orbax "
+                         "parameters (e.g. a finished ranker stage's params/). To start it "
+                         "from a pretrained T5, give that T5 as its init checkpoint "
+                         "(RANKER_INIT_CHECKPOINT).")
     param_tree.check_shapes(param_tree.config_shapes(config), shapes,
                             f"{name}: the {fmt} checkpoint {path} does not fit the model "
                             f"config {config}.")
@@ -125,8 +131,11 @@ def _check_saved_config(path: str, fmt: str, config: t5.T5Config) -> None:
     if fmt == "t5x":
         return
     try:
-        saved = (checkpoints.load_config(path, t5.T5Config) if fmt == "orbax"
-                 else hf_weights.config_from_hf(_read_hf_config(path)))
+        if isinstance(config, t5.T5Config):
+            saved = (checkpoints.load_config(path, t5.T5Config) if fmt == "orbax"
+                     else hf_weights.config_from_hf(_read_hf_config(path)))
+        else:  # a model around a T5 (the pointwise reward model), in our orbax format only
+            saved, config = checkpoints.load_config(path, type(config)).t5, config.t5
     except FileNotFoundError:
         raise
     except _READ_ERRORS as error:

@@ -171,13 +171,27 @@ def slic_loss(chosen_logps: Array, rejected_logps: Array, regularization_target_
       regularization_weight: lambda.
       mask: optional [pairs] bool.
     """
-    chosen_logps, rejected_logps, regularization_target_logps = _zero_padding(
-        mask, chosen_logps, rejected_logps, regularization_target_logps)
-    losses = (jax.nn.relu(delta - chosen_logps + rejected_logps)
-              - regularization_weight * regularization_target_logps)
+    chosen_logps, rejected_logps = _zero_padding(mask, chosen_logps, rejected_logps)
+    losses = jax.nn.relu(delta - chosen_logps + rejected_logps)
     metrics = _pair_metrics(chosen_logps, rejected_logps, chosen_logps, rejected_logps, mask)
-    metrics["logps/regularization_target"] = _masked_mean(regularization_target_logps, mask)
-    return _masked_mean(losses, mask), metrics
+    term, term_metrics = target_regularization(regularization_target_logps,
+                                               regularization_weight, mask)
+    return _masked_mean(losses, mask) + term, {**metrics, **term_metrics}
+
+
+def target_regularization(target_logps: Array, weight: float,
+                          mask: Optional[Array] = None) -> tuple[Array, Metrics]:
+    """SLiC's regularisation term, eq. (1): -lambda * log pi(y_ref | x), averaged over the
+    (valid) pairs; added to any preference loss it keeps the policy near its SFT targets.
+
+    Args:
+      target_logps: [pairs] policy sequence log-probability of each pair's SFT target y_ref.
+      weight: lambda.
+      mask: optional [pairs] bool.
+    """
+    (target_logps,) = _zero_padding(mask, target_logps)
+    mean = _masked_mean(target_logps, mask)
+    return -weight * mean, {"logps/regularization_target": mean}
 
 
 PREFERENCE_LOSSES: dict[str, Callable[..., tuple[Array, Metrics]]] = {

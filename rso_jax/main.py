@@ -5,8 +5,10 @@
 With no --gin_file it runs DEFAULT_GIN_FILE. Gin files are looked up relative to the current
 directory and to the repository root, so `gin/...` and `configs/...` resolve from anywhere.
 The job to run is bound in gin as `main.run.job`. `--tiny` applies TINY_GIN_FILE after the
-experiment's files: any experiment, shrunk to run on a CPU in about a minute. `--help` lists
-every setting of the experiment (of its --gin_file, or the default) with its value.
+experiment's files: any experiment, shrunk to run on a CPU in about a minute.
+`--builtin_task` (BUILTIN_TASK_GIN_FILE, before it) swaps the experiment's data for the
+built-in synthetic task. `--help` lists every setting of the experiment (of its --gin_file, or
+the default) with its value.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rso_jax import cpu_tuning
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "configs/demo_rso.gin"
 TINY_GIN_FILE = "gin/tiny.gin"
+BUILTIN_TASK_GIN_FILE = "gin/builtin_task.gin"
 RUN_FILE = "gin/runs/rso.gin"  # its header says what each setting means
 
 
@@ -35,7 +38,9 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Splits argv into gin files and bindings (`--gin.NAME=VALUE` -> 'NAME = VALUE')."""
     parser = _argument_parser()
     args, rest = parser.parse_known_args(list(argv))
-    gin_files = (args.gin_file or [DEFAULT_GIN_FILE]) + ([TINY_GIN_FILE] if args.tiny else [])
+    gin_files = ((args.gin_file or [DEFAULT_GIN_FILE])
+                 + ([BUILTIN_TASK_GIN_FILE] if args.builtin_task else [])
+                 + ([TINY_GIN_FILE] if args.tiny else []))
     if args.help:
         print(parser.format_help())
         listed, readable = settings_help(gin_files)
@@ -66,6 +71,10 @@ def _argument_parser() -> argparse.ArgumentParser:
                         help="a binding 'NAME = VALUE' (repeatable)")
     parser.add_argument("--tiny", action="store_true",
                         help=f"shrink the experiment to a one-minute CPU run ({TINY_GIN_FILE})")
+    parser.add_argument("--builtin_task", action="store_true",
+                        help="run the experiment on the built-in synthetic task instead of its "
+                             f"data files ({BUILTIN_TASK_GIN_FILE}); with --tiny, any paper "
+                             "config runs in minutes on a CPU with no data")
     return parser
 
 

@@ -107,9 +107,10 @@ def sft_loss(params: Any, batch: batching.SftBatch, dropout_rng: Array, *,
     return loss, {"loss": loss, **metrics}
 
 
-def policy_pair_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
-                      model_config: t5.T5Config) -> tuple[Array, Array]:
-    """Sequence log-probs of chosen and rejected under the policy, prompt encoded once."""
+def policy_response_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
+                          model_config: t5.T5Config) -> Array:
+    """[B, G] sequence log-probs under the policy of each prompt's chosen, rejected (and SFT
+    target, when the batch has them) responses, the prompt encoded once for all of them."""
     model = t5.T5(model_config)
     dropout = model_config.dropout_rate > 0
     encoded = model.apply({"params": params}, batch.inputs, enable_dropout=dropout,
@@ -120,25 +121,40 @@ def policy_pair_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng:
                          method=model.decode, rngs={"dropout": jax.random.fold_in(dropout_rng, 1)})
     token_logps = jnp.where(responses != vocabularies.PAD_ID,
                             scoring.token_log_probs(logits, responses), 0.0)
-    sequence_logps = token_logps.sum(axis=-1).reshape(-1, 2)
-    return sequence_logps[:, 0], sequence_logps[:, 1]
+    return token_logps.sum(axis=-1).reshape(batch.inputs.shape[0], -1)
+
+
+def policy_pair_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
+                      model_config: t5.T5Config) -> tuple[Array, Array]:
+    """Sequence log-probs of chosen and rejected under the policy, prompt encoded once."""
+    logps = policy_response_logps(params, batch, dropout_rng, model_config=model_config)
+    return logps[:, 0], logps[:, 1]
 
 
 def preference_loss(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
                     model_config: t5.T5Config, loss_name: str = "sigmoid_norm",
-                    gamma: float = 0.05, label_smoothing: float = 0.0) -> tuple[Array, Metrics]:
+                    gamma: float = 0.05, label_smoothing: float = 0.0,
+                    regularization_weight: float = 0.0) -> tuple[Array, Metrics]:
     """A preference loss (`losses.PREFERENCE_LOSSES`: RSO's eqs. 8-10, IPO, conservative DPO)
-    on one batch of pairs."""
+    on one batch of pairs, plus SLiC's regularisation term (eq. 1) on the batch's SFT targets
+    when `regularization_weight` > 0."""
     if batch.reference_chosen_logps is None or batch.reference_rejected_logps is None:
         raise ValueError("The preference batch has no reference log-probabilities; compute them "
                          "once with the frozen SFT policy (scoring.make_scorer) and pass them to "
                          "batching.preference_batch_from_tokens.")
-    chosen_logps, rejected_logps = policy_pair_logps(params, batch, dropout_rng,
-                                                     model_config=model_config)
+    if regularization_weight and batch.sft_targets is None:
+        raise ValueError(f"regularization_weight={regularization_weight} needs the SFT targets "
+                         "of the pairs' prompts in the batch (PreferenceBatch.sft_targets).")
+    logps = policy_response_logps(params, batch, dropout_rng, model_config=model_config)
     loss, metrics = losses.preference_loss(loss_name, gamma=gamma,
                                            label_smoothing=label_smoothing)(
-        chosen_logps, rejected_logps, batch.reference_chosen_logps,
+        logps[:, 0], logps[:, 1], batch.reference_chosen_logps,
         batch.reference_rejected_logps, mask=batch.pair_mask)
+    if regularization_weight:
+        term, term_metrics = losses.target_regularization(logps[:, 2], regularization_weight,
+                                                          batch.pair_mask)
+        loss = loss + term
+        metrics = {**metrics, **term_metrics}
     return loss, {"loss": loss, **metrics}
 
 

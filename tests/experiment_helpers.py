@@ -13,6 +13,18 @@ from t5_helpers import REPO_ROOT
 
 SYNTHETIC_VOCABULARY = os.path.join(REPO_ROOT, "rso_jax", "assets", "synthetic_spm.model")
 ONE_DEVICE_ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+# The demo (configs/demo_rso.gin) at its tiniest: every stage in seconds on one CPU device.
+DEMO_TINY_FLAGS = [
+    "--gin_file=configs/demo_rso.gin",
+    "--gin.SFT_STEPS=12", "--gin.RANKER_STEPS=12", "--gin.PREFERENCE_STEPS=40",
+    "--gin.NUM_CANDIDATES=4", "--gin.NUM_SAMPLES=4", "--gin.MAX_DECODE_LENGTH=10",
+    "--gin.NUM_SAMPLE_PROMPTS=32", "--gin.NUM_EVAL_PROMPTS=16",
+    "--gin.NUM_TRAIN_EXAMPLES=256",
+    "--gin.NUM_VALIDATION_EXAMPLES=16", "--gin.NUM_TEST_EXAMPLES=16",
+    "--gin.SFT_BATCH_SIZE=16", "--gin.RANKER_BATCH_SIZE=16", "--gin.PREFERENCE_BATCH_SIZE=16",
+    "--gin.PREFERENCE_CHECKPOINT_EVERY=10", "--gin.PREFERENCE_EVAL_EVERY=20",
+    "--gin.RANKER_WARMUP_STEPS=2",
+    "--gin.DATA_PARALLELISM=1", "--gin.MODEL_PARALLELISM=1"]
 
 
 def main_command(*flags: str) -> list[str]:

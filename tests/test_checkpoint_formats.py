@@ -182,3 +182,42 @@ def test_a_checkpoint_saved_for_another_model_of_the_same_shapes_is_refused(path
                                              "experiment 256"):
             checkpoint_formats.check_fits(paths[fmt], other, "SFT_CHECKPOINT")
     checkpoint_formats.check_fits(paths["t5x"], other, "SFT_CHECKPOINT")  # T5X keeps none
+
+
+def test_a_pointwise_reward_model_loads_only_from_its_own_orbax_checkpoint(
+        tmp_path, fixture_params, config, paths, partitioner):
+    """SCORER='pointwise': RANKER_CHECKPOINT is a pointwise model saved by this project (its
+    T5 under 't5' and the scalar head); a T5 checkpoint of any format is refused naming
+    RANKER_INIT_CHECKPOINT, and a checkpoint of the other kind than SCORER names SCORER."""
+    import types
+
+    from rso_jax import reward_models
+    from rso_jax.experiment import checkpoint_inputs
+
+    spec = reward_models.PointwiseRewardConfig(config)
+    params = jax.device_get(reward_models.init_pointwise_params(
+        config, jax.random.PRNGKey(0), fixture_params))
+    params["reward_head"]["kernel"] = np.full_like(params["reward_head"]["kernel"], 0.5)
+    path = str(tmp_path / "pointwise")
+    checkpoints.save_params(params, spec, path)
+    restored = checkpoint_formats.restore(path, spec, partitioner, "RANKER_CHECKPOINT")
+    for key, value in param_tree.flatten(params).items():
+        np.testing.assert_array_equal(np.asarray(param_tree.flatten(restored)[key]), value)
+    for fmt in ("t5x", "hf"):  # an orbax T5 is refused naming SCORER (below)
+        with pytest.raises(ValueError, match=f"is a {fmt} checkpoint, which holds a T5.*"
+                                             "RANKER_INIT_CHECKPOINT"):
+            checkpoint_formats.check_fits(paths[fmt], spec, "RANKER_CHECKPOINT")
+
+    def experiment(scorer, ranker_checkpoint):
+        return types.SimpleNamespace(
+            scorer=scorer, ranker_checkpoint=ranker_checkpoint, ranker_config=config,
+            policy_config=config, sft_checkpoint=None, sft_init_checkpoint=None,
+            ranker_init_checkpoint=None, gold_ranker_checkpoint=None, gold_ranker_config=None,
+            autosxs_judge_checkpoint=None, autosxs_judge_config=None)
+
+    checkpoint_inputs.check_all(experiment("pointwise", path))
+    with pytest.raises(ValueError, match=r"holds a pointwise reward model, but "
+                                         r"SCORER='pairwise'"):
+        checkpoint_inputs.check_all(experiment("pairwise", path))
+    with pytest.raises(ValueError, match=r"holds a pairwise T5 ranker, but SCORER='pointwise'"):
+        checkpoint_inputs.check_all(experiment("pointwise", paths["orbax"]))

@@ -51,7 +51,8 @@ def test_tldr_runs_every_stage_from_files(tldr_run):
     assert results["eval_prompts"] == 8
     assert results["examples"][0]["context"].startswith("SUBREDDIT: r/synthetic\nTITLE: post 0")
     table = open(work_dir / "results.md").read()
-    assert ("RSO experiment (tldr): rso-sample-rank, first-round pairs by the ranker, beta 0.5"
+    assert ("RSO experiment (tldr): rso-sample-rank, scored by the pairwise T5 ranker, "
+            "first-round pairs by the ranker, beta 0.5"
             in table)
     assert "gold judge: none" in table
     assert re.search(r"\| trained \| - \| [0-9.]+% \| - \| - \| - \|", table), table
@@ -60,17 +61,29 @@ def test_tldr_runs_every_stage_from_files(tldr_run):
     assert "sft:" in result.stderr and "preference:" in result.stderr  # named progress bars
 
 
-def test_tldr_policy_evaluated_on_cnn_dailymail(tldr_run, tldr_flags, tmp_path):
+def test_tldr_policy_transferred_to_cnn_dailymail(tldr_run, tldr_flags, tmp_path):
+    """RSO Table 6: the TL;DR SFT policy and ranker reused; candidates sampled for CNN/DailyMail
+    train articles (SAMPLE_TASK) and ranked by the TL;DR ranker; evaluated on its test ones."""
+    from rso_jax.data import text_codec
+
     work_dir = tmp_path / "transfer"
     shutil.copytree(tldr_run[0], work_dir)
-    shutil.rmtree(work_dir / "evaluate")  # evaluated on TL;DR: redone on CNN/DailyMail
+    for later in ("sample", "score", "select", "reference", "preference", "evaluate",
+                  "results.json", "results.md"):
+        path = work_dir / later
+        shutil.rmtree(path) if path.is_dir() else os.remove(path)
     articles = os.path.join(REPO_ROOT, "tests", "data", "cnn_dailymail.jsonl")
     flags = [f.replace("configs/tldr_rso.gin", "configs/tldr_to_cnn_dailymail.gin")
              for f in tldr_flags]
-    result = run_main(*flags, f"--gin.CNN_DAILYMAIL_FILES={{'test': '{articles}'}}",
-                      f"--gin.WORK_DIR='{work_dir}'")
+    result = run_main(*flags, f"--gin.CNN_DAILYMAIL_FILES={{'train': '{articles}', "
+                      f"'test': '{articles}'}}", "--gin.SAMPLE_TASK=%EVAL_TASK",
+                      "--gin.PREFERENCE_BATCH_SIZE=2", f"--gin.WORK_DIR='{work_dir}'")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Stage sft: done before, skipped." in result.stderr
+    assert "Stage ranker: done before, skipped." in result.stderr
+    prompts = np.load(work_dir / "sample" / "samples.npz")["prompts"]
+    decoded = text_codec.TextCodec(SYNTHETIC_VOCABULARY).decode(prompts)
+    assert len(decoded) == 2 and all(text.startswith("ARTICLE:") for text in decoded)
     results = json.load(open(work_dir / "results.json"))
     assert results["task"] == "tldr" and results["eval_task"] == "cnn_dailymail"
     assert results["eval_prompts"] == 2  # the file's two articles

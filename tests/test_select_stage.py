@@ -45,7 +45,7 @@ def setting():
     tokens[:, :, 0] = np.arange(NUM_CANDIDATES) + 10  # the text names the candidate
     asked = []
 
-    def preference_probabilities(params, contexts, first, second):
+    def preference_probabilities(contexts, first, second):  # the scorer's interface
         rows = [int(c) for c in contexts]
         a, b = np.array([int(t) for t in first]), np.array([int(t) for t in second])
         asked.append(len(rows))
@@ -54,10 +54,10 @@ def setting():
     context = types.SimpleNamespace(
         experiment=types.SimpleNamespace(
             num_sample_prompts=NUM_PROMPTS,
-            task=types.SimpleNamespace(sft_examples=lambda split: [
+            sampling_task=types.SimpleNamespace(sft_examples=lambda split: [
                 types.SimpleNamespace(context=str(p)) for p in range(NUM_PROMPTS)])),
         decode=lambda t: [str(int(row[0]) - 10) for row in np.asarray(t).reshape(-1, 3)],
-        params=lambda stage: None, preference_probabilities=preference_probabilities)
+        scorer=lambda: types.SimpleNamespace(preference_probabilities=preference_probabilities))
     return types.SimpleNamespace(strength=strength, rewards=rewards, kept=kept, valid=valid,
                                  samples={"tokens": tokens}, context=context, asked=asked)
 

@@ -28,10 +28,28 @@ DEMO = ["--gin_file=configs/demo_rso.gin"]
                             "not LOSS='sigmoid_norm'"),
     ("LABEL_SMOOTHING=0.7", "LABEL_SMOOTHING must be in [0, 0.5)"),
     ("REST_THRESHOLD=1.0", "REST_THRESHOLD must be in [0, 1)"),
+    ("SCORER='pointwize'", "SCORER='pointwize'; choose one of ('pairwise', 'pointwise')"),
+    ("ROUNDS=0", "ROUNDS must be >= 1"),
+    ("ROUNDS=2 & SELECTION='direct'", "ROUNDS=2 needs samples of each round's policy"),
+    ("LAMBDA=-1.0", "LAMBDA must be >= 0"),
+    ("LAMBDA=0.5 & SELECTION='raft'", "LAMBDA=0.5 weighs a term of the preference loss"),
+    ("REFERENCE_POLICY='previous_round' & SELECTION='best_of_n'",
+     "REFERENCE_POLICY='previous_round' chooses the reference log-probabilities of preference "
+     "pairs"),
+    ("SAMPLE_TASK=%TASK & SELECTION='direct'", "SAMPLE_TASK is where candidates are sampled"),
+    ("NUM_SAMPLE_PROMPTS=0", "NUM_SAMPLE_PROMPTS must be an int >= 1, or None"),
 ])
 def test_a_bad_setting_fails_when_the_experiment_is_built_naming_it(binding, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        build_experiment(DEMO + [f"--gin.{binding}"])
+        build_experiment(DEMO + [f"--gin.{one}" for one in binding.split(" & ")])
+
+
+def test_num_samples_is_checked_only_where_responses_are_kept():
+    for selection in ("best_of_n", "raft", "rest", "direct"):
+        build_experiment(DEMO + [f"--gin.SELECTION='{selection}'", "--gin.NUM_SAMPLES=1"])
+        build_experiment(DEMO + [f"--gin.SELECTION='{selection}'", "--gin.NUM_SAMPLES=99"])
+    with pytest.raises(ValueError, match="NUM_SAMPLES must be >= 2"):
+        build_experiment(DEMO + ["--gin.SELECTION='sft'", "--gin.NUM_SAMPLES=1"])
 
 
 def test_the_demo_settings_build():

@@ -1,5 +1,6 @@
 """Train steps: each kind learns, accumulation and sharding leave the update unchanged."""
 
+import dataclasses
 import functools
 
 import jax
@@ -68,6 +69,35 @@ def test_pair_logps_encode_once_and_equal_separate_scoring(params, preference_ba
                                atol=1e-5)
     np.testing.assert_allclose(np.asarray(rejected), preference_batch.reference_rejected_logps,
                                atol=1e-5)
+
+
+def test_slic_regularization_adds_minus_lambda_times_the_sft_targets_mean_logp(
+        params, preference_batch):
+    """LAMBDA: the loss grows by -lambda * mean log pi(y_ref | x) over the valid pairs, each
+    SFT target scored by the teacher-forced scorer (padding pairs left out)."""
+    rng = np.random.default_rng(5)
+    targets = padded_tokens(rng, [4, 7, 2, 6, 5, 3, 7, 1], 7, MESH_TEST_CONFIG.vocab_size)
+    mask = np.array([True] * 6 + [False] * 2)
+    batch = batching.preference_batch_from_tokens(
+        preference_batch.inputs, preference_batch.chosen, preference_batch.rejected,
+        preference_batch.reference_chosen_logps, preference_batch.reference_rejected_logps,
+        pair_mask=mask, sft_targets=targets)
+
+    def loss(weight, batch):
+        value, metrics = training.preference_loss(
+            params, batch, jax.random.PRNGKey(0), model_config=MESH_TEST_CONFIG,
+            loss_name="hinge", gamma=0.5, regularization_weight=weight)
+        return float(value), metrics
+
+    target_logps = np.asarray(scoring.make_scorer(MESH_TEST_CONFIG)(
+        params, preference_batch.inputs, targets)[1])
+    without, _ = loss(0.0, dataclasses.replace(batch, sft_targets=None))
+    with_term, metrics = loss(0.3, batch)
+    assert with_term - without == pytest.approx(-0.3 * target_logps[mask].mean(), rel=1e-4)
+    assert float(metrics["logps/regularization_target"]) == pytest.approx(
+        target_logps[mask].mean(), rel=1e-4)
+    with pytest.raises(ValueError, match="needs the SFT targets"):
+        loss(0.3, dataclasses.replace(batch, sft_targets=None))
 
 
 def test_preference_loss_needs_reference_logps(params, preference_batch):

@@ -67,24 +67,29 @@ class TextCodec:
         return texts
 
     def ranker_inputs(self, template: Sequence[str], contexts: Sequence[str],
-                      first: Sequence[str], second: Sequence[str], length: int,
+                      *responses: Sequence[str], length: int,
                       max_response_tokens: int) -> np.ndarray:
-        """Ranker inputs `[CONTEXT] x [.. A] y1 [.. B] y2` [n, length]: responses cut to
-        `max_response_tokens`, then contexts cut to fit."""
+        """Reward-model inputs [n, length]: `[CONTEXT] x [.. A] y1 [.. B] y2` for a pairwise
+        ranker (two response lists), `[CONTEXT] x [RESPONSE] y` for a pointwise model (one);
+        responses cut to `max_response_tokens`, then contexts cut to fit."""
+        if len(responses) != len(template) - 1:
+            raise ValueError(f"The template {tuple(template)} has {len(template) - 1} response "
+                             f"slot(s); {len(responses)} response lists were given.")
         report = reward_models.TruncationReport()
         rows = []
-        for context, a, b in zip(contexts, first, second):
-            ids = reward_models.pack_ranker_input(self.processor, context, (a, b), template,
+        for context, *texts in zip(contexts, *responses):
+            ids = reward_models.pack_ranker_input(self.processor, context, texts, template,
                                                   length, report=report,
                                                   max_response_tokens=max_response_tokens)
             if ids is None:
                 raise ValueError(f"Responses too long for ranker inputs of {length} tokens: "
-                                 f"{a[:80]!r}, {b[:80]!r}; raise RANKER_INPUT_LENGTH.")
+                                 f"{', '.join(repr(t[:80]) for t in texts)}; raise "
+                                 "RANKER_INPUT_LENGTH.")
             rows.append(ids)
         if report.truncated_contexts or report.truncated_responses:
             logger.warning("Ranker inputs: %s", report)
         return batching.pad_batch(rows, length)[0]
 
     def ranker_input_overhead(self, template: Sequence[str]) -> int:
-        """Tokens of a ranker input besides the context and the two responses (markers, EOS)."""
+        """Tokens of a ranker input besides the context and the responses (markers, EOS)."""
         return sum(len(self.processor.encode(marker.strip())) for marker in template) + 1

@@ -30,8 +30,19 @@ PARAMS_DIR = "params"
 # state (which `train_loop` checks itself when it resumes).
 _NOT_OUTPUTS = {DONE_FILE, SETTINGS_FILE, run_info.OPERATIVE_CONFIG_FILE,
                 *train_loop.RUN_STATE_NAMES}
-# Outputs a stage writes at the top of the work directory, where users look for them.
+# Outputs a stage writes at the top of the work directory (of its round's directory, for a
+# later round's stage), where users look for them.
 TOP_LEVEL_OUTPUTS = {"evaluate": ("results.json", "results.md")}
+
+
+def top_level_outputs(stage: str) -> list[str]:
+    """The outputs `stage` ('evaluate', 'round_2/evaluate') writes outside its directory, as
+    paths relative to the work directory."""
+    from rso_jax.experiment import rounds
+
+    directory = rounds.round_dir("", rounds.round_of(stage))
+    return [os.path.join(directory, name)
+            for name in TOP_LEVEL_OUTPUTS.get(rounds.base_stage(stage), ())]
 
 
 def stage_dir(work_dir: str, stage: str) -> str:
@@ -129,7 +140,7 @@ def output_files(work_dir: str, stage: str) -> list[str]:
     """The stage's output files, as paths relative to the work directory (temporary files of
     interrupted writes are not outputs)."""
     directory = stage_dir(work_dir, stage)
-    found = [name for name in TOP_LEVEL_OUTPUTS.get(stage, ())
+    found = [name for name in top_level_outputs(stage)
              if os.path.isfile(os.path.join(work_dir, name))]
     for root, folders, files in os.walk(directory, followlinks=True):
         top = root == directory

@@ -3,19 +3,23 @@ and restored straight onto the mesh."""
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Optional
 
 import jax
 
-from rso_jax import checkpoint_formats, t5, partitioning
+from rso_jax import checkpoint_formats, checkpoints, model_spec, t5, partitioning
+from rso_jax.experiment import scorers
 from rso_jax.experiment.config import Experiment
 
 
-def given_checkpoints(experiment: Experiment) -> list[tuple[str, str, t5.T5Config]]:
+def given_checkpoints(experiment: Experiment) -> list[tuple[str, str, model_spec.ModelSpec]]:
     """(macro name, path, model config it must fit) of every checkpoint the experiment names."""
     entries = [("SFT_CHECKPOINT", experiment.sft_checkpoint, experiment.policy_config),
                ("SFT_INIT_CHECKPOINT", experiment.sft_init_checkpoint, experiment.policy_config),
-               ("RANKER_CHECKPOINT", experiment.ranker_checkpoint, experiment.ranker_config),
+               ("RANKER_CHECKPOINT", experiment.ranker_checkpoint,
+                scorers.ranker_spec(experiment)),
                ("RANKER_INIT_CHECKPOINT", experiment.ranker_init_checkpoint,
                 experiment.ranker_config),
                ("GOLD_RANKER_CHECKPOINT", experiment.gold_ranker_checkpoint,
@@ -29,10 +33,30 @@ def check_all(experiment: Experiment) -> None:
     """Fails, naming the macro, the path and any mismatched keys, unless every given
     checkpoint exists and fits its model size (shapes only: no weights are read)."""
     for name, path, config in given_checkpoints(experiment):
+        if name == "RANKER_CHECKPOINT":
+            _check_scorer_kind(path, experiment.scorer)
         checkpoint_formats.check_fits(path, config, name)
 
 
-def restore(path: str, name: str, config: t5.T5Config,
+def _check_scorer_kind(path: str, scorer: str) -> None:
+    """Refuses, naming SCORER, a ranker checkpoint of our format saved for the other kind of
+    reward model (a pointwise model's config holds its T5 under 't5')."""
+    config_file = os.path.join(path, checkpoints.MODEL_CONFIG_FILE)
+    if not os.path.isfile(config_file):
+        return  # T5X or HF: a T5, checked by check_fits
+    try:
+        with open(config_file) as stream:
+            pointwise = "t5" in json.load(stream)
+    except (OSError, ValueError):
+        return  # check_fits names the damage
+    if pointwise != (scorer == "pointwise"):
+        kind = "a pointwise reward model" if pointwise else "a pairwise T5 ranker"
+        other = "pointwise" if pointwise else "pairwise"
+        raise ValueError(f"RANKER_CHECKPOINT {path} holds {kind}, but SCORER={scorer!r}; set "
+                         f"--gin.SCORER=\"'{other}'\" or give a checkpoint of the other kind.")
+
+
+def restore(path: str, name: str, config: model_spec.ModelSpec,
             partitioner: partitioning.Partitioner) -> Any:
     return checkpoint_formats.restore(path, config, partitioner, name)
 

@@ -17,9 +17,17 @@ from rso_jax import decoding, losses, t5, training
 # Which responses are kept (NUM_SAMPLES of NUM_CANDIDATES): rso-sample-rank, sft-sample-rank,
 # best-of-N (the top NUM_SAMPLES by reward), or the task's own comparisons (no samples); or
 # which become SFT targets: RAFT (each prompt's best candidate by a tournament of ranker
-# comparisons) and ReST (candidates whose normalised eq. 7 reward exceeds REST_THRESHOLD).
-SELECTIONS = ("rso", "sft", "top_k_over_n", "direct", "raft", "rest")
-SFT_SELECTIONS = ("raft", "rest")  # the policy is fine-tuned on them, not on pairs
+# comparisons), ReST (candidates whose normalised reward exceeds REST_THRESHOLD) and best_of_n
+# (each prompt's candidate of highest reward: Llama 2's rejection-sampling fine-tuning,
+# RS-DPO's "rejection sampling").
+SELECTIONS = ("rso", "sft", "top_k_over_n", "direct", "raft", "rest", "best_of_n")
+SFT_SELECTIONS = ("raft", "rest", "best_of_n")  # the policy is fine-tuned on them, not on pairs
+# The reward model: RSO's pairwise T5 ranker (rewards by eq. 7 against a baseline decode), or a
+# pointwise T5 reward model trained with the Bradley-Terry loss (RS-DPO); both trained from the
+# task's comparisons by the ranker stage, or loaded from RANKER_CHECKPOINT.
+SCORERS = ("pairwise", "pointwise")
+# Where the reference log-probabilities of rounds after the first come from.
+REFERENCE_POLICIES = ("sft", "previous_round")
 # How the kept responses (in a random order) become pairs: RSO's first-round and tournament
 # ranks decided by the pairwise ranker (tournament_by_reward: by eq. 7 rewards), RS-DPO's
 # reward-gap rule (ETA, TAU), and best vs worst / best vs random by reward.
@@ -40,6 +48,8 @@ _MACROS = {
     ("SelectionConfig", "eta"): "ETA", ("SelectionConfig", "tau"): "TAU",
     ("SelectionConfig", "rest_threshold"): "REST_THRESHOLD",
     ("Experiment", "loss"): "LOSS", ("Experiment", "gamma"): "GAMMA",
+    ("Experiment", "scorer"): "SCORER", ("Experiment", "regularization_weight"): "LAMBDA",
+    ("Experiment", "rounds"): "ROUNDS", ("Experiment", "reference_policy"): "REFERENCE_POLICY",
     ("Experiment", "label_smoothing"): "LABEL_SMOOTHING",
     ("Experiment", "num_sample_prompts"): "NUM_SAMPLE_PROMPTS",
     ("Experiment", "num_eval_prompts"): "NUM_EVAL_PROMPTS", ("Experiment", "seed"): "SEED",
@@ -169,14 +179,19 @@ class SelectionConfig:
         if not 0 <= self.rest_threshold < 1:
             raise ValueError(f"REST_THRESHOLD must be in [0, 1) (rewards are normalised to "
                              f"[0, 1]), got {self.rest_threshold}.")
+        if self.keeps_samples and self.num_samples < 2:
+            raise ValueError(f"NUM_SAMPLES must be >= 2 (pairs need two), got "
+                             f"{self.num_samples}.")
+
+    @property
+    def keeps_samples(self) -> bool:
+        """Whether NUM_SAMPLES of the candidates are kept and paired."""
+        return self.method in ("rso", "sft", "top_k_over_n")
 
     @property
     def makes_pairs(self) -> bool:
         """Whether the policy learns from preference pairs (else from SFT targets)."""
         return self.method not in SFT_SELECTIONS
-        if self.num_samples < 2:
-            raise ValueError(f"NUM_SAMPLES must be >= 2 (pairs need two), got "
-                             f"{self.num_samples}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +224,17 @@ class Experiment:
     loss: str = "sigmoid_norm"  # one of LOSSES
     gamma: float = 0.05
     label_smoothing: float = 0.0  # conservative_sigmoid_norm's epsilon
-    num_sample_prompts: int = 512  # train prompts whose candidates are sampled
+    # SLiC's regularisation (eq. 1): the loss gains -LAMBDA * log pi(y_ref | x), y_ref the
+    # prompt's SFT target (for direct pairs, the chosen response). RSO drops it (0).
+    regularization_weight: float = 0.0
+    scorer: str = "pairwise"  # one of SCORERS
+    # Iterative rounds: round r > 1 samples from round r - 1's policy, selects and trains from
+    # it again (Llama 2: SELECTION 'best_of_n'; Llama 3: PAIR_RULE 'best_vs_worst' and a DPO
+    # loss), each round in its own directory (round_<r>/).
+    rounds: int = 1
+    reference_policy: str = "sft"  # one of REFERENCE_POLICIES (rounds after the first)
+    # Train prompts whose candidates are sampled (for 'direct': comparisons used); None: all.
+    num_sample_prompts: Optional[int] = 512
     num_eval_prompts: int = 256  # held-out (test) prompts decoded by the evaluation
     inference_batch_sizes: InferenceBatchSizes = InferenceBatchSizes()
     # Checkpoints (T5X, HF or our orbax parameters; `checkpoint_formats`): the first two
@@ -226,6 +251,9 @@ class Experiment:
     autosxs_judge_config: Optional[t5.T5Config] = None
     # Evaluate on another task's prompts (RSO Table 6: a TL;DR policy on CNN/DailyMail).
     eval_task: Optional[Any] = None
+    # Sample candidates for the prompts of another task's train split (RSO Table 6: pairs
+    # made on CNN/DailyMail articles, ranked by the TL;DR ranker); None: the training task.
+    sample_task: Optional[Any] = None
     # Whether the ranker's input includes the context. The demo's tiny ranker, trained from
     # scratch in minutes, does not learn to look words up in the context (see README).
     ranker_sees_context: bool = True
@@ -243,9 +271,36 @@ class Experiment:
         if self.label_smoothing and self.loss not in losses.SMOOTHED_LOSSES:
             raise ValueError(f"LABEL_SMOOTHING={self.label_smoothing} is for LOSS in "
                              f"{losses.SMOOTHED_LOSSES}, not LOSS={self.loss!r}.")
-        if self.num_sample_prompts < 1 or self.num_eval_prompts < 1:
-            raise ValueError("NUM_SAMPLE_PROMPTS and NUM_EVAL_PROMPTS must be >= 1.")
-        if (self.selection.method != "direct"
+        if self.scorer not in SCORERS:
+            raise ValueError(f"SCORER={self.scorer!r}; choose one of {SCORERS}.")
+        if self.reference_policy not in REFERENCE_POLICIES:
+            raise ValueError(f"REFERENCE_POLICY={self.reference_policy!r}; choose one of "
+                             f"{REFERENCE_POLICIES}.")
+        if self.rounds < 1:
+            raise ValueError(f"ROUNDS must be >= 1, got {self.rounds}.")
+        if self.rounds > 1 and not self.needs_samples:
+            raise ValueError(f"ROUNDS={self.rounds} needs samples of each round's policy; "
+                             "SELECTION='direct' uses the task's comparisons only (ROUNDS=1).")
+        if self.reference_policy != "sft" and not self.selection.makes_pairs:
+            raise ValueError(f"REFERENCE_POLICY={self.reference_policy!r} chooses the reference "
+                             "log-probabilities of preference pairs; SELECTION="
+                             f"{self.selection.method!r} trains on SFT targets and has none.")
+        if self.sample_task is not None and not self.needs_samples:
+            raise ValueError("SAMPLE_TASK is where candidates are sampled; SELECTION='direct' "
+                             "samples none (it uses the comparisons of TASK).")
+        if self.regularization_weight < 0:
+            raise ValueError(f"LAMBDA must be >= 0, got {self.regularization_weight}.")
+        if self.regularization_weight and not self.selection.makes_pairs:
+            raise ValueError(f"LAMBDA={self.regularization_weight} weighs a term of the "
+                             f"preference loss; SELECTION={self.selection.method!r} trains on "
+                             "SFT targets with no preference loss.")
+        if self.num_sample_prompts is not None and (
+                not isinstance(self.num_sample_prompts, int) or self.num_sample_prompts < 1):
+            raise ValueError(f"NUM_SAMPLE_PROMPTS must be an int >= 1, or None for every train "
+                             f"prompt; got {self.num_sample_prompts!r}.")
+        if self.num_eval_prompts < 1:
+            raise ValueError("NUM_EVAL_PROMPTS must be >= 1.")
+        if (self.selection.keeps_samples
                 and self.selection.num_samples > self.sampling.num_candidates):
             raise ValueError(f"NUM_SAMPLES={self.selection.num_samples} > NUM_CANDIDATES="
                              f"{self.sampling.num_candidates}: cannot keep more responses than "
@@ -263,6 +318,10 @@ class Experiment:
     @property
     def evaluation_task(self) -> Any:
         return self.eval_task if self.eval_task is not None else self.task
+
+    @property
+    def sampling_task(self) -> Any:
+        return self.sample_task if self.sample_task is not None else self.task
 
     @property
     def needs_samples(self) -> bool:

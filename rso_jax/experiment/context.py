@@ -17,27 +17,58 @@ import numpy as np
 from rso_jax import decoding, t5, partitioning
 from rso_jax.data import task as task_lib
 from rso_jax.data import text_codec
-from rso_jax.experiment import artifacts, inference
+from rso_jax.experiment import artifacts, inference, rounds, scorers
 from rso_jax.experiment.config import Experiment
 
-# The model each stage's parameters belong to.
-POLICY_STAGES = ("sft", "preference")
-RANKER_STAGES = ("ranker",)
 
 
 @dataclasses.dataclass
 class StageContext:
+    """What a stage of round `round` works with. Stages name each other by their base names
+    ('sample', 'preference'); the context finds this round's directories (round_<r>/ after the
+    first), while the SFT policy and the ranker are shared by every round."""
+
     experiment: Experiment
     partitioner: partitioning.Partitioner
+    round: int = 1
 
     @functools.cached_property
     def codec(self) -> text_codec.TextCodec:
         return text_codec.TextCodec(self.experiment.task.vocabulary_file())
 
-    # Files -------------------------------------------------------------------------------
+    def for_round(self, round_index: int) -> "StageContext":
+        other = StageContext(self.experiment, self.partitioner, round_index)
+        if "codec" in self.__dict__:
+            other.codec = self.codec
+        return other
+
+    # Stages and files --------------------------------------------------------------------
+
+    def stage_name(self, stage: str) -> str:
+        """The work directory's name of this round's `stage` (e.g. 'round_2/sample')."""
+        return rounds.stage_name(stage, self.round)
+
+    @property
+    def previous_policy(self) -> str:
+        """The stage whose policy this round samples from and starts training from: the SFT
+        policy in the first round, the previous round's trained policy after it."""
+        return rounds.previous_policy(self.round)
+
+    @property
+    def reference_policy(self) -> str:
+        """The stage whose policy gives this round's reference log-probabilities."""
+        return rounds.reference_policy(self.experiment, self.round)
+
+    def random_key(self, seed: int) -> jax.Array:
+        """A stage's key: PRNGKey(seed) in the first round (a one-round experiment's draws),
+        a key of its own in each later round."""
+        key = jax.random.PRNGKey(seed)
+        if self.round == 1:
+            return key
+        return jax.random.fold_in(jax.random.fold_in(key, rounds.ROUND_KEY_TAG), self.round)
 
     def directory(self, stage: str) -> str:
-        return artifacts.stage_dir(self.experiment.work_dir, stage)
+        return artifacts.stage_dir(self.experiment.work_dir, self.stage_name(stage))
 
     def save_arrays(self, stage: str, name: str, **arrays: np.ndarray) -> None:
         artifacts.save_arrays(os.path.join(self.directory(stage), name), **arrays)
@@ -45,17 +76,27 @@ class StageContext:
     def load_arrays(self, stage: str, name: str) -> dict[str, np.ndarray]:
         return artifacts.load_arrays(os.path.join(self.directory(stage), name))
 
-    def model_config(self, stage: str) -> t5.T5Config:
-        if stage in POLICY_STAGES:
+    def model_config(self, stage: str) -> Any:
+        """The model (`model_spec.ModelSpec`) whose parameters `stage` (any round) holds."""
+        base = rounds.base_stage(stage)
+        if base in ("sft", "preference"):
             return self.experiment.policy_config
-        if stage in RANKER_STAGES:
-            return self.experiment.ranker_config
+        if base == "ranker":
+            return scorers.ranker_spec(self.experiment)
         raise ValueError(f"Stage {stage!r} has no parameters.")
 
     def params(self, stage: str) -> Any:
-        """A finished stage's parameters, on their shards."""
-        return artifacts.load_params(self.experiment.work_dir, stage, self.model_config(stage),
+        """A finished stage's parameters (this round's, for a round stage), on their shards."""
+        return self.stage_params(self.stage_name(stage))
+
+    def stage_params(self, name: str) -> Any:
+        """The parameters of the stage called `name` in the work directory, on their shards."""
+        return artifacts.load_params(self.experiment.work_dir, name, self.model_config(name),
                                      self.partitioner)
+
+    def scorer(self, params: Optional[Any] = None) -> "scorers.Scorer":
+        """The trained reward model (the ranker stage's, unless `params` are given)."""
+        return scorers.make_scorer(self, self.params("ranker") if params is None else params)
 
     # Text --------------------------------------------------------------------------------
 
@@ -72,15 +113,18 @@ class StageContext:
         task = task if task is not None else self.experiment.task
         return task_lib.check_ranker_template(task.ranker_template, f"task {task.name!r}")
 
-    def ranker_inputs(self, contexts: Sequence[str], first: Sequence[str],
-                      second: Sequence[str], task: Optional[Any] = None) -> np.ndarray:
-        """Ranker inputs for (context, first, second) triples (contexts left empty when the
-        experiment's ranker does not see them)."""
+    def ranker_inputs(self, contexts: Sequence[str], *responses: Sequence[str],
+                      task: Optional[Any] = None,
+                      template: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Reward-model inputs for (context, response, ...) rows: two responses for a pairwise
+        ranker (in the task's template), one for a pointwise model (`template`); contexts left
+        empty when the experiment's ranker does not see them."""
         if not self.experiment.ranker_sees_context:
             contexts = [""] * len(contexts)
         lengths = self.experiment.lengths
-        return self.codec.ranker_inputs(self.ranker_template(task), contexts, first, second,
-                                        lengths.ranker_input, lengths.response)
+        return self.codec.ranker_inputs(template or self.ranker_template(task), contexts,
+                                        *responses, length=lengths.ranker_input,
+                                        max_response_tokens=lengths.response)
 
     # Models ------------------------------------------------------------------------------
 
@@ -92,8 +136,8 @@ class StageContext:
         otherwise), both presentation orders averaged."""
         return inference.preference_probabilities(
             config or self.experiment.ranker_config, params, self.codec.ab_tokens,
-            self.ranker_inputs(contexts, first, second, task),
-            self.ranker_inputs(contexts, second, first, task),
+            self.ranker_inputs(contexts, first, second, task=task),
+            self.ranker_inputs(contexts, second, first, task=task),
             self.experiment.inference_batch_sizes.ranker, self.partitioner)
 
     def judge_probabilities(self, params: Any, config: t5.T5Config, contexts: Sequence[str],
@@ -102,18 +146,9 @@ class StageContext:
         """A pairwise judge's P(A better) with `first` shown as A, and with `second` as A."""
         def ordered(a, b):
             return inference.ordered_preference_probabilities(
-                config, params, self.codec.ab_tokens, self.ranker_inputs(contexts, a, b, task),
+                config, params, self.codec.ab_tokens, self.ranker_inputs(contexts, a, b, task=task),
                 self.experiment.inference_batch_sizes.ranker, self.partitioner)
         return ordered(first, second), ordered(second, first)
-
-    def rewards_vs_baseline(self, params: Any, contexts: Sequence[str],
-                            candidates: Sequence[str], baselines: Sequence[str]) -> np.ndarray:
-        """Eq. 7 rewards of candidates against baseline responses under the trained ranker."""
-        return inference.rewards_vs_baseline(
-            self.experiment.ranker_config, params, self.codec.ab_tokens,
-            self.ranker_inputs(contexts, candidates, baselines),
-            self.ranker_inputs(contexts, baselines, candidates),
-            self.experiment.inference_batch_sizes.ranker, self.partitioner)
 
     def sample(self, params: Any, prompts: np.ndarray, sampling: decoding.SamplingConfig,
                key: jax.Array) -> decoding.SampleOutput:

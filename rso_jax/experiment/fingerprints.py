@@ -15,8 +15,8 @@ import json
 import os
 from typing import Any, Optional
 
+from rso_jax.experiment import rounds
 from rso_jax.experiment.config import Experiment
-
 
 
 def describe(value: Any) -> Any:
@@ -38,8 +38,33 @@ def _path(path: Optional[str]) -> Optional[str]:
     return None if path is None else os.path.abspath(path)
 
 
-def _own_settings(experiment: Experiment, stage: str) -> dict:
-    """The settings a stage reads itself, and the stages whose outputs it reads."""
+def _unless_default(**settings) -> dict:
+    """Settings added after work directories existed, recorded only when not at their default
+    (so that stages made before them still match)."""
+    defaults = {field.name: field.default for field in dataclasses.fields(Experiment)}
+    return {key: value for key, value in settings.items()
+            if value != describe(defaults[key])}
+
+
+def _own_settings(experiment: Experiment, name: str) -> dict:
+    """The settings the work directory's stage `name` (of any round) reads itself, and the
+    stages whose outputs it reads."""
+    settings = _stage_settings(experiment, rounds.base_stage(name))
+    round_index = rounds.round_of(name)
+    roles = {"policy": rounds.previous_policy(round_index),
+             "reference_policy": rounds.reference_policy(experiment, round_index)}
+    if "after" in settings:
+        resolved = [roles.get(before) or rounds.stage_name(before, round_index)
+                    for before in settings["after"]]
+        settings["after"] = list(dict.fromkeys(resolved))  # the first round's SFT once
+    if round_index > 1:
+        settings["round"] = round_index
+    return settings
+
+
+def _stage_settings(experiment: Experiment, stage: str) -> dict:
+    """The settings of `stage` and the stages it reads: by their first-round names, 'policy'
+    for the policy the round starts from and 'reference_policy' for its reference."""
     e, lengths = experiment, experiment.lengths
     if stage == "sft":
         if e.sft_checkpoint:
@@ -49,13 +74,16 @@ def _own_settings(experiment: Experiment, stage: str) -> dict:
                 "prompt_length": lengths.prompt, "response_length": lengths.response}
     if stage == "ranker":
         if e.ranker_checkpoint:
-            return {"checkpoint": _path(e.ranker_checkpoint), "ranker": describe(e.ranker_config)}
+            return {"checkpoint": _path(e.ranker_checkpoint), "ranker": describe(e.ranker_config),
+                    **_unless_default(scorer=e.scorer)}
         return {"task": describe(e.task), "ranker": describe(e.ranker_config),
                 "schedule": describe(e.ranker), "init_checkpoint": _path(e.ranker_init_checkpoint),
                 "ranker_input_length": lengths.ranker_input, "response_length": lengths.response,
-                "ranker_sees_context": e.ranker_sees_context}
+                "ranker_sees_context": e.ranker_sees_context, **_unless_default(scorer=e.scorer)}
     if stage == "sample":
-        return {"after": ["sft"], "task": describe(e.task), "sampling": describe(e.sampling),
+        return {"after": ["policy", "sft"], "task": describe(e.task),
+                "sampling": describe(e.sampling),
+                **_unless_default(sample_task=describe(e.sample_task)),
                 "num_sample_prompts": e.num_sample_prompts, "prompt_length": lengths.prompt,
                 "sample_batch_size": e.inference_batch_sizes.sample, "seed": e.seed}
     if stage == "score":
@@ -68,15 +96,16 @@ def _own_settings(experiment: Experiment, stage: str) -> dict:
                     "response_length": lengths.response}
         return {"after": ["sample", "score", "ranker"], "selection": describe(e.selection)}
     if stage == "reference":
-        return {"after": ["select", "sft"]}
+        return {"after": ["select", "reference_policy"]}
     if stage == "preference":
         if not e.selection.makes_pairs:  # SFT on the selected responses: no loss settings
-            return {"after": ["select", "sft", "ranker"], "schedule": describe(e.preference),
+            return {"after": ["select", "policy", "ranker"], "schedule": describe(e.preference),
                     "task": describe(e.task), "num_eval_prompts": e.num_eval_prompts,
                     "sampling": describe(e.sampling)}
-        return {"after": ["select", "reference", "sft", "ranker"],
+        return {"after": ["select", "reference", "policy", "ranker"],
                 "schedule": describe(e.preference),
                 "loss": e.loss, "gamma": e.gamma, "label_smoothing": e.label_smoothing,
+                **_unless_default(regularization_weight=e.regularization_weight),
                 "task": describe(e.task),
                 "num_eval_prompts": e.num_eval_prompts, "sampling": describe(e.sampling)}
     if stage == "evaluate":

@@ -132,3 +132,15 @@ def preference_probabilities(config: t5.T5Config, params: Any, ab_tokens: tuple[
                                   *ab_tokens, partitioner)
     return map_chunks(lambda _, ab, ba: scorer(params, ab, ba), [inputs_first, inputs_second],
                       batch_size, partitioner)
+
+
+@functools.lru_cache(maxsize=None)
+def _pointwise_scorer(config, partitioner):
+    return reward_models.make_pointwise_scorer(config, partitioner)
+
+
+def pointwise_rewards(config: t5.T5Config, params: Any, inputs: np.ndarray, batch_size: int,
+                      partitioner: partitioning.Partitioner) -> np.ndarray:
+    """R(x, y) of a pointwise reward model (T5 `config` with its scalar head), float32 [n]."""
+    scorer = _pointwise_scorer(config, partitioner)
+    return map_chunks(lambda _, x: scorer(params, x), [inputs], batch_size, partitioner)

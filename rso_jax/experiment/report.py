@@ -10,7 +10,10 @@ from rso_jax.experiment.config import SFT_SELECTIONS, Experiment
 METHOD_NAMES = {"rso": "rso-sample-rank", "sft": "sft-sample-rank",
                 "top_k_over_n": "best-of-N (top-k-over-N)", "direct": "direct",
                 "raft": "RAFT (SFT on each prompt's best candidate by a ranker tournament)",
-                "rest": "ReST (SFT on candidates above the normalised eq. 7 reward threshold)"}
+                "rest": "ReST (SFT on candidates above the normalised eq. 7 reward threshold)",
+                "best_of_n": "best-of-N SFT (each prompt's candidate of highest reward)"}
+SCORER_NAMES = {"pairwise": "pairwise T5 ranker", "pointwise": "pointwise Bradley-Terry reward "
+                "model"}
 PAIR_RULE_NAMES = {"first_round": "first-round pairs by the ranker",
                    "tournament": "tournament pairs by the ranker",
                    "tournament_by_reward": "tournament pairs by eq. 7 rewards",
@@ -26,6 +29,10 @@ def method_title(results: dict) -> str:
     selection = results["selection"]
     method = METHOD_NAMES[selection["method"]]
     parts = [method]
+    if results.get("round", 1) > 1:
+        parts.insert(0, f"round {results['round']}")
+    if selection["method"] != "direct" and results.get("scorer"):
+        parts.append(f"scored by the {SCORER_NAMES[results['scorer']]}")
     if selection["method"] in SFT_SELECTIONS:
         if selection["method"] == "rest":
             parts.append(f"threshold {selection['rest_threshold']}")
@@ -41,6 +48,8 @@ def method_title(results: dict) -> str:
     loss = f"{results['loss']} (gamma {results['gamma']}"
     if results.get("label_smoothing"):
         loss += f", label smoothing {results['label_smoothing']}"
+    if results.get("regularization_weight"):
+        loss += f", SFT-target regularisation lambda {results['regularization_weight']}"
     return f"{', '.join(parts)}; {loss})"
 
 

@@ -1,6 +1,6 @@
 """Runs an experiment: every input checked first, given checkpoints installed, then the
-stages in order, finished ones reused when `stage_records` allows, an interrupted training
-stage resumed."""
+stages in order (each round's, with ROUNDS > 1), finished ones reused when `stage_records`
+allows, an interrupted training stage resumed."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import os
 import time
 from typing import Optional, Sequence
 
-from rso_jax import atomic_io, partitioning
+from rso_jax import atomic_io, partitioning, reward_models
 from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, inference,
-                                stage_records)
+                                rounds, stage_records)
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.context import StageContext
-from rso_jax.experiment.stages import RUN, STAGES, applies
+from rso_jax.experiment.stages import STAGES, run_stage, stage_names
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,13 @@ def check_inputs(context: StageContext) -> None:
     codec = context.codec
     codec.ab_tokens  # loads and checks the vocabulary (T5 ids, single-token 'A' and 'B')
     eval_task = experiment.evaluation_task
-    if eval_task.vocabulary_file() != experiment.task.vocabulary_file():
-        raise ValueError(f"The evaluation task {eval_task.name!r} uses the vocabulary "
-                         f"{eval_task.vocabulary_file()}, the training task "
-                         f"{experiment.task.name!r} {experiment.task.vocabulary_file()}; "
-                         "a policy can only read prompts in its own vocabulary.")
+    for role, other in (("evaluation task (EVAL_TASK)", eval_task),
+                        ("sampling task (SAMPLE_TASK)", experiment.sampling_task)):
+        if other.vocabulary_file() != experiment.task.vocabulary_file():
+            raise ValueError(f"The {role} {other.name!r} uses the vocabulary "
+                             f"{other.vocabulary_file()}, the training task "
+                             f"{experiment.task.name!r} {experiment.task.vocabulary_file()}; "
+                             "a policy can only read prompts in its own vocabulary.")
     configs = [("POLICY_CONFIG", experiment.policy_config),
                ("RANKER_CONFIG", experiment.ranker_config)]
     if experiment.gold_ranker_config is not None:
@@ -51,50 +53,56 @@ def check_inputs(context: StageContext) -> None:
         inference.check_batch_size(name, getattr(sizes, field), context.partitioner)
     lengths = experiment.lengths
     for task in {id(t): t for t in (experiment.task, eval_task)}.values():
-        needed = 2 * lengths.response + codec.ranker_input_overhead(context.ranker_template(task))
+        template, count = context.ranker_template(task), 2
+        if experiment.scorer == "pointwise":
+            template, count = reward_models.POINTWISE_TEMPLATE, 1
+        needed = count * lengths.response + codec.ranker_input_overhead(template)
         if lengths.ranker_input < needed:
-            raise ValueError(f"RANKER_INPUT_LENGTH={lengths.ranker_input} cannot hold two "
-                             f"responses of MAX_DECODE_LENGTH={lengths.response} tokens and the "
-                             f"markers of task {task.name!r}: it needs at least {needed}.")
+            raise ValueError(f"RANKER_INPUT_LENGTH={lengths.ranker_input} cannot hold {count} "
+                             f"response(s) of MAX_DECODE_LENGTH={lengths.response} tokens and "
+                             f"the markers of task {task.name!r}: it needs at least {needed}.")
 
 
 def check_stage_inputs(experiment: Experiment, stages: Sequence[str],
                        damaged: stage_records.Damaged) -> None:
-    """Refuses, before any work, to run a stage (of a STAGES subset) that would read a stage
-    which is not finished or whose outputs were damaged, and which is not run first."""
+    """Refuses, before any work, to run a stage (of a STAGES subset; `stages` are the work
+    directory's names) that would read a stage which is not finished or whose outputs were
+    damaged, and which is not run first."""
     given = {"sft": experiment.sft_checkpoint, "ranker": experiment.ranker_checkpoint}
     will_run = set(stages) | {stage for stage, path in given.items() if path}
     for stage in stages:
-        if (not applies(experiment, stage)
-                or stage_records.reason_to_run(experiment, stage, damaged) is None):
+        if stage_records.reason_to_run(experiment, stage, damaged) is None:
             continue
         for before in fingerprints.upstream(experiment, stage):
             if before in will_run:
                 continue
+            add = repr(rounds.base_stage(before))  # STAGES names stages of every round
             if before in damaged:
                 raise ValueError(f"Stage {stage} reads stage {before}, whose outputs changed "
                                  f"after it finished ({'; '.join(damaged[before][:2])}). Add "
-                                 f"{before!r} to STAGES to redo it.")
+                                 f"{add} to STAGES to redo it.")
             if not artifacts.is_done(experiment.work_dir, before):
                 raise ValueError(f"Stage {stage} reads stage {before}, which has not finished "
-                                 f"in WORK_DIR {experiment.work_dir}. Add {before!r} to STAGES.")
+                                 f"in WORK_DIR {experiment.work_dir}. Add {add} to STAGES.")
 
 
 def check_task_data(experiment: Experiment, stages: Sequence[str],
                     damaged: stage_records.Damaged) -> None:
     """Reads, before any work, the data the stages still to run will ask for (a missing file or
     a malformed record fails now, not hours in). Tasks cache what they read: stages reuse it."""
-    pending = {stage for stage in stages if applies(experiment, stage)
-               and stage_records.reason_to_run(experiment, stage, damaged) is not None}
+    pending = {rounds.base_stage(stage) for stage in stages
+               if stage_records.reason_to_run(experiment, stage, damaged) is not None}
     if experiment.sft_checkpoint:
         pending.discard("sft")
     if experiment.ranker_checkpoint:
         pending.discard("ranker")
     task, eval_task = experiment.task, experiment.evaluation_task
+    prompts = experiment.sampling_task.sft_examples
     reads = {"sft": [(task.sft_examples, "train")],
              "ranker": [(task.comparisons, "train"), (task.comparisons, "validation")],
-             "sample": [(task.sft_examples, "train")] if experiment.needs_samples else [],
-             "select": [] if experiment.needs_samples else [(task.comparisons, "train")],
+             "sample": [(prompts, "train")],
+             "select": [(prompts, "train")] if experiment.needs_samples
+             else [(task.comparisons, "train")],
              "preference": [(task.sft_examples, "validation")],
              "evaluate": [(eval_task.sft_examples, "test")]}
     for stage in sorted(pending):
@@ -122,28 +130,30 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
     context = StageContext(experiment, partitioner or partitioning.create_partitioner())
     check_inputs(context)
     stage_records.check_settings(experiment)
-    damaged = stage_records.find_damaged(experiment.work_dir)
-    check_stage_inputs(experiment, stages, damaged)
-    check_task_data(experiment, stages, damaged)
+    names = stage_names(experiment, stages)
+    damaged = stage_records.find_damaged(experiment.work_dir, stage_names(experiment))
+    check_stage_inputs(experiment, names, damaged)
+    check_task_data(experiment, names, damaged)
     with artifacts.work_dir_lock(experiment.work_dir):  # creates it: every check passed
-        return _run_stages(context, stages, damaged)
+        return _run_stages(context, names, damaged)
 
 
-def _run_stages(context: StageContext, stages: Sequence[str],
+def _run_stages(context: StageContext, names: Sequence[str],
                 damaged: stage_records.Damaged) -> dict:
     experiment = context.experiment
     work_dir = experiment.work_dir
-    for path in atomic_io.remove_leftovers(work_dir, recursive=False):
-        logger.info("Removed %s, left by an interrupted write or deletion.", path)
+    for round_index in range(1, experiment.rounds + 1):
+        directory = rounds.round_dir(work_dir, round_index)
+        for path in (atomic_io.remove_leftovers(directory, recursive=False)
+                     if os.path.isdir(directory) else []):
+            logger.info("Removed %s, left by an interrupted write or deletion.", path)
     for stage, name, path in (("sft", "SFT_CHECKPOINT", experiment.sft_checkpoint),
                               ("ranker", "RANKER_CHECKPOINT", experiment.ranker_checkpoint)):
         if path and stage_records.reason_to_run(experiment, stage, damaged) is not None:
             logger.info("Stage %s: from %s %s.", stage, name, path)
             install_checkpoint(context, stage, name, path)
             damaged.pop(stage, None)
-    for stage in stages:
-        if not applies(experiment, stage):
-            continue
+    for stage in names:
         reason = stage_records.reason_to_run(experiment, stage, damaged)
         if reason is None:
             logger.info("Stage %s: done before, skipped.", stage)
@@ -151,19 +161,24 @@ def _run_stages(context: StageContext, stages: Sequence[str],
         logger.info("Stage %s: %s", stage, reason)
         stage_records.start(experiment, stage, damaged)
         start = time.perf_counter()
-        summary = RUN[stage](context)
+        summary = run_stage(context, stage)
         summary["seconds"] = round(time.perf_counter() - start  # with earlier attempts'
                                    + summary.get("seconds_before_resume", 0.0), 2)
         stage_records.mark_done(experiment, stage, summary)
         damaged.pop(stage, None)
         logger.info("Stage %s: done in %.1f s: %s", stage, summary["seconds"], summary)
-    results_path = os.path.join(work_dir, "results.json")
-    if stage_records.reason_to_run(experiment, "evaluate", damaged) is not None:
-        return {}  # not evaluated yet (STAGES stopped before), or no longer current
-    with open(results_path) as stream:
-        results = json.load(stream)
-    with open(os.path.join(work_dir, "results.md")) as stream:
-        print(stream.read())
-    print(f"Results: {results_path}\nCheckpoints: "
-          + ", ".join(artifacts.params_path(work_dir, s) for s in ("sft", "ranker", "preference")))
-    return results
+    results = {}
+    for round_index in range(1, experiment.rounds + 1):
+        evaluate = rounds.stage_name("evaluate", round_index)
+        if stage_records.reason_to_run(experiment, evaluate, damaged) is not None:
+            break  # not evaluated yet (STAGES stopped before), or no longer current
+        directory = rounds.round_dir(work_dir, round_index)
+        results_path = os.path.join(directory, "results.json")
+        with open(results_path) as stream:
+            results = json.load(stream)
+        with open(os.path.join(directory, "results.md")) as stream:
+            print(stream.read())
+        trained = rounds.stage_name("preference", round_index)
+        print(f"Results: {results_path}\nCheckpoints: "
+              + ", ".join(artifacts.params_path(work_dir, s) for s in ("sft", "ranker", trained)))
+    return results  # the last round's

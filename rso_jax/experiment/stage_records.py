@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from rso_jax import atomic_io
 from rso_jax.experiment import artifacts, fingerprints
 from rso_jax.experiment.config import Experiment
-from rso_jax.experiment.stages import STAGES
+from rso_jax.experiment.stages import STAGES, stage_names
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def check_settings(experiment: Experiment) -> None:
     """Refuses, before any work, a work directory whose stages were made (or started) with
     other settings than this experiment's, naming the first such stage and its differences."""
     changed = []
-    for stage in STAGES:
+    for stage in stage_names(experiment):
         recorded = recorded_settings(experiment.work_dir, stage)
         if recorded is None:
             continue
@@ -68,11 +68,11 @@ def check_settings(experiment: Experiment) -> None:
         "it with these settings.")
 
 
-def find_damaged(work_dir: str) -> Damaged:
-    """Finished stages whose outputs are no longer what they wrote (each file's size, then its
-    SHA-256, against the DONE marker)."""
+def find_damaged(work_dir: str, stages: Sequence[str] = STAGES) -> Damaged:
+    """Finished stages (of the work directory's `stages`) whose outputs are no longer what
+    they wrote (each file's size, then its SHA-256, against the DONE marker)."""
     damaged = {}
-    for stage in STAGES:
+    for stage in stages:
         done = artifacts.read_done(work_dir, stage)
         if done is None:
             continue
@@ -151,7 +151,7 @@ def start(experiment: Experiment, stage: str, damaged: Damaged) -> None:
         logger.warning("Stage %s: deleting %s (%s); the stage starts afresh.", stage, directory,
                        "; ".join(reasons))
         atomic_io.remove_tree(directory)
-        for name in artifacts.TOP_LEVEL_OUTPUTS.get(stage, ()):
+        for name in artifacts.top_level_outputs(stage):
             if os.path.isfile(os.path.join(work_dir, name)):
                 os.remove(os.path.join(work_dir, name))
     # (Leftovers at the top of the work directory the runner removes when the run starts.)

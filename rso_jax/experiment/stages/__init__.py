@@ -15,8 +15,11 @@
               SFT targets on validation prompts                   -> preference/params
   evaluate    decode held-out prompts; win rates against the SFT
               target and the SFT policy, proxy ranker and gold    -> results.json, results.md
+
+With ROUNDS > 1, sample to evaluate run again in each later round, in round_<r>/ (`rounds`).
 """
 
+from rso_jax.experiment import rounds
 from rso_jax.experiment.stages import (evaluate, preference, rank, reference, sample, score,
                                        select, sft)
 
@@ -27,10 +30,25 @@ RUN = {"sft": sft.run, "ranker": rank.run, "sample": sample.run, "score": score.
 
 
 def applies(experiment, stage: str) -> bool:
-    """Whether `stage` is part of this experiment's method: sampling and scoring only for
-    selections from samples, reference log-probs only for preference pairs."""
+    """Whether `stage` (of any round) is part of this experiment's method: sampling and
+    scoring only for selections from samples, reference log-probs only for preference pairs."""
+    stage = rounds.base_stage(stage)
     if stage in ("sample", "score"):
         return experiment.needs_samples
     if stage == "reference":
         return experiment.selection.makes_pairs
     return True
+
+
+def stage_names(experiment, stages=STAGES) -> list[str]:
+    """The work directory's stages that `stages` (base names) ask for, in the order they run:
+    the first round's, then each later round's ('round_2/sample', ...)."""
+    return [rounds.stage_name(stage, round_index)
+            for round_index in range(1, experiment.rounds + 1) for stage in stages
+            if (round_index == 1 or stage in rounds.ROUND_STAGES)
+            and applies(experiment, stage)]
+
+
+def run_stage(context, name: str) -> dict:
+    """Runs the work directory's stage `name` in its round."""
+    return RUN[rounds.base_stage(name)](context.for_round(rounds.round_of(name)))

@@ -6,7 +6,7 @@ program where it has one, otherwise from a separate gold ranker checkpoint (RSO'
 ranker"); with neither, only proxy figures are reported. AutoSxS win rates (`rso_jax.autosxs`:
 8 judgements, 4 flipped) come from AUTOSXS_JUDGE_CHECKPOINT when one is given. The prompts may
 come from another task than the training one (EVAL_TASK; RSO Table 6: a TL;DR policy on
-CNN/DailyMail).
+CNN/DailyMail). Round r > 1 evaluates its own policy (`round_<r>/results.json`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from typing import Any, Optional
 
 from rso_jax import atomic_io, autosxs, run_info
-from rso_jax.experiment import checkpoint_inputs, metrics, report
+from rso_jax.experiment import checkpoint_inputs, metrics, report, rounds
 from rso_jax.experiment.context import StageContext
 
 NUM_EXAMPLES_SHOWN = 5
@@ -69,7 +69,7 @@ def run(context: StageContext) -> dict:
     data = task.sft_examples("test")[: experiment.num_eval_prompts]
     contexts, targets = [d.context for d in data], [d.target for d in data]
     prompts = context.encode_prompts([d.prompt for d in data])
-    ranker = context.params("ranker")
+    scorer = context.scorer()
     decodes = {"sft": context.greedy_texts(context.params("sft"), prompts),
                "trained": context.greedy_texts(context.params("preference"), prompts)}
     gold = _GoldJudge(context, task)
@@ -80,8 +80,7 @@ def run(context: StageContext) -> dict:
                                           experiment.autosxs_judge_config, context.partitioner)
 
     def proxy(first, second):  # the trained ranker, in the template it was trained with
-        return metrics.proxy_win_rate(context.preference_probabilities(
-            ranker, contexts, first, second))
+        return metrics.proxy_win_rate(scorer.preference_probabilities(contexts, first, second))
 
     rows = {}
     for name, texts in decodes.items():
@@ -97,7 +96,9 @@ def run(context: StageContext) -> dict:
     rows["trained"]["proxy_win_rate_vs_sft_policy"] = proxy(decodes["trained"], decodes["sft"])
     target_rewards = gold.rewards(contexts, targets)
     results = {
-        "task": experiment.task.name, "eval_task": task.name,
+        "task": experiment.task.name, "eval_task": task.name, "scorer": experiment.scorer,
+        "round": context.round,
+        "regularization_weight": experiment.regularization_weight,
         "selection": report.selection_settings(experiment), "loss": experiment.loss,
         "gamma": experiment.gamma, "label_smoothing": experiment.label_smoothing,
         "eval_prompts": len(data), "gold_source": gold.source,
@@ -108,9 +109,9 @@ def run(context: StageContext) -> dict:
         "examples": [{"context": c, "sft_target": t, "sft": s, "trained": r}
                      for c, t, s, r in list(zip(contexts, targets, decodes["sft"],
                                                 decodes["trained"]))[:NUM_EXAMPLES_SHOWN]]}
-    run_info.write_result(experiment.work_dir, "results.json", results)
-    atomic_io.write_text(os.path.join(experiment.work_dir, "results.md"),
-                         report.results_table(results))
+    directory = rounds.round_dir(experiment.work_dir, context.round)
+    run_info.write_result(directory, "results.json", results)
+    atomic_io.write_text(os.path.join(directory, "results.md"), report.results_table(results))
     return {"trained_proxy_win_rate_vs_sft_policy":
             rows["trained"]["proxy_win_rate_vs_sft_policy"],
             "trained_gold_win_rate_vs_sft_policy": rows["trained"]["gold_win_rate_vs_sft_policy"]}

@@ -1,6 +1,7 @@
-"""Preference: the policy trained from SFT on the pairs with the configured loss, or (RAFT,
-ReST) fine-tuned on the selected responses; keeps the checkpoint with the best proxy win rate
-against the SFT targets on validation prompts (RSO)."""
+"""Preference: the policy trained from SFT (in later rounds, from the previous round's policy)
+on the pairs with the configured loss (and SLiC's regularisation, LAMBDA), or (RAFT, ReST,
+best-of-N) fine-tuned on the selected responses; keeps the checkpoint with the best proxy win
+rate against the SFT targets on validation prompts (RSO)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ def proxy_win_rate_on_validation(context: StageContext) -> Callable[[Any], dict]
     data = experiment.task.sft_examples("validation")[: experiment.num_eval_prompts]
     contexts, targets = [d.context for d in data], [d.target for d in data]
     prompts = context.encode_prompts([d.prompt for d in data])
-    ranker = context.params("ranker")
+    scorer = context.scorer()
 
     def evaluate(params):
         decodes = context.greedy_texts(params, prompts)
-        proxy = context.preference_probabilities(ranker, contexts, decodes, targets)
+        proxy = scorer.preference_probabilities(contexts, decodes, targets)
         return {BEST_METRIC: metrics.proxy_win_rate(proxy)}
     return evaluate
 
@@ -40,18 +41,28 @@ def run(context: StageContext) -> dict:
         arrays = {"inputs": pairs["prompts"], "chosen": pairs["chosen"],
                   "rejected": pairs["rejected"], "reference_chosen_logps": logps["chosen"],
                   "reference_rejected_logps": logps["rejected"]}
+        if experiment.regularization_weight:
+            if "sft_targets" not in pairs:
+                raise ValueError(f"LAMBDA={experiment.regularization_weight} needs the SFT "
+                                 f"targets of the pairs, which {context.directory('select')} "
+                                 "(made by an earlier version) lacks; delete that directory to "
+                                 "select again.")
+            arrays["sft_targets"] = pairs["sft_targets"]
         loss_fn = functools.partial(training.preference_loss, model_config=config,
                                     loss_name=experiment.loss, gamma=experiment.gamma,
-                                    label_smoothing=experiment.label_smoothing)
+                                    label_smoothing=experiment.label_smoothing,
+                                    regularization_weight=experiment.regularization_weight)
         make_batch = batching.preference_batch_from_tokens
-    else:  # RAFT, ReST: SFT on the selected responses, continuing from the SFT policy
+    else:  # RAFT, ReST, best-of-N: SFT on the selected responses
         targets = context.load_arrays("select", select.TARGETS_FILE)
         arrays = {"inputs": targets["prompts"], "targets": targets["targets"]}
         loss_fn = functools.partial(training.sft_loss, model_config=config)
         make_batch = batching.sft_batch_from_tokens
     _, summary = training_runs.run_training(
-        "preference", experiment.preference, experiment.work_dir, config,
-        context.params("sft"), loss_fn, arrays, make_batch, context.partitioner,
+        context.stage_name("preference"), experiment.preference, experiment.work_dir, config,
+        context.stage_params(context.previous_policy), loss_fn, arrays, make_batch,
+        context.partitioner,
         evaluate=proxy_win_rate_on_validation(context), best_metric=BEST_METRIC)
-    return {"final_metrics": summary["last_metrics"], "best": summary["best"],
+    return {"started_from": context.previous_policy,
+            "final_metrics": summary["last_metrics"], "best": summary["best"],
             **training_runs.resume_summary(summary)}

@@ -1,5 +1,6 @@
 """Reference: the SFT policy's log-probability of every chosen and rejected response,
-computed once (the preference loss's reference term)."""
+computed once (the preference loss's reference term); in rounds after the first, the SFT or
+the previous round's policy's (REFERENCE_POLICY)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ LOGPS_FILE = "logps.npz"
 
 def run(context: StageContext) -> dict:
     pairs = context.load_arrays("select", select.PAIRS_FILE)
-    params = context.params("sft")
+    params = context.stage_params(context.reference_policy)
     logps = {name: context.sequence_logps(params, pairs["prompts"], pairs[name])
              for name in ("chosen", "rejected")}
     context.save_arrays("reference", LOGPS_FILE, **logps)
-    return {"pairs": int(len(logps["chosen"])),
+    return {"policy": context.reference_policy, "pairs": int(len(logps["chosen"])),
             "mean_chosen_minus_rejected": float(np.mean(logps["chosen"] - logps["rejected"]))}

@@ -1,5 +1,6 @@
-"""Sample: N candidates per train prompt from the SFT policy, and one more random decode per
-prompt as the eq. 7 baseline."""
+"""Sample: N candidates per train prompt from the SFT policy (in later rounds, the previous
+round's policy), and one more random decode per prompt of the SFT policy as the eq. 7 baseline.
+The prompts are the training task's, or SAMPLE_TASK's (RSO Table 6)."""
 
 from __future__ import annotations
 
@@ -15,23 +16,24 @@ SAMPLES_FILE = "samples.npz"
 
 def sample_prompts(context: StageContext) -> list:
     """The train examples whose candidates are sampled (the first NUM_SAMPLE_PROMPTS)."""
-    return list(context.experiment.task.sft_examples("train")[
+    return list(context.experiment.sampling_task.sft_examples("train")[
         : context.experiment.num_sample_prompts])
 
 
 def run(context: StageContext) -> dict:
     experiment = context.experiment
-    params = context.params("sft")
+    params = context.stage_params(context.previous_policy)
     prompts = context.encode_prompts([e.prompt for e in sample_prompts(context)])
-    key = jax.random.PRNGKey(experiment.seed)
+    key = context.random_key(experiment.seed)
     start = time.perf_counter()
     out = context.sample(params, prompts, experiment.sampling, jax.random.fold_in(key, 0))
     elapsed = time.perf_counter() - start
-    baseline = context.sample(params, prompts,
+    sft_params = params if context.previous_policy == "sft" else context.params("sft")
+    baseline = context.sample(sft_params, prompts,
                               dataclasses.replace(experiment.sampling, num_candidates=1),
                               jax.random.fold_in(key, 1))
     context.save_arrays("sample", SAMPLES_FILE, prompts=prompts, tokens=out.tokens,
                         token_logps=out.token_logps, lengths=out.lengths,
                         baseline=baseline.tokens[:, 0])
-    return {"prompts": len(prompts), "candidates_per_prompt": experiment.sampling.num_candidates,
+    return {"policy": context.previous_policy, "prompts": len(prompts), "candidates_per_prompt": experiment.sampling.num_candidates,
             "sampling_seconds": round(elapsed, 2)}

@@ -1,5 +1,7 @@
-"""Score: eq. 7 rewards r(x, y) = logit P(y > y_baseline | x) of every candidate under the
-trained ranker (both presentation orders averaged, so the baseline itself scores 0)."""
+"""Score: every candidate's reward against its prompt's baseline decode under the trained
+reward model: eq. 7, r(x, y) = logit P(y > y_baseline | x) (a pairwise ranker with both
+presentation orders averaged, or R(x, y) - R(x, y_baseline) for a pointwise one), so the
+baseline itself scores 0."""
 
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ def run(context: StageContext) -> dict:
     baselines = [text for text in context.decode(samples["baseline"])
                  for _ in range(num_candidates)]
     contexts = [e.context for e in examples for _ in range(num_candidates)]
-    rewards = context.rewards_vs_baseline(context.params("ranker"), contexts, candidates,
-                                          baselines).reshape(num_prompts, num_candidates)
+    rewards = context.scorer().rewards_vs_baseline(contexts, candidates, baselines).reshape(
+        num_prompts, num_candidates)
     arrays = {"rewards": rewards}
     summary = {"mean_reward": float(rewards.mean())}
-    task = context.experiment.task
+    task = context.experiment.sampling_task
     if task.has_gold_reward:
         gold = task.gold_rewards(contexts, candidates)
         arrays["gold_rewards"] = gold.reshape(num_prompts, num_candidates)

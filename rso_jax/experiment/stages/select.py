@@ -9,11 +9,17 @@ the SFT targets of RAFT and ReST.
                 of ranker comparisons among all of them (RSO appendix A.10)
   rest          SFT targets: every candidate whose eq. 7 reward, min-max normalised over its
                 prompt's candidates, exceeds REST_THRESHOLD (ReST's improve step, one round)
+  best_of_n     SFT targets: each prompt's candidate of highest reward (Llama 2's rejection-
+                sampling fine-tuning; RS-DPO's "rejection sampling")
 
 The kept responses, put in a random order, are paired by PAIR_RULE: first_round (y1 vs y2, y3
 vs y4, ...) or tournament (a knock-out bracket) with every match decided by the pairwise
 ranker as RSO labels its pairs (tournament_by_reward: by eq. 7 rewards); rs_dpo (every ordered
 pair with sigmoid((r_j - r_l) / TAU) > ETA), best_vs_worst and best_vs_random by reward.
+"Ranker" is the trained reward model (SCORER): a pointwise one decides a match by its rewards.
+
+Beside each pair, `pairs.npz` holds the SFT target of its prompt (`sft_targets`; for direct
+pairs, the chosen response): SLiC's regularisation term (LAMBDA) reads it.
 """
 
 from __future__ import annotations
@@ -34,15 +40,17 @@ def run(context: StageContext) -> dict:
     experiment, config = context.experiment, context.experiment.selection
     if config.method == "direct":
         pairs = experiment.task.comparisons("train")[: experiment.num_sample_prompts]
+        chosen = context.encode_responses([p.chosen for p in pairs])
         context.save_arrays("select", PAIRS_FILE,
                             prompts=context.encode_prompts([p.prompt for p in pairs]),
-                            chosen=context.encode_responses([p.chosen for p in pairs]),
-                            rejected=context.encode_responses([p.rejected for p in pairs]))
+                            chosen=chosen,
+                            rejected=context.encode_responses([p.rejected for p in pairs]),
+                            sft_targets=chosen)
         return {"pairs": len(pairs)}
     samples = context.load_arrays("sample", sample.SAMPLES_FILE)
     rewards = context.load_arrays("score", score.REWARDS_FILE)["rewards"]
     mask = np.ones(rewards.shape, bool)
-    key = jax.random.PRNGKey(config.seed)
+    key = context.random_key(config.seed)
     if not config.makes_pairs:
         return _save_sft_targets(context, config, samples, rewards, mask, key)
     extra = {}
@@ -61,12 +69,20 @@ def run(context: StageContext) -> dict:
     chosen_index = np.asarray(pairs.chosen_index_pm)
     rejected_index = np.asarray(pairs.rejected_index_pm)
     prompt_index, slot = np.nonzero(np.asarray(pairs.valid_pm))
+    if not len(prompt_index):
+        raise ValueError(
+            f"PAIR_RULE={config.pair_rule!r} made no pairs from {rewards.shape[0]} prompts' "
+            f"kept responses (rewards from {rewards.min():.4g} to {rewards.max():.4g})"
+            + ("; lower ETA or TAU." if config.pair_rule == "rs_dpo" else "."))
     tokens = samples["tokens"]
     chosen = chosen_index[prompt_index, slot]
     rejected = rejected_index[prompt_index, slot]
+    sft_targets = context.encode_responses(
+        [e.target for e in sample.sample_prompts(context)[: len(tokens)]])
     context.save_arrays("select", PAIRS_FILE, prompts=samples["prompts"][prompt_index],
                         chosen=tokens[prompt_index, chosen],
-                        rejected=tokens[prompt_index, rejected])
+                        rejected=tokens[prompt_index, rejected],
+                        sft_targets=sft_targets[prompt_index])
     gaps = rewards[prompt_index, chosen] - rewards[prompt_index, rejected]
     return {"pairs": int(len(prompt_index)),
             "mean_reward_gap": float(gaps.mean()) if len(gaps) else None, **extra}
@@ -104,10 +120,18 @@ def _save_sft_targets(context: StageContext, config, samples, rewards, mask, key
         prompt_index = np.arange(rewards.shape[0])
         candidate_index = tournament_winners(pairs, rewards.shape)
         extra = {"ranker_comparisons": preference.comparisons}
+    elif config.method == "best_of_n":
+        prompt_index = np.arange(rewards.shape[0])
+        candidate_index = np.argmax(np.where(mask, rewards, -np.inf), axis=1)
+        extra = {}
     else:
         keep = np.asarray(sft_targets.rest_targets(rewards, mask, config.rest_threshold))
         prompt_index, candidate_index = np.nonzero(keep)
         extra = {"prompts_with_targets": int(len(np.unique(prompt_index)))}
+    if not len(prompt_index):
+        raise ValueError(f"SELECTION='rest' chose no SFT targets among {rewards.shape[0]} "
+                         "prompts' candidates (no prompt has candidates of different rewards); "
+                         "score more candidates.")
     context.save_arrays("select", TARGETS_FILE, prompts=samples["prompts"][prompt_index],
                         targets=samples["tokens"][prompt_index, candidate_index])
     chosen_rewards = rewards[prompt_index, candidate_index]
@@ -131,7 +155,7 @@ class _RankerPreference:
 
     def __init__(self, context: StageContext, samples):
         num_prompts, num_candidates = samples["tokens"].shape[:2]
-        self.context, self.params = context, context.params("ranker")
+        self.context, self.scorer = context, context.scorer()
         self.texts = np.array(context.decode(samples["tokens"]), object).reshape(
             num_prompts, num_candidates)
         self.contexts = [e.context for e in sample.sample_prompts(context)[:num_prompts]]
@@ -145,8 +169,8 @@ class _RankerPreference:
         unknown = np.isnan(self.table[prompts, first, second])
         rows, firsts, seconds = prompts[unknown], first[unknown], second[unknown]
         if rows.size:
-            probability = self.context.preference_probabilities(
-                self.params, [self.contexts[p] for p in rows], list(self.texts[rows, firsts]),
+            probability = self.scorer.preference_probabilities(
+                [self.contexts[p] for p in rows], list(self.texts[rows, firsts]),
                 list(self.texts[rows, seconds]))
             self.table[rows, firsts, seconds] = probability
             self.table[rows, seconds, firsts] = 1.0 - probability
