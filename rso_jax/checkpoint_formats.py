@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 
-from rso_jax import (checkpoints, hf_weights, t5, param_tree, partitioning,
+from rso_jax import (checkpoints, hf_weights, model_spec, t5, param_tree, partitioning,
                      t5x_checkpoint)
 
 FORMATS = ("t5x", "hf", "orbax")
@@ -93,7 +93,7 @@ def param_shapes(path: str) -> dict[str, tuple[int, ...]]:
     return _SHAPE_READERS[fmt](path)
 
 
-def check_fits(path: str, config: t5.T5Config, name: str) -> None:
+def check_fits(path: str, config: model_spec.ModelSpec, name: str) -> None:
     """Checks, without reading weights, that a checkpoint has exactly `config`'s parameters.
 
     Args:
@@ -125,7 +125,7 @@ def check_fits(path: str, config: t5.T5Config, name: str) -> None:
 _SHAPE_FREE_FIELDS = ("mlp_activations", "relative_attention_max_distance", "layer_norm_epsilon")
 
 
-def _check_saved_config(path: str, fmt: str, config: t5.T5Config) -> None:
+def _check_saved_config(path: str, fmt: str, config: model_spec.ModelSpec) -> None:
     """Refuses an HF or orbax checkpoint whose saved config differs from `config` where shapes
     cannot tell (T5X keeps no model config beside its weights)."""
     if fmt == "t5x":
@@ -149,7 +149,7 @@ def _check_saved_config(path: str, fmt: str, config: t5.T5Config) -> None:
                          "config (e.g. POLICY_CONFIG) to the checkpoint's.")
 
 
-def restore(path: str, config: t5.T5Config, partitioner: partitioning.Partitioner,
+def restore(path: str, config: model_spec.ModelSpec, partitioner: partitioning.Partitioner,
             name: str) -> Any:
     """Reads a checkpoint onto the mesh: each parameter sharded as the partitioner says.
 
@@ -446,7 +446,7 @@ def _orbax_shapes(path: str) -> dict[str, tuple[int, ...]]:
         raise _unreadable(path, "orbax", error) from error
 
 
-def _restore_orbax(path: str, config: t5.T5Config, shardings: Any) -> Any:
+def _restore_orbax(path: str, config: model_spec.ModelSpec, shardings: Any) -> Any:
     try:  # Restore onto exactly our config (shapes were checked; dtype is cast by orbax).
         params = checkpoints.restore_params(path, config, shardings)
     except FileNotFoundError:

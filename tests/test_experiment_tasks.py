@@ -88,7 +88,8 @@ def test_tldr_policy_transferred_to_cnn_dailymail(tldr_run, tldr_flags, tmp_path
     assert results["task"] == "tldr" and results["eval_task"] == "cnn_dailymail"
     assert results["eval_prompts"] == 2  # the file's two articles
     assert results["examples"][0]["context"].startswith("ARTICLE: ")
-    assert "evaluated on cnn_dailymail" in open(work_dir / "results.md").read()
+    table = open(work_dir / "results.md").read()
+    assert "evaluated on cnn_dailymail" in table and "sampled on cnn_dailymail prompts" in table
 
 
 @pytest.fixture(scope="module")

@@ -243,6 +243,7 @@ def test_two_iterative_rounds(shared, tmp_path, partitioner, recipe):
         np.testing.assert_array_equal(rewards[prompts, chosen], rewards[prompts].max(axis=1))
         np.testing.assert_array_equal(rewards[prompts, rejected], rewards[prompts].min(axis=1))
         assert "round 2, " in title(round_2) and "best-vs-worst pairs" in title(round_2)
+        assert "reference: the previous round's policy" in title(round_2)
     marks = {stage: os.path.getmtime(round_2 / stage / "DONE.json")
              for stage in ("sample", "select", "preference", "evaluate")}
     run(partitioner, work_dir, *flags)

@@ -31,6 +31,12 @@ def method_title(results: dict) -> str:
     parts = [method]
     if results.get("round", 1) > 1:
         parts.insert(0, f"round {results['round']}")
+    if results.get("sample_task", results["task"]) != results["task"] and (
+            selection["method"] != "direct"):
+        parts.append(f"sampled on {results['sample_task']} prompts")
+    if results.get("reference_policy", "sft") != "sft" and selection["method"] not in (
+            SFT_SELECTIONS):
+        parts.append("reference: the previous round's policy")
     if selection["method"] != "direct" and results.get("scorer"):
         parts.append(f"scored by the {SCORER_NAMES[results['scorer']]}")
     if selection["method"] in SFT_SELECTIONS:

@@ -97,6 +97,8 @@ def run(context: StageContext) -> dict:
     target_rewards = gold.rewards(contexts, targets)
     results = {
         "task": experiment.task.name, "eval_task": task.name, "scorer": experiment.scorer,
+        "sample_task": experiment.sampling_task.name,
+        "reference_policy": context.reference_policy,
         "round": context.round,
         "regularization_weight": experiment.regularization_weight,
         "selection": report.selection_settings(experiment), "loss": experiment.loss,
