@@ -28,6 +28,7 @@ DEFAULT_GIN_FILE = "configs/demo_rso.gin"
 TINY_GIN_FILE = "gin/tiny.gin"
 BUILTIN_TASK_GIN_FILE = "gin/builtin_task.gin"
 RUN_FILE = "gin/runs/rso.gin"  # its header says what each setting means
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a job stopped by the signal
 
 
 class GinConfigError(ValueError):
@@ -196,8 +197,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except GinConfigError as error:
         print(f"rso_jax.main: {error}", file=sys.stderr)
         return 2
+    from rso_jax import train_loop
+
     try:
         configured_run()
+    except train_loop.Preempted as preempted:
+        print(f"rso_jax.main: preempted: {preempted}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except (OSError, ValueError, FloatingPointError) as error:  # a path, a setting, a NaN loss
         print(f"rso_jax.main: {type(error).__name__}: {_without_gin_notes(error)}",
               file=sys.stderr)

@@ -14,15 +14,21 @@ a run killed after a checkpoint and started again ends with exactly the paramete
 uninterrupted run.
 A non-finite loss stops the run before anything is saved, naming the step; the last good
 checkpoint stays as it was.
+SIGTERM (what TPU VMs, GCE, SLURM and Kubernetes send before they stop a job) ends the step in
+progress, saves a checkpoint at that step, waits for the save and raises `Preempted`; running
+again resumes there and ends exactly as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -39,6 +45,27 @@ Evaluator = Callable[[Any], dict[str, float]]  # params -> metrics
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped without saving the bad state."""
+
+
+class Preempted(Exception):
+    """SIGTERM: training saved a checkpoint at its current step and stopped; run again to
+    resume from it."""
+
+
+@contextlib.contextmanager
+def _sigterm_requests() -> Iterator[threading.Event]:
+    """An event set when the process receives SIGTERM while the block runs (the previous
+    handler is put back after it). Signals reach only the main thread: elsewhere the event
+    never fires and SIGTERM keeps its previous effect."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.set())
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +258,7 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
 
     Raises:
       NonFiniteLossError: the loss became NaN or infinite (nothing was saved for that step).
+      Preempted: SIGTERM arrived; a checkpoint of the step it ended was saved (and waited for).
     """
     import orbax.checkpoint as ocp
 
@@ -279,6 +307,9 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
     progress = _progress(loop, start=step)
     iterator = batches(data_position)
     start_time = time.perf_counter()
+    saved_step = resumed_from
+    sigterm = contextlib.ExitStack()
+    stop_requested = sigterm.enter_context(_sigterm_requests())
     try:
         while step < loop.num_steps:
             try:
@@ -310,10 +341,21 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
                 run_evaluation(step)
             if step % loop.checkpoint_every == 0 or step == loop.num_steps:
                 save(step)
+                saved_step = step
+            if stop_requested.is_set():
+                break
+        if stop_requested.is_set():
+            if saved_step != step:
+                save(step)
+            manager.wait_until_finished()
+            raise Preempted(f"{loop.name}: SIGTERM received; saved a checkpoint at step {step} "
+                            f"of {loop.num_steps} in {checkpoint_dir} and stopped. Run the same "
+                            "command again to resume from it.")
         if evaluate is not None and (not loop.eval_every or step % loop.eval_every):
             run_evaluation(step)
         manager.wait_until_finished()
     finally:
+        sigterm.close()
         progress.close()
         log.close()
         manager.close()

@@ -38,10 +38,11 @@ def main_command(flags: Sequence[str], work_dir: str) -> list[str]:
 
 def run_until_killed(command: Sequence[str], stage: str, delay: float,
                      ready: Optional[Callable[[], bool]] = None, env=None,
-                     log: Optional[list] = None, timeout: float = 1800) -> dict:
+                     log: Optional[list] = None, timeout: float = 1800,
+                     sig: int = signal.SIGKILL) -> dict:
     """Runs `command`; once its log says `stage` started (and `ready()` holds, if given),
-    waits `delay` seconds and sends SIGKILL. Returns what happened: 'killed' (False when the
-    run ended first), 'returncode', 'seconds'."""
+    waits `delay` seconds and sends `sig` (SIGKILL). Returns what happened: 'killed' (False
+    when the run ended first), 'returncode', 'seconds'."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
@@ -66,7 +67,7 @@ def run_until_killed(command: Sequence[str], stage: str, delay: float,
         time.sleep(0.02)
     killed = process.poll() is None
     if killed:
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(sig)
     process.wait()
     reader.join(timeout=10)
     return {"stage": stage, "delay": round(delay, 2), "killed": killed,

@@ -131,9 +131,14 @@ def _kill_and_resume_script():
 
 def test_killed_in_several_stages_and_rerun_ends_as_an_uninterrupted_run(finished_run,
                                                                          tmp_path):
-    """SIGKILL in sampling, in the reference stage and after preference training's first
-    checkpoint, a re-run after each; the last one ends with the uninterrupted run's outputs,
-    bit for bit (scripts/kill_and_resume.py kills 20 times at random points of every stage)."""
+    """SIGKILL in sampling and in the reference stage, then SIGTERM (a preemption) during
+    preference training, a re-run after each. The SIGTERM saves a checkpoint at the step in
+    progress, says so and exits with 143; the last re-run resumes from that step and ends with
+    the uninterrupted run's outputs, bit for bit (scripts/kill_and_resume.py kills 20 times at
+    random points of every stage)."""
+    import re
+    import signal
+
     script = _kill_and_resume_script()
     reference_dir, _ = finished_run
     work_dir = tmp_path / "killed"
@@ -143,22 +148,28 @@ def test_killed_in_several_stages_and_rerun_ends_as_an_uninterrupted_run(finishe
         path = work_dir / later
         shutil.rmtree(path) if path.is_dir() else os.remove(path)
     command = experiment_helpers.main_command(*demo_flags(work_dir))
-    checkpoints = work_dir / "preference" / "checkpoints"
-    kill_points = [("sample", 0.5, None), ("reference", 0.2, None),
-                   ("preference", 0.0, lambda: checkpoints.is_dir() and any(
-                       name.isdigit() for name in os.listdir(checkpoints)))]
-    for stage, delay, ready in kill_points:
-        attempt = script.run_until_killed(command, stage, delay, ready,
+    log = []
+    kill_points = [("sample", 0.5, None, signal.SIGKILL), ("reference", 0.2, None, signal.SIGKILL),
+                   ("preference", 0.0, lambda: any("preference step 12/40" in line
+                                                   for line in log), signal.SIGTERM)]
+    for stage, delay, ready, sig in kill_points:
+        log.clear()
+        attempt = script.run_until_killed(command, stage, delay, ready, log=log, sig=sig,
                                           env=experiment_helpers.ONE_DEVICE_ENV)
         assert attempt["killed"], f"the run ended before it could be killed in {stage}"
+    said = "".join(log)
+    assert attempt["returncode"] == 143, said[-3000:]
+    saved = int(re.search(r"preempted: preference: SIGTERM received; saved a checkpoint at "
+                          r"step (\d+) of 40", said).group(1))
+    assert 12 <= saved < 40 and (work_dir / "preference" / "checkpoints" / str(saved)).is_dir()
     assert not (work_dir / "preference" / "DONE.json").exists()
     resumed = run_main(work_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Stage sft: done before, skipped." in resumed.stderr
-    assert "Resumed from step" in resumed.stderr
+    assert f"Resumed from step {saved}" in resumed.stderr
     assert script.differences(str(reference_dir), str(work_dir)) == []
     preference = json.load(open(work_dir / "preference" / "DONE.json"))
-    assert preference["resumed_from_step"] >= 10 and preference["seconds_before_resume"] > 0
+    assert preference["resumed_from_step"] == saved and preference["seconds_before_resume"] > 0
     assert preference["seconds"] > preference["seconds_before_resume"]  # both attempts count
     assert not [name for _, folders, files in os.walk(work_dir) for name in folders + files
                 if ".partial-" in name]

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import signal
 import shutil
 
 import jax
@@ -100,6 +101,69 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(setup, straight, tmp_p
     lines = [json.loads(line) for line in open(os.path.join(work_dir, "metrics.jsonl"))]
     assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6, 7]
     assert all(np.isfinite(line["train/loss"]) for line in lines)
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_ends_as_uninterrupted(setup, straight,
+                                                                           tmp_path):
+    """SIGTERM while step 3 trains (checkpoints every 2 steps): step 3 ends, is saved, waited
+    for, and Preempted is raised; the handler before the run is put back; the rerun resumes
+    from step 3 and ends with the uninterrupted run's state."""
+    fresh_state, step, sharded = setup
+    work_dir = str(tmp_path / "preempted")
+
+    def sigterm_at(signal_position, source):
+        def batches(position):
+            for index, batch in enumerate(source(position), start=position):
+                if index == signal_position:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield batch
+        return batches
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(train_loop.Preempted, match="SIGTERM received; saved a checkpoint at "
+                                                   "step 3 of 7"):
+        train_loop.train(fresh_state(), step, sigterm_at(2, sharded(make_batches())), work_dir,
+                         loop(7), model_config=MESH_TEST_CONFIG)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == [
+        "2", "3", "operative_config.gin"]
+    resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                        loop(7), model_config=MESH_TEST_CONFIG)
+    assert summary["resumed_from"] == 3 and summary["step"] == 7
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_saved_on_8_devices_resumes_on_4(setup, straight, tmp_path):
+    """Checkpoints of a (data 4, model 2) mesh restored onto a (data 2, model 2) mesh of 4 other
+    devices: the state takes the new shardings and training continues to the uninterrupted
+    run's state (up to the summation order of the other mesh)."""
+    work_dir = str(tmp_path / "remeshed")
+    interrupted_at_step_5(setup, work_dir)
+    partitioner = partitioning.Partitioner(
+        mesh=partitioning.create_mesh(2, 2, devices=jax.devices()[4:]))
+    optimizer = training.adafactor(learning_rate=1e-2)
+    loss_fn = functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG)
+    step = training.make_train_step(partitioner, MESH_TEST_CONFIG, optimizer, loss_fn,
+                                    next(make_batches()(0)))
+    params = jax.device_get(t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
+    state = training.place_state(partitioner, MESH_TEST_CONFIG, optimizer, params,
+                                 jax.random.PRNGKey(7))
+
+    def batches(position):
+        for batch in make_batches()(position):
+            yield partitioner.shard_batch(batch)
+
+    resumed, summary = train_loop.train(state, step, batches, work_dir, loop(7),
+                                        model_config=MESH_TEST_CONFIG)
+    assert summary["resumed_from"] == 4 and int(resumed.step) == 7
+    for leaf in jax.tree_util.tree_leaves(resumed.params):
+        assert leaf.sharding.mesh.devices.size == 4
+        assert set(leaf.sharding.device_set) <= set(jax.devices()[4:])
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight.params)),
+                    jax.tree_util.tree_leaves(jax.device_get(resumed.params))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
