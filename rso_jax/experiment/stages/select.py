@@ -85,7 +85,7 @@ def run(context: StageContext) -> dict:
                         sft_targets=sft_targets[prompt_index])
     gaps = rewards[prompt_index, chosen] - rewards[prompt_index, rejected]
     return {"pairs": int(len(prompt_index)),
-            "mean_reward_gap": float(gaps.mean()) if len(gaps) else None, **extra}
+            "mean_reward_gap": float(gaps.mean()), **extra}
 
 
 def make_pairs(context: StageContext, config, samples, rewards, kept, valid,
@@ -121,8 +121,9 @@ def _save_sft_targets(context: StageContext, config, samples, rewards, mask, key
         candidate_index = tournament_winners(pairs, rewards.shape)
         extra = {"ranker_comparisons": preference.comparisons}
     elif config.method == "best_of_n":
-        prompt_index = np.arange(rewards.shape[0])
-        candidate_index = np.argmax(np.where(mask, rewards, -np.inf), axis=1)
+        best, has_candidates = sft_targets.raft_targets(rewards, mask)
+        prompt_index = np.nonzero(np.asarray(has_candidates))[0]
+        candidate_index = np.asarray(best)[prompt_index]
         extra = {}
     else:
         keep = np.asarray(sft_targets.rest_targets(rewards, mask, config.rest_threshold))
@@ -136,7 +137,7 @@ def _save_sft_targets(context: StageContext, config, samples, rewards, mask, key
                         targets=samples["tokens"][prompt_index, candidate_index])
     chosen_rewards = rewards[prompt_index, candidate_index]
     return {"targets": int(len(prompt_index)),
-            "mean_target_reward": float(chosen_rewards.mean()) if len(prompt_index) else None,
+            "mean_target_reward": float(chosen_rewards.mean()),
             "mean_candidate_reward": float(rewards.mean()), **extra}
 
 
