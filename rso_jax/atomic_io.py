@@ -4,6 +4,11 @@ Everything is written under a temporary name in the destination's own directory 
 renamed into place (a rename within one file system is atomic), so a crash or a kill leaves
 either the old artifact or the new one, never a mixture. What is written gets the modes that
 `open` and `mkdir` would give under the process's umask (tempfile's own are 0600 and 0700).
+
+With several JAX processes (`processes`) only the first one writes and deletes: the others'
+calls return at once, and whoever reads what was written waits at a `processes.barrier` first.
+`directory` is the exception: every process writes into it (an orbax checkpoint is saved by
+all of them together), and it waits for all of them before the rename.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shutil
 import tempfile
 from typing import Any, Iterator
 
+from rso_jax import processes
 
 _TEMPORARY_MARK = ".partial-"  # in the name of every temporary file or directory written here
 
@@ -33,6 +39,8 @@ def remove_leftovers(directory: str, recursive: bool = True) -> list[str]:
     directories of writes that were killed before their rename (a SIGKILL runs no clean-up);
     returns their paths. Only call it when no other process is writing there."""
     removed = []
+    if not processes.is_writer():
+        return removed
     for root, folders, files in os.walk(directory):
         for name in [*files, *folders]:
             if is_leftover(name):
@@ -58,6 +66,8 @@ def _move_aside(path: str) -> str:
 def remove_tree(path: str) -> None:
     """Deletes a directory so that an interruption leaves it whole or gone: it is first renamed
     to a temporary name (which `remove_leftovers` of its parent finishes off)."""
+    if not processes.is_writer():
+        return
     shutil.rmtree(_move_aside(os.path.abspath(path)), ignore_errors=True)
 
 
@@ -76,6 +86,8 @@ def _umask() -> int:
 
 def write_bytes(path: str, data: bytes) -> None:
     """Atomically replaces `path` with `data`."""
+    if not processes.is_writer():
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temp_path = tempfile.mkstemp(dir=directory, prefix=_temporary_prefix(path))
@@ -106,21 +118,35 @@ def write_json(path: str, value: Any) -> None:
 def directory(path: str) -> Iterator[str]:
     """Yields a fresh temporary directory that replaces `path` when the block succeeds.
 
-    If the block raises, the temporary directory is removed and `path` is untouched.
+    If the block raises, the temporary directory is removed and `path` is untouched. With
+    several processes all of them get the same temporary directory to write into; the first
+    one renames it once every process has finished its block.
     """
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    temp_dir = tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix(path))
+    if processes.count() > 1:
+        tag = processes.first_process_value(int.from_bytes(os.urandom(4), "little") >> 1)
+        temp_dir = os.path.join(parent, f"{_temporary_prefix(path)}{tag:08x}")
+        if processes.is_writer():
+            os.mkdir(temp_dir)
+        processes.barrier(f"atomic_io.directory {temp_dir} made")
+    else:
+        temp_dir = tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix(path))
     try:
-        os.chmod(temp_dir, 0o777 & ~_umask())
+        if processes.is_writer():
+            os.chmod(temp_dir, 0o777 & ~_umask())
         yield temp_dir
-        if os.path.exists(path):
-            old = _move_aside(path)
-            os.replace(temp_dir, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temp_dir, path)
+        processes.barrier(f"atomic_io.directory {temp_dir} written")
+        if processes.is_writer():
+            if os.path.exists(path):
+                old = _move_aside(path)
+                os.replace(temp_dir, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(temp_dir, path)
+        processes.barrier(f"atomic_io.directory {path} in place")
     except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        if processes.is_writer():
+            shutil.rmtree(temp_dir, ignore_errors=True)
         raise

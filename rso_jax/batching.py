@@ -14,8 +14,8 @@ Conventions (T5X's; PAD_ID, EOS_ID and DECODER_START_ID are `vocabularies`'):
   * a batch may hold fewer examples than rows: the rest are all-padding rows with zero loss
     weights (`SftBatch`) or a False `pair_mask` (`PreferenceBatch`).
 
-Lengths come from gin (`SequenceLengths`); with several hosts each host batches its own share
-of the examples (`host_shard`, `host_batch_size`).
+Lengths come from gin (`SequenceLengths`). With several processes each one places its own rows
+of every batch on its devices (`partitioning.Partitioner.host_rows`).
 """
 
 from __future__ import annotations
@@ -308,43 +308,3 @@ def iterate_batches(examples: Sequence[Any], batch_size: int,
                         len(chunk), len(examples), batch_size)
             return
         yield make_batch(chunk, batch_size=batch_size)
-
-
-def _processes(process_index: Optional[int], process_count: Optional[int]) -> tuple:
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
-    return process_index, process_count
-
-
-def host_shard(examples: Sequence[Any], process_index: Optional[int] = None,
-               process_count: Optional[int] = None, equal_sizes: bool = True) -> list:
-    """This host's share of the examples: every process_count-th one from process_index.
-
-    Defaults to `jax.process_index()` / `jax.process_count()`. Shards are disjoint and, with
-    `equal_sizes`, equally long, so every host runs the same number of batches: the last
-    len(examples) % process_count examples are then left out (and the number logged).
-    Without it the shards cover all examples and differ in size by at most one.
-    """
-    process_index, process_count = _processes(process_index, process_count)
-    usable = len(examples)
-    if equal_sizes:
-        usable -= usable % process_count
-        if usable < len(examples):
-            logger.warning("host_shard: left out the last %d of %d examples so that each of %d "
-                           "hosts gets %d.", len(examples) - usable, len(examples),
-                           process_count, usable // process_count)
-    return list(examples[process_index:usable:process_count])
-
-
-def host_batch_size(global_batch_size: int, process_count: Optional[int] = None) -> int:
-    """The rows each host batches for a global batch of `global_batch_size`."""
-    _, process_count = _processes(0 if process_count is not None else None, process_count)
-    if global_batch_size % process_count:
-        raise ValueError(f"Global batch size {global_batch_size} is not divisible by the "
-                         f"{process_count} hosts loading data.")
-    return global_batch_size // process_count

@@ -11,11 +11,10 @@ import os
 import time
 from typing import Any, Optional
 
-import jax
 import numpy as np
 
-from rso_jax import (checkpoints, hf_weights, t5, param_tree, partitioning, run_info,
-                     scoring, t5x_checkpoint, vocabularies)
+from rso_jax import (checkpoints, hf_weights, t5, param_tree, partitioning, processes,
+                     run_info, scoring, t5x_checkpoint, vocabularies)
 
 
 def random_token_batch(rng: np.random.Generator, *, num_prompts: int, targets_per_prompt: int,
@@ -82,12 +81,15 @@ def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts
         targets_per_prompt=targets_per_prompt, prompt_length=prompt_length,
         target_length=target_length, vocab_size=config.vocab_size)
     score = scoring.make_scorer(config, partitioner)
-    sharded_batch = partitioner.shard_batch((prompts, targets))
+    # This process's rows of each (all of them, with one process); a prompt's targets are
+    # consecutive rows, so they land on the prompt's data shard.
+    sharded_batch = tuple(partitioner.shard_batch(array[partitioner.host_rows(len(array))],
+                                                  len(array)) for array in (prompts, targets))
     sequence_logps = {}
     for name, copy in (("t5x", partitioner.shard_params(params, config)),
                        ("hf", partitioner.shard_params(hf_params, config)),
                        ("orbax", orbax_params)):
-        sequence_logps[name] = np.asarray(jax.device_get(score(copy, *sharded_batch)[1]))
+        sequence_logps[name] = processes.to_host(score(copy, *sharded_batch)[1])
     max_difference = max(float(np.abs(sequence_logps[name] - sequence_logps["t5x"]).max())
                          for name in sequence_logps)
 

@@ -171,10 +171,12 @@ def check_macro_bindings(bindings: Sequence[str], known: set[str]) -> None:
 
 
 def run(job: Callable[[], Any], initialize_distributed: str | bool = "auto") -> Any:
-    """Starts multi-host JAX when asked for, then runs the gin-bound job."""
-    from rso_jax import partitioning
+    """Starts multi-host JAX when asked for (the log lines then name their process), then runs
+    the gin-bound job."""
+    from rso_jax import partitioning, processes
 
-    partitioning.maybe_initialize_distributed(initialize_distributed)
+    if partitioning.maybe_initialize_distributed(initialize_distributed):
+        processes.tag_log_lines()
     return job()
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rso_jax import model_spec, param_tree
+from rso_jax import model_spec, param_tree, processes
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def maybe_initialize_distributed(mode: str | bool = "auto") -> bool:
             if num_processes is None or process_id is None:
                 raise ValueError(f"A coordinator address is set ({coordinator}) but "
                                  "JAX_NUM_PROCESSES or JAX_PROCESS_ID is not; set both.")
+            _use_cpu_collectives()
             jax.distributed.initialize(coordinator_address=coordinator,
                                        num_processes=int(num_processes),
                                        process_id=int(process_id))
@@ -91,8 +92,16 @@ def maybe_initialize_distributed(mode: str | bool = "auto") -> bool:
             return False
     elif mode is not True and mode != "always":
         raise ValueError(f"initialize_distributed={mode!r}: use 'auto', True or False.")
+    _use_cpu_collectives()
     jax.distributed.initialize()
     return True
+
+
+def _use_cpu_collectives() -> None:
+    """CPU devices of several processes talk through gloo (JAX's CPU collectives), which
+    older JAX versions leave off; accelerators use their own."""
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
 def create_mesh(data_parallelism: int = -1, model_parallelism: int = 1,
@@ -226,14 +235,39 @@ class Partitioner:
                                                 lambda index: value[index])
         return jax.tree_util.tree_map(place_one, tree, shardings)
 
-    def shard_batch(self, batch: Any) -> Any:
-        """Places this host's part of a batch (a tree of arrays) with batch over 'data'."""
+    def host_rows(self, num_rows: int) -> np.ndarray:
+        """The rows of a (global) batch of `num_rows` that this process's devices hold along
+        'data', in order: the rows it feeds (all of them with one process)."""
+        if processes.count() == 1:
+            return np.arange(num_rows)
+        index_map = self.batch_sharding(1).addressable_devices_indices_map((num_rows,))
+        rows = {row for index in index_map.values() for row in range(*index[0].indices(num_rows))}
+        return np.asarray(sorted(rows), np.int64)
+
+    def shard_batch(self, batch: Any, num_rows: Optional[int] = None) -> Any:
+        """Places a batch (a tree of arrays with a leading batch dimension) on the mesh, batch
+        over 'data'. With several processes each one gives only its rows of the global batch,
+        `rows = host_rows(num_rows)` (`num_rows` being the global batch size), and the global
+        arrays are assembled from them."""
+        if processes.count() > 1 and num_rows is None:
+            raise ValueError("With several processes shard_batch needs num_rows, the global "
+                             "batch size, to place this process's rows.")
+        rows = None if processes.count() == 1 else self.host_rows(num_rows)
+
         def place(value):
             value = np.asarray(value)
             sharding = self.batch_sharding(value.ndim)
-            if jax.process_count() == 1:
+            if rows is None:
                 return jax.device_put(value, sharding)
-            return jax.make_array_from_process_local_data(sharding, value)
+            if len(value) != len(rows):
+                raise ValueError(f"This process holds {len(rows)} of the batch's {num_rows} rows "
+                                 f"but was given {len(value)}.")
+            position = {row: i for i, row in enumerate(rows)}
+
+            def shard(index):
+                wanted = [position[row] for row in range(*index[0].indices(num_rows))]
+                return value[wanted][(slice(None),) + tuple(index[1:])]
+            return jax.make_array_from_callback((num_rows,) + value.shape[1:], sharding, shard)
         return jax.tree_util.tree_map(place, batch)
 
     def jit(self, fn: Callable, *, in_shardings: Any = None, out_shardings: Any = None,

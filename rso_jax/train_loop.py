@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import numpy as np
 
-from rso_jax import atomic_io, checkpoints, model_spec, run_info, training
+from rso_jax import atomic_io, checkpoints, model_spec, processes, run_info, training
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +94,15 @@ class MetricsLog:
     """metrics.jsonl plus TensorBoard events (if tensorboardX is available)."""
 
     def __init__(self, work_dir: str, resumed_from: Optional[int] = None):
-        """Opens the logs; after a resume, drops what was logged past the restored step."""
+        """Opens the logs (the first process's; the others log nothing); after a resume, drops
+        what was logged past the restored step."""
         self.path = os.path.join(work_dir, "metrics.jsonl")
-        if resumed_from is not None and os.path.isfile(self.path):
+        self.active = processes.is_writer()
+        if self.active and resumed_from is not None and os.path.isfile(self.path):
             self._truncate_after(resumed_from)
         self.writer = None
+        if not self.active:
+            return
         try:
             from tensorboardX import SummaryWriter
 
@@ -121,6 +125,8 @@ class MetricsLog:
         atomic_io.write_text(self.path, "".join(kept))
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
+        if not self.active:
+            return
         record = {"step": step, **{prefix + k: v for k, v in metrics.items()}}
         with open(self.path, "a") as stream:
             stream.write(json.dumps(record, sort_keys=True) + "\n")
@@ -165,23 +171,29 @@ def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: trainin
     unusable = []
     restored, step = None, None
     for candidate in sorted(manager.all_steps(), reverse=True):
+        path = os.path.join(checkpoint_dir, str(candidate))
+        problem = None
         try:
             restored = manager.restore(candidate, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(_abstract_state(state)),
                 progress=ocp.args.JsonRestore()))
             int(restored.progress["data_position"])
-            if not _all_finite(restored.state.params):
-                raise ValueError("its parameters are not all finite")
-            step = candidate
-            break
         except (MemoryError, jax.errors.JaxRuntimeError):
             raise  # out of device memory, a device failure: nothing says the files are bad
         except Exception as error:  # orbax raises KeyError, ValueError, FileNotFoundError...
-            restored = None
-            unusable.append(candidate)
-            logger.warning("Checkpoint %s cannot be restored (%s: %s).",
-                           os.path.join(checkpoint_dir, str(candidate)), type(error).__name__,
-                           str(error).splitlines()[0][:300] if str(error) else "")
+            problem = (f"{type(error).__name__}: "
+                       + (str(error).splitlines()[0][:300] if str(error) else ""))
+        # Every process takes the same decision (and then runs the same collectives).
+        if processes.any_process(problem is not None):
+            problem = problem or "it could not be restored by another process"
+        elif not _all_finite(restored.state.params):
+            problem = "its parameters are not all finite"
+        if problem is None:
+            step = candidate
+            break
+        logger.warning("Checkpoint %s cannot be restored (%s).", path, problem)
+        restored = None
+        unusable.append(candidate)
     if not unusable:
         return manager, restored, step, False
     manager.close()
@@ -191,12 +203,14 @@ def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: trainin
              for candidate in unusable]
     if step is None and os.path.isdir(os.path.join(run_dir, "best")):
         moves.append((os.path.join(run_dir, "best"), "best"))
-    os.makedirs(aside, exist_ok=True)
-    for source, name in moves:
-        target, suffix = os.path.join(aside, name), 1
-        while os.path.exists(target):
-            target, suffix = os.path.join(aside, f"{name}.{suffix}"), suffix + 1
-        os.replace(source, target)
+    if processes.is_writer():
+        os.makedirs(aside, exist_ok=True)
+        for source, name in moves:
+            target, suffix = os.path.join(aside, name), 1
+            while os.path.exists(target):
+                target, suffix = os.path.join(aside, f"{name}.{suffix}"), suffix + 1
+            os.replace(source, target)
+    processes.barrier(f"unusable checkpoints of {checkpoint_dir} moved")
     logger.warning("Moved the unusable checkpoints (steps %s) to %s; %s.",
                    ", ".join(map(str, unusable)), aside,
                    f"resuming from step {step}, the newest valid one" if step is not None
@@ -300,7 +314,7 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
             value = metrics[loop.best_metric]
             if _is_better(value, None if best is None else best["value"], loop.best_mode):
                 best = {"step": step_number, "metric": loop.best_metric, "value": value}
-                checkpoints.save_params(jax.device_get(state.params), model_config,
+                checkpoints.save_params(state.params, model_config,  # by every process
                                         os.path.join(work_dir, "best"))
                 atomic_io.write_json(best_path, best)
 
@@ -310,6 +324,7 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
     saved_step = resumed_from
     sigterm = contextlib.ExitStack()
     stop_requested = sigterm.enter_context(_sigterm_requests())
+    stopping = False
     try:
         while step < loop.num_steps:
             try:
@@ -342,13 +357,16 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
             if step % loop.checkpoint_every == 0 or step == loop.num_steps:
                 save(step)
                 saved_step = step
-            if stop_requested.is_set():
+            if processes.any_process(stop_requested.is_set()):  # agreed: all stop here
+                stopping = True
                 break
-        if stop_requested.is_set():
+        if stopping:
             if saved_step != step:
                 save(step)
             manager.wait_until_finished()
-            raise Preempted(f"{loop.name}: SIGTERM received; saved a checkpoint at step {step} "
+            received = ("SIGTERM received" if stop_requested.is_set()
+                        else "SIGTERM received by another process")
+            raise Preempted(f"{loop.name}: {received}; saved a checkpoint at step {step} "
                             f"of {loop.num_steps} in {checkpoint_dir} and stopped. Run the same "
                             "command again to resume from it.")
         if evaluate is not None and (not loop.eval_every or step % loop.eval_every):
@@ -405,7 +423,7 @@ def _progress(loop: LoopConfig, start: int):
     """A progress bar on a terminal; log lines when stderr goes elsewhere or no bar is wanted."""
     import sys
 
-    if not loop.progress_bar or not sys.stderr.isatty():
+    if not loop.progress_bar or not sys.stderr.isatty() or not processes.is_writer():
         return _LoggedProgress(loop)
     try:
         from tqdm.auto import tqdm

@@ -111,25 +111,6 @@ def test_iterate_batches_pads_or_drops_the_last_batch():
     assert len(list(batching.iterate_batches(examples, 5, make, drop_remainder=True))) == 1
 
 
-def test_host_shard_is_disjoint_equal_and_covering():
-    examples = list(range(11))
-    shards = [batching.host_shard(examples, i, 4) for i in range(4)]
-    assert shards == [[0, 4], [1, 5], [2, 6], [3, 7]]  # 8, 9, 10 left out: equal sizes
-    uneven = [batching.host_shard(examples, i, 4, equal_sizes=False) for i in range(4)]
-    assert sorted(sum(uneven, [])) == examples
-    assert [len(s) for s in uneven] == [3, 3, 3, 2]
-    assert batching.host_shard(examples) == examples  # one process here
-    with pytest.raises(ValueError, match="process_index 4 is not in"):
-        batching.host_shard(examples, 4, 4)
-
-
-def test_host_batch_size():
-    assert batching.host_batch_size(32, process_count=4) == 8
-    assert batching.host_batch_size(32) == 32
-    with pytest.raises(ValueError, match="not divisible by the 3 hosts"):
-        batching.host_batch_size(32, process_count=3)
-
-
 def test_truncation_counts_log(caplog):
     counts = batching.TruncationCounts()
     counts.add("inputs", 10, 2)

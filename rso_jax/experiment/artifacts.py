@@ -18,8 +18,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from rso_jax import (atomic_io, checkpoints, model_spec, param_tree, partitioning, run_info,
-                     train_loop)
+from rso_jax import (atomic_io, checkpoints, model_spec, param_tree, partitioning, processes,
+                     run_info, train_loop)
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +109,7 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
     the same time is refused, naming it, rather than both writing and deleting there."""
     import fcntl
 
-    import jax
-
-    if jax.process_index() != 0:
+    if not processes.is_writer():
         yield
         return
     make_work_dir(work_dir)
@@ -129,7 +127,10 @@ def work_dir_lock(work_dir: str) -> Iterator[None]:
 
 
 def mark_done(work_dir: str, stage: str, summary: dict) -> None:
-    """Writes the stage's DONE marker: `summary` and the manifest of its outputs."""
+    """Writes the stage's DONE marker: `summary` and the manifest of its outputs (the first
+    process, once every process has written its part of them)."""
+    if not processes.is_writer():
+        return
     directory = stage_dir(work_dir, stage)
     run_info.write_gin_config(directory)
     atomic_io.write_json(os.path.join(directory, DONE_FILE),

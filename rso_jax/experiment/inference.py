@@ -2,9 +2,9 @@
 
 Every call goes through the partitioner: parameters sharded by the rule table, batches over
 the 'data' axis, in fixed-size chunks (the last one zero-padded) so that one compiled shape
-serves a whole stage. The same code runs on one CPU device and on a mesh of many devices of
-one process; several processes (multi-host pod slices) are not supported yet: each would feed
-the whole chunk as its own.
+serves a whole stage. The same code runs on one CPU device, on a mesh of many devices and on a
+mesh that spans several processes: each process feeds the rows of each chunk that its devices
+hold, and every process gets the whole chunk's results back.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from rso_jax import decoding, t5, partitioning, reward_models, scoring
+from rso_jax import decoding, t5, partitioning, processes, reward_models, scoring
 
 
 def check_batch_size(name: str, batch_size: int, partitioner: partitioning.Partitioner) -> None:
@@ -31,6 +31,7 @@ def map_chunks(fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size:
     """`fn(chunk_index, *chunks)` over fixed-size row slices of `arrays`, sharded over 'data';
     the rows of its (pytree) results are concatenated on the host."""
     count = len(arrays[0])
+    host_rows = partitioner.host_rows(batch_size)  # this process's rows of every chunk
     outputs = []
     for index, start in enumerate(range(0, count, batch_size)):
         chunks = []
@@ -38,27 +39,30 @@ def map_chunks(fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size:
             chunk = array[start:start + batch_size]
             padded = np.zeros((batch_size,) + chunk.shape[1:], chunk.dtype)
             padded[: len(chunk)] = chunk
-            chunks.append(padded)
+            chunks.append(padded[host_rows])
         rows = min(batch_size, count - start)
-        out = jax.device_get(fn(index, *partitioner.shard_batch(tuple(chunks))))
-        outputs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:rows], out))
+        out = processes.to_host(fn(index, *partitioner.shard_batch(tuple(chunks), batch_size)))
+        outputs.append(jax.tree_util.tree_map(lambda x: x[:rows], out))
     if not outputs:
         raise ValueError("Nothing to run inference on (no rows).")
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
 
 
+# The jitted functions of the stages, one per model and setting (`plan` compiles them ahead of
+# time at abstract shapes).
+
 @functools.lru_cache(maxsize=None)
-def _sampler(config, sampling, partitioner):
+def sampler(config, sampling, partitioner):
     return decoding.make_sampler(config, sampling, partitioner)
 
 
 @functools.lru_cache(maxsize=None)
-def _scorer(config, partitioner):
+def sequence_scorer(config, partitioner):
     return scoring.make_scorer(config, partitioner)
 
 
 @functools.lru_cache(maxsize=None)
-def _both_orders_scorer(score_fn, config, a_token, b_token, partitioner):
+def both_orders_scorer(score_fn, config, a_token, b_token, partitioner):
     """`score_fn(config, params, inputs_ab, inputs_ba, a_token=, b_token=)` jitted on the mesh."""
     fn = functools.partial(score_fn, config, a_token=a_token, b_token=b_token)
     batch = partitioner.batch_sharding(2)
@@ -70,8 +74,8 @@ def sample(config: t5.T5Config, params: Any, prompts: np.ndarray,
            sampling: decoding.SamplingConfig, key: jax.Array, batch_size: int,
            partitioner: partitioning.Partitioner) -> decoding.SampleOutput:
     """N candidates per prompt; chunk i draws with `fold_in(key, i)`."""
-    sampler = _sampler(config, sampling, partitioner)
-    return map_chunks(lambda index, chunk: sampler(params, chunk, jax.random.fold_in(key, index)),
+    sample_fn = sampler(config, sampling, partitioner)
+    return map_chunks(lambda index, chunk: sample_fn(params, chunk, jax.random.fold_in(key, index)),
                       [prompts], batch_size, partitioner)
 
 
@@ -89,7 +93,7 @@ def sequence_logps(config: t5.T5Config, params: Any, prompts: np.ndarray,
                    responses: np.ndarray, batch_size: int,
                    partitioner: partitioning.Partitioner) -> np.ndarray:
     """Teacher-forced log-probability of each response given its prompt, float32 [n]."""
-    scorer = _scorer(config, partitioner)
+    scorer = sequence_scorer(config, partitioner)
     return map_chunks(lambda _, p, r: scorer(params, p, r)[1], [prompts, responses], batch_size,
                       partitioner)
 
@@ -98,14 +102,14 @@ def rewards_vs_baseline(config: t5.T5Config, params: Any, ab_tokens: tuple[int, 
                         inputs_candidate_first: np.ndarray, inputs_baseline_first: np.ndarray,
                         batch_size: int, partitioner: partitioning.Partitioner) -> np.ndarray:
     """Eq. 7 rewards logit P(candidate > baseline), both presentation orders averaged."""
-    scorer = _both_orders_scorer(reward_models.pointwise_rewards_vs_baseline, config,
+    scorer = both_orders_scorer(reward_models.pointwise_rewards_vs_baseline, config,
                                   *ab_tokens, partitioner)
     return map_chunks(lambda _, cb, bc: scorer(params, cb, bc),
                       [inputs_candidate_first, inputs_baseline_first], batch_size, partitioner)
 
 
 @functools.lru_cache(maxsize=None)
-def _one_order_scorer(config, a_token, b_token, partitioner):
+def one_order_scorer(config, a_token, b_token, partitioner):
     fn = functools.partial(reward_models.preference_probability, config, a_token=a_token,
                            b_token=b_token)
     return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(config),
@@ -119,7 +123,7 @@ def ordered_preference_probabilities(config: t5.T5Config, params: Any,
                                      ) -> np.ndarray:
     """P(A better) from a pairwise ranker for the responses in the order the inputs show
     them (no averaging over orders: what a judge says of one presentation)."""
-    scorer = _one_order_scorer(config, *ab_tokens, partitioner)
+    scorer = one_order_scorer(config, *ab_tokens, partitioner)
     return map_chunks(lambda _, x: scorer(params, x), [inputs], batch_size, partitioner)
 
 
@@ -128,19 +132,19 @@ def preference_probabilities(config: t5.T5Config, params: Any, ab_tokens: tuple[
                              batch_size: int, partitioner: partitioning.Partitioner
                              ) -> np.ndarray:
     """P(first > second) from the pairwise ranker, both presentation orders averaged."""
-    scorer = _both_orders_scorer(reward_models.symmetric_preference_probability, config,
+    scorer = both_orders_scorer(reward_models.symmetric_preference_probability, config,
                                   *ab_tokens, partitioner)
     return map_chunks(lambda _, ab, ba: scorer(params, ab, ba), [inputs_first, inputs_second],
                       batch_size, partitioner)
 
 
 @functools.lru_cache(maxsize=None)
-def _pointwise_scorer(config, partitioner):
+def pointwise_scorer(config, partitioner):
     return reward_models.make_pointwise_scorer(config, partitioner)
 
 
 def pointwise_rewards(config: t5.T5Config, params: Any, inputs: np.ndarray, batch_size: int,
                       partitioner: partitioning.Partitioner) -> np.ndarray:
     """R(x, y) of a pointwise reward model (T5 `config` with its scalar head), float32 [n]."""
-    scorer = _pointwise_scorer(config, partitioner)
+    scorer = pointwise_scorer(config, partitioner)
     return map_chunks(lambda _, x: scorer(params, x), [inputs], batch_size, partitioner)

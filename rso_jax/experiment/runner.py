@@ -10,7 +10,7 @@ import os
 import time
 from typing import Optional, Sequence
 
-from rso_jax import atomic_io, partitioning, reward_models
+from rso_jax import atomic_io, partitioning, processes, reward_models
 from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, inference,
                                 rounds, stage_records)
 from rso_jax.experiment.config import Experiment
@@ -135,6 +135,7 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
     check_stage_inputs(experiment, names, damaged)
     check_task_data(experiment, names, damaged)
     with artifacts.work_dir_lock(experiment.work_dir):  # creates it: every check passed
+        processes.barrier("work directory held")
         return _run_stages(context, names, damaged)
 
 
@@ -147,11 +148,13 @@ def _run_stages(context: StageContext, names: Sequence[str],
         for path in (atomic_io.remove_leftovers(directory, recursive=False)
                      if os.path.isdir(directory) else []):
             logger.info("Removed %s, left by an interrupted write or deletion.", path)
+    processes.barrier("leftovers removed")
     for stage, name, path in (("sft", "SFT_CHECKPOINT", experiment.sft_checkpoint),
                               ("ranker", "RANKER_CHECKPOINT", experiment.ranker_checkpoint)):
         if path and stage_records.reason_to_run(experiment, stage, damaged) is not None:
             logger.info("Stage %s: from %s %s.", stage, name, path)
             install_checkpoint(context, stage, name, path)
+            processes.barrier(f"stage {stage} installed")
             damaged.pop(stage, None)
     for stage in names:
         reason = stage_records.reason_to_run(experiment, stage, damaged)
@@ -160,11 +163,14 @@ def _run_stages(context: StageContext, names: Sequence[str],
             continue
         logger.info("Stage %s: %s", stage, reason)
         stage_records.start(experiment, stage, damaged)
+        processes.barrier(f"stage {stage} started")
         start = time.perf_counter()
         summary = run_stage(context, stage)
         summary["seconds"] = round(time.perf_counter() - start  # with earlier attempts'
                                    + summary.get("seconds_before_resume", 0.0), 2)
+        processes.barrier(f"stage {stage} written")  # every process's part of its outputs
         stage_records.mark_done(experiment, stage, summary)
+        processes.barrier(f"stage {stage} marked done")
         damaged.pop(stage, None)
         logger.info("Stage %s: done in %.1f s: %s", stage, summary["seconds"], summary)
     results = {}
@@ -176,6 +182,8 @@ def _run_stages(context: StageContext, names: Sequence[str],
         results_path = os.path.join(directory, "results.json")
         with open(results_path) as stream:
             results = json.load(stream)
+        if not processes.is_writer():
+            continue
         with open(os.path.join(directory, "results.md")) as stream:
             print(stream.read())
         trained = rounds.stage_name("preference", round_index)

@@ -15,9 +15,12 @@ from rso_jax.experiment.config import TrainingSchedule
 
 def cycling_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
                     make_batch: Callable[..., Any], partitioner: partitioning.Partitioner):
-    """Batch source for train_loop: epoch e visits the rows in permutation(seed, e)."""
+    """Batch source for train_loop: epoch e visits the rows in permutation(seed, e); each
+    process makes and places its own rows of every batch (the order does not depend on the
+    number of processes)."""
     count = len(next(iter(arrays.values())))
     per_epoch = count // batch_size
+    host_rows = partitioner.host_rows(batch_size)  # this process's rows of every batch
     if per_epoch == 0:
         raise ValueError(f"{count} examples cannot fill one batch of {batch_size}; lower the "
                          "batch size or give more data.")
@@ -26,8 +29,9 @@ def cycling_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
         while True:
             epoch, index = divmod(position, per_epoch)
             order = np.random.default_rng([seed, epoch]).permutation(count)
-            rows = order[index * batch_size:(index + 1) * batch_size]
-            yield partitioner.shard_batch(make_batch(**{k: v[rows] for k, v in arrays.items()}))
+            rows = order[index * batch_size:(index + 1) * batch_size][host_rows]
+            yield partitioner.shard_batch(make_batch(**{k: v[rows] for k, v in arrays.items()}),
+                                          batch_size)
             position += 1
     return source
 

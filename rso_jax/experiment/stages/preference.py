@@ -32,6 +32,18 @@ def proxy_win_rate_on_validation(context: StageContext) -> Callable[[Any], dict]
     return evaluate
 
 
+def loss_function(experiment) -> Callable:
+    """`(params, batch, dropout_rng) -> (loss, metrics)` of the preference stage: the pair loss
+    (with SLiC's regularisation), or token cross-entropy on selected responses."""
+    config = experiment.policy_config
+    if not experiment.selection.makes_pairs:
+        return functools.partial(training.sft_loss, model_config=config)
+    return functools.partial(training.preference_loss, model_config=config,
+                             loss_name=experiment.loss, gamma=experiment.gamma,
+                             label_smoothing=experiment.label_smoothing,
+                             regularization_weight=experiment.regularization_weight)
+
+
 def run(context: StageContext) -> dict:
     experiment = context.experiment
     config = experiment.policy_config
@@ -48,15 +60,12 @@ def run(context: StageContext) -> dict:
                                  "(made by an earlier version) lacks; delete that directory to "
                                  "select again.")
             arrays["sft_targets"] = pairs["sft_targets"]
-        loss_fn = functools.partial(training.preference_loss, model_config=config,
-                                    loss_name=experiment.loss, gamma=experiment.gamma,
-                                    label_smoothing=experiment.label_smoothing,
-                                    regularization_weight=experiment.regularization_weight)
+        loss_fn = loss_function(experiment)
         make_batch = batching.preference_batch_from_tokens
     else:  # RAFT, ReST, best-of-N: SFT on the selected responses
         targets = context.load_arrays("select", select.TARGETS_FILE)
         arrays = {"inputs": targets["prompts"], "targets": targets["targets"]}
-        loss_fn = functools.partial(training.sft_loss, model_config=config)
+        loss_fn = loss_function(experiment)
         make_batch = batching.sft_batch_from_tokens
     _, summary = training_runs.run_training(
         context.stage_name("preference"), experiment.preference, experiment.work_dir, config,

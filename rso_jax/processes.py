@@ -1,0 +1,105 @@
+"""Several JAX processes (a multi-host pod slice, a multi-GPU machine run one process per
+host): who writes, where all wait, and how results come back to every host.
+
+Under `jax.distributed` every process runs the same program on its own devices and the mesh
+spans them all. The experiment keeps four rules so that the processes never diverge:
+  * every process reads the same files and takes every decision the same way from them;
+  * one process (the first) writes every file: `atomic_io` skips the writes of the others;
+  * before anyone reads what was written, all wait at a `barrier`;
+  * arrays brought back to the host are whole on every process (`to_host` gathers the rows
+    that other processes' devices hold).
+With one process every function here is a plain transfer or does nothing, and JAX is not even
+asked (so nothing here starts a backend before `jax.distributed.initialize`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def distributed() -> bool:
+    """Whether `jax.distributed.initialize` has run in this process."""
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized()
+
+
+def count() -> int:
+    """The number of processes of the run (1 without `jax.distributed`)."""
+    if not distributed():
+        return 1
+    import jax
+    return jax.process_count()
+
+
+def index() -> int:
+    """This process's index (0 without `jax.distributed`)."""
+    if not distributed():
+        return 0
+    import jax
+    return jax.process_index()
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's files: the first one."""
+    return index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process has reached the barrier called `name` (the same name in the
+    same order on every process)."""
+    if count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process; every process gets the same answer."""
+    if count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.asarray(multihost_utils.process_allgather(np.asarray(bool(flag)))).any())
+
+
+def first_process_value(value: int) -> int:
+    """The first process's `value` (an int that fits 32 bits), on every process."""
+    if count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int32)))
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of a tree of arrays, whole on every process: the rows held by other
+    processes' devices are gathered (a collective, so every process must call it)."""
+    import jax
+
+    def one(value):
+        if not isinstance(value, jax.Array) or value.is_fully_addressable \
+                or value.is_fully_replicated:
+            return np.asarray(value)
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return jax.tree_util.tree_map(one, tree)
+
+
+class _ProcessTag(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.process_tag = f"[process {index()}/{count()}] " if count() > 1 else ""
+        return True
+
+
+def tag_log_lines() -> None:
+    """Starts every log line of the root logger's handlers with `[process i/n] ` once several
+    processes run, so that the merged logs of a job say which process speaks."""
+    for handler in logging.getLogger().handlers:
+        if any(isinstance(f, _ProcessTag) for f in handler.filters):
+            continue
+        handler.addFilter(_ProcessTag())
+        formatter = handler.formatter or logging.Formatter()
+        if "%(process_tag)s" not in formatter._fmt:
+            handler.setFormatter(logging.Formatter("%(process_tag)s" + formatter._fmt,
+                                                   formatter.datefmt))

@@ -1,0 +1,166 @@
+"""The experiment under `jax.distributed`: two processes of four CPU devices each on localhost
+(JAX's CPU collectives) against one process of eight devices, on the same ('data' 4, 'model' 2)
+mesh; a SIGTERM that reaches one of the two processes stops both at the same step."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+import experiment_helpers
+from rso_jax import atomic_io
+from t5_helpers import REPO_ROOT
+
+MESH_FLAGS = ["--gin.DATA_PARALLELISM=4", "--gin.MODEL_PARALLELISM=2"]
+FLAGS = [*experiment_helpers.DEMO_TINY_FLAGS, *MESH_FLAGS]
+STEP_LINE = re.compile(r"rso_jax\.train_loop: preference step (\d+)/40 loss")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def devices_env(count: int, **extra) -> dict:
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
+                JAX_PLATFORMS="cpu", **extra)
+
+
+def run_processes(work_dir, count: int = 2, devices: int = 4, on_line=None,
+                  timeout: float = 600) -> list[tuple[int, str, str]]:
+    """Runs the experiment as `count` processes of one `jax.distributed` run (coordinator on
+    localhost); `on_line(index, line, process)` sees each stderr line as it comes. Returns each
+    process's (exit code, stdout, stderr); fails with every process's log tail if they do not
+    end within `timeout` seconds (all are then killed)."""
+    port = free_port()
+    command = experiment_helpers.main_command(*FLAGS, f"--gin.WORK_DIR='{work_dir}'")
+    processes = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env=devices_env(devices,
+                                                  JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                  JAX_NUM_PROCESSES=str(count),
+                                                  JAX_PROCESS_ID=str(index)))
+                 for index in range(count)]
+    logs = [([], []) for _ in processes]
+
+    def read(index, stream, lines, watch):
+        for line in stream:
+            lines.append(line)
+            if watch and on_line is not None:
+                on_line(index, line, processes[index])
+    readers = [threading.Thread(target=read, args=(i, stream, logs[i][k], k == 1), daemon=True)
+               for i, p in enumerate(processes) for k, stream in enumerate((p.stdout, p.stderr))]
+    for reader in readers:
+        reader.start()
+    try:
+        for process in processes:
+            process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+        for reader in readers:
+            reader.join(timeout=10)
+        tails = "\n".join(f"--- process {i} ---\n" + "".join(err[-40:])
+                          for i, (_, err) in enumerate(logs))
+        pytest.fail(f"The processes did not end within {timeout} s:\n{tails}")
+    for reader in readers:
+        reader.join(timeout=30)
+    return [(p.returncode, "".join(out), "".join(err)) for p, (out, err) in zip(processes, logs)]
+
+
+def sigterm_at_preference_step(target: int, step: int):
+    """An `on_line` that sends SIGTERM to process `target` alone once its log reports
+    preference step `step` or later."""
+    def on_line(index, line, process):
+        match = STEP_LINE.search(line)
+        if index == target and match and int(match.group(1)) >= step and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    return on_line
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("one_process") / "run"
+    result = experiment_helpers.run_main(*FLAGS, f"--gin.WORK_DIR='{work_dir}'",
+                                         env=devices_env(8))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work_dir
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """Two processes, SIGTERM to the second during preference training, then both again."""
+    work_dir = tmp_path_factory.mktemp("two_processes") / "run"
+    stopped = run_processes(work_dir, on_line=sigterm_at_preference_step(target=1, step=8))
+    preempted = tmp_path_factory.mktemp("preempted") / "run"  # resumed by one process below
+    shutil.copytree(work_dir, preempted)
+    return work_dir, stopped, run_processes(work_dir), preempted
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(two_process_run):
+    work_dir, first, rerun, _ = two_process_run
+    logs = [err for _, _, err in first]
+    stopped = []
+    for index, (code, _, log) in enumerate(first):
+        assert code == 143, f"process {index} ended with {code}:\n{log[-3000:]}"
+        match = re.search(r"preempted: preference: (SIGTERM received[^;]*); saved a checkpoint "
+                          r"at step (\d+) of 40", log)
+        assert match, f"process {index}:\n{log[-3000:]}"
+        stopped.append((match.group(1), int(match.group(2))))
+    assert stopped[1][0] == "SIGTERM received"
+    assert stopped[0][0] == "SIGTERM received by another process"
+    step = stopped[0][1]
+    assert stopped[1][1] == step and 8 <= step < 40
+    assert "[process 0/2]" in logs[0] and "[process 1/2]" in logs[1]
+    both = "\n".join(f"--- process {i} ---\n{err[-3000:]}" for i, (_, _, err) in enumerate(rerun))
+    for index, (code, _, err) in enumerate(rerun):
+        assert code == 0, both
+        assert f"Resumed from step {step} " in err and "cannot be restored" not in err, both
+        assert "Stage sft: done before, skipped." in err
+    assert "| trained |" in rerun[0][1] and "| trained |" not in rerun[1][1]  # one prints
+
+
+def assert_same_results(work_dir, one_process_run):
+    assert (json.loads((work_dir / "results.json").read_text())
+            == json.loads((one_process_run / "results.json").read_text()))
+    for path in sorted(one_process_run.glob("*/*.npz")):
+        ours = np.load(work_dir / path.relative_to(one_process_run))
+        theirs = np.load(path)
+        assert ours.files == theirs.files
+        for key in theirs.files:
+            if np.issubdtype(theirs[key].dtype, np.floating):  # all-reduces add in other orders
+                np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4, atol=1e-4,
+                                           err_msg=f"{path.name}:{key}")
+            else:
+                np.testing.assert_array_equal(ours[key], theirs[key], f"{path.name}:{key}")
+    for stage in ("sft", "ranker", "preference"):
+        losses = [[(r["step"], r["train/loss"]) for r in map(json.loads, open(d / stage /
+                  "metrics.jsonl")) if "train/loss" in r] for d in (work_dir, one_process_run)]
+        assert [s for s, _ in losses[0]] == [s for s, _ in losses[1]], stage
+        np.testing.assert_allclose([l for _, l in losses[0]], [l for _, l in losses[1]],
+                                   rtol=1e-4, err_msg=stage)
+    done = json.loads((work_dir / "preference" / "DONE.json").read_text())
+    assert done["resumed_from_step"] >= 8
+    leftovers = [p for p in work_dir.rglob("*") if atomic_io.is_leftover(p.name)]
+    assert not leftovers  # no temporary file or directory of a write is left
+
+
+def test_two_processes_end_as_one_process_of_eight_devices(two_process_run, one_process_run):
+    assert_same_results(two_process_run[0], one_process_run)
+
+
+def test_a_run_preempted_in_two_processes_resumes_in_one(two_process_run, one_process_run):
+    preempted = two_process_run[3]
+    result = experiment_helpers.run_main(*FLAGS, f"--gin.WORK_DIR='{preempted}'",
+                                         env=devices_env(8))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from step" in result.stderr and "[process" not in result.stderr
+    assert_same_results(preempted, one_process_run)
