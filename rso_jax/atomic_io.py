@@ -136,8 +136,14 @@ def directory(path: str) -> Iterator[str]:
     try:
         if processes.is_writer():
             os.chmod(temp_dir, 0o777 & ~_umask())
-        yield temp_dir
-        processes.barrier(f"atomic_io.directory {temp_dir} written")
+        failed = True
+        try:
+            yield temp_dir
+            failed = False
+        finally:  # every process learns whether any failed, so none waits for the others
+            any_failed = processes.any_process(failed)
+        if any_failed:
+            raise RuntimeError(f"Another process failed while writing {path}; see its log.")
         if processes.is_writer():
             if os.path.exists(path):
                 old = _move_aside(path)

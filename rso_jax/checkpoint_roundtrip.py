@@ -69,7 +69,7 @@ def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts
     flat = param_tree.flatten(params)
     differing = [key for name, copy in (("hf", hf_params), ("orbax", orbax_params))
                  for key, value in param_tree.flatten(copy).items()
-                 if not np.array_equal(np.asarray(value), flat[key])]
+                 if not np.array_equal(processes.to_host(value), flat[key])]
     if differing or hf_config != config or orbax_config != config:
         raise RuntimeError(f"Round trip changed the model: arrays {differing[:10]}, configs "
                            f"{hf_config} / {orbax_config} vs {config}.")

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rso_jax import atomic_io, t5, param_tree
+from rso_jax import atomic_io, param_tree, processes, t5
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -199,9 +199,11 @@ def save(params: Mapping[str, Any], config: t5.T5Config, directory: str) -> None
 
     state_dict = params_to_hf_state_dict(params, config)
     with atomic_io.directory(directory) as temp_dir:
-        save_file(state_dict, os.path.join(temp_dir, WEIGHTS_FILE), metadata={"format": "pt"})
-        with open(os.path.join(temp_dir, CONFIG_FILE), "w") as stream:
-            json.dump(hf_config_dict(config), stream, indent=2, sort_keys=True)
+        if processes.is_writer():  # with several processes, the first writes the files
+            save_file(state_dict, os.path.join(temp_dir, WEIGHTS_FILE),
+                      metadata={"format": "pt"})
+            with open(os.path.join(temp_dir, CONFIG_FILE), "w") as stream:
+                json.dump(hf_config_dict(config), stream, indent=2, sort_keys=True)
 
 
 def load(directory: str, **config_overrides) -> tuple[dict[str, Any], t5.T5Config]:

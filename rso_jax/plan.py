@@ -50,7 +50,7 @@ ACCELERATORS = {
     "a100-40gb": Accelerator("A100 40GB", 40 * GiB, 0.75),
     "a100-80gb": Accelerator("A100 80GB", 80 * GiB, 0.75),
     "h100-80gb": Accelerator("H100 80GB", 80 * GiB, 0.75),
-    "h200": Accelerator("H200 141GB", 141 * 10 ** 9, 0.75),
+    "h200": Accelerator("H200 141GB", 140 * GiB, 0.75),  # what the device reports
 }
 
 
@@ -80,6 +80,8 @@ def parse_mesh(text: str) -> MeshSpec:
                     raise ValueError(f"--mesh={text}: a {accelerator.name} slice name counts "
                                      f"{accelerator.cores_in_name} cores per chip.")
                 return MeshSpec(accelerator, cores // accelerator.cores_in_name)
+            if count is not None and int(count) < 1:
+                raise ValueError(f"--mesh={text}: a mesh needs at least one device.")
             return MeshSpec(accelerator, int(count or 1))
     raise ValueError(f"--mesh={text} is not a mesh: write a TPU slice ('v4-8', 'v5e-16') or "
                      f"N x a device ('8xh100-80gb'); the kinds are {kinds}.")
@@ -194,8 +196,9 @@ def ranker_scorer(experiment: Any) -> StageFunction:
     def lower(partitioner):
         inputs = abstract_batch(partitioner, inputs=(rows, length))["inputs"]
         params = abstract_params(model, partitioner)
-        if experiment.scorer == "pointwise":
-            return inference.pointwise_scorer(model, partitioner).lower(params, inputs)
+        if experiment.scorer == "pointwise":  # the scorer adds the head to the T5 config
+            return inference.pointwise_scorer(experiment.ranker_config,
+                                              partitioner).lower(params, inputs)
         # The ids of 'A' and 'B' change no shape; the score stage's function, both orders.
         scorer = inference.both_orders_scorer(reward_models.pointwise_rewards_vs_baseline,
                                               model, 71, 272, partitioner)
@@ -244,14 +247,6 @@ def memory_figures(compiled: Any) -> dict:
     return figures
 
 
-def mesh_shape(num_devices: int, model_parallelism: int) -> tuple[int, int]:
-    model = min(model_parallelism, num_devices)
-    if num_devices % model:
-        raise ValueError(f"MODEL_PARALLELISM={model_parallelism} does not divide "
-                         f"{num_devices} devices.")
-    return num_devices // model, model
-
-
 def compile_on(function: StageFunction, num_devices: int, model_parallelism: int,
                fsdp: bool) -> dict:
     """The function compiled for a (data, model) mesh of `num_devices` simulated devices;
@@ -260,7 +255,11 @@ def compile_on(function: StageFunction, num_devices: int, model_parallelism: int
 
     from rso_jax import partitioning
 
-    data, model = mesh_shape(num_devices, model_parallelism)
+    model = model_parallelism
+    if model < 1 or num_devices % model:
+        return {"devices": num_devices, "data": None, "model": model, "fsdp": fsdp,
+                "error": f"model parallelism {model} does not divide {num_devices} devices"}
+    data = num_devices // model
     layout = {"devices": num_devices, "data": data, "model": model, "fsdp": fsdp}
     if function.rows % data:
         return {**layout, "error": f"{function.rows} rows do not split over data={data}"}
@@ -301,7 +300,9 @@ def plan_function(function: StageFunction, mesh: MeshSpec, model_parallelism: in
             if not fitting(n):
                 break
             smallest = n
-    else:
+    elif "error" in row["on_mesh"]:  # not a layout of this experiment: try every size
+        smallest = next((n for n in sizes if fitting(n)), None)
+    else:  # out of memory: only larger meshes can fit
         smallest = next((n for n in sizes if n > mesh.num_devices and fitting(n)), None)
     row["smallest_fitting_devices"] = smallest
     row["tried"] = [tried[n] for n in sorted(tried)]
@@ -342,7 +343,7 @@ def markdown_table(plan: dict) -> str:
         smallest_text = (f"{smallest} ({fitting['data']} x {fitting['model']})" if fitting
                          else "none tried fits")
         if "error" in on:
-            lines.append(f"| {row['function']} | {row['shapes']} | {on['data']} x {on['model']} "
+            lines.append(f"| {row['function']} | {row['shapes']} | {on['devices']} devices "
                          f"| {on['error']} | | | | | no | | {smallest_text} |")
             continue
         lines.append(

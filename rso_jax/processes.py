@@ -24,7 +24,13 @@ import numpy as np
 def distributed() -> bool:
     """Whether `jax.distributed.initialize` has run in this process."""
     jax = sys.modules.get("jax")
-    return jax is not None and jax.distributed.is_initialized()
+    if jax is None:
+        return False
+    is_initialized = getattr(jax.distributed, "is_initialized", None)
+    if is_initialized is not None:
+        return bool(is_initialized())
+    from jax._src import distributed as state  # JAX versions before is_initialized()
+    return state.global_state.client is not None
 
 
 def count() -> int:

@@ -172,18 +172,21 @@ def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: trainin
     restored, step = None, None
     for candidate in sorted(manager.all_steps(), reverse=True):
         path = os.path.join(checkpoint_dir, str(candidate))
-        problem = None
+        problem, fatal = None, None
         try:
             restored = manager.restore(candidate, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(_abstract_state(state)),
                 progress=ocp.args.JsonRestore()))
             int(restored.progress["data_position"])
-        except (MemoryError, jax.errors.JaxRuntimeError):
-            raise  # out of device memory, a device failure: nothing says the files are bad
+        except (MemoryError, jax.errors.JaxRuntimeError) as error:
+            fatal = error  # out of device memory, a device failure: nothing says files are bad
         except Exception as error:  # orbax raises KeyError, ValueError, FileNotFoundError...
             problem = (f"{type(error).__name__}: "
                        + (str(error).splitlines()[0][:300] if str(error) else ""))
         # Every process takes the same decision (and then runs the same collectives).
+        if processes.any_process(fatal is not None):
+            raise fatal or RuntimeError(f"Another process failed restoring {path} with a device "
+                                        "error; see its log.")
         if processes.any_process(problem is not None):
             problem = problem or "it could not be restored by another process"
         elif not _all_finite(restored.state.params):

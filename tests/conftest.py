@@ -11,3 +11,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"rso_jax_tests_xla_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024 ** 3))
+
+# The files that run the experiment end to end, longest first: pytest-xdist hands files to its
+# workers in collection order, and a long file started last would run alone at the end.
+LONGEST_FIRST = ("test_processes.py", "test_methods.py", "test_experiment.py",
+                 "test_experiment_tasks.py", "test_configs.py", "test_plan.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: each file's tests keep their order

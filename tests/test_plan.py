@@ -42,7 +42,8 @@ def test_mesh_names_are_read_as_their_device_counts(text, kind, devices):
 
 @pytest.mark.parametrize("text, message", [
     ("8xv100", "the kinds are a100-40gb, .*h100-80gb"), ("h100", "the kinds are"),
-    ("8xv4-8", "the kinds are"), ("v4-7", "a TPU v4 slice name counts 2 cores per chip")])
+    ("8xv4-8", "the kinds are"), ("v4-7", "a TPU v4 slice name counts 2 cores per chip"),
+    ("0xh100-80gb", "at least one device")])
 def test_a_mesh_that_is_not_one_is_refused_saying_why(text, message):
     with pytest.raises(ValueError, match=message):
         plan.parse_mesh(text)
@@ -118,7 +119,14 @@ def test_the_reference_scorers_arguments_are_the_shards_one_device_holds(experim
     function = plan.reference_scorer(experiment)
     assert plan.compile_on(function, 8, 2, False)["argument_bytes"] == expected
     # one device holds every row and all parameters: more bytes than a shard of eight
-    assert plan.compile_on(function, 1, 2, False)["argument_bytes"] > expected
+    assert plan.compile_on(function, 1, 1, False)["argument_bytes"] > expected
+    assert "does not divide 1 devices" in plan.compile_on(function, 1, 2, False)["error"]
+
+
+def test_a_pointwise_experiments_ranker_scorer_is_planned(experiment):
+    pointwise = dataclasses.replace(experiment, scorer="pointwise")
+    planned = plan.compile_on(plan.ranker_scorer(pointwise), 8, 2, False)
+    assert planned["argument_bytes"] > 0 and planned["flops"] > 0
 
 
 def test_the_smallest_fitting_mesh_is_the_first_whose_peak_fits(experiment):
@@ -148,3 +156,18 @@ def test_the_command_refuses_an_unknown_mesh_naming_the_kinds():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "--mesh=v99-8 is not a mesh" in result.stderr and "v5e" in result.stderr
+
+
+def test_a_paper_config_is_planned_without_its_checkpoints_or_data():
+    """The TL;DR config leaves its initial checkpoints REQUIRED: the plan fills them with
+    placeholders and reads nothing, so its shapes are the paper's."""
+    import gin
+    try:
+        experiment = plan.build_experiment(
+            ["configs/rso_table1/tldr_rso_sample_rank_sigmoid_norm.gin"], [])
+    finally:
+        gin.clear_config()
+    train = plan.preference_train_step(experiment)
+    assert train.shapes == "32 pairs, 512-token prompts, 64-token responses"
+    assert experiment.policy_config.emb_dim == 1024 and experiment.ranker_config.emb_dim == 4096
+    assert plan.ranker_scorer(experiment).shapes == "64 inputs of 1024 tokens, both orders"

@@ -105,25 +105,30 @@ LOCK_FILE = ".lock"
 
 @contextlib.contextmanager
 def work_dir_lock(work_dir: str) -> Iterator[None]:
-    """Holds WORK_DIR for this run (its first process): a second run of the same WORK_DIR at
-    the same time is refused, naming it, rather than both writing and deleting there."""
+    """Holds WORK_DIR for this run (its first process takes the lock, and every process learns
+    whether it got it): a second run of the same WORK_DIR at the same time is refused, naming
+    it, rather than both writing and deleting there."""
     import fcntl
 
-    if not processes.is_writer():
-        yield
-        return
-    make_work_dir(work_dir)
     path = os.path.join(work_dir, LOCK_FILE)
-    with open(path, "a") as handle:
+    handle = None
+    if processes.is_writer():
+        make_work_dir(work_dir)
+        handle = open(path, "a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"WORK_DIR {work_dir} is in use by another run (it holds {path}); "
-                             "wait for that run to end, or choose another WORK_DIR.") from None
-        try:
-            yield
-        finally:
+            handle.close()
+            handle = None
+    if processes.any_process(processes.is_writer() and handle is None):
+        raise ValueError(f"WORK_DIR {work_dir} is in use by another run (it holds {path}); "
+                         "wait for that run to end, or choose another WORK_DIR.")
+    try:
+        yield
+    finally:
+        if handle is not None:
             fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
 
 def mark_done(work_dir: str, stage: str, summary: dict) -> None:

@@ -135,7 +135,6 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
     check_stage_inputs(experiment, names, damaged)
     check_task_data(experiment, names, damaged)
     with artifacts.work_dir_lock(experiment.work_dir):  # creates it: every check passed
-        processes.barrier("work directory held")
         return _run_stages(context, names, damaged)
 
 

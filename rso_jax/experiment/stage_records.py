@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Optional, Sequence
 
-from rso_jax import atomic_io
+from rso_jax import atomic_io, processes
 from rso_jax.experiment import artifacts, fingerprints
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.stages import STAGES, stage_names
@@ -134,7 +134,10 @@ def start(experiment: Experiment, stage: str, damaged: Damaged) -> None:
     """Records that the stage starts. An earlier attempt's work (a training stage's
     checkpoints) is kept for it to resume from, unless that attempt read other outputs of the
     stages before it, or its outputs were damaged after it finished, or nothing records what
-    it was made from: then it is deleted, saying so, and the stage starts afresh."""
+    it was made from: then it is deleted, saying so, and the stage starts afresh. (The first
+    process does it; the runner's barrier after it keeps the others from reading meanwhile.)"""
+    if not processes.is_writer():
+        return
     work_dir = experiment.work_dir
     directory = artifacts.stage_dir(work_dir, stage)
     reasons = []
