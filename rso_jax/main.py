@@ -89,8 +89,7 @@ def settings_help(gin_files: Sequence[str]) -> tuple[str, bool]:
     gin.clear_config()
     try:
         configure_gin(gin_files, [])
-        values = {scope: entry["value"] for (scope, selector), entry in gin.config._CONFIG.items()
-                  if selector == "gin.macro"}
+        values = macro_values()
     except GinConfigError as error:
         return f"The settings of {list(gin_files)} could not be read: {error}", False
     finally:
@@ -149,11 +148,18 @@ def configure_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
 _MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
 
 
-def defined_macros() -> set[str]:
-    """The macros the parsed gin files define (gin keeps a macro as the scope of `gin.macro`)."""
+def macro_values() -> dict[str, Any]:
+    """Every macro the parsed gin files define, with its value (gin keeps a macro as the scope
+    of `gin.macro`; a REQUIRED one's value reads `%gin.REQUIRED`)."""
     import gin
 
-    return {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}
+    return {scope: entry["value"] for (scope, selector), entry in gin.config._CONFIG.items()
+            if selector == "gin.macro"}
+
+
+def defined_macros() -> set[str]:
+    """The macros the parsed gin files define."""
+    return set(macro_values())
 
 
 def check_macro_bindings(bindings: Sequence[str], known: set[str]) -> None:

@@ -253,6 +253,7 @@ class Partitioner:
             raise ValueError("With several processes shard_batch needs num_rows, the global "
                              "batch size, to place this process's rows.")
         rows = None if processes.count() == 1 else self.host_rows(num_rows)
+        position = None if rows is None else {row: i for i, row in enumerate(rows)}
 
         def place(value):
             value = np.asarray(value)
@@ -262,7 +263,6 @@ class Partitioner:
             if len(value) != len(rows):
                 raise ValueError(f"This process holds {len(rows)} of the batch's {num_rows} rows "
                                  f"but was given {len(value)}.")
-            position = {row: i for i, row in enumerate(rows)}
 
             def shard(index):
                 wanted = [position[row] for row in range(*index[0].indices(num_rows))]

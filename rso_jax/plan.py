@@ -381,12 +381,6 @@ def _argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _macro(name: str) -> Any:
-    import gin
-    entry = gin.config._CONFIG.get((name, "gin.macro"))
-    return None if entry is None else entry["value"]
-
-
 def build_experiment(gin_files: Sequence[str], bindings: Sequence[str]) -> Any:
     """The experiment of the gin files and bindings, REQUIRED macros given placeholders."""
     import gin
@@ -396,8 +390,8 @@ def build_experiment(gin_files: Sequence[str], bindings: Sequence[str]) -> Any:
 
     gin.clear_config()
     main.configure_gin(gin_files, bindings)
-    required = [scope for (scope, selector), entry in gin.config._CONFIG.items()
-                if selector == "gin.macro" and repr(entry["value"]) == "%gin.REQUIRED"]
+    required = [name for name, value in main.macro_values().items()
+                if repr(value) == "%gin.REQUIRED"]
     gin.parse_config([f"{name} = 'not read by the plan'" for name in required])
     return gin.get_configurable(config.Experiment)()
 
@@ -431,9 +425,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (entry_point.GinConfigError, ValueError) as error:
         print(f"rso_jax.plan: {error}", file=sys.stderr)
         return 2
+    macros = entry_point.macro_values()
     model_parallelism = (args.model_parallelism if args.model_parallelism is not None
-                         else int(_macro("MODEL_PARALLELISM") or 1))
-    fsdp = args.fsdp if args.fsdp is not None else bool(_macro("FSDP"))
+                         else int(macros.get("MODEL_PARALLELISM") or 1))
+    fsdp = args.fsdp if args.fsdp is not None else bool(macros.get("FSDP"))
     plan = make_plan(experiment, mesh, model_parallelism, fsdp, args.max_devices,
                      [FUNCTION_FLAGS[name] for name in names])
     plan["gin_files"], plan["bindings"] = list(gin_files), list(bindings)
