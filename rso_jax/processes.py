@@ -2,12 +2,15 @@
 host): who writes, where all wait, and how results come back to every host.
 
 Under `jax.distributed` every process runs the same program on its own devices and the mesh
-spans them all. The experiment keeps four rules so that the processes never diverge:
+spans them all. The experiment keeps five rules so that the processes never diverge:
   * every process reads the same files and takes every decision the same way from them;
   * one process (the first) writes every file: `atomic_io` skips the writes of the others;
   * before anyone reads what was written, all wait at a `barrier`;
   * arrays brought back to the host are whole on every process (`to_host` gathers the rows
-    that other processes' devices hold).
+    that other processes' devices hold);
+  * an operation over a whole tree of arrays is one jitted computation, not one eager
+    computation per array: under gloo, hundreds of small computations with collectives in
+    flight at once deadlock XLA's CPU runtime (docs/reliability.md).
 With one process every function here is a plain transfer or does nothing, and JAX is not even
 asked (so nothing here starts a backend before `jax.distributed.initialize`).
 """

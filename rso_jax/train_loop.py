@@ -222,11 +222,18 @@ def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: trainin
     return _checkpoint_manager(checkpoint_dir, loop), restored, step, step is None
 
 
+@jax.jit
+def _all_finite_on_devices(tree: Any) -> jax.Array:
+    return jax.numpy.stack([jax.numpy.isfinite(leaf).all()
+                            for leaf in jax.tree_util.tree_leaves(tree)]).all()
+
+
 def _all_finite(tree: Any) -> bool:
-    """Whether every array of `tree` is finite (one transfer to the host)."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    return bool(jax.device_get(jax.numpy.stack([jax.numpy.isfinite(leaf).all()
-                                                for leaf in leaves]).all()))
+    """Whether every array of `tree` is finite: one jitted computation and one transfer to
+    the host. (Not one eager reduction per array: with several processes on CPU devices,
+    hundreds of such small computations in flight at once, each with a collective over the
+    model axis, deadlocked a process in 2 of 2 tries.)"""
+    return bool(jax.device_get(_all_finite_on_devices(tree)))
 
 
 def _abstract_state(state: training.TrainState) -> Any:
