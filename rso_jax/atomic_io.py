@@ -65,10 +65,34 @@ def _move_aside(path: str) -> str:
 
 def remove_tree(path: str) -> None:
     """Deletes a directory so that an interruption leaves it whole or gone: it is first renamed
-    to a temporary name (which `remove_leftovers` of its parent finishes off)."""
+    to a temporary name (which `remove_leftovers` of its parent finishes off). A link to a
+    directory (a shared stage's) stays, and the directory it points to is left empty."""
     if not processes.is_writer():
         return
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        if os.path.isdir(target):
+            aside = _move_aside(target)
+            os.makedirs(target, exist_ok=True)
+            shutil.rmtree(aside, ignore_errors=True)
+        return
     shutil.rmtree(_move_aside(os.path.abspath(path)), ignore_errors=True)
+
+
+def symlink(target: str, path: str) -> None:
+    """Atomically makes `path` a symbolic link to `target` (replacing a link already there)."""
+    if not processes.is_writer():
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temp_path = os.path.join(directory, _temporary_prefix(path) + os.urandom(6).hex())
+    os.symlink(target, temp_path)
+    try:
+        os.replace(temp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path)
+        raise
 
 
 def _umask() -> int:

@@ -72,6 +72,8 @@ def maybe_initialize_distributed(mode: str | bool = "auto") -> bool:
     """
     if mode is False or mode == "never":
         return False
+    if processes.distributed():  # a later experiment of the same process (a sweep's point)
+        return True
     if mode == "auto":
         coordinator = next((os.environ[v] for v in _COORDINATOR_VARIABLES if os.environ.get(v)),
                            None)

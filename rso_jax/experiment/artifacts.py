@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from typing import Any, Iterator, Optional
+from typing import IO, Any, Iterator, Optional
 
 import numpy as np
 
@@ -103,32 +103,46 @@ def make_work_dir(work_dir: str) -> None:
 LOCK_FILE = ".lock"
 
 
+def try_lock(path: str) -> Optional[IO]:
+    """Takes an exclusive lock on `path` (made if missing) on the first process: the open
+    file that holds it, or None when another run holds it (and on the other processes)."""
+    import fcntl
+
+    if not processes.is_writer():
+        return None
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def release_lock(handle: Optional[IO]) -> None:
+    if handle is not None:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 @contextlib.contextmanager
 def work_dir_lock(work_dir: str) -> Iterator[None]:
     """Holds WORK_DIR for this run (its first process takes the lock, and every process learns
     whether it got it): a second run of the same WORK_DIR at the same time is refused, naming
     it, rather than both writing and deleting there."""
-    import fcntl
-
     path = os.path.join(work_dir, LOCK_FILE)
-    handle = None
     if processes.is_writer():
         make_work_dir(work_dir)
-        handle = open(path, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            handle = None
+    handle = try_lock(path)
     if processes.any_process(processes.is_writer() and handle is None):
         raise ValueError(f"WORK_DIR {work_dir} is in use by another run (it holds {path}); "
                          "wait for that run to end, or choose another WORK_DIR.")
     try:
         yield
     finally:
-        if handle is not None:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+        release_lock(handle)
 
 
 def mark_done(work_dir: str, stage: str, summary: dict) -> None:

@@ -54,6 +54,7 @@ _MACROS = {
     ("Experiment", "num_sample_prompts"): "NUM_SAMPLE_PROMPTS",
     ("Experiment", "num_eval_prompts"): "NUM_EVAL_PROMPTS", ("Experiment", "seed"): "SEED",
     ("Experiment", "ranker_sees_context"): "RANKER_SEES_CONTEXT",
+    ("Experiment", "shared_stages_dir"): "SHARED_STAGES_DIR",
     ("InferenceBatchSizes", "sample"): "SAMPLE_BATCH_SIZE",
     ("InferenceBatchSizes", "ranker"): "RANKER_INFERENCE_BATCH_SIZE",
     ("InferenceBatchSizes", "reference"): "REFERENCE_BATCH_SIZE",
@@ -258,6 +259,10 @@ class Experiment:
     # scratch in minutes, does not learn to look words up in the context (see README).
     ranker_sees_context: bool = True
     seed: int = 0
+    # Where stage directories are shared between experiments, each named by the fingerprint
+    # of exactly the settings it depends on (WORK_DIR/<stage> links there); None: every stage
+    # in WORK_DIR (`shared_stages`).
+    shared_stages_dir: Optional[str] = None
 
     def __post_init__(self):
         check_types(self)

@@ -4,6 +4,7 @@ allows, an interrupted training stage resumed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ from typing import Optional, Sequence
 
 from rso_jax import atomic_io, partitioning, processes, reward_models
 from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, inference,
-                                rounds, stage_records)
+                                rounds, shared_stages, stage_records)
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import STAGES, run_stage, stage_names
@@ -129,13 +130,38 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
         raise ValueError(f"Unknown stages {unknown}; the stages are {STAGES}.")
     context = StageContext(experiment, partitioner or partitioning.create_partitioner())
     check_inputs(context)
-    stage_records.check_settings(experiment)
-    names = stage_names(experiment, stages)
-    damaged = stage_records.find_damaged(experiment.work_dir, stage_names(experiment))
-    check_stage_inputs(experiment, names, damaged)
-    check_task_data(experiment, names, damaged)
-    with artifacts.work_dir_lock(experiment.work_dir):  # creates it: every check passed
+    with contextlib.ExitStack() as held:
+        if experiment.shared_stages_dir:  # the links say which stages the checks look at
+            held.enter_context(artifacts.work_dir_lock(experiment.work_dir))
+            shared_stages.link(experiment, stage_names(experiment))
+        stage_records.check_settings(experiment)
+        names = stage_names(experiment, stages)
+        damaged = stage_records.find_damaged(experiment.work_dir, stage_names(experiment))
+        check_stage_inputs(experiment, names, damaged)
+        check_task_data(experiment, names, damaged)
+        if not experiment.shared_stages_dir:
+            held.enter_context(artifacts.work_dir_lock(experiment.work_dir))  # creates it
         return _run_stages(context, names, damaged)
+
+
+def _run_or_reuse(context: StageContext, stage: str, damaged: stage_records.Damaged) -> None:
+    experiment = context.experiment
+    reason = stage_records.reason_to_run(experiment, stage, damaged)
+    if reason is None:
+        logger.info("Stage %s: done before, skipped.", stage)
+        return
+    logger.info("Stage %s: %s", stage, reason)
+    stage_records.start(experiment, stage, damaged)
+    processes.barrier(f"stage {stage} started")
+    start = time.perf_counter()
+    summary = run_stage(context, stage)
+    summary["seconds"] = round(time.perf_counter() - start  # with earlier attempts'
+                               + summary.get("seconds_before_resume", 0.0), 2)
+    processes.barrier(f"stage {stage} written")  # every process's part of its outputs
+    stage_records.mark_done(experiment, stage, summary)
+    processes.barrier(f"stage {stage} marked done")
+    damaged.pop(stage, None)
+    logger.info("Stage %s: done in %.1f s: %s", stage, summary["seconds"], summary)
 
 
 def _run_stages(context: StageContext, names: Sequence[str],
@@ -150,28 +176,17 @@ def _run_stages(context: StageContext, names: Sequence[str],
     processes.barrier("leftovers removed")
     for stage, name, path in (("sft", "SFT_CHECKPOINT", experiment.sft_checkpoint),
                               ("ranker", "RANKER_CHECKPOINT", experiment.ranker_checkpoint)):
-        if path and stage_records.reason_to_run(experiment, stage, damaged) is not None:
-            logger.info("Stage %s: from %s %s.", stage, name, path)
-            install_checkpoint(context, stage, name, path)
-            processes.barrier(f"stage {stage} installed")
-            damaged.pop(stage, None)
-    for stage in names:
-        reason = stage_records.reason_to_run(experiment, stage, damaged)
-        if reason is None:
-            logger.info("Stage %s: done before, skipped.", stage)
+        if not path:
             continue
-        logger.info("Stage %s: %s", stage, reason)
-        stage_records.start(experiment, stage, damaged)
-        processes.barrier(f"stage {stage} started")
-        start = time.perf_counter()
-        summary = run_stage(context, stage)
-        summary["seconds"] = round(time.perf_counter() - start  # with earlier attempts'
-                                   + summary.get("seconds_before_resume", 0.0), 2)
-        processes.barrier(f"stage {stage} written")  # every process's part of its outputs
-        stage_records.mark_done(experiment, stage, summary)
-        processes.barrier(f"stage {stage} marked done")
-        damaged.pop(stage, None)
-        logger.info("Stage %s: done in %.1f s: %s", stage, summary["seconds"], summary)
+        with shared_stages.stage_lock(experiment, stage):
+            if stage_records.reason_to_run(experiment, stage, damaged) is not None:
+                logger.info("Stage %s: from %s %s.", stage, name, path)
+                install_checkpoint(context, stage, name, path)
+                processes.barrier(f"stage {stage} installed")
+                damaged.pop(stage, None)
+    for stage in names:
+        with shared_stages.stage_lock(experiment, stage):
+            _run_or_reuse(context, stage, damaged)
     results = {}
     for round_index in range(1, experiment.rounds + 1):
         evaluate = rounds.stage_name("evaluate", round_index)

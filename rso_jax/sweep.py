@@ -1,0 +1,394 @@
+"""Sweeps: the product of gin settings, run one point after another (or printed as launch
+commands for a cluster), and one table of every point's results at the end.
+
+  python -m rso_jax.sweep --gin_file=configs/demo_rso.gin --sweep_dir=runs/gamma \\
+      --sweep GAMMA=0.01,0.05,0.5 --sweep SEED=0,1,2
+  python -m rso_jax.sweep --sweep_file=configs/sweeps/demo_table1.json --sweep_dir=runs/t1
+
+Each point is one experiment in <sweep_dir>/points/<point>, and every point shares
+<sweep_dir>/stages (SHARED_STAGES_DIR, `experiment.shared_stages`): a stage the points agree
+on (the SFT policy, the ranker and the samples of one seed) runs once.
+
+A sweep file (JSON) gives the gin files, bindings for every point, and the axes; an axis is
+either a list of values of one macro or a mapping from a name to the bindings of that point:
+
+  {"gin_files": ["configs/demo_rso.gin"], "bindings": {"PREFERENCE_STEPS": 200},
+   "axes": [{"name": "setting", "values": {"raft": {"SELECTION": "raft"},
+                                            "direct_hinge": {"SELECTION": "direct",
+                                                             "LOSS": "hinge"}}},
+            {"name": "SEED", "values": [0, 1, 2]}]}
+
+JSON strings are gin strings (write "raft", not "'raft'"); a string that starts with '@' or '%'
+is a gin reference. --sweep NAME=V1,V2 adds an axis whose values are gin literals as on the
+command line (--sweep LOSS="'hinge','sigmoid_norm'"), --gin.NAME=VALUE a binding for every
+point.
+
+--print_commands prints each point's `python -m rso_jax.main` command instead of running it
+(they may run at once: a point waits for a shared stage another one holds); --report then
+writes the table of what they wrote. The table: <sweep_dir>/results.csv and results.md, one
+row per point; with a SEED axis also summary.csv and summary.md, the mean and standard
+deviation over seeds of each other setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import sys
+from typing import Any, Optional, Sequence
+
+from rso_jax import atomic_io
+from rso_jax import main as entry_point
+
+logger = logging.getLogger("rso_jax.sweep")  # also when run as __main__
+
+POINTS_DIR = "points"
+STAGES_DIR = "stages"
+SEED_AXIS = "SEED"
+
+
+class SweepError(ValueError):
+    """A sweep file, axis or binding that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One experiment of the sweep: its value on each axis and its gin bindings."""
+
+    labels: tuple[tuple[str, str], ...]  # (axis, value label) in axis order
+    bindings: tuple[str, ...]  # 'NAME = VALUE'
+
+    @property
+    def name(self) -> str:
+        """The point's directory name: 'raft.SEED=0' (labels joined by '.')."""
+        parts = [label if isinstance(axis, str) and not axis.isupper() else f"{axis}={label}"
+                 for axis, label in self.labels]
+        return re.sub(r"[^\w=.,+-]", "_", ".".join(parts))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    gin_files: tuple[str, ...]
+    bindings: tuple[str, ...]
+    axes: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...]  # name, (label, bindings)
+
+    def points(self) -> list[Point]:
+        found = []
+        for choice in itertools.product(*(values for _, values in self.axes)):
+            labels = tuple((axis, label) for (axis, _), (label, _) in zip(self.axes, choice))
+            bindings = tuple(b for _, point_bindings in choice for b in point_bindings)
+            found.append(Point(labels, bindings))
+        names = [point.name for point in found]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise SweepError(f"Two points of the sweep would share the directory {repeated[0]}; "
+                             "give the axes' values distinct names.")
+        return found
+
+
+def gin_literal(value: Any) -> str:
+    """A JSON value of a sweep file as gin reads it."""
+    if isinstance(value, str):
+        return value if value[:1] in "@%" else repr(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "(" + "".join(f"{gin_literal(item)}, " for item in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{gin_literal(k)}: {gin_literal(v)}" for k, v in value.items()) + "}"
+    raise SweepError(f"{value!r} is not a value a sweep file can give.")
+
+
+def split_top_level(text: str) -> list[str]:
+    """'0.1,(1, 2),"a,b"' -> ['0.1', '(1, 2)', '"a,b"']: commas outside brackets and quotes."""
+    parts, depth, quote, current = [], 0, None, ""
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+            continue
+        current += char
+    parts.append(current.strip())
+    return parts
+
+
+def command_line_axis(text: str) -> tuple[str, tuple]:
+    """--sweep NAME=V1,V2 -> (NAME, ((V1, ('NAME = V1',)), ...))."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+        raise SweepError(f"--sweep {text!r}: write --sweep NAME=VALUE1,VALUE2 with NAME a gin "
+                         "macro (upper case), e.g. --sweep BETA=0.1,0.5,1.")
+    labels = [value for value in split_top_level(values) if value]
+    if not labels:
+        raise SweepError(f"--sweep {text!r} gives no values.")
+    return name, tuple((label.strip("'\""), (f"{name} = {label}",)) for label in labels)
+
+
+def file_axis(axis: Any, path: str) -> tuple[str, tuple]:
+    if not isinstance(axis, dict) or set(axis) != {"name", "values"}:
+        raise SweepError(f"{path}: each axis is {{\"name\": ..., \"values\": [...] or "
+                         f"{{name: bindings}}}}; got {axis!r}.")
+    name, values = axis["name"], axis["values"]
+    if isinstance(values, list) and values:
+        return name, tuple((str(value), (f"{name} = {gin_literal(value)}",))
+                           for value in values)
+    if isinstance(values, dict) and values and all(isinstance(v, dict) for v in values.values()):
+        return name, tuple((label, tuple(f"{key} = {gin_literal(value)}"
+                                          for key, value in bindings.items()))
+                           for label, bindings in values.items())
+    raise SweepError(f"{path}: the values of axis {name!r} must be a non-empty list of values "
+                     "or a mapping from names to bindings.")
+
+
+def read_sweep(sweep_file: Optional[str], gin_files: Sequence[str], bindings: Sequence[str],
+               axes: Sequence[str]) -> Sweep:
+    spec: dict = {}
+    if sweep_file:
+        try:
+            with open(sweep_file) as stream:
+                spec = json.load(stream)
+        except (OSError, ValueError) as error:
+            raise SweepError(f"Sweep file {sweep_file} could not be read: {error}") from error
+        unknown = set(spec) - {"gin_files", "bindings", "axes", "about"}
+        if unknown:
+            raise SweepError(f"{sweep_file}: unknown keys {sorted(unknown)}; a sweep file has "
+                             "gin_files, bindings, axes (and about).")
+    files = tuple(spec.get("gin_files", [])) + tuple(gin_files)
+    if not files:
+        files = (entry_point.DEFAULT_GIN_FILE,)
+    every = tuple(f"{k} = {gin_literal(v)}" for k, v in spec.get("bindings", {}).items())
+    all_axes = tuple(file_axis(axis, sweep_file) for axis in spec.get("axes", []))
+    all_axes += tuple(command_line_axis(text) for text in axes)
+    names = [name for name, _ in all_axes]
+    if len(set(names)) != len(names):
+        raise SweepError(f"The axes {names} repeat a name.")
+    if not all_axes:
+        raise SweepError("The sweep has no axes: give --sweep NAME=V1,V2 or a --sweep_file "
+                         "with axes.")
+    return Sweep(files, every + tuple(bindings), all_axes)
+
+
+def point_bindings(sweep: Sweep, point: Point, sweep_dir: str) -> list[str]:
+    work_dir = os.path.join(sweep_dir, POINTS_DIR, point.name)
+    return [*sweep.bindings, *point.bindings, f"WORK_DIR = {work_dir!r}",
+            f"SHARED_STAGES_DIR = {os.path.join(sweep_dir, STAGES_DIR)!r}"]
+
+
+def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> None:
+    """Builds every point's experiment before any runs: a bad binding fails now, naming the
+    point, not hours in."""
+    import gin
+    from rso_jax.experiment import config
+
+    for point in points:
+        gin.clear_config()
+        try:
+            entry_point.configure_gin(sweep.gin_files, point_bindings(sweep, point, sweep_dir))
+            gin.get_configurable(config.Experiment)()
+        except Exception as error:
+            raise SweepError(f"Point {point.name}: {entry_point._without_gin_notes(error)}") from error
+        finally:
+            gin.clear_config()
+
+
+def command(sweep: Sweep, point: Point, sweep_dir: str) -> str:
+    args = ["python", "-m", "rso_jax.main", *(f"--gin_file={f}" for f in sweep.gin_files)]
+    args += [f"--gin_bindings={b}" for b in point_bindings(sweep, point, sweep_dir)]
+    return shlex.join(args)
+
+
+def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[str]:
+    """Runs the points in order in this process (compiled functions serve every point that
+    has their shapes); returns the names of those that failed (each is logged and the sweep
+    goes on). A preemption stops the sweep: run it again to resume."""
+    import gin
+    from rso_jax import train_loop
+
+    failed = []
+    for index, point in enumerate(points):
+        logger.info("Point %d/%d: %s", index + 1, len(points), point.name)
+        gin.clear_config()
+        entry_point.configure_gin(sweep.gin_files, point_bindings(sweep, point, sweep_dir))
+        try:
+            gin.get_configurable(entry_point.run)()
+        except train_loop.Preempted:
+            raise
+        except (OSError, ValueError, FloatingPointError) as error:
+            logger.error("Point %s failed: %s: %s", point.name, type(error).__name__,
+                         entry_point._without_gin_notes(error))
+            failed.append(point.name)
+        finally:
+            gin.clear_config()
+    return failed
+
+
+def flat_metrics(results: dict) -> dict[str, float]:
+    """The numbers of a point's results.json: each policy's metrics ('trained.gold_reward')."""
+    found = {}
+    for policy, metrics in sorted(results.get("policies", {}).items()):
+        for key, value in sorted(metrics.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                found[f"{policy}.{key}"] = float(value)
+    return found
+
+
+def table_rows(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[dict]:
+    rows = []
+    for point in points:
+        path = os.path.join(sweep_dir, POINTS_DIR, point.name, "results.json")
+        row = {axis: label for axis, label in point.labels}
+        if os.path.isfile(path):
+            with open(path) as stream:
+                row.update(flat_metrics(json.load(stream)))
+        else:
+            row["missing"] = "no results.json"
+        rows.append(row)
+    return rows
+
+
+def summary_rows(rows: Sequence[dict], axes: Sequence[str]) -> list[dict]:
+    """Mean and standard deviation (over the SEED axis) of every metric, per other setting."""
+    others = [axis for axis in axes if axis != SEED_AXIS]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[axis] for axis in others), []).append(row)
+    summary = []
+    for key, members in groups.items():
+        row = dict(zip(others, key))
+        row["seeds"] = sum("missing" not in member for member in members)
+        metrics = sorted({name for m in members for name in m if "." in name})
+        for name in metrics:
+            values = [m[name] for m in members if name in m]
+            mean = sum(values) / len(values)
+            spread = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                      if len(values) > 1 else 0.0)
+            row[name] = mean
+            row[f"{name}.std"] = spread
+        summary.append(row)
+    return summary
+
+
+def _columns(rows: Sequence[dict]) -> list[str]:
+    return list(dict.fromkeys(name for row in rows for name in row))
+
+
+def to_csv(rows: Sequence[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_columns(rows))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_markdown(rows: Sequence[dict]) -> str:
+    columns = _columns(rows)
+
+    def cell(value):
+        return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[str]:
+    """Writes results.csv/.md (and summary.csv/.md over seeds); returns the paths written."""
+    rows = table_rows(sweep, points, sweep_dir)
+    tables = [("results", rows)]
+    axes = [name for name, _ in sweep.axes]
+    if SEED_AXIS in axes:
+        tables.append(("summary", summary_rows(rows, axes)))
+    written = []
+    for name, table in tables:
+        for suffix, text in ((".csv", to_csv(table)), (".md", to_markdown(table))):
+            path = os.path.join(sweep_dir, name + suffix)
+            atomic_io.write_text(path, text)
+            written.append(path)
+    return written
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rso_jax.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep_dir", required=True,
+                        help="where the points and their shared stages go")
+    parser.add_argument("--sweep_file", help="a JSON sweep file (gin_files, bindings, axes)")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file of every point (after the sweep file's)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2",
+                        help="an axis: a macro and its values (repeatable)")
+    parser.add_argument("--print_commands", action="store_true",
+                        help="print each point's command instead of running it")
+    parser.add_argument("--report", action="store_true",
+                        help="only write the table of the points' results")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rso_jax").setLevel(logging.INFO)
+    parser = _argument_parser()
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    bindings = []
+    for arg in rest:
+        if not (arg.startswith("--gin.") and "=" in arg):
+            parser.error(f"unrecognised argument {arg!r}; bindings are --gin.NAME=VALUE")
+        name, value = arg[len("--gin."):].split("=", 1)
+        bindings.append(f"{name} = {value}")
+    from rso_jax import cpu_tuning
+
+    cpu_tuning.restrict_ynnpack_to_dots()  # before any JAX computation; CPU backend only
+    try:
+        sweep = read_sweep(args.sweep_file, args.gin_file, bindings, args.sweep)
+        points = sweep.points()
+        if not args.report:
+            check_points(sweep, points, args.sweep_dir)
+    except (SweepError, entry_point.GinConfigError) as error:
+        print(f"rso_jax.sweep: {error}", file=sys.stderr)
+        return 2
+    if args.print_commands:
+        for point in points:
+            print(command(sweep, point, args.sweep_dir))
+        return 0
+    failed = []
+    if not args.report:
+        import jax
+        from rso_jax import train_loop
+
+        if not jax.config.jax_compilation_cache_dir:  # points recompile the same functions
+            jax.config.update("jax_compilation_cache_dir",
+                              os.path.abspath(os.path.join(args.sweep_dir, "compilation_cache")))
+        try:
+            failed = run_points(sweep, points, args.sweep_dir)
+        except train_loop.Preempted as preempted:
+            print(f"rso_jax.sweep: preempted: {preempted}", file=sys.stderr)
+            return entry_point.PREEMPTED_EXIT_CODE
+    for path in write_report(sweep, points, args.sweep_dir):
+        print(f"Wrote {path}")
+    if failed:
+        print(f"rso_jax.sweep: {len(failed)} point(s) failed: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Sweeps (`rso_jax.sweep`) and the stages they share (SHARED_STAGES_DIR): a sweep over GAMMA
+shares every stage before the preference stage between its points; a new SFT learning rate
+makes new directories for the SFT stage and everything downstream of it, and reuses the ranker
+(which does not read the SFT policy); the sweep's table holds each point's results."""
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import experiment_helpers
+from rso_jax import sweep
+from rso_jax.experiment import fingerprints, shared_stages
+from t5_helpers import REPO_ROOT
+
+BEFORE_PREFERENCE = ("sft", "ranker", "sample", "score", "select", "reference")
+AFTER_SFT = ("sft", "sample", "score", "select", "reference", "preference", "evaluate")
+STAGES = ("sft", "ranker", "sample", "score", "select", "reference", "preference", "evaluate")
+
+
+def flags(work_dir, store, *extra):
+    return [*experiment_helpers.DEMO_TINY_FLAGS, f"--gin.WORK_DIR='{work_dir}'",
+            f"--gin.SHARED_STAGES_DIR='{store}'", *extra]
+
+
+def run_sweep(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "rso_jax.sweep", *args], cwd=REPO_ROOT,
+                          env=experiment_helpers.ONE_DEVICE_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    """A sweep of the tiny demo over GAMMA (two points), then the first point's settings with
+    another SFT learning rate, in a WORK_DIR of its own with the sweep's shared stages."""
+    root = tmp_path_factory.mktemp("sweep")
+    sweep_dir, store = root / "gamma", root / "gamma" / sweep.STAGES_DIR
+    result = run_sweep(f"--sweep_dir={sweep_dir}", "--sweep", "GAMMA=0.05,0.5",
+                       *experiment_helpers.DEMO_TINY_FLAGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    points = sweep_dir / sweep.POINTS_DIR
+    runs = {"first": (points / "GAMMA=0.05", result.stderr),
+            "gamma": (points / "GAMMA=0.5", result.stderr.split("Point 2/2")[1])}
+    work_dir = root / "sft_learning_rate"
+    changed = experiment_helpers.run_main(*flags(work_dir, store, "--gin.GAMMA=0.05",
+                                                 "--gin.SFT_LEARNING_RATE=0.02"))
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    runs["sft_learning_rate"] = (work_dir, changed.stderr)
+    return store, runs, sweep_dir, result
+
+
+def target(work_dir, stage):
+    path = work_dir / stage
+    assert path.is_symlink(), path
+    return os.path.realpath(path)
+
+
+def test_settings_that_differ_in_gamma_share_every_stage_before_preference(three_runs):
+    store, runs, _, _ = three_runs
+    (first, _), (gamma, log) = runs["first"], runs["gamma"]
+    for stage in BEFORE_PREFERENCE:
+        assert target(gamma, stage) == target(first, stage), stage
+        assert f"Stage {stage}: done before, skipped." in log
+        assert os.path.dirname(target(first, stage)) == os.path.realpath(store)
+    for stage in ("preference", "evaluate"):
+        assert target(gamma, stage) != target(first, stage), stage
+        assert f"Stage {stage}: running." in log
+    assert (gamma / "results.json").is_file() and (first / "results.json").is_file()
+
+
+def test_another_sft_learning_rate_reruns_every_stage_downstream_of_sft(three_runs):
+    _, runs, _, _ = three_runs
+    (first, _), (changed, log) = runs["first"], runs["sft_learning_rate"]
+    for stage in AFTER_SFT:
+        assert target(changed, stage) != target(first, stage), stage
+        assert f"Stage {stage}: running." in log
+    assert target(changed, "ranker") == target(first, "ranker")
+    assert "Stage ranker: done before, skipped." in log
+
+
+def test_each_shared_directory_is_named_by_its_stage_and_fingerprint(three_runs):
+    store, runs, _, _ = three_runs
+    experiment = experiment_helpers.build_experiment(flags(runs["gamma"][0], store,
+                                                           "--gin.GAMMA=0.5"))
+    for stage in STAGES:
+        settings = fingerprints.stage_settings(experiment, stage)
+        name = f"{stage}-{fingerprints.fingerprint(settings)}"
+        assert shared_stages.directory_name(experiment, stage) == name
+        assert os.path.basename(target(runs["gamma"][0], stage)) == name
+        assert (store / name / "DONE.json").is_file()
+    names = {path.name for path in store.iterdir() if path.is_dir()}
+    assert len(names) == 8 + 2 + 7  # the first run's stages, then what each other added
+
+
+def test_a_work_dir_with_stages_of_its_own_is_refused(tmp_path):
+    work_dir = tmp_path / "run"
+    (work_dir / "sft").mkdir(parents=True)
+    experiment = experiment_helpers.build_experiment(flags(work_dir, tmp_path / "stages"))
+    with pytest.raises(ValueError, match=r"holds stage directories of its own \(sft\).*"
+                                         r"Choose a new WORK_DIR"):
+        shared_stages.link(experiment, STAGES)
+    assert not (tmp_path / "stages").exists()
+
+
+def test_a_second_run_waits_for_the_stage_another_holds(tmp_path):
+    experiment = experiment_helpers.build_experiment(flags(tmp_path / "run", tmp_path / "s"))
+    (tmp_path / "s").mkdir()
+    events = []
+    with shared_stages.stage_lock(experiment, "sft"):
+        def second():
+            with shared_stages.stage_lock(experiment, "sft", poll_seconds=0.05):
+                events.append("second holds it")
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.5)
+        events.append("first lets go")
+    thread.join(timeout=10)
+    assert events == ["first lets go", "second holds it"]
+
+
+def test_the_sweep_table_holds_each_points_results(three_runs):
+    _, runs, sweep_dir, result = three_runs
+    with open(sweep_dir / "results.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["GAMMA"] for row in rows] == ["0.05", "0.5"]
+    for row, name in zip(rows, ("first", "gamma")):
+        results = json.loads((runs[name][0] / "results.json").read_text())
+        trained = results["policies"]["trained"]
+        assert float(row["trained.gold_win_rate_vs_sft_target"]) == pytest.approx(
+            trained["gold_win_rate_vs_sft_target"])
+        assert float(row["sft.gold_reward"]) == results["policies"]["sft"]["gold_reward"]
+    markdown = (sweep_dir / "results.md").read_text().splitlines()
+    assert markdown[0].startswith("| GAMMA | ") and len(markdown) == 2 + 2
+    assert f"Wrote {sweep_dir / 'results.csv'}" in result.stdout
+    assert not (sweep_dir / "summary.csv").exists()  # no SEED axis
+
+
+def test_printed_commands_run_the_same_points(tmp_path):
+    result = run_sweep(f"--sweep_dir={tmp_path}", "--sweep", "GAMMA=0.05,0.5", "--sweep",
+                       "LOSS='hinge','sigmoid_norm'", "--print_commands",
+                       *experiment_helpers.DEMO_TINY_FLAGS, timeout=120)
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.strip().splitlines()]
+    assert len(commands) == 4
+    assert commands[0][:4] == ["python", "-m", "rso_jax.main", "--gin_file=configs/demo_rso.gin"]
+    assert "--gin_bindings=LOSS = 'hinge'" in commands[0]
+    assert "--gin_bindings=GAMMA = 0.5" in commands[3]
+    assert f"--gin_bindings=WORK_DIR = '{tmp_path}/points/GAMMA=0.05.LOSS=hinge'" in commands[0]
+    assert f"--gin_bindings=SHARED_STAGES_DIR = '{tmp_path}/stages'" in commands[3]
+    assert not (tmp_path / "points").exists()  # nothing ran
+
+
+def test_a_bad_point_is_refused_before_any_runs(tmp_path):
+    result = run_sweep(f"--sweep_dir={tmp_path}", "--sweep", "LOSS='hinge','hinje'",
+                       *experiment_helpers.DEMO_TINY_FLAGS, timeout=120)
+    assert result.returncode == 2
+    assert "Point LOSS=hinje" in result.stderr and "LOSS='hinje'" in result.stderr
+    assert not (tmp_path / "points").exists()
+
+
+def test_a_sweep_file_gives_named_settings_and_gin_strings(tmp_path):
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({
+        "gin_files": ["configs/demo_rso.gin"], "bindings": {"GAMMA": 0.1, "LOSS": "hinge"},
+        "axes": [{"name": "setting", "values": {"raft": {"SELECTION": "raft"},
+                                                 "rso": {"SELECTION": "rso", "BETA": 0.5}}},
+                 {"name": "SEED", "values": [0, 1]}]}))
+    spec = sweep.read_sweep(str(path), [], ["NUM_EVAL_PROMPTS = 8"], ["TOP_K=10,40"])
+    points = spec.points()
+    assert [p.name for p in points][:3] == ["raft.SEED=0.TOP_K=10", "raft.SEED=0.TOP_K=40",
+                                            "raft.SEED=1.TOP_K=10"]
+    assert len(points) == 2 * 2 * 2
+    assert spec.bindings == ("GAMMA = 0.1", "LOSS = 'hinge'", "NUM_EVAL_PROMPTS = 8")
+    assert points[-1].bindings == ("SELECTION = 'rso'", "BETA = 0.5", "SEED = 1", "TOP_K = 40")
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("0.1,0.5", ["0.1", "0.5"]), ("'a,b','c'", ["'a,b'", "'c'"]),
+    ("(1, 2),[3, 4]", ["(1, 2)", "[3, 4]"]), ("{'a': 1, 'b': 2}", ["{'a': 1, 'b': 2}"])])
+def test_axis_values_split_on_top_level_commas(text, parts):
+    assert sweep.split_top_level(text) == parts
+
+
+@pytest.mark.parametrize("value, literal", [
+    ("raft", "'raft'"), ("@config.Thing()", "@config.Thing()"), ("%MACRO", "%MACRO"),
+    (0.5, "0.5"), (True, "True"), (None, "None"), ([1, "a"], "(1, 'a', )"),
+    ({"a": 1}, "{'a': 1}")])
+def test_json_values_become_gin_literals(value, literal):
+    assert sweep.gin_literal(value) == literal
+
+
+@pytest.mark.parametrize("axes, message", [
+    (["beta=0.1"], "NAME a gin"), (["BETA"], "NAME a gin"), (["BETA="], "gives no values"),
+    (["BETA=1", "BETA=2"], "repeat a name"), ([], "no axes")])
+def test_bad_axes_are_refused(axes, message):
+    with pytest.raises(sweep.SweepError, match=message):
+        sweep.read_sweep(None, [], [], axes)
+
+
+def test_points_that_would_share_a_directory_are_refused():
+    spec = sweep.read_sweep(None, [], [], ["TASK_NAME='a/b','a_b'"])
+    with pytest.raises(sweep.SweepError, match="share the directory"):
+        spec.points()
+
+
+def test_the_summary_is_the_mean_and_spread_over_seeds():
+    rng = np.random.default_rng(0)
+    values = rng.random((2, 3))
+    rows = [{"LOSS": loss, "SEED": str(seed), "trained.gold_reward": values[i, seed]}
+            for i, loss in enumerate(("hinge", "sigmoid_norm")) for seed in range(3)]
+    rows.append({"LOSS": "hinge", "SEED": "3", "missing": "no results.json"})
+    summary = sweep.summary_rows(rows, ["LOSS", "SEED"])
+    assert [row["LOSS"] for row in summary] == ["hinge", "sigmoid_norm"]
+    assert [row["seeds"] for row in summary] == [3, 3]
+    for row, expected in zip(summary, values):
+        assert row["trained.gold_reward"] == pytest.approx(expected.mean())
+        assert row["trained.gold_reward.std"] == pytest.approx(expected.std(ddof=1))
