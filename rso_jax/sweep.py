@@ -88,6 +88,10 @@ class Sweep:
             bindings = tuple(b for _, point_bindings in choice for b in point_bindings)
             found.append(Point(labels, bindings))
         names = [point.name for point in found]
+        hidden = [name for name in names if name.startswith(".")]
+        if hidden:
+            raise SweepError(f"A point would be named {hidden[0]!r}: give the axes' values "
+                             "names that do not start with '.'.")
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise SweepError(f"Two points of the sweep would share the directory {repeated[0]}; "
@@ -98,13 +102,14 @@ class Sweep:
 def gin_literal(value: Any) -> str:
     """A JSON value of a sweep file as gin reads it."""
     if isinstance(value, str):
-        return value if value[:1] in "@%" else repr(value)
+        return value if value and value[0] in "@%" else repr(value)
     if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
     if isinstance(value, list):
         return "(" + "".join(f"{gin_literal(item)}, " for item in value) + ")"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{gin_literal(k)}: {gin_literal(v)}" for k, v in value.items()) + "}"
+        items = (f"{gin_literal(key)}: {gin_literal(item)}" for key, item in value.items())
+        return "{" + ", ".join(items) + "}"
     raise SweepError(f"{value!r} is not a value a sweep file can give.")
 
 
@@ -187,6 +192,7 @@ def read_sweep(sweep_file: Optional[str], gin_files: Sequence[str], bindings: Se
 
 
 def point_bindings(sweep: Sweep, point: Point, sweep_dir: str) -> list[str]:
+    sweep_dir = os.path.abspath(sweep_dir)  # printed commands run from anywhere
     work_dir = os.path.join(sweep_dir, POINTS_DIR, point.name)
     return [*sweep.bindings, *point.bindings, f"WORK_DIR = {work_dir!r}",
             f"SHARED_STAGES_DIR = {os.path.join(sweep_dir, STAGES_DIR)!r}"]
@@ -204,7 +210,8 @@ def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> None:
             entry_point.configure_gin(sweep.gin_files, point_bindings(sweep, point, sweep_dir))
             gin.get_configurable(config.Experiment)()
         except Exception as error:
-            raise SweepError(f"Point {point.name}: {entry_point._without_gin_notes(error)}") from error
+            message = entry_point._without_gin_notes(error)
+            raise SweepError(f"Point {point.name}: {message}") from error
         finally:
             gin.clear_config()
 
@@ -231,13 +238,23 @@ def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[st
             gin.get_configurable(entry_point.run)()
         except train_loop.Preempted:
             raise
-        except (OSError, ValueError, FloatingPointError) as error:
+        except Exception as error:  # a setting, a NaN loss, a device error: the next point
             logger.error("Point %s failed: %s: %s", point.name, type(error).__name__,
                          entry_point._without_gin_notes(error))
             failed.append(point.name)
         finally:
             gin.clear_config()
+            _forget_file_data()
     return failed
+
+
+def _forget_file_data() -> None:
+    """Drops the records file tasks keep in memory (their caches key on the task object,
+    which each point builds anew, so a long sweep would keep every point's copy)."""
+    from rso_jax.data import file_tasks
+
+    file_tasks.FileTask.sft_examples.cache_clear()
+    file_tasks.FileTask.comparisons.cache_clear()
 
 
 def flat_metrics(results: dict) -> dict[str, float]:
@@ -250,10 +267,18 @@ def flat_metrics(results: dict) -> dict[str, float]:
     return found
 
 
+def last_round_results(work_dir: str) -> str:
+    """results.json of the point's last round (round_<r>/ with ROUNDS > 1)."""
+    rounds = [int(name[len("round_"):]) for name in (os.listdir(work_dir)
+              if os.path.isdir(work_dir) else []) if re.fullmatch(r"round_\d+", name)]
+    directory = os.path.join(work_dir, f"round_{max(rounds)}") if rounds else work_dir
+    return os.path.join(directory, "results.json")
+
+
 def table_rows(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[dict]:
     rows = []
     for point in points:
-        path = os.path.join(sweep_dir, POINTS_DIR, point.name, "results.json")
+        path = last_round_results(os.path.join(sweep_dir, POINTS_DIR, point.name))
         row = {axis: label for axis, label in point.labels}
         if os.path.isfile(path):
             with open(path) as stream:
@@ -274,7 +299,8 @@ def summary_rows(rows: Sequence[dict], axes: Sequence[str]) -> list[dict]:
     for key, members in groups.items():
         row = dict(zip(others, key))
         row["seeds"] = sum("missing" not in member for member in members)
-        metrics = sorted({name for m in members for name in m if "." in name})
+        metrics = sorted({name for m in members for name in m
+                          if name not in axes and name != "missing"})
         for name in metrics:
             values = [m[name] for m in members if name in m]
             mean = sum(values) / len(values)

@@ -190,7 +190,7 @@ def test_axis_values_split_on_top_level_commas(text, parts):
 
 @pytest.mark.parametrize("value, literal", [
     ("raft", "'raft'"), ("@config.Thing()", "@config.Thing()"), ("%MACRO", "%MACRO"),
-    (0.5, "0.5"), (True, "True"), (None, "None"), ([1, "a"], "(1, 'a', )"),
+    ("", "''"), (0.5, "0.5"), (True, "True"), (None, "None"), ([1, "a"], "(1, 'a', )"),
     ({"a": 1}, "{'a': 1}")])
 def test_json_values_become_gin_literals(value, literal):
     assert sweep.gin_literal(value) == literal
@@ -210,15 +210,69 @@ def test_points_that_would_share_a_directory_are_refused():
         spec.points()
 
 
+def test_a_point_named_like_a_parent_directory_is_refused(tmp_path):
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"axes": [{"name": "setting",
+                                          "values": {"..": {"GAMMA": 1.0}}}]}))
+    with pytest.raises(sweep.SweepError, match="start with '.'"):
+        sweep.read_sweep(str(path), [], [], []).points()
+
+
+def test_the_table_reads_the_last_rounds_results(tmp_path):
+    assert sweep.last_round_results(str(tmp_path / "absent")) == str(
+        tmp_path / "absent" / "results.json")
+    for name in ("round_2", "round_10", "round_x"):
+        (tmp_path / name).mkdir()
+    assert sweep.last_round_results(str(tmp_path)) == str(tmp_path / "round_10" / "results.json")
+
+
+def test_a_linked_work_dir_is_refused_without_its_shared_stages(three_runs):
+    store, runs, _, _ = three_runs
+    work_dir = runs["first"][0]
+    experiment = experiment_helpers.build_experiment(
+        [*experiment_helpers.DEMO_TINY_FLAGS, f"--gin.WORK_DIR='{work_dir}'"])
+    with pytest.raises(ValueError, match=rf"links its stages \(sft, ranker.*SHARED_STAGES_DIR="
+                                         rf"'{store}'"):
+        shared_stages.check_unshared(experiment, STAGES)
+
+
 def test_the_summary_is_the_mean_and_spread_over_seeds():
     rng = np.random.default_rng(0)
     values = rng.random((2, 3))
     rows = [{"LOSS": loss, "SEED": str(seed), "trained.gold_reward": values[i, seed]}
             for i, loss in enumerate(("hinge", "sigmoid_norm")) for seed in range(3)]
     rows.append({"LOSS": "hinge", "SEED": "3", "missing": "no results.json"})
-    summary = sweep.summary_rows(rows, ["LOSS", "SEED"])
+    for row in rows:
+        row["Experiment.gamma"] = "0.1"  # an axis with a dot in its name is not a metric
+    summary = sweep.summary_rows(rows, ["LOSS", "Experiment.gamma", "SEED"])
     assert [row["LOSS"] for row in summary] == ["hinge", "sigmoid_norm"]
+    assert [row["Experiment.gamma"] for row in summary] == ["0.1", "0.1"]
     assert [row["seeds"] for row in summary] == [3, 3]
     for row, expected in zip(summary, values):
         assert row["trained.gold_reward"] == pytest.approx(expected.mean())
         assert row["trained.gold_reward.std"] == pytest.approx(expected.std(ddof=1))
+
+
+def test_the_demo_table_1_sweep_file_builds_its_33_points(tmp_path):
+    path = os.path.join(REPO_ROOT, "configs", "sweeps", "demo_table1.json")
+    spec = sweep.read_sweep(path, [], [], [])
+    points = spec.points()
+    assert len(points) == 11 * 3
+    sweep.check_points(spec, points, str(tmp_path))  # every point's experiment builds
+    expected = {"raft": "raft", "rest": "rest"}
+    for method, name in (("direct", "direct"), ("sft", "sft_sample_rank"),
+                         ("rso", "rso_sample_rank")):
+        for loss in ("sigmoid_norm", "hinge", "hinge_norm"):
+            expected[f"{name}_{loss}"] = (method, loss)
+    assert sorted(label for label, _ in spec.axes[0][1]) == sorted(expected)
+    for point in points[::3]:  # the first seed of each setting
+        experiment = experiment_helpers.build_experiment(
+            [*(f"--gin_file={f}" for f in spec.gin_files),
+             *(f"--gin_bindings={b}" for b in sweep.point_bindings(spec, point, str(tmp_path)))])
+        want = expected[point.labels[0][1]]
+        if isinstance(want, str):
+            assert experiment.selection.method == want
+        else:
+            assert (experiment.selection.method, experiment.loss) == want
+        assert (experiment.gamma, experiment.selection.beta, experiment.seed) == (0.05, 0.5, 0)
+    assert not (tmp_path / "points").exists()

@@ -109,7 +109,9 @@ def _stage_settings(experiment: Experiment, stage: str) -> dict:
                 "task": describe(e.task),
                 "num_eval_prompts": e.num_eval_prompts, "sampling": describe(e.sampling)}
     if stage == "evaluate":
-        return {"after": ["preference", "sft", "ranker"],
+        # Its results.json lives in WORK_DIR: with shared stages each WORK_DIR evaluates.
+        own = {"work_dir": _path(e.work_dir)} if e.shared_stages_dir else {}
+        return {"after": ["preference", "sft", "ranker"], **own,
                 "eval_task": describe(e.evaluation_task), "num_eval_prompts": e.num_eval_prompts,
                 "sampling": describe(e.sampling),
                 "gold_ranker_checkpoint": _path(e.gold_ranker_checkpoint),

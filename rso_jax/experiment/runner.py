@@ -134,6 +134,8 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
         if experiment.shared_stages_dir:  # the links say which stages the checks look at
             held.enter_context(artifacts.work_dir_lock(experiment.work_dir))
             shared_stages.link(experiment, stage_names(experiment))
+        else:
+            shared_stages.check_unshared(experiment, stage_names(experiment))
         stage_records.check_settings(experiment)
         names = stage_names(experiment, stages)
         damaged = stage_records.find_damaged(experiment.work_dir, stage_names(experiment))
@@ -146,10 +148,15 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
 
 def _run_or_reuse(context: StageContext, stage: str, damaged: stage_records.Damaged) -> None:
     experiment = context.experiment
+    if experiment.shared_stages_dir:  # another run may have made or redone it meanwhile
+        damaged.pop(stage, None)
+        damaged.update(stage_records.find_damaged(experiment.work_dir, [stage]))
     reason = stage_records.reason_to_run(experiment, stage, damaged)
-    if reason is None:
+    run = bool(processes.first_process_value(int(reason is not None)))  # the first's decision
+    if not run:
         logger.info("Stage %s: done before, skipped.", stage)
         return
+    reason = reason or "running, as the first process decided."
     logger.info("Stage %s: %s", stage, reason)
     stage_records.start(experiment, stage, damaged)
     processes.barrier(f"stage {stage} started")

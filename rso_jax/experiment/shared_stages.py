@@ -58,10 +58,24 @@ def link(experiment: Experiment, stages: Sequence[str]) -> None:
             path = os.path.join(experiment.work_dir, stage)
             target = shared_directory(experiment, stage)
             os.makedirs(target, exist_ok=True)
-            relative = os.path.relpath(target, os.path.dirname(os.path.abspath(path)))
+            relative = os.path.relpath(os.path.realpath(target),
+                                       os.path.realpath(os.path.dirname(path)))
             if not (os.path.islink(path) and os.readlink(path) == relative):
                 atomic_io.symlink(relative, path)
     processes.barrier("shared stages linked")
+
+
+def check_unshared(experiment: Experiment, stages: Sequence[str]) -> None:
+    """Refuses to run without SHARED_STAGES_DIR in a WORK_DIR whose stages link into a shared
+    directory: it would write and delete there without the stage locks."""
+    linked = [stage for stage in stages
+              if os.path.islink(os.path.join(experiment.work_dir, stage))]
+    if linked:
+        shared = os.path.dirname(os.path.realpath(os.path.join(experiment.work_dir, linked[0])))
+        raise ValueError(
+            f"WORK_DIR {experiment.work_dir} links its stages ({', '.join(linked)}) into the "
+            f"shared directory {shared}; run it with SHARED_STAGES_DIR='{shared}', or choose a "
+            "new WORK_DIR.")
 
 
 @contextlib.contextmanager

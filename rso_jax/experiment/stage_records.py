@@ -165,7 +165,15 @@ def start(experiment: Experiment, stage: str, damaged: Damaged) -> None:
 
 
 def mark_done(experiment: Experiment, stage: str, summary: dict) -> None:
-    artifacts.mark_done(experiment.work_dir, stage, {**summary, **_record(experiment, stage)})
+    record = _record(experiment, stage)
+    # It read the outputs that were there when it started (with shared stages another run may
+    # have made one of them again since): those recorded in its settings.json.
+    started = os.path.join(artifacts.stage_dir(experiment.work_dir, stage),
+                           artifacts.SETTINGS_FILE)
+    if os.path.isfile(started):
+        with open(started) as stream:
+            record["inputs_read"] = json.load(stream).get("inputs_read", record["inputs_read"])
+    artifacts.mark_done(experiment.work_dir, stage, {**summary, **record})
 
 
 def _record(experiment: Experiment, stage: str) -> dict:
