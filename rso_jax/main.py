@@ -47,17 +47,23 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         listed, readable = settings_help(gin_files)
         print(listed)
         sys.exit(0 if readable else 2)
-    bindings = list(args.gin_bindings)
-    unknown = []
-    for arg in rest:
+    bindings, unknown = gin_flag_bindings(rest)
+    bindings = list(args.gin_bindings) + bindings
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown}; use --gin_file=FILE and --gin.NAME=VALUE")
+    return gin_files, bindings
+
+
+def gin_flag_bindings(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(bindings, the other arguments): `--gin.NAME=VALUE` -> 'NAME = VALUE'."""
+    bindings, others = [], []
+    for arg in args:
         if arg.startswith("--gin.") and "=" in arg:
             name, value = arg[len("--gin."):].split("=", 1)
             bindings.append(f"{name} = {value}")
         else:
-            unknown.append(arg)
-    if unknown:
-        parser.error(f"unrecognised arguments {unknown}; use --gin_file=FILE and --gin.NAME=VALUE")
-    return gin_files, bindings
+            others.append(arg)
+    return bindings, others
 
 
 def _argument_parser() -> argparse.ArgumentParser:

@@ -373,12 +373,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("rso_jax").setLevel(logging.INFO)
     parser = _argument_parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    bindings = []
-    for arg in rest:
-        if not (arg.startswith("--gin.") and "=" in arg):
-            parser.error(f"unrecognised argument {arg!r}; bindings are --gin.NAME=VALUE")
-        name, value = arg[len("--gin."):].split("=", 1)
-        bindings.append(f"{name} = {value}")
+    bindings, unknown = entry_point.gin_flag_bindings(rest)
+    if unknown:
+        parser.error(f"unrecognised argument {unknown[0]!r}; bindings are --gin.NAME=VALUE")
     from rso_jax import cpu_tuning
 
     cpu_tuning.restrict_ynnpack_to_dots()  # before any JAX computation; CPU backend only

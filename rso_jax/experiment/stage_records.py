@@ -32,6 +32,11 @@ def recorded_settings(work_dir: str, stage: str) -> Optional[dict]:
     done = artifacts.read_done(work_dir, stage)
     if done is not None:
         return {key: done.get(key) for key in ("settings", "fingerprint", "inputs_read")}
+    return _started_settings(work_dir, stage)
+
+
+def _started_settings(work_dir: str, stage: str) -> Optional[dict]:
+    """The settings.json a stage wrote when it (last) started; None when there is none."""
     path = os.path.join(artifacts.stage_dir(work_dir, stage), artifacts.SETTINGS_FILE)
     if not os.path.isfile(path):
         return None
@@ -168,11 +173,9 @@ def mark_done(experiment: Experiment, stage: str, summary: dict) -> None:
     record = _record(experiment, stage)
     # It read the outputs that were there when it started (with shared stages another run may
     # have made one of them again since): those recorded in its settings.json.
-    started = os.path.join(artifacts.stage_dir(experiment.work_dir, stage),
-                           artifacts.SETTINGS_FILE)
-    if os.path.isfile(started):
-        with open(started) as stream:
-            record["inputs_read"] = json.load(stream).get("inputs_read", record["inputs_read"])
+    started = _started_settings(experiment.work_dir, stage)
+    if started is not None:
+        record["inputs_read"] = started.get("inputs_read", record["inputs_read"])
     artifacts.mark_done(experiment.work_dir, stage, {**summary, **record})
 
 
