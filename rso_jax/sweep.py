@@ -7,7 +7,8 @@ commands for a cluster), and one table of every point's results at the end.
 
 Each point is one experiment in <sweep_dir>/points/<point>, and every point shares
 <sweep_dir>/stages (SHARED_STAGES_DIR, `experiment.shared_stages`): a stage the points agree
-on (the SFT policy, the ranker and the samples of one seed) runs once.
+on (the SFT policy, the ranker and the samples of one seed) runs once. Sweeps given the same
+--stages_dir share it too (configs/sweeps/: every demo sweep trains one SFT policy a seed).
 
 A sweep file (JSON) gives the gin files, bindings for every point, and the axes; an axis is
 either a list of values of one macro or a mapping from a name to the bindings of that point:
@@ -191,14 +192,19 @@ def read_sweep(sweep_file: Optional[str], gin_files: Sequence[str], bindings: Se
     return Sweep(files, every + tuple(bindings), all_axes)
 
 
-def point_bindings(sweep: Sweep, point: Point, sweep_dir: str) -> list[str]:
+def point_bindings(sweep: Sweep, point: Point, sweep_dir: str,
+                   stages_dir: Optional[str] = None) -> list[str]:
+    """The point's bindings, its WORK_DIR and the shared stages (`stages_dir`, by default
+    <sweep_dir>/stages)."""
     sweep_dir = os.path.abspath(sweep_dir)  # printed commands run from anywhere
     work_dir = os.path.join(sweep_dir, POINTS_DIR, point.name)
+    stages_dir = os.path.abspath(stages_dir or os.path.join(sweep_dir, STAGES_DIR))
     return [*sweep.bindings, *point.bindings, f"WORK_DIR = {work_dir!r}",
-            f"SHARED_STAGES_DIR = {os.path.join(sweep_dir, STAGES_DIR)!r}"]
+            f"SHARED_STAGES_DIR = {stages_dir!r}"]
 
 
-def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> None:
+def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
+                 stages_dir: Optional[str] = None) -> None:
     """Builds every point's experiment before any runs: a bad binding fails now, naming the
     point, not hours in."""
     import gin
@@ -207,7 +213,8 @@ def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> None:
     for point in points:
         gin.clear_config()
         try:
-            entry_point.configure_gin(sweep.gin_files, point_bindings(sweep, point, sweep_dir))
+            entry_point.configure_gin(sweep.gin_files,
+                                      point_bindings(sweep, point, sweep_dir, stages_dir))
             gin.get_configurable(config.Experiment)()
         except Exception as error:
             message = entry_point._without_gin_notes(error)
@@ -216,13 +223,14 @@ def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> None:
             gin.clear_config()
 
 
-def command(sweep: Sweep, point: Point, sweep_dir: str) -> str:
+def command(sweep: Sweep, point: Point, sweep_dir: str, stages_dir: Optional[str] = None) -> str:
     args = ["python", "-m", "rso_jax.main", *(f"--gin_file={f}" for f in sweep.gin_files)]
-    args += [f"--gin_bindings={b}" for b in point_bindings(sweep, point, sweep_dir)]
+    args += [f"--gin_bindings={b}" for b in point_bindings(sweep, point, sweep_dir, stages_dir)]
     return shlex.join(args)
 
 
-def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[str]:
+def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
+               stages_dir: Optional[str] = None) -> list[str]:
     """Runs the points in order in this process (compiled functions serve every point that
     has their shapes); returns the names of those that failed (each is logged and the sweep
     goes on). A preemption stops the sweep: run it again to resume."""
@@ -233,7 +241,8 @@ def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[st
     for index, point in enumerate(points):
         logger.info("Point %d/%d: %s", index + 1, len(points), point.name)
         gin.clear_config()
-        entry_point.configure_gin(sweep.gin_files, point_bindings(sweep, point, sweep_dir))
+        entry_point.configure_gin(sweep.gin_files,
+                                  point_bindings(sweep, point, sweep_dir, stages_dir))
         try:
             gin.get_configurable(entry_point.run)()
         except train_loop.Preempted:
@@ -355,6 +364,9 @@ def _argument_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep_dir", required=True,
                         help="where the points and their shared stages go")
+    parser.add_argument("--stages_dir",
+                        help="the shared stages (default <sweep_dir>/stages): sweeps that "
+                             "give the same one share their SFT policies, rankers and samples")
     parser.add_argument("--sweep_file", help="a JSON sweep file (gin_files, bindings, axes)")
     parser.add_argument("--gin_file", action="append", default=[],
                         help="gin file of every point (after the sweep file's)")
@@ -383,13 +395,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sweep = read_sweep(args.sweep_file, args.gin_file, bindings, args.sweep)
         points = sweep.points()
         if not args.report:
-            check_points(sweep, points, args.sweep_dir)
+            check_points(sweep, points, args.sweep_dir, args.stages_dir)
     except (SweepError, entry_point.GinConfigError) as error:
         print(f"rso_jax.sweep: {error}", file=sys.stderr)
         return 2
     if args.print_commands:
         for point in points:
-            print(command(sweep, point, args.sweep_dir))
+            print(command(sweep, point, args.sweep_dir, args.stages_dir))
         return 0
     failed = []
     if not args.report:
@@ -400,7 +412,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             jax.config.update("jax_compilation_cache_dir",
                               os.path.abspath(os.path.join(args.sweep_dir, "compilation_cache")))
         try:
-            failed = run_points(sweep, points, args.sweep_dir)
+            failed = run_points(sweep, points, args.sweep_dir, args.stages_dir)
         except train_loop.Preempted as preempted:
             print(f"rso_jax.sweep: preempted: {preempted}", file=sys.stderr)
             return entry_point.PREEMPTED_EXIT_CODE

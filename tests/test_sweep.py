@@ -157,6 +157,17 @@ def test_printed_commands_run_the_same_points(tmp_path):
     assert not (tmp_path / "points").exists()  # nothing ran
 
 
+def test_sweeps_given_one_stages_dir_share_it(tmp_path):
+    result = run_sweep(f"--sweep_dir={tmp_path}/beta", f"--stages_dir={tmp_path}/common",
+                       "--sweep", "BETA=0.1,1", "--print_commands",
+                       *experiment_helpers.DEMO_TINY_FLAGS, timeout=120)
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.strip().splitlines()]
+    assert [c for c in commands[1] if c.startswith("--gin_bindings=SHARED_STAGES_DIR")] == [
+        f"--gin_bindings=SHARED_STAGES_DIR = '{tmp_path}/common'"]
+    assert f"--gin_bindings=WORK_DIR = '{tmp_path}/beta/points/BETA=1'" in commands[1]
+
+
 def test_a_bad_point_is_refused_before_any_runs(tmp_path):
     result = run_sweep(f"--sweep_dir={tmp_path}", "--sweep", "LOSS='hinge','hinje'",
                        *experiment_helpers.DEMO_TINY_FLAGS, timeout=120)
