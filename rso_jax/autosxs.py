@@ -6,7 +6,8 @@ prefers the other and 0.5 when it calls them the same; the example is a win when
 score is more than 0.35 above 0.5, a loss when more than 0.35 below, else a tie. The win rate
 is the fraction of examples that are wins.
 
-Our judges are pairwise rankers (a T5 ranker checkpoint such as the gold ranker): for the
+Our judges are pairwise rankers (a T5 ranker checkpoint such as the gold ranker), or on a
+task with a gold reward program a judge made of it (`gold_program_probabilities`): for the
 texts in the order (A, B) they give P(A is better). A judgement is a draw from that: 'A' with
 probability P(A), else 'B' (a ranker never says 'same'). Pure numpy; the draws come from a
 seeded generator, so a judgement is reproducible.
@@ -45,6 +46,16 @@ class Outcomes:
 def flipped_mask(num_examples: int) -> np.ndarray:
     """bool [examples, JUDGEMENTS]: True where the policy's response is shown second (B)."""
     return np.tile(np.arange(JUDGEMENTS) >= JUDGEMENTS - FLIPPED, (num_examples, 1))
+
+
+def gold_program_probabilities(policy_gold: np.ndarray, baseline_gold: np.ndarray,
+                               temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """A judge made of a gold reward program: P(A better) = sigma((gold(A) - gold(B)) / T),
+    whichever side each response is shown on (no position bias). Returns the two orders'
+    probabilities for `judgement_scores`: the policy's response as A, then the baseline's."""
+    margin = (np.asarray(policy_gold, np.float64) - np.asarray(baseline_gold, np.float64))
+    policy_first = 0.5 * (1.0 + np.tanh(0.5 * margin / temperature))  # sigma, no overflow
+    return policy_first, 1.0 - policy_first
 
 
 def judgement_scores(policy_first_probability: np.ndarray, policy_second_probability: np.ndarray,

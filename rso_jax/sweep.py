@@ -19,7 +19,8 @@ either a list of values of one macro or a mapping from a name to the bindings of
                                                              "LOSS": "hinge"}}},
             {"name": "SEED", "values": [0, 1, 2]}]}
 
-JSON strings are gin strings (write "raft", not "'raft'"); a string that starts with '@' or '%'
+A sweep file may also name its shared stages directory ("stages_dir", relative to where the
+sweep runs; --stages_dir overrides it). JSON strings are gin strings (write "raft", not "'raft'"); a string that starts with '@' or '%'
 is a gin reference. --sweep NAME=V1,V2 adds an axis whose values are gin literals as on the
 command line (--sweep LOSS="'hinge','sigmoid_norm'"), --gin.NAME=VALUE a binding for every
 point.
@@ -27,8 +28,10 @@ point.
 --print_commands prints each point's `python -m rso_jax.main` command instead of running it
 (they may run at once: a point waits for a shared stage another one holds); --report then
 writes the table of what they wrote. The table: <sweep_dir>/results.csv and results.md, one
-row per point; with a SEED axis also summary.csv and summary.md, the mean and standard
-deviation over seeds of each other setting.
+row per point (each policy's metrics, the select stage's summary such as its acceptance rate,
+best-of-N at inference); with a SEED axis also summary.csv and summary.md, the mean and
+standard deviation over seeds of each other setting. The plots (`rso_jax.plots`) go to
+<sweep_dir>/plots/.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class Sweep:
     gin_files: tuple[str, ...]
     bindings: tuple[str, ...]
     axes: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...]  # name, (label, bindings)
+    stages_dir: Optional[str] = None  # the sweep file's; --stages_dir overrides it
 
     def points(self) -> list[Point]:
         found = []
@@ -173,10 +177,10 @@ def read_sweep(sweep_file: Optional[str], gin_files: Sequence[str], bindings: Se
                 spec = json.load(stream)
         except (OSError, ValueError) as error:
             raise SweepError(f"Sweep file {sweep_file} could not be read: {error}") from error
-        unknown = set(spec) - {"gin_files", "bindings", "axes", "about"}
+        unknown = set(spec) - {"gin_files", "bindings", "axes", "stages_dir", "about"}
         if unknown:
             raise SweepError(f"{sweep_file}: unknown keys {sorted(unknown)}; a sweep file has "
-                             "gin_files, bindings, axes (and about).")
+                             "gin_files, bindings, axes (and stages_dir, about).")
     files = tuple(spec.get("gin_files", [])) + tuple(gin_files)
     if not files:
         files = (entry_point.DEFAULT_GIN_FILE,)
@@ -189,7 +193,11 @@ def read_sweep(sweep_file: Optional[str], gin_files: Sequence[str], bindings: Se
     if not all_axes:
         raise SweepError("The sweep has no axes: give --sweep NAME=V1,V2 or a --sweep_file "
                          "with axes.")
-    return Sweep(files, every + tuple(bindings), all_axes)
+    stages_dir = spec.get("stages_dir")
+    if stages_dir is not None and not (isinstance(stages_dir, str) and stages_dir):
+        raise SweepError(f"{sweep_file}: stages_dir must be a directory path, got "
+                         f"{stages_dir!r}.")
+    return Sweep(files, every + tuple(bindings), all_axes, stages_dir)
 
 
 def point_bindings(sweep: Sweep, point: Point, sweep_dir: str,
@@ -266,14 +274,37 @@ def _forget_file_data() -> None:
     file_tasks.FileTask.comparisons.cache_clear()
 
 
-def flat_metrics(results: dict) -> dict[str, float]:
-    """The numbers of a point's results.json: each policy's metrics ('trained.gold_reward')."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def flat_metrics(results: dict, selection: Optional[dict] = None) -> dict[str, float]:
+    """The numbers of a point's results.json: each policy's metrics ('trained.gold_reward'),
+    best-of-N at inference ('best_of_n.sft.N=4.gold_reward'), and those of the select stage's
+    summary (`selection`, its DONE.json: 'select.acceptance_rate', 'select.pairs')."""
     found = {}
     for policy, metrics in sorted(results.get("policies", {}).items()):
         for key, value in sorted(metrics.items()):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _is_number(value):
                 found[f"{policy}.{key}"] = float(value)
+    for key, value in sorted((selection or {}).items()):
+        if _is_number(value) and key != "seconds":
+            found[f"select.{key}"] = float(value)
+    for policy, rows in sorted(results.get("best_of_n", {}).get("policies", {}).items()):
+        for row in rows:
+            for key, value in sorted(row.items()):
+                if _is_number(value) and key not in ("n", "groups"):
+                    found[f"best_of_n.{policy}.N={row['n']}.{key}"] = float(value)
     return found
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as stream:
+            found = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def last_round_results(work_dir: str) -> str:
@@ -289,9 +320,10 @@ def table_rows(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[di
     for point in points:
         path = last_round_results(os.path.join(sweep_dir, POINTS_DIR, point.name))
         row = {axis: label for axis, label in point.labels}
-        if os.path.isfile(path):
-            with open(path) as stream:
-                row.update(flat_metrics(json.load(stream)))
+        results = _read_json(path)
+        if results is not None:
+            selection = _read_json(os.path.join(os.path.dirname(path), "select", "DONE.json"))
+            row.update(flat_metrics(results, selection))
         else:
             row["missing"] = "no results.json"
         rows.append(row)
@@ -344,19 +376,25 @@ def to_markdown(rows: Sequence[dict]) -> str:
 
 
 def write_report(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[str]:
-    """Writes results.csv/.md (and summary.csv/.md over seeds); returns the paths written."""
+    """Writes results.csv/.md (and summary.csv/.md over seeds) and the plots
+    (`rso_jax.plots`, in <sweep_dir>/plots/); returns the paths written."""
+    from rso_jax import plots
+
     rows = table_rows(sweep, points, sweep_dir)
     tables = [("results", rows)]
     axes = [name for name, _ in sweep.axes]
+    summary = summary_rows(rows, axes)
     if SEED_AXIS in axes:
-        tables.append(("summary", summary_rows(rows, axes)))
+        tables.append(("summary", summary))
     written = []
     for name, table in tables:
         for suffix, text in ((".csv", to_csv(table)), (".md", to_markdown(table))):
             path = os.path.join(sweep_dir, name + suffix)
             atomic_io.write_text(path, text)
             written.append(path)
-    return written
+    work_dirs = [(dict(point.labels), os.path.join(sweep_dir, POINTS_DIR, point.name))
+                 for point in points]
+    return written + plots.sweep_plots(sweep_dir, summary, axes, work_dirs, SEED_AXIS)
 
 
 def _argument_parser() -> argparse.ArgumentParser:
@@ -365,8 +403,9 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep_dir", required=True,
                         help="where the points and their shared stages go")
     parser.add_argument("--stages_dir",
-                        help="the shared stages (default <sweep_dir>/stages): sweeps that "
-                             "give the same one share their SFT policies, rankers and samples")
+                        help="the shared stages (default: the sweep file's stages_dir, else "
+                             "<sweep_dir>/stages): sweeps that give the same one share their "
+                             "SFT policies, rankers and samples")
     parser.add_argument("--sweep_file", help="a JSON sweep file (gin_files, bindings, axes)")
     parser.add_argument("--gin_file", action="append", default=[],
                         help="gin file of every point (after the sweep file's)")
@@ -394,14 +433,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         sweep = read_sweep(args.sweep_file, args.gin_file, bindings, args.sweep)
         points = sweep.points()
+        stages_dir = args.stages_dir or sweep.stages_dir
         if not args.report:
-            check_points(sweep, points, args.sweep_dir, args.stages_dir)
+            check_points(sweep, points, args.sweep_dir, stages_dir)
     except (SweepError, entry_point.GinConfigError) as error:
         print(f"rso_jax.sweep: {error}", file=sys.stderr)
         return 2
     if args.print_commands:
         for point in points:
-            print(command(sweep, point, args.sweep_dir, args.stages_dir))
+            print(command(sweep, point, args.sweep_dir, stages_dir))
         return 0
     failed = []
     if not args.report:
@@ -412,7 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             jax.config.update("jax_compilation_cache_dir",
                               os.path.abspath(os.path.join(args.sweep_dir, "compilation_cache")))
         try:
-            failed = run_points(sweep, points, args.sweep_dir, args.stages_dir)
+            failed = run_points(sweep, points, args.sweep_dir, stages_dir)
         except train_loop.Preempted as preempted:
             print(f"rso_jax.sweep: preempted: {preempted}", file=sys.stderr)
             return entry_point.PREEMPTED_EXIT_CODE

@@ -55,6 +55,8 @@ _MACROS = {
     ("Experiment", "num_eval_prompts"): "NUM_EVAL_PROMPTS", ("Experiment", "seed"): "SEED",
     ("Experiment", "ranker_sees_context"): "RANKER_SEES_CONTEXT",
     ("Experiment", "shared_stages_dir"): "SHARED_STAGES_DIR",
+    ("Experiment", "autosxs_gold_temperature"): "AUTOSXS_GOLD_TEMPERATURE",
+    ("Experiment", "eval_best_of_n"): "EVAL_BEST_OF_N",
     ("InferenceBatchSizes", "sample"): "SAMPLE_BATCH_SIZE",
     ("InferenceBatchSizes", "ranker"): "RANKER_INFERENCE_BATCH_SIZE",
     ("InferenceBatchSizes", "reference"): "REFERENCE_BATCH_SIZE",
@@ -250,6 +252,13 @@ class Experiment:
     # The AutoSxS judge: any pairwise ranker checkpoint (e.g. the gold ranker); `rso_jax.autosxs`.
     autosxs_judge_checkpoint: Optional[str] = None
     autosxs_judge_config: Optional[t5.T5Config] = None
+    # AutoSxS on a task with a gold reward program and no judge checkpoint: a judge that draws
+    # each of its 8 judgements from sigma((gold(A) - gold(B)) / T), T this temperature (in
+    # gold-reward units; the demo's stand-in for RSO's PaLM 2-L judge). None: no such judge.
+    autosxs_gold_temperature: Optional[float] = None
+    # Best-of-N at inference (evaluate): N samples per held-out prompt from each evaluated
+    # policy, the one the reward model prefers kept, for N = 1, 2, 4, ... up to this; None: off.
+    eval_best_of_n: Optional[int] = None
     # Evaluate on another task's prompts (RSO Table 6: a TL;DR policy on CNN/DailyMail).
     eval_task: Optional[Any] = None
     # Sample candidates for the prompts of another task's train split (RSO Table 6: pairs
@@ -319,6 +328,21 @@ class Experiment:
         if (self.autosxs_judge_checkpoint is None) != (self.autosxs_judge_config is None):
             raise ValueError("Give both AUTOSXS_JUDGE_CHECKPOINT and AUTOSXS_JUDGE_CONFIG or "
                              "neither.")
+        if self.autosxs_gold_temperature is not None:
+            if not self.autosxs_gold_temperature > 0:
+                raise ValueError(f"AUTOSXS_GOLD_TEMPERATURE must be > 0 (or None), got "
+                                 f"{self.autosxs_gold_temperature}.")
+            if self.autosxs_judge_checkpoint is not None:
+                raise ValueError("AUTOSXS_GOLD_TEMPERATURE makes a judge of the gold program; "
+                                 "AUTOSXS_JUDGE_CHECKPOINT gives another judge: set one of them.")
+            if not self.evaluation_task.has_gold_reward:
+                raise ValueError(f"AUTOSXS_GOLD_TEMPERATURE judges by the task's gold reward "
+                                 f"program, and task {self.evaluation_task.name!r} has none: "
+                                 "give AUTOSXS_JUDGE_CHECKPOINT and AUTOSXS_JUDGE_CONFIG.")
+        if self.eval_best_of_n is not None and (
+                not isinstance(self.eval_best_of_n, int) or self.eval_best_of_n < 1):
+            raise ValueError(f"EVAL_BEST_OF_N must be an int >= 1 (or None), got "
+                             f"{self.eval_best_of_n!r}.")
 
     @property
     def evaluation_task(self) -> Any:

@@ -117,7 +117,9 @@ def _stage_settings(experiment: Experiment, stage: str) -> dict:
                 "gold_ranker_checkpoint": _path(e.gold_ranker_checkpoint),
                 "gold_ranker": describe(e.gold_ranker_config),
                 "autosxs_judge_checkpoint": _path(e.autosxs_judge_checkpoint),
-                "autosxs_judge": describe(e.autosxs_judge_config)}
+                "autosxs_judge": describe(e.autosxs_judge_config),
+                **_unless_default(autosxs_gold_temperature=e.autosxs_gold_temperature,
+                                  eval_best_of_n=e.eval_best_of_n)}
     raise ValueError(f"Unknown stage {stage!r}.")
 
 

@@ -85,4 +85,29 @@ def results_table(results: dict) -> str:
         optimum = results["gold_reward_optimum"]
         lines += ["", f"Gold reward of the SFT targets: {results['gold_reward_sft_target']:.3f}"
                   + ("" if optimum is None else f"; optimum: {optimum:.3f}") + "."]
+    if results.get("autosxs_judge") == "gold_program":
+        lines += ["", "AutoSxS judge: the gold program (each judgement drawn from "
+                  "sigma((gold(A) - gold(B)) / AUTOSXS_GOLD_TEMPERATURE))."]
+    if "best_of_n" in results:
+        lines += best_of_n_table(results["best_of_n"])
     return "\n".join(lines) + "\n"
+
+
+def best_of_n_table(best_of_n: dict) -> list[str]:
+    """results.md lines: one table per policy."""
+    lines = ["", f"## Best-of-N at inference ({best_of_n['samples_per_prompt']} samples per "
+             "prompt; each N averaged over the disjoint groups of N)", "",
+             "| policy | N | gold reward | gold win rate vs SFT target | proxy win rate vs SFT "
+             "target | proxy reward | KL analytic | KL measured |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def number(value):
+        return "-" if value is None else f"{value:.3f}"
+    for name, rows in best_of_n["policies"].items():
+        for row in rows:
+            lines.append(f"| {name} | {row['n']} | {number(row['gold_reward'])} | "
+                         f"{_percent(row['gold_win_rate_vs_sft_target'])} | "
+                         f"{_percent(row['proxy_win_rate_vs_sft_target'])} | "
+                         f"{number(row['proxy_reward'])} | {number(row['kl_analytic'])} | "
+                         f"{number(row['kl_measured'])} |")
+    return lines

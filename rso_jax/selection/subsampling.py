@@ -1,4 +1,5 @@
-"""Selection rules without rejection: top-k-over-N and a uniform sub-sample of the candidates.
+"""Selection rules without rejection: top-k-over-N, a uniform sub-sample of the candidates, and
+best-of-N over disjoint groups of samples (the evaluation's best-of-N at inference).
 
 top-k-over-N is the beta -> 0 limit of statistical rejection sampling; the uniform sub-sample is
 how sft-sample-rank picks the responses it pairs (the beta -> inf limit). Both take
@@ -71,3 +72,29 @@ def uniform_subsample(candidate_mask_pn: Array, key: Array, num_samples: int) ->
     chosen_pn = jnp.zeros(candidate_mask_pn.shape, bool).at[
         jnp.arange(num_prompts)[:, None], lowest_pk].set(True)
     return selection_from_mask(chosen_pn & candidate_mask_pn, num_samples)
+
+
+@functools.partial(jax.jit, static_argnames=("group_size",))
+def best_in_groups(rewards_pm: Array, group_size: int) -> Array:
+    """Best-of-N over disjoint groups of samples: of M samples per prompt, the groups
+    [0, N), [N, 2N), ... (M // N of them, the rest unused), each one's highest reward.
+
+    Every group is one independent best-of-N draw, so averaging a metric over the groups
+    estimates its best-of-N value with the variance of M // N draws. Ties go to the lower index.
+
+    Args:
+      rewards_pm: float [P, M] rewards of M samples per prompt.
+      group_size: N, 1 <= N <= M (static).
+
+    Returns:
+      int32 [P, M // N]: the index in [0, M) of each group's best sample.
+    """
+    rewards_pm = jnp.asarray(rewards_pm, jnp.float32)
+    num_prompts, num_samples = rewards_pm.shape
+    if not 1 <= group_size <= num_samples:
+        raise ValueError(f"group_size must be in [1, {num_samples}], got {group_size}.")
+    num_groups = num_samples // group_size
+    grouped_pgn = rewards_pm[:, :num_groups * group_size].reshape(
+        num_prompts, num_groups, group_size)
+    best_pg = jnp.argmax(grouped_pgn, axis=-1).astype(jnp.int32)
+    return best_pg + jnp.arange(num_groups, dtype=jnp.int32) * group_size

@@ -4,7 +4,9 @@ against the SFT targets and each other.
 Proxy win rates come from the trained ranker. Gold figures come from the task's gold reward
 program where it has one, otherwise from a separate gold ranker checkpoint (RSO's "stronger
 ranker"); with neither, only proxy figures are reported. AutoSxS win rates (`rso_jax.autosxs`:
-8 judgements, 4 flipped) come from AUTOSXS_JUDGE_CHECKPOINT when one is given. The prompts may
+8 judgements, 4 flipped) come from AUTOSXS_JUDGE_CHECKPOINT when one is given, or from the
+gold program as a judge (AUTOSXS_GOLD_TEMPERATURE). With EVAL_BEST_OF_N, best-of-N at
+inference of both policies (`experiment.best_of_n`). The prompts may
 come from another task than the training one (EVAL_TASK; RSO Table 6: a TL;DR policy on
 CNN/DailyMail). Round r > 1 evaluates its own policy (`round_<r>/results.json`).
 """
@@ -15,7 +17,7 @@ import os
 from typing import Any, Optional
 
 from rso_jax import atomic_io, autosxs, run_info
-from rso_jax.experiment import checkpoint_inputs, metrics, report, rounds
+from rso_jax.experiment import best_of_n, checkpoint_inputs, metrics, report, rounds
 from rso_jax.experiment.context import StageContext
 
 NUM_EXAMPLES_SHOWN = 5
@@ -55,11 +57,20 @@ class _GoldJudge:
 
 
 def autosxs_win_rate(context: StageContext, judge_params: Any, task: Any, contexts, policy,
-                     baseline, seed: int) -> float:
-    """AutoSxS win rate of the `policy` responses over the `baseline` ones."""
+                     baseline, seed: int) -> Optional[float]:
+    """AutoSxS win rate of the `policy` responses over the `baseline` ones: judged by the
+    AUTOSXS_JUDGE_CHECKPOINT ranker (`judge_params`), or by the gold program
+    (AUTOSXS_GOLD_TEMPERATURE); None with neither."""
     experiment = context.experiment
-    policy_first, baseline_first = context.judge_probabilities(
-        judge_params, experiment.autosxs_judge_config, contexts, policy, baseline, task)
+    if judge_params is not None:
+        policy_first, baseline_first = context.judge_probabilities(
+            judge_params, experiment.autosxs_judge_config, contexts, policy, baseline, task)
+    elif experiment.autosxs_gold_temperature is not None:
+        policy_first, baseline_first = autosxs.gold_program_probabilities(
+            task.gold_rewards(contexts, policy), task.gold_rewards(contexts, baseline),
+            experiment.autosxs_gold_temperature)
+    else:
+        return None
     return autosxs.decide(autosxs.judgement_scores(policy_first, baseline_first, seed)).win_rate
 
 
@@ -70,8 +81,8 @@ def run(context: StageContext) -> dict:
     contexts, targets = [d.context for d in data], [d.target for d in data]
     prompts = context.encode_prompts([d.prompt for d in data])
     scorer = context.scorer()
-    decodes = {"sft": context.greedy_texts(context.params("sft"), prompts),
-               "trained": context.greedy_texts(context.params("preference"), prompts)}
+    policies = {"sft": context.params("sft"), "trained": context.params("preference")}
+    decodes = {name: context.greedy_texts(params, prompts) for name, params in policies.items()}
     gold = _GoldJudge(context, task)
     judge = None
     if experiment.autosxs_judge_checkpoint is not None:
@@ -88,9 +99,8 @@ def run(context: StageContext) -> dict:
         rows[name] = {"gold_reward": None if rewards is None else float(rewards.mean()),
                       "gold_win_rate_vs_sft_target": gold.win_rate(contexts, texts, targets),
                       "proxy_win_rate_vs_sft_target": proxy(texts, targets),
-                      "autosxs_win_rate_vs_sft_target": None if judge is None else
-                      autosxs_win_rate(context, judge, task, contexts, texts, targets,
-                                       experiment.seed)}
+                      "autosxs_win_rate_vs_sft_target": autosxs_win_rate(
+                          context, judge, task, contexts, texts, targets, experiment.seed)}
     rows["trained"]["gold_win_rate_vs_sft_policy"] = gold.win_rate(contexts, decodes["trained"],
                                                                    decodes["sft"])
     rows["trained"]["proxy_win_rate_vs_sft_policy"] = proxy(decodes["trained"], decodes["sft"])
@@ -108,9 +118,14 @@ def run(context: StageContext) -> dict:
         "gold_reward_optimum": task.gold_reward_optimum(contexts) if gold.source == "program"
         else None,
         "policies": rows,
+        "autosxs_judge": ("checkpoint" if judge is not None else "gold_program"
+                          if experiment.autosxs_gold_temperature is not None else None),
         "examples": [{"context": c, "sft_target": t, "sft": s, "trained": r}
                      for c, t, s, r in list(zip(contexts, targets, decodes["sft"],
                                                 decodes["trained"]))[:NUM_EXAMPLES_SHOWN]]}
+    if experiment.eval_best_of_n is not None:
+        results["best_of_n"] = best_of_n.evaluate(context, policies, prompts, contexts, targets,
+                                                  decodes["sft"], gold, scorer)
     directory = rounds.round_dir(experiment.work_dir, context.round)
     run_info.write_result(directory, "results.json", results)
     atomic_io.write_text(os.path.join(directory, "results.md"), report.results_table(results))

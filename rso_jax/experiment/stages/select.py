@@ -18,7 +18,9 @@ ranker as RSO labels its pairs (tournament_by_reward: by eq. 7 rewards); rs_dpo 
 pair with sigmoid((r_j - r_l) / TAU) > ETA), best_vs_worst and best_vs_random by reward.
 "Ranker" is the trained reward model (SCORER): a pointwise one decides a match by its rewards.
 
-Beside each pair, `pairs.npz` holds the SFT target of its prompt (`sft_targets`; for direct
+`kept.npz` marks the candidates kept (paired, or made SFT targets) among each prompt's
+(`mask`, bool [prompts, candidates]), for the reward distributions of kept and sampled
+responses. Beside each pair, `pairs.npz` holds the SFT target of its prompt (`sft_targets`; for direct
 pairs, the chosen response): SLiC's regularisation term (LAMBDA) reads it.
 """
 
@@ -34,6 +36,7 @@ from rso_jax.selection import (candidate_sets, pair_rules, rejection_sampling, s
 
 PAIRS_FILE = "pairs.npz"
 TARGETS_FILE = "targets.npz"
+KEPT_FILE = "kept.npz"  # mask [prompts, candidates]: the candidates kept (for pairs or targets)
 
 
 def run(context: StageContext) -> dict:
@@ -64,6 +67,8 @@ def run(context: StageContext) -> dict:
         selection = subsampling.uniform_subsample(mask, key, config.num_samples)
     selection = candidate_sets.shuffled(selection, jax.random.fold_in(key, 1))
     kept, valid = np.asarray(selection.indices_pk), np.asarray(selection.valid_pk)
+    kept_prompt, kept_slot = np.nonzero(valid)
+    _save_kept(context, rewards.shape, kept_prompt, kept[kept_prompt, kept_slot])
     pairs = make_pairs(context, config, samples, rewards, kept, valid,
                        jax.random.fold_in(key, 2))
     chosen_index = np.asarray(pairs.chosen_index_pm)
@@ -133,12 +138,19 @@ def _save_sft_targets(context: StageContext, config, samples, rewards, mask, key
         raise ValueError(f"SELECTION='rest' chose no SFT targets among {rewards.shape[0]} "
                          "prompts' candidates (no prompt has candidates of different rewards); "
                          "score more candidates.")
+    _save_kept(context, rewards.shape, prompt_index, candidate_index)
     context.save_arrays("select", TARGETS_FILE, prompts=samples["prompts"][prompt_index],
                         targets=samples["tokens"][prompt_index, candidate_index])
     chosen_rewards = rewards[prompt_index, candidate_index]
     return {"targets": int(len(prompt_index)),
             "mean_target_reward": float(chosen_rewards.mean()),
             "mean_candidate_reward": float(rewards.mean()), **extra}
+
+
+def _save_kept(context: StageContext, shape, prompt_index, candidate_index) -> None:
+    mask = np.zeros(shape, bool)
+    mask[prompt_index, candidate_index] = True
+    context.save_arrays("select", KEPT_FILE, mask=mask)
 
 
 def tournament_winners(pairs: pair_rules.Pairs, shape: tuple[int, int]) -> np.ndarray:
