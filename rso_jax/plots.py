@@ -5,12 +5,13 @@
                           AutoSxS; mean and standard deviation over seeds) against each axis of
                           the sweep (a line for a numeric axis, e.g. RSO's Figure 3 for BETA
                           and GAMMA; bars for named settings); the SFT policy's as a dashed line
-  <AXIS>.acceptance.png   rejection sampling's acceptance rate against the axis (when the points
-                          ran 'rso' selection)
+  <AXIS>.acceptance.png   rejection sampling's acceptance rate against a numeric axis (when the
+                          points ran 'rso' selection)
   rewards.png             reward distributions of the sampled candidates and of the responses
                           each point kept (its select stage's kept.npz), proxy and gold
   best_of_n.png           best-of-N at inference (EVAL_BEST_OF_N): gold reward and KL against N
-  training/<point>.png    each training stage's loss (and evaluations) against the step
+  training/<point>.png    each training stage's loss (and evaluations) against the step (the
+                          first round's stages)
 
 Each function takes the rows or files a sweep wrote and one output path; matplotlib is imported
 only here (the accelerator image has none).
@@ -18,12 +19,16 @@ only here (the accelerator image has none).
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import os
 from typing import Optional, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 PLOTS_DIR = "plots"
 WIN_RATES = {"gold": "trained.gold_win_rate_vs_sft_target",
@@ -143,7 +148,8 @@ def reward_distributions(points: dict[str, str], path: str) -> Optional[str]:
     if not kept:
         return None
     candidates = next(iter(kept.values()))[0]
-    kinds = [kind for kind in ("rewards", "gold_rewards") if kind in candidates]
+    kinds = [kind for kind in ("rewards", "gold_rewards")
+             if all(kind in rewards for rewards, _ in kept.values())]
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(kinds), figsize=(6.0 * len(kinds), 4.0), squeeze=False)
     for axis, kind in zip(axes[0], kinds):
@@ -162,28 +168,31 @@ def reward_distributions(points: dict[str, str], path: str) -> Optional[str]:
     return _save(figure, path)
 
 
-def best_of_n_curves(results: Sequence[dict], path: str) -> Optional[str]:
-    """Best-of-N at inference against N (mean and standard deviation over the given
-    results.json, e.g. one per seed): gold reward (or proxy reward without a gold program)
-    per policy, and the analytic and measured KL."""
+def best_of_n_curves(results: Sequence[tuple[str, dict]], path: str) -> Optional[str]:
+    """Best-of-N at inference against N, from (setting label, results.json) pairs: a line per
+    setting and policy, mean and standard deviation over the results of that label (its seeds),
+    of the gold reward (the proxy reward where a result has no gold figures); and the analytic
+    KL beside each line's measured one."""
     curves: dict[str, dict[int, list[dict]]] = {}
-    for result in results:
-        for policy, rows in result.get("best_of_n", {}).get("policies", {}).items():
+    for label, result in results:
+        for policy, rows in (result.get("best_of_n") or {}).get("policies", {}).items():
+            name = f"{policy} policy" + (f", {label}" if label else "")
             for row in rows:
-                curves.setdefault(policy, {}).setdefault(row["n"], []).append(row)
+                curves.setdefault(name, {}).setdefault(row["n"], []).append(row)
     if not curves:
         return None
     plt = _pyplot()
     figure, (reward_axis, kl_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for policy, by_n in curves.items():
+    for name, by_n in curves.items():
         ns = sorted(by_n)
-        key = "gold_reward" if by_n[ns[0]][0]["gold_reward"] is not None else "proxy_reward"
-        values = [[row[key] for row in by_n[n]] for n in ns]
-        reward_axis.errorbar(ns, [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
-                             marker="o", capsize=3, label=f"{policy} policy ({key})")
-        measured = [[row["kl_measured"] for row in by_n[n]] for n in ns]
-        kl_axis.errorbar(ns, [np.mean(v) for v in measured], yerr=[np.std(v) for v in measured],
-                         marker="o", capsize=3, label=f"measured, {policy} policy")
+        every = [row for rows in by_n.values() for row in rows]
+        key = ("gold_reward" if all(row.get("gold_reward") is not None for row in every)
+               else "proxy_reward")
+        for axis, column, label in ((reward_axis, key, f"{name} ({key})"),
+                                    (kl_axis, "kl_measured", f"measured, {name}")):
+            values = [[row[column] for row in by_n[n]] for n in ns]
+            axis.errorbar(ns, [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
+                          marker="o", capsize=3, label=label)
     ns = sorted({n for by_n in curves.values() for n in by_n})
     kl_axis.plot(ns, [math.log(n) - (n - 1) / n for n in ns], "k--",
                  label="analytic: log N - (N-1)/N")
@@ -233,62 +242,64 @@ def training_curves(work_dir: str, path: str) -> Optional[str]:
         others = [name for name in names if name not in losses]
         if others:  # accuracies and win rates on the right
             twin = axis.twinx()
-            for name, color in zip(others, ("tab:red", "tab:green", "tab:purple", "tab:brown")):
+            for index, name in enumerate(others, start=len(losses)):
                 points = [row for row in rows if name in row]
                 twin.plot([r["step"] for r in points], [r[name] for r in points], "o-", ms=3,
-                          color=color, label=name)
+                          color=f"C{index % 10}", label=name)
             twin.legend(fontsize=7, loc="center right")
     return _save(figure, path)
 
 
 def sweep_plots(sweep_dir: str, summary: Sequence[dict], axes: Sequence[str],
-                points: Sequence[tuple[dict, str]], seed_axis: str = "SEED") -> list[str]:
-    """Every plot of a sweep into <sweep_dir>/plots/; returns the paths written.
+                points: Sequence[tuple[dict, str, Optional[dict]]],
+                seed_axis: str = "SEED") -> list[str]:
+    """Every plot of a sweep into <sweep_dir>/plots/; returns the paths written. A plot that
+    fails is logged and skipped: the sweep's tables stand without it.
 
     Args:
       summary: the sweep's summary rows (mean and '.std' over seeds per setting).
       axes: the sweep's axes, in order.
-      points: (labels: axis -> value label, work directory) of each point.
+      points: (labels: axis -> value label, work directory, results.json or None) of each
+        point, in the sweep's order.
     """
     directory = os.path.join(sweep_dir, PLOTS_DIR)
     settings = [axis for axis in axes if axis != seed_axis]
-    written = []
+
+    def label(labels):
+        return ", ".join(f"{axis}={labels[axis]}" if axis.isupper() else labels[axis]
+                         for axis in settings)
+    drawings = []  # (the file, a function that draws it and returns its path or None)
     for axis in settings:
         others = [other for other in settings if other != axis]
-        written.append(metric_against_axis(summary, axis, others, WIN_RATES,
-                                           os.path.join(directory, f"{axis}.png"),
-                                           "win rate vs SFT target", baseline=SFT_POLICY_GOLD))
+        path = os.path.join(directory, f"{axis}.png")
+        drawings.append((path, functools.partial(
+            metric_against_axis, summary, axis, others, WIN_RATES, path,
+            "win rate vs SFT target", baseline=SFT_POLICY_GOLD)))
         if is_numeric_axis(summary, axis):
-            written.append(metric_against_axis(
-                summary, axis, others, {"acceptance rate": ACCEPTANCE},
-                os.path.join(directory, f"{axis}.acceptance.png"), "acceptance rate"))
-    first_seed = min((labels[seed_axis] for labels, _ in points if seed_axis in labels),
-                     default=None, key=_number)
-    one_seed = {", ".join(f"{axis}={labels[axis]}" if axis.isupper() else labels[axis]
-                          for axis in settings): work_dir
-                for labels, work_dir in points if labels.get(seed_axis) == first_seed}
-    written.append(reward_distributions(_distinct_selections(one_seed),
-                                        os.path.join(directory, "rewards.png")))
-    results = [_read_json(_last_round_results(work_dir)) for _, work_dir in points]
-    results = [result for result in results if result is not None]
-    written.append(best_of_n_curves(results, os.path.join(directory, "best_of_n.png")))
-    for _, work_dir in points:
-        written.append(training_curves(work_dir, os.path.join(
-            directory, "training", os.path.basename(work_dir) + ".png")))
+            path = os.path.join(directory, f"{axis}.acceptance.png")
+            drawings.append((path, functools.partial(
+                metric_against_axis, summary, axis, others, {"acceptance rate": ACCEPTANCE},
+                path, "acceptance rate")))
+    first_seed = points[0][0].get(seed_axis) if points else None  # the first in axis order
+    one_seed = {label(labels): work_dir for labels, work_dir, _ in points
+                if labels.get(seed_axis) == first_seed}
+    path = os.path.join(directory, "rewards.png")
+    drawings.append((path, functools.partial(reward_distributions,
+                                             _distinct_selections(one_seed), path)))
+    path = os.path.join(directory, "best_of_n.png")
+    drawings.append((path, functools.partial(
+        best_of_n_curves, [(label(labels), results) for labels, _, results in points
+                           if results], path)))
+    for _, work_dir, _ in points:
+        path = os.path.join(directory, "training", os.path.basename(work_dir) + ".png")
+        drawings.append((path, functools.partial(training_curves, work_dir, path)))
+    written = []
+    for path, draw in drawings:
+        try:
+            written.append(draw())
+        except Exception as error:  # a plot is not worth the sweep's report
+            logger.warning("Plot %s not drawn: %s: %s", path, type(error).__name__, error)
     return [path for path in written if path]
-
-
-def _read_json(path: str) -> Optional[dict]:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as stream:
-        return json.load(stream)
-
-
-def _last_round_results(work_dir: str) -> str:
-    from rso_jax import sweep
-
-    return sweep.last_round_results(work_dir)
 
 
 def _distinct_selections(points: dict[str, str]) -> dict[str, str]:

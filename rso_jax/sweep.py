@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib.util
 import io
 import itertools
 import json
@@ -58,6 +59,8 @@ logger = logging.getLogger("rso_jax.sweep")  # also when run as __main__
 POINTS_DIR = "points"
 STAGES_DIR = "stages"
 SEED_AXIS = "SEED"
+BEST_OF_N_COLUMNS = ("gold_reward", "gold_win_rate_vs_sft_target", "proxy_win_rate_vs_sft_target",
+                     "kl_measured")
 
 
 class SweepError(ValueError):
@@ -291,10 +294,10 @@ def flat_metrics(results: dict, selection: Optional[dict] = None) -> dict[str, f
         if _is_number(value) and key != "seconds":
             found[f"select.{key}"] = float(value)
     for policy, rows in sorted(results.get("best_of_n", {}).get("policies", {}).items()):
-        for row in rows:
-            for key, value in sorted(row.items()):
-                if _is_number(value) and key not in ("n", "groups"):
-                    found[f"best_of_n.{policy}.N={row['n']}.{key}"] = float(value)
+        for row in rows:  # the columns that vary (kl_analytic is a function of N)
+            for key in BEST_OF_N_COLUMNS:
+                if _is_number(row.get(key)):
+                    found[f"best_of_n.{policy}.N={row['n']}.{key}"] = float(row[key])
     return found
 
 
@@ -315,15 +318,25 @@ def last_round_results(work_dir: str) -> str:
     return os.path.join(directory, "results.json")
 
 
-def table_rows(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[dict]:
-    rows = []
+def point_results(points: Sequence[Point], sweep_dir: str) -> list[tuple]:
+    """(point, work directory, its last round's results.json or None, that round's select
+    summary or None) of each point."""
+    found = []
     for point in points:
-        path = last_round_results(os.path.join(sweep_dir, POINTS_DIR, point.name))
+        work_dir = os.path.join(sweep_dir, POINTS_DIR, point.name)
+        path = last_round_results(work_dir)
+        found.append((point, work_dir, _read_json(path),
+                      _read_json(os.path.join(os.path.dirname(path), "select", "DONE.json"))))
+    return found
+
+
+def table_rows(results: Sequence[tuple]) -> list[dict]:
+    """One row per point of `point_results`: its axes' values and its metrics."""
+    rows = []
+    for point, _, point_result, selection in results:
         row = {axis: label for axis, label in point.labels}
-        results = _read_json(path)
-        if results is not None:
-            selection = _read_json(os.path.join(os.path.dirname(path), "select", "DONE.json"))
-            row.update(flat_metrics(results, selection))
+        if point_result is not None:
+            row.update(flat_metrics(point_result, selection))
         else:
             row["missing"] = "no results.json"
         rows.append(row)
@@ -378,9 +391,8 @@ def to_markdown(rows: Sequence[dict]) -> str:
 def write_report(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[str]:
     """Writes results.csv/.md (and summary.csv/.md over seeds) and the plots
     (`rso_jax.plots`, in <sweep_dir>/plots/); returns the paths written."""
-    from rso_jax import plots
-
-    rows = table_rows(sweep, points, sweep_dir)
+    results = point_results(points, sweep_dir)
+    rows = table_rows(results)
     tables = [("results", rows)]
     axes = [name for name, _ in sweep.axes]
     summary = summary_rows(rows, axes)
@@ -392,9 +404,15 @@ def write_report(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[
             path = os.path.join(sweep_dir, name + suffix)
             atomic_io.write_text(path, text)
             written.append(path)
-    work_dirs = [(dict(point.labels), os.path.join(sweep_dir, POINTS_DIR, point.name))
-                 for point in points]
-    return written + plots.sweep_plots(sweep_dir, summary, axes, work_dirs, SEED_AXIS)
+    if importlib.util.find_spec("matplotlib") is None:  # a dependency, but an image may lack it
+        logger.warning("No plots: matplotlib is not installed (pip install matplotlib).")
+        return written
+    from rso_jax import plots
+
+    return written + plots.sweep_plots(
+        sweep_dir, summary, axes,
+        [(dict(point.labels), work_dir, result) for point, work_dir, result, _ in results],
+        SEED_AXIS)
 
 
 def _argument_parser() -> argparse.ArgumentParser:

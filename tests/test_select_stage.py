@@ -134,3 +134,36 @@ def test_raft_takes_the_winner_of_a_tournament_decided_by_the_ranker(setting):
         matches = knockout(list(range(NUM_CANDIDATES)),
                            lambda a, b: setting.strength[p, a] >= setting.strength[p, b])
         assert winners[p] == matches[-1][0]  # the final's winner
+
+
+@pytest.mark.parametrize("rule, per_prompt", [("best_vs_worst", 2), ("first_round", 6)])
+def test_kept_marks_the_candidates_the_policy_trains_on(setting, rule, per_prompt):
+    """kept.npz marks the candidates in pairs: all six selected for first-round pairs, only the
+    best and the worst of them for best-vs-worst."""
+    saved = {}
+    examples = [types.SimpleNamespace(context=str(p), target="t") for p in range(NUM_PROMPTS)]
+    context = types.SimpleNamespace(
+        experiment=types.SimpleNamespace(
+            selection=config.SelectionConfig(method="sft", num_samples=KEPT, pair_rule=rule),
+            num_sample_prompts=NUM_PROMPTS,
+            sampling_task=types.SimpleNamespace(sft_examples=lambda split: examples)),
+        load_arrays=lambda stage, name: {
+            "sample": {**setting.samples, "prompts": np.zeros((NUM_PROMPTS, 4), np.int32)},
+            "score": {"rewards": setting.rewards}}[stage],
+        random_key=jax.random.PRNGKey, decode=setting.context.decode,
+        scorer=setting.context.scorer,
+        encode_responses=lambda texts: np.zeros((len(texts), 3), np.int32),
+        save_arrays=lambda stage, name, **arrays: saved.__setitem__(name, arrays))
+    select.run(context)
+    mask = saved[select.KEPT_FILE]["mask"]
+    assert mask.shape == (NUM_PROMPTS, NUM_CANDIDATES)
+    assert (mask.sum(axis=1) == per_prompt).all()
+    pairs = saved[select.PAIRS_FILE]
+    paired = {int(t) - 10 for t in np.concatenate([pairs["chosen"][:, 0],
+                                                  pairs["rejected"][:, 0]])}
+    assert paired <= set(np.nonzero(mask.any(axis=0))[0])
+    if rule == "best_vs_worst":  # the best and the worst reward of each prompt's six
+        for p in range(NUM_PROMPTS):
+            marked = np.nonzero(mask[p])[0]
+            selected_rewards = setting.rewards[p, marked]
+            assert len(marked) == 2 and selected_rewards.max() > selected_rewards.min()

@@ -38,6 +38,12 @@ DEMO = ["--gin_file=configs/demo_rso.gin"]
      "pairs"),
     ("SAMPLE_TASK=%TASK & SELECTION='direct'", "SAMPLE_TASK is where candidates are sampled"),
     ("NUM_SAMPLE_PROMPTS=0", "NUM_SAMPLE_PROMPTS must be an int >= 1, or None"),
+    ("AUTOSXS_GOLD_TEMPERATURE=0.0", "AUTOSXS_GOLD_TEMPERATURE must be > 0 (or None), got 0.0"),
+    ("AUTOSXS_JUDGE_CHECKPOINT='judge' & AUTOSXS_JUDGE_CONFIG=%DEMO_RANKER",
+     "AUTOSXS_GOLD_TEMPERATURE makes a judge of the gold program; AUTOSXS_JUDGE_CHECKPOINT "
+     "gives another judge"),
+    ("EVAL_BEST_OF_N=0", "EVAL_BEST_OF_N must be an int >= 1 (or None), got 0"),
+    ("EVAL_BEST_OF_N=4.0", "EVAL_BEST_OF_N must be an int >= 1 (or None), got 4.0"),
 ])
 def test_a_bad_setting_fails_when_the_experiment_is_built_naming_it(binding, message):
     with pytest.raises(ValueError, match=re.escape(message)):

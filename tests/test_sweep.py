@@ -38,12 +38,13 @@ def run_sweep(*args, timeout=900):
 
 @pytest.fixture(scope="module")
 def three_runs(tmp_path_factory):
-    """A sweep of the tiny demo over GAMMA (two points), then the first point's settings with
-    another SFT learning rate, in a WORK_DIR of its own with the sweep's shared stages."""
+    """A sweep of the tiny demo over GAMMA (two points, evaluated with best-of-N up to 4), then
+    the first point's settings with another SFT learning rate, in a WORK_DIR of its own with
+    the sweep's shared stages."""
     root = tmp_path_factory.mktemp("sweep")
     sweep_dir, store = root / "gamma", root / "gamma" / sweep.STAGES_DIR
     result = run_sweep(f"--sweep_dir={sweep_dir}", "--sweep", "GAMMA=0.05,0.5",
-                       *experiment_helpers.DEMO_TINY_FLAGS)
+                       *experiment_helpers.DEMO_TINY_FLAGS, "--gin.EVAL_BEST_OF_N=4")
     assert result.returncode == 0, result.stderr[-3000:]
     points = sweep_dir / sweep.POINTS_DIR
     runs = {"first": (points / "GAMMA=0.05", result.stderr),
@@ -88,7 +89,8 @@ def test_another_sft_learning_rate_reruns_every_stage_downstream_of_sft(three_ru
 def test_each_shared_directory_is_named_by_its_stage_and_fingerprint(three_runs):
     store, runs, _, _ = three_runs
     experiment = experiment_helpers.build_experiment(flags(runs["gamma"][0], store,
-                                                           "--gin.GAMMA=0.5"))
+                                                           "--gin.GAMMA=0.5",
+                                                           "--gin.EVAL_BEST_OF_N=4"))
     for stage in STAGES:
         settings = fingerprints.stage_settings(experiment, stage)
         name = f"{stage}-{fingerprints.fingerprint(settings)}"
@@ -136,10 +138,69 @@ def test_the_sweep_table_holds_each_points_results(three_runs):
         assert float(row["trained.gold_win_rate_vs_sft_target"]) == pytest.approx(
             trained["gold_win_rate_vs_sft_target"])
         assert float(row["sft.gold_reward"]) == results["policies"]["sft"]["gold_reward"]
+        selection = json.loads((runs[name][0] / "select" / "DONE.json").read_text())
+        assert float(row["select.acceptance_rate"]) == selection["acceptance_rate"]
+        assert float(row["select.pairs"]) == selection["pairs"]
+        best = results["best_of_n"]["policies"]["trained"][-1]
+        assert best["n"] == 4
+        assert float(row["best_of_n.trained.N=4.gold_reward"]) == best["gold_reward"]
     markdown = (sweep_dir / "results.md").read_text().splitlines()
     assert markdown[0].startswith("| GAMMA | ") and len(markdown) == 2 + 2
     assert f"Wrote {sweep_dir / 'results.csv'}" in result.stdout
     assert not (sweep_dir / "summary.csv").exists()  # no SEED axis
+
+
+def test_best_of_n_at_inference_keeps_the_reward_models_pick(three_runs):
+    _, runs, _, _ = three_runs
+    results = json.loads((runs["first"][0] / "results.json").read_text())
+    assert results["best_of_n"]["samples_per_prompt"] == 4
+    for policy in ("sft", "trained"):
+        rows = results["best_of_n"]["policies"][policy]
+        assert [(row["n"], row["groups"]) for row in rows] == [(1, 4), (2, 2), (4, 1)]
+        # the best of each group by proxy reward: its mean never falls as N grows
+        rewards = [row["proxy_reward"] for row in rows]
+        assert rewards[0] <= rewards[1] + 1e-6 <= rewards[2] + 2e-6
+        assert rows[0]["kl_measured"] == pytest.approx(0.0, abs=1e-5)
+        for row in rows:
+            assert row["kl_measured"] <= row["kl_analytic"] + 1e-5
+            assert 0.0 <= row["gold_win_rate_vs_sft_target"] <= 1.0
+    assert "## Best-of-N at inference (4 samples per prompt" in (
+        runs["first"][0] / "results.md").read_text()
+    assert results["autosxs_judge"] == "gold_program"  # the demo's AUTOSXS_GOLD_TEMPERATURE
+    assert results["policies"]["trained"]["autosxs_win_rate_vs_sft_target"] is not None
+
+
+def test_the_sweep_draws_its_plots(three_runs):
+    from matplotlib import image
+
+    _, _, sweep_dir, result = three_runs
+    plots = sweep_dir / "plots"
+    for name in ("GAMMA.png", "GAMMA.acceptance.png", "rewards.png", "best_of_n.png",
+                 "training/GAMMA=0.05.png", "training/GAMMA=0.5.png"):
+        picture = image.imread(plots / name)
+        assert picture.ndim == 3 and picture.shape[0] > 100 and picture.std() > 0, name
+        assert f"Wrote {plots / name}" in result.stdout
+
+
+def test_a_sweep_files_stages_dir_is_where_its_points_share(tmp_path):
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"stages_dir": "common", "axes": [{"name": "GAMMA",
+                                                                  "values": [0.1, 1.0]}]}))
+    spec = sweep.read_sweep(str(path), ["configs/demo_rso.gin"], [], [])
+    assert spec.stages_dir == "common"
+    result = run_sweep(f"--sweep_file={path}", f"--sweep_dir={tmp_path}/g", "--print_commands",
+                       timeout=120)
+    assert result.returncode == 0, result.stderr
+    first = shlex.split(result.stdout.splitlines()[0])
+    assert f"--gin_bindings=SHARED_STAGES_DIR = '{os.path.join(REPO_ROOT, 'common')}'" in first
+    result = run_sweep(f"--sweep_file={path}", f"--sweep_dir={tmp_path}/g", "--print_commands",
+                       f"--stages_dir={tmp_path}/mine", timeout=120)
+    assert result.returncode == 0, result.stderr
+    first = shlex.split(result.stdout.splitlines()[0])
+    assert f"--gin_bindings=SHARED_STAGES_DIR = '{tmp_path}/mine'" in first
+    path.write_text(json.dumps({"stages_dir": 3, "axes": [{"name": "GAMMA", "values": [1.0]}]}))
+    with pytest.raises(sweep.SweepError, match="stages_dir must be a directory path, got 3"):
+        sweep.read_sweep(str(path), [], [], [])
 
 
 def test_printed_commands_run_the_same_points(tmp_path):
@@ -264,6 +325,51 @@ def test_the_summary_is_the_mean_and_spread_over_seeds():
         assert row["trained.gold_reward.std"] == pytest.approx(expected.std(ddof=1))
 
 
+@pytest.mark.parametrize("name, points", [("demo_table2", 18), ("demo_beta", 21),
+                                          ("demo_gamma", 15), ("demo_rs_dpo", 15),
+                                          ("demo_iterative", 6), ("demo_best_of_n", 3)])
+def test_each_demo_sweep_file_builds_its_points(tmp_path, name, points):
+    spec = sweep.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps", f"{name}.json"),
+                            [], [], [])
+    assert len(spec.points()) == points and spec.stages_dir == "runs/demo/stages"
+    sweep.check_points(spec, spec.points(), str(tmp_path))
+
+
+@pytest.mark.parametrize("name, setting, table1_setting, shared", [
+    ("demo_beta", "BETA=0.5", "rso_sample_rank_sigmoid_norm", "preference"),
+    ("demo_gamma", "GAMMA=0.05", "rso_sample_rank_sigmoid_norm", "preference"),
+    ("demo_table2", "sft_8_first_round", "sft_sample_rank_sigmoid_norm", "preference"),
+    ("demo_table2", "rso_8_first_round", "rso_sample_rank_sigmoid_norm", "preference"),
+    ("demo_best_of_n", "rso_sample_rank_sigmoid_norm", "rso_sample_rank_sigmoid_norm",
+     "preference"),
+    ("demo_rs_dpo", "best_vs_worst", "raft", "score"),
+    ("demo_iterative", "llama2_best_of_n_sft", "raft", "score"),
+])
+def test_the_demo_sweeps_share_table_1s_stages(tmp_path, name, setting, table1_setting, shared):
+    """What a demo sweep file says it shares with Table 1's rows (seed 1) has the same
+    fingerprint, so the sweeps after Table 1's run only what is new."""
+    def experiment(sweep_name, label):
+        spec = sweep.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps",
+                                             f"{sweep_name}.json"), [], [], [])
+        point = next(p for p in spec.points()
+                     if p.name == f"{label}.SEED=1")
+        return experiment_helpers.build_experiment(
+            [*(f"--gin_file={f}" for f in spec.gin_files),
+             *(f"--gin_bindings={b}" for b in sweep.point_bindings(spec, point, str(tmp_path),
+                                                                   spec.stages_dir))])
+    ours, table1 = experiment(name, setting), experiment("demo_table1", table1_setting)
+    assert (shared_stages.directory_name(ours, shared)
+            == shared_stages.directory_name(table1, shared))
+    if name == "demo_best_of_n":  # shares the preference stage, evaluates anew
+        evaluate = fingerprints.stage_settings(ours, "evaluate")
+        evaluate.pop("work_dir")
+        table1_evaluate = fingerprints.stage_settings(table1, "evaluate")
+        table1_evaluate.pop("work_dir")
+        assert {key: value for key, value in evaluate.items()
+                if table1_evaluate.get(key) != value} == {
+            "eval_best_of_n": 64, "seed": 1, "sample_batch_size": 64}
+
+
 def test_the_demo_table_1_sweep_file_builds_its_33_points(tmp_path):
     path = os.path.join(REPO_ROOT, "configs", "sweeps", "demo_table1.json")
     spec = sweep.read_sweep(path, [], [], [])
@@ -287,3 +393,25 @@ def test_the_demo_table_1_sweep_file_builds_its_33_points(tmp_path):
             assert (experiment.selection.method, experiment.loss) == want
         assert (experiment.gamma, experiment.selection.beta, experiment.seed) == (0.05, 0.5, 0)
     assert not (tmp_path / "points").exists()
+
+
+def test_the_results_table_shows_mean_and_spread_over_seeds(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "results_table", os.path.join(REPO_ROOT, "scripts", "results_table.py"))
+    results_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_table)
+    rows = [{"setting": name, "SEED": str(seed), "trained.gold_win_rate_vs_sft_target": value,
+             "trained.gold_reward": 2.0 + value}
+            for name, values in (("raft", (0.5, 0.7)), ("rso", (0.8, 0.8)))
+            for seed, value in enumerate(values)]
+    (tmp_path / "summary.csv").write_text(sweep.to_csv(sweep.summary_rows(rows,
+                                                                          ["setting", "SEED"])))
+    assert results_table.main([str(tmp_path)]) == 0
+    with open(tmp_path / "summary.csv") as stream:
+        text = results_table.table(list(csv.DictReader(stream)), results_table.DEFAULT_METRICS)
+    lines = text.splitlines()
+    assert lines[0].startswith("| setting | seeds | gold win rate |")
+    assert lines[2].startswith("| raft | 2 | 60.0 ± 14.1 | - | - | 2.600 ± 0.141 |")
+    assert lines[3].startswith("| rso | 2 | 80.0 ± 0.0 |")

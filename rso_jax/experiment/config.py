@@ -334,7 +334,9 @@ class Experiment:
                                  f"{self.autosxs_gold_temperature}.")
             if self.autosxs_judge_checkpoint is not None:
                 raise ValueError("AUTOSXS_GOLD_TEMPERATURE makes a judge of the gold program; "
-                                 "AUTOSXS_JUDGE_CHECKPOINT gives another judge: set one of them.")
+                                 "AUTOSXS_JUDGE_CHECKPOINT gives another judge: set one of them "
+                                 "(--gin.AUTOSXS_GOLD_TEMPERATURE=None to judge by the "
+                                 "checkpoint; configs/demo_rso.gin sets the temperature).")
             if not self.evaluation_task.has_gold_reward:
                 raise ValueError(f"AUTOSXS_GOLD_TEMPERATURE judges by the task's gold reward "
                                  f"program, and task {self.evaluation_task.name!r} has none: "

@@ -151,9 +151,12 @@ class StageContext:
         return ordered(first, second), ordered(second, first)
 
     def sample(self, params: Any, prompts: np.ndarray, sampling: decoding.SamplingConfig,
-               key: jax.Array) -> decoding.SampleOutput:
+               key: jax.Array, batch_size: Optional[int] = None) -> decoding.SampleOutput:
+        """`sampling.num_candidates` samples per prompt, `batch_size` prompts per call
+        (SAMPLE_BATCH_SIZE unless given)."""
         return inference.sample(self.experiment.policy_config, params, prompts, sampling, key,
-                                self.experiment.inference_batch_sizes.sample, self.partitioner)
+                                batch_size or self.experiment.inference_batch_sizes.sample,
+                                self.partitioner)
 
     def greedy_texts(self, params: Any, prompts: np.ndarray) -> list[str]:
         tokens = inference.greedy(self.experiment.policy_config, params, prompts,

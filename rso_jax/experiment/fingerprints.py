@@ -118,8 +118,10 @@ def _stage_settings(experiment: Experiment, stage: str) -> dict:
                 "gold_ranker": describe(e.gold_ranker_config),
                 "autosxs_judge_checkpoint": _path(e.autosxs_judge_checkpoint),
                 "autosxs_judge": describe(e.autosxs_judge_config),
-                **_unless_default(autosxs_gold_temperature=e.autosxs_gold_temperature,
-                                  eval_best_of_n=e.eval_best_of_n)}
+                **_unless_default(autosxs_gold_temperature=e.autosxs_gold_temperature),
+                **({} if e.eval_best_of_n is None else {  # its samples' draws depend on these
+                    "eval_best_of_n": e.eval_best_of_n, "seed": e.seed,
+                    "sample_batch_size": e.inference_batch_sizes.sample})}
     raise ValueError(f"Unknown stage {stage!r}.")
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import numpy as np
+
 from rso_jax import atomic_io, autosxs, run_info
 from rso_jax.experiment import best_of_n, checkpoint_inputs, metrics, report, rounds
 from rso_jax.experiment.context import StageContext
@@ -44,16 +46,21 @@ class _GoldJudge:
     def rewards(self, contexts, responses):
         return self.task.gold_rewards(contexts, responses) if self.source == "program" else None
 
-    def win_rate(self, contexts, first, second) -> Optional[float]:
+    def win_outcomes(self, contexts, first, second) -> Optional[np.ndarray]:
+        """Per example: 1 where `first` wins under the gold judge, 0.5 a tie, 0 a loss."""
         if self.source == "program":
-            return metrics.win_rate(self.task.gold_rewards(contexts, first),
-                                    self.task.gold_rewards(contexts, second))
+            return metrics.win_outcomes(self.task.gold_rewards(contexts, first),
+                                        self.task.gold_rewards(contexts, second))
         if self.source == "gold_ranker":
             probability = self.context.preference_probabilities(
                 self.ranker_params, contexts, first, second,
                 config=self.context.experiment.gold_ranker_config, task=self.task)
-            return metrics.proxy_win_rate(probability)
+            return metrics.proxy_win_outcomes(probability)
         return None
+
+    def win_rate(self, contexts, first, second) -> Optional[float]:
+        outcomes = self.win_outcomes(contexts, first, second)
+        return None if outcomes is None else float(np.mean(outcomes))
 
 
 def autosxs_win_rate(context: StageContext, judge_params: Any, task: Any, contexts, policy,
@@ -90,8 +97,12 @@ def run(context: StageContext) -> dict:
                                           "AUTOSXS_JUDGE_CHECKPOINT",
                                           experiment.autosxs_judge_config, context.partitioner)
 
-    def proxy(first, second):  # the trained ranker, in the template it was trained with
-        return metrics.proxy_win_rate(scorer.preference_probabilities(contexts, first, second))
+    def proxy_outcomes(contexts, first, second):  # the trained ranker, in its template
+        return metrics.proxy_win_outcomes(scorer.preference_probabilities(contexts, first,
+                                                                          second))
+
+    def proxy(first, second):
+        return float(np.mean(proxy_outcomes(contexts, first, second)))
 
     rows = {}
     for name, texts in decodes.items():
@@ -124,8 +135,10 @@ def run(context: StageContext) -> dict:
                      for c, t, s, r in list(zip(contexts, targets, decodes["sft"],
                                                 decodes["trained"]))[:NUM_EXAMPLES_SHOWN]]}
     if experiment.eval_best_of_n is not None:
-        results["best_of_n"] = best_of_n.evaluate(context, policies, prompts, contexts, targets,
-                                                  decodes["sft"], gold, scorer)
+        results["best_of_n"] = best_of_n.evaluate(
+            context, policies, prompts, contexts, targets, decodes["sft"], scorer,
+            gold_rewards=gold.rewards, gold_outcomes=gold.win_outcomes,
+            proxy_outcomes=proxy_outcomes)
     directory = rounds.round_dir(experiment.work_dir, context.round)
     run_info.write_result(directory, "results.json", results)
     atomic_io.write_text(os.path.join(directory, "results.md"), report.results_table(results))

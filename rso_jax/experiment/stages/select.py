@@ -18,9 +18,9 @@ ranker as RSO labels its pairs (tournament_by_reward: by eq. 7 rewards); rs_dpo 
 pair with sigmoid((r_j - r_l) / TAU) > ETA), best_vs_worst and best_vs_random by reward.
 "Ranker" is the trained reward model (SCORER): a pointwise one decides a match by its rewards.
 
-`kept.npz` marks the candidates kept (paired, or made SFT targets) among each prompt's
-(`mask`, bool [prompts, candidates]), for the reward distributions of kept and sampled
-responses. Beside each pair, `pairs.npz` holds the SFT target of its prompt (`sft_targets`; for direct
+`kept.npz` marks the candidates the policy trains on (in a pair, or made an SFT target) among
+each prompt's (`mask`, bool [prompts, candidates]), for the reward distributions of kept and
+sampled responses. Beside each pair, `pairs.npz` holds the SFT target of its prompt (`sft_targets`; for direct
 pairs, the chosen response): SLiC's regularisation term (LAMBDA) reads it.
 """
 
@@ -36,7 +36,7 @@ from rso_jax.selection import (candidate_sets, pair_rules, rejection_sampling, s
 
 PAIRS_FILE = "pairs.npz"
 TARGETS_FILE = "targets.npz"
-KEPT_FILE = "kept.npz"  # mask [prompts, candidates]: the candidates kept (for pairs or targets)
+KEPT_FILE = "kept.npz"  # mask [prompts, candidates]: the candidates in pairs or SFT targets
 
 
 def run(context: StageContext) -> dict:
@@ -67,8 +67,6 @@ def run(context: StageContext) -> dict:
         selection = subsampling.uniform_subsample(mask, key, config.num_samples)
     selection = candidate_sets.shuffled(selection, jax.random.fold_in(key, 1))
     kept, valid = np.asarray(selection.indices_pk), np.asarray(selection.valid_pk)
-    kept_prompt, kept_slot = np.nonzero(valid)
-    _save_kept(context, rewards.shape, kept_prompt, kept[kept_prompt, kept_slot])
     pairs = make_pairs(context, config, samples, rewards, kept, valid,
                        jax.random.fold_in(key, 2))
     chosen_index = np.asarray(pairs.chosen_index_pm)
@@ -82,6 +80,8 @@ def run(context: StageContext) -> dict:
     tokens = samples["tokens"]
     chosen = chosen_index[prompt_index, slot]
     rejected = rejected_index[prompt_index, slot]
+    _save_kept(context, rewards.shape, np.concatenate([prompt_index, prompt_index]),
+               np.concatenate([chosen, rejected]))
     sft_targets = context.encode_responses(
         [e.target for e in sample.sample_prompts(context)[: len(tokens)]])
     context.save_arrays("select", PAIRS_FILE, prompts=samples["prompts"][prompt_index],
