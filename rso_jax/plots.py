@@ -227,7 +227,8 @@ def training_curves(work_dir: str, path: str) -> Optional[str]:
     if not stages:
         return None
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(stages), figsize=(5.0 * len(stages), 3.6), squeeze=False)
+    figure, axes = plt.subplots(1, len(stages), figsize=(5.6 * len(stages), 3.6), squeeze=False)
+    figure.subplots_adjust(wspace=0.55)  # room for each panel's right-hand axis
     for axis, (stage, rows) in zip(axes[0], stages):
         names = sorted({k for row in rows for k in row if k.startswith("eval/")})
         losses = ["train/loss"] + [name for name in names if name.endswith("loss")]

@@ -51,6 +51,23 @@ for name in $SWEEPS; do
   esac
   echo
 done > runs/demo/tables.md
+PAIRS=()
+for loss in sigmoid_norm hinge hinge_norm; do
+  PAIRS+=(--paired="rso_sample_rank_$loss:sft_sample_rank_$loss"
+          --paired="sft_sample_rank_$loss:direct_$loss" --paired="rso_sample_rank_$loss:direct_$loss")
+done
+{ echo "## table1, paired by seed"; echo
+  python scripts/results_table.py runs/demo/table1 "${PAIRS[@]}"; echo
+  echo "## table2, paired by seed"; echo
+  python scripts/results_table.py runs/demo/table2 --paired=rso_8_first_round:sft_8_first_round \
+    --paired=rso_8_tournament:sft_8_tournament --paired=sft_8_tournament:sft_8_first_round \
+    --paired=rso_8_tournament:rso_8_first_round --paired=sft_16_first_round:sft_8_first_round
+  echo; echo "## rs_dpo, paired by seed"; echo
+  python scripts/results_table.py runs/demo/rs_dpo \
+    --paired=rs_dpo_eta_0.80:best_vs_worst --paired=rs_dpo_eta_0.85:best_vs_worst \
+    --paired=rs_dpo_eta_0.90:best_vs_worst --paired=rs_dpo_eta_0.80:best_vs_random \
+    --paired=rs_dpo_eta_0.85:best_vs_random --paired=rs_dpo_eta_0.90:best_vs_random
+} >> runs/demo/tables.md
 echo "Figures in docs/figures/; the tables of docs/results.md in runs/demo/tables.md (every"
 echo "column: runs/demo/*/summary.md)"
 if [ -n "$failed" ]; then echo "Failed:$failed" >&2; exit 1; fi

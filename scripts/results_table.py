@@ -1,9 +1,12 @@
 """A sweep's summary as the compact Markdown table of docs/results.md: one row per setting,
 each metric as mean ± standard deviation over seeds (in %, for rates).
 
-  python scripts/results_table.py runs/demo/table1 [--metric COLUMN=NAME ...]
+  python scripts/results_table.py runs/demo/table1 [--metric COLUMN=HEADING ...]
+  python scripts/results_table.py runs/demo/table1 --paired A:B [--paired C:D ...]
 
-Reads <sweep_dir>/summary.csv (written by `python -m rso_jax.sweep`); prints the table.
+Reads <sweep_dir>/summary.csv (written by `python -m rso_jax.sweep`) and prints the table; with
+--paired, reads results.csv and prints, for each metric, setting A minus setting B seed by seed:
+the mean and standard deviation of the differences and the seeds where A is ahead.
 """
 
 from __future__ import annotations
@@ -41,6 +44,35 @@ def table(rows: list[dict], metrics: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(rows: list[dict], pairs: list[tuple[str, str]],
+                 metrics: dict[str, str]) -> str:
+    """A minus B per seed (settings named by the first axis of results.csv)."""
+    axis = next(iter(rows[0]))
+    by_key = {(row[axis], row.get("SEED", "")): row for row in rows}
+    seeds = sorted({row.get("SEED", "") for row in rows})
+    lines = ["| A - B | " + " | ".join(metrics.values()) + " |",
+             "|---|" + "---:|" * len(metrics)]
+    for first, second in pairs:
+        cells = []
+        for column in metrics:
+            differences = [float(by_key[(first, s)][column]) - float(by_key[(second, s)][column])
+                           for s in seeds if by_key.get((first, s), {}).get(column)
+                           and by_key.get((second, s), {}).get(column)]
+            if not differences:
+                cells.append("-")
+                continue
+            scale = 100 if "win_rate" in column else 1
+            mean = scale * sum(differences) / len(differences)
+            spread = (sum((scale * d - mean) ** 2 for d in differences)
+                      / max(len(differences) - 1, 1)) ** 0.5
+            ahead = sum(d > 0 for d in differences)
+            cells.append(f"{mean:+.1f} ± {spread:.1f} ({ahead}/{len(differences)})"
+                         if scale == 100 else
+                         f"{mean:+.3f} ± {spread:.3f} ({ahead}/{len(differences)})")
+        lines.append(f"| {first} - {second} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +80,15 @@ def main(argv=None) -> int:
     parser.add_argument("--metric", action="append", default=[], metavar="COLUMN=HEADING",
                         help="a summary column and its heading (no '=' in the heading; "
                              "default: win rates and gold reward)")
+    parser.add_argument("--paired", action="append", default=[], metavar="A:B",
+                        help="setting A minus setting B, seed by seed (from results.csv)")
     args = parser.parse_args(argv)
+    metrics = dict(m.rsplit("=", 1) for m in args.metric) if args.metric else DEFAULT_METRICS
+    if args.paired:
+        with open(os.path.join(args.sweep_dir, "results.csv")) as stream:
+            rows = list(csv.DictReader(stream))
+        print(paired_table(rows, [tuple(p.split(":", 1)) for p in args.paired], metrics))
+        return 0
     path = os.path.join(args.sweep_dir, "summary.csv")
     if not os.path.isfile(path):
         print(f"{path} does not exist: run the sweep (with a SEED axis) first.", file=sys.stderr)
@@ -58,7 +98,6 @@ def main(argv=None) -> int:
     if not rows:
         print(f"{path} has no rows.", file=sys.stderr)
         return 2
-    metrics = dict(m.rsplit("=", 1) for m in args.metric) if args.metric else DEFAULT_METRICS
     print(table(rows, metrics))
     return 0
 

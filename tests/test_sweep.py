@@ -415,3 +415,7 @@ def test_the_results_table_shows_mean_and_spread_over_seeds(tmp_path):
     assert lines[0].startswith("| setting | seeds | gold win rate |")
     assert lines[2].startswith("| raft | 2 | 60.0 ± 14.1 | - | - | 2.600 ± 0.141 |")
     assert lines[3].startswith("| rso | 2 | 80.0 ± 0.0 |")
+    paired = results_table.paired_table(rows, [("rso", "raft")], results_table.DEFAULT_METRICS)
+    # rso - raft per seed: 0.3 and 0.1 -> mean 20.0, std 14.1 (points), rso ahead in 2 of 2
+    assert paired.splitlines()[2].startswith("| rso - raft | +20.0 ± 14.1 (2/2) | - | - | "
+                                             "+0.200 ± 0.141 (2/2) |")
