@@ -8,13 +8,16 @@
 # A sweep with a failed point is named at the end; the others still run.
 #
 #   bash scripts/reproduce_demo_results.sh            (from any directory)
+#   bash scripts/reproduce_demo_results.sh --report   (tables and figures of finished sweeps only)
 set -uo pipefail
+REPORT=()
+if [ "${1:-}" = "--report" ]; then REPORT=(--report); fi
 cd "$(dirname "$0")/.."
 SWEEPS="table1 table2 beta gamma rs_dpo iterative best_of_n"
 failed=""
 for name in $SWEEPS; do
   python -m rso_jax.sweep --sweep_file="configs/sweeps/demo_$name.json" \
-    --sweep_dir="runs/demo/$name" || failed="$failed $name"
+    --sweep_dir="runs/demo/$name" "${REPORT[@]}" > /dev/null || failed="$failed $name"
 done
 mkdir -p docs/figures
 while read -r source target; do
