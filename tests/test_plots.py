@@ -19,22 +19,28 @@ def _summary(axis, values):
              "sft.gold_win_rate_vs_sft_target": 0.4} for i, v in enumerate(values)]
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """{"axes": ...}: the axes of the last figure a plot made."""
+    found = {}
+    plt = plots._pyplot()
+    original = plt.subplots
+
+    def spy(*args, **kwargs):
+        figure, axes = original(*args, **kwargs)
+        found["axes"] = axes
+        return figure, axes
+    monkeypatch.setattr(plt, "subplots", spy)
+    return found
+
+
 def _read(path):
     picture = image.imread(path)
     assert picture.ndim == 3 and picture.shape[0] > 100 and picture.std() > 0
     return picture
 
 
-def test_a_numeric_axis_is_a_line_and_named_settings_are_bars(tmp_path, monkeypatch):
-    drawn = {}
-    plt = plots._pyplot()
-    original = plt.subplots
-
-    def spy(*args, **kwargs):
-        figure, axes = original(*args, **kwargs)
-        drawn["axes"] = axes
-        return figure, axes
-    monkeypatch.setattr(plt, "subplots", spy)
+def test_a_numeric_axis_is_a_line_and_named_settings_are_bars(tmp_path, drawn):
     path = plots.metric_against_axis(_summary("BETA", [0.1, 1, 10]), "BETA", [],
                                      plots.WIN_RATES, str(tmp_path / "beta.png"), "win rate",
                                      baseline=plots.SFT_POLICY_GOLD)
@@ -82,16 +88,7 @@ def test_reward_distributions_best_of_n_and_training_curves_are_drawn(tmp_path):
     _read(plots.training_curves(str(work_dir), str(tmp_path / "training.png")))
 
 
-def test_best_of_n_has_a_line_per_setting_and_policy_averaged_over_seeds(tmp_path, monkeypatch):
-    drawn = {}
-    plt = plots._pyplot()
-    original = plt.subplots
-
-    def spy(*args, **kwargs):
-        figure, axes = original(*args, **kwargs)
-        drawn["axes"] = axes
-        return figure, axes
-    monkeypatch.setattr(plt, "subplots", spy)
+def test_best_of_n_has_a_line_per_setting_and_policy_averaged_over_seeds(tmp_path, drawn):
 
     def result(shift, gold=True):
         rows = [{"n": n, "gold_reward": shift + n if gold else None, "proxy_reward": -n,
