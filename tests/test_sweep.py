@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import experiment_helpers
-from rso_jax import sweep
+from rso_jax import sweep, sweep_tables
 from rso_jax.experiment import fingerprints, shared_stages
 from t5_helpers import REPO_ROOT
 
@@ -291,11 +291,11 @@ def test_a_point_named_like_a_parent_directory_is_refused(tmp_path):
 
 
 def test_the_table_reads_the_last_rounds_results(tmp_path):
-    assert sweep.last_round_results(str(tmp_path / "absent")) == str(
+    assert sweep_tables.last_round_results(str(tmp_path / "absent")) == str(
         tmp_path / "absent" / "results.json")
     for name in ("round_2", "round_10", "round_x"):
         (tmp_path / name).mkdir()
-    assert sweep.last_round_results(str(tmp_path)) == str(tmp_path / "round_10" / "results.json")
+    assert sweep_tables.last_round_results(str(tmp_path)) == str(tmp_path / "round_10" / "results.json")
 
 
 def test_a_linked_work_dir_is_refused_without_its_shared_stages(three_runs):
@@ -316,7 +316,7 @@ def test_the_summary_is_the_mean_and_spread_over_seeds():
     rows.append({"LOSS": "hinge", "SEED": "3", "missing": "no results.json"})
     for row in rows:
         row["Experiment.gamma"] = "0.1"  # an axis with a dot in its name is not a metric
-    summary = sweep.summary_rows(rows, ["LOSS", "Experiment.gamma", "SEED"])
+    summary = sweep_tables.summary_rows(rows, ["LOSS", "Experiment.gamma", "SEED"])
     assert [row["LOSS"] for row in summary] == ["hinge", "sigmoid_norm"]
     assert [row["Experiment.gamma"] for row in summary] == ["0.1", "0.1"]
     assert [row["seeds"] for row in summary] == [3, 3]
@@ -406,8 +406,8 @@ def test_the_results_table_shows_mean_and_spread_over_seeds(tmp_path):
              "trained.gold_reward": 2.0 + value}
             for name, values in (("raft", (0.5, 0.7)), ("rso", (0.8, 0.8)))
             for seed, value in enumerate(values)]
-    (tmp_path / "summary.csv").write_text(sweep.to_csv(sweep.summary_rows(rows,
-                                                                          ["setting", "SEED"])))
+    summary = sweep_tables.summary_rows(rows, ["setting", "SEED"])
+    (tmp_path / "summary.csv").write_text(sweep_tables.to_csv(summary))
     assert results_table.main([str(tmp_path)]) == 0
     with open(tmp_path / "summary.csv") as stream:
         text = results_table.table(list(csv.DictReader(stream)), results_table.DEFAULT_METRICS)
