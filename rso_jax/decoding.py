@@ -10,7 +10,9 @@ The hot path of RSO. For a batch of P prompts and N candidates each:
     candidate has produced EOS (or max_decode_length is reached);
   * a finished candidate emits padding (0) with log-probability 0 from then on;
   * id 0 (T5's padding and decoder start token) is never drawn as a response token, so a
-    response is always its non-zero prefix.
+    response is always its non-zero prefix; nor is any id at or past `vocabulary_size`
+    (the rows a model's embedding has beyond its vocabulary's pieces, e.g. T5's 32128 rows
+    for 32100 pieces), which no text decodes to.
 
 Randomness: step t draws from `fold_in(rng, t)`, one independent categorical draw per row,
 so the same key reproduces the same samples and the N candidates of a prompt are
@@ -42,6 +44,10 @@ class SamplingConfig:
     top_p: float = 1.0  # nucleus: smallest set with probability >= top_p; 1.0 = off.
     greedy: bool = False  # argmax decoding; temperature/top-k/top-p are then ignored.
     eos_id: int = vocabularies.EOS_ID
+    # The vocabulary's pieces: ids from here on (padding rows of the model's embedding) are
+    # never drawn. None: every row of the model is a piece. The experiment sets it from the
+    # task's vocabulary (`experiment.context`).
+    vocabulary_size: Optional[int] = None
 
     def __post_init__(self):
         if self.num_candidates < 1:
@@ -56,6 +62,9 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.top_k must be >= 0 (0 = off), got {self.top_k}.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}.")
+        if self.vocabulary_size is not None and self.vocabulary_size <= vocabularies.UNK_ID:
+            raise ValueError("SamplingConfig.vocabulary_size must be > 2 (pad, eos and unk "
+                             f"come first), got {self.vocabulary_size}.")
 
 
 @struct.dataclass
@@ -133,13 +142,18 @@ def _top_p_filter(sorted_logits: Array, top_p: float) -> Array:
 def next_tokens(logits: Array, rng: Array, sampling: SamplingConfig) -> tuple[Array, Array]:
     """Draws one token per row from float32 logits [batch, vocab] under `sampling`.
 
-    The padding id is never drawn. Greedy takes the argmax; sampling divides by the
-    temperature, keeps the top k, keeps the nucleus of mass top_p among those, and draws.
+    Neither the padding id nor an id at or past `sampling.vocabulary_size` is drawn. Greedy
+    takes the argmax; sampling divides by the temperature, keeps the top k, keeps the nucleus
+    of mass top_p among those, and draws.
 
     Returns:
       (int32 tokens [batch], each row's largest logit [batch]: the shift of its log-softmax,
       taken from the top-k when there is one instead of a second pass over the vocabulary).
     """
+    pieces = drawable_width(logits.shape[-1], sampling)
+    if pieces < logits.shape[-1]:  # the model's padding rows: no piece of the vocabulary
+        tokens, _ = next_tokens(logits[:, :pieces], rng, sampling)
+        return tokens, jnp.max(logits, axis=-1)
     vocab_size = logits.shape[-1]
     if sampling.greedy:
         tokens = jnp.argmax(logits.at[:, vocabularies.PAD_ID].set(-jnp.inf), axis=-1)
@@ -163,6 +177,32 @@ def next_tokens(logits: Array, rng: Array, sampling: SamplingConfig) -> tuple[Ar
     choice = jax.random.categorical(rng, candidate_logits, axis=-1)
     tokens = jnp.take_along_axis(candidate_ids, choice[:, None], axis=-1)[:, 0]
     return tokens.astype(jnp.int32), row_max
+
+
+def for_vocabulary(sampling: SamplingConfig, vocabulary_size: int,
+                   model_rows: int) -> SamplingConfig:
+    """`sampling` drawing only a vocabulary's `vocabulary_size` pieces from a model of
+    `model_rows` output rows: restricted when the model has rows past the pieces (a padded
+    embedding), unchanged when every row is a piece."""
+    if vocabulary_size > model_rows:
+        raise ValueError(f"The vocabulary has {vocabulary_size} pieces but the model only "
+                         f"{model_rows} rows (VOCAB_SIZE); raise VOCAB_SIZE to at least "
+                         f"{vocabulary_size}.")
+    if vocabulary_size == model_rows:
+        return sampling
+    return dataclasses.replace(sampling, vocabulary_size=vocabulary_size)
+
+
+def drawable_width(model_rows: int, sampling: SamplingConfig) -> int:
+    """How many of a model's `model_rows` output ids may be drawn: the vocabulary's pieces
+    (`sampling.vocabulary_size`), or every row when it is not given."""
+    if sampling.vocabulary_size is None:
+        return model_rows
+    if sampling.vocabulary_size > model_rows:
+        raise ValueError(f"The vocabulary has {sampling.vocabulary_size} pieces but the model "
+                         f"only {model_rows} output rows (VOCAB_SIZE); it cannot write every "
+                         "piece. Raise VOCAB_SIZE to at least the vocabulary's size.")
+    return sampling.vocabulary_size
 
 
 def _chosen_log_probs(logits: Array, chosen: Array, row_max: Array) -> Array:

@@ -12,12 +12,14 @@ import os
 from rso_jax import t5
 
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
+T5_VOCAB_SIZE = 32128  # T5's 32,100 SentencePiece pieces padded to a multiple of 128
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO_ROOT, "gin", "models", "t5_1_1")
 
 
 def model_config(size: str, **overrides) -> t5.T5Config:
-    """The T5Config that gin/models/t5_1_1/<size>.gin binds, with `overrides` applied."""
+    """The T5Config that gin/models/t5_1_1/<size>.gin binds (with T5's vocabulary, whose rows an
+    experiment derives from its task's), with `overrides` applied."""
     import gin
 
     if size not in SIZES:
@@ -27,6 +29,7 @@ def model_config(size: str, **overrides) -> t5.T5Config:
                            "include the size's gin file in your gin config instead.")
     gin.add_config_file_search_path(REPO_ROOT)
     try:
+        gin.parse_config(f"VOCAB_SIZE = {T5_VOCAB_SIZE}")
         gin.parse_config_file(os.path.join(GIN_DIR, f"{size}.gin"))
         config = gin.query_parameter(f"%T5_1_1_{size.upper()}").scoped_configurable_fn()
     finally:

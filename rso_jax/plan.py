@@ -18,7 +18,8 @@ The arguments and outputs are exact (shapes and shardings fix them); the tempora
 XLA's CPU compiler plans, which fuses and schedules differently from the TPU and GPU compilers:
 read them as an estimate and keep a margin (`--usable_fraction`). Gin files and bindings are
 read as by `rso_jax.main`; macros left REQUIRED (checkpoints, data directories) get a
-placeholder, since nothing is read.
+placeholder, since nothing is read (and a vocabulary left REQUIRED gives the models T5's 32,128
+rows).
 """
 
 from __future__ import annotations
@@ -385,14 +386,19 @@ def build_experiment(gin_files: Sequence[str], bindings: Sequence[str]) -> Any:
     """The experiment of the gin files and bindings, REQUIRED macros given placeholders."""
     import gin
 
-    from rso_jax import main
+    from rso_jax import main, model_sizes
     from rso_jax.experiment import config
 
     gin.clear_config()
     main.configure_gin(gin_files, bindings)
     required = [name for name, value in main.macro_values().items()
                 if repr(value) == "%gin.REQUIRED"]
-    gin.parse_config([f"{name} = 'not read by the plan'" for name in required])
+    placeholders = [f"{name} = 'not read by the plan'" for name in required]
+    if "VOCABULARY_FILE" in required and not any(
+            binding.split("=")[0].strip() == "VOCAB_SIZE" for binding in bindings):
+        # No vocabulary to derive the rows from: T5's (the paper's models).
+        placeholders.append(f"VOCAB_SIZE = {model_sizes.T5_VOCAB_SIZE}")
+    gin.parse_config(placeholders)
     return gin.get_configurable(config.Experiment)()
 
 

@@ -12,6 +12,7 @@ the same model as a `seqio.SentencePieceVocabulary` (seqio is imported only ther
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Optional, Sequence
 
@@ -20,6 +21,9 @@ PAD_ID = 0  # right-padding of every token array; never a real token.
 EOS_ID = 1  # ends every sequence.
 UNK_ID = 2
 DECODER_START_ID = PAD_ID  # what the decoder reads first (T5 starts it with the padding id).
+# A model's embedding rows are its vocabulary's pieces padded up to a multiple of this, as T5
+# pads its 32,100 pieces to 32,128 rows (rows that divide evenly over a model axis).
+VOCAB_ROWS_MULTIPLE = 128
 
 
 def _check_file(model_file: str) -> str:
@@ -49,6 +53,24 @@ def load_sentencepiece(model_file: str) -> Any:
     check_special_ids(processor, model_file)
     ranker_target_ids(processor, name=model_file)
     return processor
+
+
+@functools.lru_cache(maxsize=None)
+def piece_count(model_file: str) -> int:
+    """How many pieces (ids 0 .. n - 1, the special ones included) a SentencePiece model has."""
+    return int(load_sentencepiece(model_file).get_piece_size())
+
+
+def padded_vocab_size(task: Any) -> int:
+    """The embedding rows a model needs for `task`'s vocabulary: its pieces padded up to a
+    multiple of VOCAB_ROWS_MULTIPLE (T5's 32,100 pieces -> 32,128 rows; the built-in task's 256
+    -> 256). gin/runs/rso.gin derives VOCAB_SIZE from it unless an experiment sets VOCAB_SIZE.
+
+    Args:
+      task: anything with `vocabulary_file()` (a `rso_jax.data.task.Task`).
+    """
+    pieces = piece_count(task.vocabulary_file())
+    return -(-pieces // VOCAB_ROWS_MULTIPLE) * VOCAB_ROWS_MULTIPLE
 
 
 def single_token_ids(vocabulary: Any, texts: Sequence[str], name: str = "") -> tuple:

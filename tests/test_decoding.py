@@ -63,7 +63,10 @@ def test_top_k_one_equals_greedy(hf_and_ours, prompts):
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=0.7, top_k=40),
-                                      dict(temperature=1.0, top_k=50, top_p=0.9)])
+                                      dict(temperature=1.0, top_k=50, top_p=0.9),
+                                      # drawn from the first 60 of 96 rows; log-probs still
+                                      # the model's own, over all its rows
+                                      dict(temperature=1.0, top_k=0, vocabulary_size=60)])
 def test_cache_log_probs_equal_teacher_forcing(hf_and_ours, prompts, settings):
     _, params, config = hf_and_ours
     out = sampled(config, params, prompts, 7, num_candidates=5, max_decode_length=14, **settings)
@@ -112,22 +115,32 @@ def first_step_logits(config, params, prompt):
                                                         np.zeros((1, 1), np.int32)))[0, 0]
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p,vocab_size", [
-    (0.7, 8, 1.0, 32), (1.3, 0, 0.8, 32),
-    (0.7, 8, 1.0, 36 * decoding.TOP_K_BLOCK + 5),  # through the two-stage top-k, with a tail
+@pytest.mark.parametrize("temperature,top_k,top_p,vocab_size,pieces", [
+    (0.7, 8, 1.0, 32, None), (1.3, 0, 0.8, 32, None),
+    (0.7, 8, 1.0, 36 * decoding.TOP_K_BLOCK + 5, None),  # the two-stage top-k, with a tail
+    # a vocabulary of fewer pieces than the model's rows: the rows past them never drawn
+    (1.3, 0, 1.0, 64, 40), (0.7, 8, 1.0, 36 * decoding.TOP_K_BLOCK + 5, 30 * 32 + 3),
 ])
-def test_first_token_frequencies_match_filtered_softmax(temperature, top_k, top_p, vocab_size):
+def test_first_token_frequencies_match_filtered_softmax(temperature, top_k, top_p, vocab_size,
+                                                        pieces):
     config = t5.T5Config(vocab_size=vocab_size, emb_dim=16, num_heads=2, head_dim=8,
                               mlp_dim=24, num_encoder_layers=1, num_decoder_layers=1)
     params = t5.init_params(config, jax.random.PRNGKey(1))
     prompt = np.array([5, 9, 2, 7, 1, 0], np.int32)
     logits = first_step_logits(config, params, prompt).astype(np.float64)
+    if pieces is not None:  # the padding rows would be the likeliest ids
+        params = jax.tree_util.tree_map(np.array, params)  # writable copies
+        params["decoder"]["logits_dense"]["kernel"][:, pieces:] *= 4.0
+        logits = first_step_logits(config, params, prompt).astype(np.float64)
+        assert logits[pieces:].max() > logits[:pieces].max()
 
-    # numpy reference: padding id excluded, tempered softmax, restricted to the top k, then
-    # to the nucleus
+    # numpy reference: padding id (and the rows past the pieces) excluded, tempered softmax,
+    # restricted to the top k, then to the nucleus
     scaled = logits / temperature
     scaled[0] = -np.inf
+    scaled[pieces:] = -np.inf if pieces is not None else scaled[pieces:]
     order = np.argsort(-scaled)
+    order = order[np.isfinite(scaled[order])]
     keep = order[:top_k] if top_k else order
     probs = np.exp(scaled[keep] - scaled[keep].max())
     probs /= probs.sum()
@@ -138,7 +151,7 @@ def test_first_token_frequencies_match_filtered_softmax(temperature, top_k, top_
 
     draws = 20000
     out = sampled(config, params, prompt[None], 0, num_candidates=draws, temperature=temperature,
-                  top_k=top_k, top_p=top_p, max_decode_length=1)
+                  top_k=top_k, top_p=top_p, max_decode_length=1, vocabulary_size=pieces)
     first = np.asarray(out.tokens)[0, :, 0]
     assert set(first.tolist()) <= set(keep.tolist())  # nothing outside the filtered set
     counts = np.array([(first == token).sum() for token in keep])
@@ -153,6 +166,25 @@ def test_first_token_frequencies_match_filtered_softmax(temperature, top_k, top_
     table = np.array([[np.sum((pairs[inside, 0] == x) & (pairs[inside, 1] == y)) for y in top3]
                       for x in top3])
     assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_greedy_never_takes_a_row_past_the_vocabulary():
+    logits = np.array([[0.0, 1.0, 0.5, 3.0, 2.0, 9.0, 8.0],    # rows 5, 6: padding rows
+                       [0.0, 2.0, 0.5, 1.0, 0.1, 9.0, 8.0]], np.float32)
+    greedy = decoding.SamplingConfig(greedy=True, vocabulary_size=5)
+    tokens, row_max = decoding.next_tokens(jax.numpy.asarray(logits), jax.random.PRNGKey(0),
+                                           greedy)
+    np.testing.assert_array_equal(np.asarray(tokens), [3, 1])
+    # the log-softmax shift stays the model's: over every row
+    np.testing.assert_array_equal(np.asarray(row_max), [9.0, 9.0])
+
+
+def test_sampling_is_restricted_to_the_vocabulary_only_where_the_model_has_more_rows():
+    sampling = decoding.SamplingConfig(num_candidates=4)
+    assert decoding.for_vocabulary(sampling, 256, 256) is sampling
+    assert decoding.for_vocabulary(sampling, 101, 128).vocabulary_size == 101
+    with pytest.raises(ValueError, match="101 pieces but the model only 64 rows"):
+        decoding.for_vocabulary(sampling, 101, 64)
 
 
 @pytest.mark.parametrize("vocab_size,k", [(32128, 41), (32128, 1), (8000 + 13, 40),

@@ -57,7 +57,7 @@ def test_tldr_runs_every_stage_from_files(tldr_run):
     assert "gold judge: none" in table
     assert re.search(r"\| trained \| - \| [0-9.]+% \| - \| - \| - \|", table), table
     samples = np.load(work_dir / "sample" / "samples.npz")
-    assert samples["tokens"].shape == (16, 4, 12)  # the tiny switch's prompts x candidates
+    assert samples["tokens"].shape == (16, 8, 12)  # the tiny switch's prompts x candidates
     assert "sft:" in result.stderr and "preference:" in result.stderr  # named progress bars
 
 
@@ -110,7 +110,7 @@ def test_hh_runs_with_the_hf_export_as_sft_checkpoint_and_a_gold_ranker(hf_expor
     data = public_format_data.write_hh(str(tmp_path / "data"))
     work_dir = tmp_path / "hh"
     result = run_main(*HH, *public_format_data.gin_flags(data), *FIXTURE_POLICY,
-                      f"--gin.SFT_CHECKPOINT='{hf_export_of_fixture}'",
+                      f"--gin.SFT_CHECKPOINT='{hf_export_of_fixture}'", "--gin.VOCAB_SIZE=32128",
                       f"--gin.GOLD_RANKER_CHECKPOINT='{T5X_FIXTURE}'",
                       "--gin.GOLD_RANKER_CONFIG=%T5_1_1_TINY",
                       f"--gin.AUTOSXS_JUDGE_CHECKPOINT='{T5X_FIXTURE}'",
@@ -152,13 +152,29 @@ def _assert_sft_params_equal_fixture(work_dir):
 def test_t5x_fixture_is_an_sft_checkpoint_without_conversion(tldr_flags, tmp_path):
     work_dir = tmp_path / "t5x"
     result = run_main(*tldr_flags, *FIXTURE_POLICY, f"--gin.SFT_CHECKPOINT='{T5X_FIXTURE}'",
+                      "--gin.VOCAB_SIZE=32128",  # the fixture's rows; the vocabulary has 256
                       "--gin.STAGES=('sft', 'sample')", f"--gin.WORK_DIR='{work_dir}'")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.load(open(work_dir / "sft" / "DONE.json"))["from_checkpoint"] == \
         os.path.abspath(T5X_FIXTURE)
     _assert_sft_params_equal_fixture(work_dir)
-    assert np.load(work_dir / "sample" / "samples.npz")["tokens"].shape == (16, 4, 12)
+    tokens = np.load(work_dir / "sample" / "samples.npz")["tokens"]
+    assert tokens.shape == (16, 8, 12)
+    # The random fixture puts 32,128 rows against the vocabulary's 256 pieces; no id past them
+    # is drawn (unmasked, nearly every token would be one).
+    assert tokens.max() < 256 and (tokens[:, :, 0] > 2).mean() > 0.9
     assert not (work_dir / "ranker").exists()
+
+
+def test_a_checkpoint_with_other_vocabulary_rows_is_refused_naming_both_numbers(tldr_flags,
+                                                                                tmp_path):
+    result = run_main(*tldr_flags, *FIXTURE_POLICY, f"--gin.SFT_CHECKPOINT='{T5X_FIXTURE}'",
+                      f"--gin.WORK_DIR='{tmp_path / 'rows'}'")
+    assert result.returncode == 1
+    assert (f"SFT_CHECKPOINT {T5X_FIXTURE} has 32128 vocabulary rows; the model has VOCAB_SIZE="
+            "256 (by default the vocabulary's 256 pieces" in result.stderr), result.stderr[-2000:]
+    assert "--gin.VOCAB_SIZE=32128" in result.stderr
+    assert not (tmp_path / "rows").exists()
 
 
 def test_a_checkpoint_of_the_wrong_size_fails_before_any_stage(tldr_flags, tmp_path):
@@ -242,3 +258,52 @@ def test_every_inference_stage_matches_between_a_mesh_and_one_device(tldr_run, t
     for policy in ("sft", "trained"):
         for key, value in results[0]["policies"][policy].items():
             assert results[1]["policies"][policy][key] == pytest.approx(value, abs=1e-6), key
+
+
+# A researcher's own vocabulary, far smaller than T5's: the models' rows follow it.
+OWN_VOCABULARY_STAGES = "--gin.STAGES=('sft', 'ranker', 'sample', 'score')"
+
+
+@pytest.mark.parametrize("dataset,pieces,rows", [("tldr", 101, 128), ("hh", 247, 256)])
+def test_an_own_small_vocabulary_gives_samples_of_its_pieces_and_rewards_that_differ(
+        dataset, pieces, rows, tmp_path):
+    from rso_jax.data import text_codec
+
+    vocabulary = public_format_data.write_vocabulary(str(tmp_path / "own.model"), pieces)
+    write = public_format_data.write_tldr if dataset == "tldr" else public_format_data.write_hh
+    flags = [f"--gin_file=configs/{dataset}_rso.gin", "--tiny",
+             f"--gin.VOCABULARY_FILE='{vocabulary}'",  # and no VOCAB_SIZE
+             *public_format_data.gin_flags(write(str(tmp_path / "data")))]
+    work_dir = tmp_path / "run"
+    result = run_main(*flags, OWN_VOCABULARY_STAGES, f"--gin.WORK_DIR='{work_dir}'")
+    assert result.returncode == 0, result.stderr[-3000:]
+    from rso_jax import checkpoints, t5
+    for stage in ("sft", "ranker"):  # rows derived from the vocabulary: pieces padded to 128
+        assert checkpoints.load_config(str(work_dir / stage / "params"),
+                                       t5.T5Config).vocab_size == rows
+    samples = np.load(work_dir / "sample" / "samples.npz")
+    tokens = samples["tokens"]
+    assert 0 < tokens.max() < pieces  # every id a piece of the vocabulary
+    texts = text_codec.TextCodec(vocabulary).decode(tokens)
+    assert sum(bool(text.strip()) for text in texts) > 0.8 * len(texts)
+    rewards = np.load(work_dir / "score" / "rewards.npz")["rewards"]
+    assert rewards.shape == tokens.shape[:2]
+    # within each prompt the candidates' rewards differ (all equal when every text was empty)
+    assert (rewards.std(axis=1) > 0).mean() > 0.9
+
+    # VOCAB_SIZE set below the vocabulary, or a checkpoint with too few rows: refused at
+    # start-up naming both numbers.
+    result = run_main(*flags, "--gin.VOCAB_SIZE=64", f"--gin.WORK_DIR='{tmp_path / 'small'}'")
+    assert result.returncode == 1
+    assert f"has 64 vocabulary rows (VOCAB_SIZE), fewer than the {pieces} pieces" in result.stderr
+    from rso_jax import partitioning
+    policy = build_experiment([*flags, f"--gin.WORK_DIR='{tmp_path}'"]).policy_config
+    few_rows = policy.replace(vocab_size=64)
+    checkpoint = str(tmp_path / "few_rows")
+    checkpoints.save_params(few_rows.init_params(jax.random.PRNGKey(0)), few_rows, checkpoint)
+    result = run_main(*flags, f"--gin.SFT_INIT_CHECKPOINT='{checkpoint}'",
+                      f"--gin.WORK_DIR='{tmp_path / 'few'}'")
+    assert result.returncode == 1
+    assert (f"SFT_INIT_CHECKPOINT {checkpoint} has 64 vocabulary rows, fewer than the {pieces} "
+            "pieces" in result.stderr), result.stderr[-2000:]
+    assert not (tmp_path / "small").exists() and not (tmp_path / "few").exists()

@@ -86,3 +86,15 @@ def test_vocabulary_settings():
         vocabularies.vocabulary_settings()
     with pytest.raises(ValueError, match="extra_ids must be >= 0"):
         vocabularies.vocabulary_settings(SYNTHETIC, extra_ids=-1)
+
+
+@pytest.mark.parametrize("pieces,rows", [(101, 128), (247, 256), (256, 256)])
+def test_the_models_rows_are_the_vocabularys_pieces_padded_to_128(tmp_path, pieces, rows):
+    import public_format_data
+
+    class OwnTask:
+        def vocabulary_file(self):
+            return public_format_data.write_vocabulary(str(tmp_path / "own.model"), pieces)
+
+    assert vocabularies.piece_count(OwnTask().vocabulary_file()) == pieces
+    assert vocabularies.padded_vocab_size(OwnTask()) == rows

@@ -17,6 +17,55 @@ from rso_jax import batching, reward_models, vocabularies
 
 logger = logging.getLogger(__name__)
 
+# A stage stops when more than this fraction of its decoded outputs is empty text.
+MOSTLY_EMPTY_FRACTION = 0.5
+
+
+class EmptyOutputsError(ValueError):
+    """Most decoded outputs of a stage are empty: rewards, pairs and win rates of them would
+    mean nothing."""
+
+
+def check_not_mostly_empty(tokens: np.ndarray, texts: Sequence[str], vocabulary_size: int,
+                           what: str) -> None:
+    """Raises EmptyOutputsError, saying why, when more than MOSTLY_EMPTY_FRACTION of `texts`
+    (decoded from the EOS-terminated `tokens`, one row each) is empty.
+
+    Args:
+      tokens: int [..., length], the decoded ids (rows in the order of `texts`).
+      texts: their texts (`TextCodec.decode`).
+      vocabulary_size: the vocabulary's pieces; ids at or past it are no piece.
+      what: what the outputs are, for the message ('the sample stage's candidates').
+    """
+    empty = np.array([not text.strip() for text in texts])
+    if empty.mean() <= MOSTLY_EMPTY_FRACTION:
+        return
+    rows = np.asarray(tokens).reshape(-1, np.shape(tokens)[-1])[empty]
+    before_eos = [row[: list(row).index(vocabularies.EOS_ID)] if vocabularies.EOS_ID in row
+                  else row for row in rows]
+    ends_at_once = sum(len(ids) == 0 for ids in before_eos)
+    ids = np.concatenate(before_eos) if before_eos else np.zeros(0, int)
+    past = int((ids >= vocabulary_size).sum())
+    unknown = int((ids == vocabularies.UNK_ID).sum())
+    reasons = []
+    if ends_at_once:
+        reasons.append(f"{ends_at_once} end at once (EOS first): the policy has not learned to "
+                       "write (too few SFT steps, empty SFT targets, or a checkpoint trained "
+                       "on another vocabulary)")
+    if past:
+        reasons.append(f"{past} tokens are ids the vocabulary lacks (at or past its "
+                       f"{vocabulary_size} pieces): the policy was trained on another "
+                       "vocabulary (VOCABULARY_FILE)")
+    if unknown:
+        reasons.append(f"{unknown} tokens are the unknown piece (id {vocabularies.UNK_ID}), "
+                       "which decodes to nothing")
+    other = len(ids) - past - unknown
+    if other:
+        reasons.append(f"{other} tokens are pieces that decode to white space only")
+    raise EmptyOutputsError(
+        f"{int(empty.sum())} of {len(texts)} of {what} decode to empty text, so rewards, pairs "
+        f"and win rates of them would mean nothing. Of the empty ones: {'; '.join(reasons)}.")
+
 
 @functools.lru_cache(maxsize=None)
 def _processor(model_file: str) -> Any:
@@ -35,7 +84,8 @@ class TextCodec:
 
     @property
     def size(self) -> int:
-        return int(self.processor.get_piece_size())
+        """The vocabulary's pieces (ids 0 .. size - 1); a model's rows past them are padding."""
+        return vocabularies.piece_count(self.model_file)
 
     @property
     def ab_tokens(self) -> tuple[int, int]:

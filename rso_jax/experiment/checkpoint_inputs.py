@@ -9,9 +9,13 @@ from typing import Any, Optional
 
 import jax
 
-from rso_jax import checkpoint_formats, checkpoints, model_spec, t5, partitioning
+from rso_jax import (checkpoint_formats, checkpoints, model_spec, param_tree, partitioning, t5,
+                     vocabularies)
 from rso_jax.experiment import scorers
 from rso_jax.experiment.config import Experiment
+
+
+EMBEDDING_KEY = "token_embedder/embedding"  # [vocabulary rows, emb_dim] in every format's tree
 
 
 def given_checkpoints(experiment: Experiment) -> list[tuple[str, str, model_spec.ModelSpec]]:
@@ -29,13 +33,50 @@ def given_checkpoints(experiment: Experiment) -> list[tuple[str, str, model_spec
     return [(name, path, config) for name, path, config in entries if path is not None]
 
 
-def check_all(experiment: Experiment) -> None:
+def check_all(experiment: Experiment, vocabulary_pieces: int) -> None:
     """Fails, naming the macro, the path and any mismatched keys, unless every given
-    checkpoint exists and fits its model size (shapes only: no weights are read)."""
+    checkpoint exists and fits its model size (shapes only: no weights are read). A checkpoint
+    that differs only in its vocabulary rows is named with both numbers: one with fewer rows
+    than the vocabulary's `vocabulary_pieces` cannot hold it, one with more needs VOCAB_SIZE."""
     for name, path, config in given_checkpoints(experiment):
         if name == "RANKER_CHECKPOINT":
             _check_scorer_kind(path, experiment.scorer)
-        checkpoint_formats.check_fits(path, config, name)
+        try:
+            checkpoint_formats.check_fits(path, config, name)
+        except param_tree.ParamTreeMismatchError as error:
+            rows = _vocabulary_rows(path, config)
+            if rows is None:
+                raise
+            if rows < vocabulary_pieces:
+                raise ValueError(
+                    f"{name} {path} has {rows} vocabulary rows, fewer than the "
+                    f"{vocabulary_pieces} pieces of the task's vocabulary "
+                    f"({experiment.task.vocabulary_file()}): it cannot read or write every "
+                    "piece. Give a checkpoint trained with this vocabulary, or the vocabulary "
+                    "it was trained with (VOCABULARY_FILE).") from error
+            raise ValueError(
+                f"{name} {path} has {rows} vocabulary rows; the model has VOCAB_SIZE="
+                f"{config.vocab_size} (by default the vocabulary's {vocabulary_pieces} pieces "
+                f"padded to a multiple of {vocabularies.VOCAB_ROWS_MULTIPLE}). Set "
+                f"--gin.VOCAB_SIZE={rows} to use this checkpoint (rows past the vocabulary's "
+                "pieces are never sampled).") from error
+
+
+def _vocabulary_rows(path: str, config: model_spec.ModelSpec) -> Optional[int]:
+    """The checkpoint's vocabulary rows when they are all that keeps it from fitting the T5
+    `config`; None when it differs in more (or `config` is not a T5)."""
+    if not isinstance(config, t5.T5Config):
+        return None
+    found = checkpoint_formats.param_shapes(path)
+    rows = found.get(EMBEDDING_KEY, (None,))[0]
+    if rows is None or rows == config.vocab_size:
+        return None
+    try:
+        param_tree.check_shapes(param_tree.config_shapes(config.replace(vocab_size=rows)),
+                                found, "")
+    except param_tree.ParamTreeMismatchError:
+        return None
+    return int(rows)
 
 
 def _check_scorer_kind(path: str, scorer: str) -> None:

@@ -109,6 +109,13 @@ class StageContext:
     def decode(self, tokens: np.ndarray) -> list[str]:
         return self.codec.decode(tokens)
 
+    def decode_checked(self, tokens: np.ndarray, what: str) -> list[str]:
+        """The texts of `tokens`, after refusing outputs that are mostly empty
+        (`text_codec.check_not_mostly_empty`): nothing downstream of them would mean anything."""
+        texts = self.decode(tokens)
+        text_codec.check_not_mostly_empty(tokens, texts, self.codec.size, what)
+        return texts
+
     def ranker_template(self, task: Optional[Any] = None) -> tuple:
         task = task if task is not None else self.experiment.task
         return task_lib.check_ranker_template(task.ranker_template, f"task {task.name!r}")
@@ -154,15 +161,25 @@ class StageContext:
                key: jax.Array, batch_size: Optional[int] = None) -> decoding.SampleOutput:
         """`sampling.num_candidates` samples per prompt, `batch_size` prompts per call
         (SAMPLE_BATCH_SIZE unless given)."""
-        return inference.sample(self.experiment.policy_config, params, prompts, sampling, key,
+        return inference.sample(self.experiment.policy_config, params, prompts,
+                                self.drawing(sampling), key,
                                 batch_size or self.experiment.inference_batch_sizes.sample,
                                 self.partitioner)
 
     def greedy_texts(self, params: Any, prompts: np.ndarray) -> list[str]:
-        tokens = inference.greedy(self.experiment.policy_config, params, prompts,
-                                  self.experiment.sampling,
-                                  self.experiment.inference_batch_sizes.eval, self.partitioner)
-        return self.decode(tokens)
+        return self.decode(self.greedy(params, prompts))
+
+    def greedy(self, params: Any, prompts: np.ndarray) -> np.ndarray:
+        """Greedy decodes [prompts, MAX_DECODE_LENGTH], EVAL_BATCH_SIZE prompts per call."""
+        return inference.greedy(self.experiment.policy_config, params, prompts,
+                                self.drawing(self.experiment.sampling),
+                                self.experiment.inference_batch_sizes.eval, self.partitioner)
+
+    def drawing(self, sampling: decoding.SamplingConfig) -> decoding.SamplingConfig:
+        """`sampling` as the policy decodes: only ids of the vocabulary's pieces are drawn,
+        never the padding rows of its embedding (VOCAB_SIZE past the pieces)."""
+        return decoding.for_vocabulary(sampling, self.codec.size,
+                                       self.experiment.policy_config.vocab_size)
 
     def sequence_logps(self, params: Any, prompts: np.ndarray,
                        responses: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any, Optional
 
+from rso_jax import decoding, vocabularies
 from rso_jax.experiment import rounds
 from rso_jax.experiment.config import Experiment
 
@@ -32,6 +33,18 @@ def describe(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
+
+
+def _sampling(experiment: Experiment) -> dict:
+    """The sampling settings as the stages decode with them (`StageContext.drawing`): the
+    vocabulary's size appears only where it keeps the model's padding rows from being drawn
+    (so that stages of a model whose rows are all pieces match those made before it)."""
+    pieces = vocabularies.piece_count(experiment.task.vocabulary_file())
+    described = describe(decoding.for_vocabulary(experiment.sampling, pieces,
+                                                 experiment.policy_config.vocab_size))
+    if described["vocabulary_size"] is None:
+        del described["vocabulary_size"]
+    return described
 
 
 def _path(path: Optional[str]) -> Optional[str]:
@@ -82,7 +95,7 @@ def _stage_settings(experiment: Experiment, stage: str) -> dict:
                 "ranker_sees_context": e.ranker_sees_context, **_unless_default(scorer=e.scorer)}
     if stage == "sample":
         return {"after": ["policy", "sft"], "task": describe(e.task),
-                "sampling": describe(e.sampling),
+                "sampling": _sampling(e),
                 **_unless_default(sample_task=describe(e.sample_task)),
                 "num_sample_prompts": e.num_sample_prompts, "prompt_length": lengths.prompt,
                 "sample_batch_size": e.inference_batch_sizes.sample, "seed": e.seed}
@@ -101,19 +114,19 @@ def _stage_settings(experiment: Experiment, stage: str) -> dict:
         if not e.selection.makes_pairs:  # SFT on the selected responses: no loss settings
             return {"after": ["select", "policy", "ranker"], "schedule": describe(e.preference),
                     "task": describe(e.task), "num_eval_prompts": e.num_eval_prompts,
-                    "sampling": describe(e.sampling)}
+                    "sampling": _sampling(e)}
         return {"after": ["select", "reference", "policy", "ranker"],
                 "schedule": describe(e.preference),
                 "loss": e.loss, "gamma": e.gamma, "label_smoothing": e.label_smoothing,
                 **_unless_default(regularization_weight=e.regularization_weight),
                 "task": describe(e.task),
-                "num_eval_prompts": e.num_eval_prompts, "sampling": describe(e.sampling)}
+                "num_eval_prompts": e.num_eval_prompts, "sampling": _sampling(e)}
     if stage == "evaluate":
         # Its results.json lives in WORK_DIR: with shared stages each WORK_DIR evaluates.
         own = {"work_dir": _path(e.work_dir)} if e.shared_stages_dir else {}
         return {"after": ["preference", "sft", "ranker"], **own,
                 "eval_task": describe(e.evaluation_task), "num_eval_prompts": e.num_eval_prompts,
-                "sampling": describe(e.sampling),
+                "sampling": _sampling(e),
                 "gold_ranker_checkpoint": _path(e.gold_ranker_checkpoint),
                 "gold_ranker": describe(e.gold_ranker_config),
                 "autosxs_judge_checkpoint": _path(e.autosxs_judge_checkpoint),

@@ -26,9 +26,9 @@ def check_inputs(context: StageContext) -> None:
     the models' vocabulary sizes and the inference batch sizes against the mesh."""
     experiment = context.experiment
     artifacts.check_work_dir(experiment.work_dir)
-    checkpoint_inputs.check_all(experiment)
     codec = context.codec
     codec.ab_tokens  # loads and checks the vocabulary (T5 ids, single-token 'A' and 'B')
+    checkpoint_inputs.check_all(experiment, codec.size)
     eval_task = experiment.evaluation_task
     for role, other in (("evaluation task (EVAL_TASK)", eval_task),
                         ("sampling task (SAMPLE_TASK)", experiment.sampling_task)):
@@ -45,8 +45,11 @@ def check_inputs(context: StageContext) -> None:
         configs.append(("AUTOSXS_JUDGE_CONFIG", experiment.autosxs_judge_config))
     for name, config in configs:
         if config.vocab_size < codec.size:
-            raise ValueError(f"{name}.vocab_size={config.vocab_size} is smaller than the "
-                             f"vocabulary {codec.model_file} ({codec.size} pieces).")
+            raise ValueError(f"{name} has {config.vocab_size} vocabulary rows (VOCAB_SIZE), "
+                             f"fewer than the {codec.size} pieces of the vocabulary "
+                             f"{codec.model_file}: it cannot read or write every piece. Leave "
+                             "VOCAB_SIZE unset (it is derived from the vocabulary) or set it to "
+                             f"at least {codec.size}.")
         context.partitioner.param_shardings(config)  # fits the mesh
     sizes = experiment.inference_batch_sizes
     for name, field in (("SAMPLE_BATCH_SIZE", "sample"), ("RANKER_INFERENCE_BATCH_SIZE", "ranker"),
