@@ -1,21 +1,36 @@
-"""Reading checkpoints written by T5X into plain parameter trees.
+"""T5X checkpoints: reading them into plain parameter trees, and writing parameters as one.
 
-A T5X checkpoint is a directory `checkpoint_<step>/` holding a flax msgpack file named
-`checkpoint`: `{'version': 3, 'optimizer': {'target': params, 'state': ...}}`. Small arrays
-are inline; partitioned arrays are replaced by a TensorStore spec (a dict with `driver`,
-`kvstore` and `metadata`) whose zarr array lives beside the msgpack file, at the path named
-in `kvstore.path` relative to the checkpoint directory.
+A T5X checkpoint is a directory `checkpoint_<step>/` (inside a T5X model directory) holding a
+flax msgpack file named `checkpoint`: `{'version': 3, 'optimizer': {'target': params,
+'state': ...}}`. Arrays that are not partitioned are inline; partitioned ones are replaced by a
+TensorStore spec (a dict with `driver`, `kvstore` and `metadata`) whose zarr array lives beside the
+msgpack file, at the path named in `kvstore.path` relative to the checkpoint directory.
+
+`save` writes parameters with a fresh Adafactor state (`t5x_adafactor`), storing each array
+where T5X's Checkpointer does. Which arrays go to TensorStore is decided by partitioning, not
+by size: T5X writes every array its partitioner shards like a parameter, and keeps the others
+in the msgpack. So every parameter (`target/...`) and every Adafactor `v` or `m` that has its
+parameter's shape is a zarr array (gzip, chunks of at most 64 MiB that divide the shape) in a
+directory named by its path with dots (`target.encoder.layers_0.attention.query.kernel`,
+`state.param_states.encoder.encoder_norm.scale.v`); the step counter, the factored `v_row` and
+`v_col` and the (1,) placeholders are inline.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
+from rso_jax import atomic_io, t5x_adafactor
+
 MSGPACK_FILE = "checkpoint"
+VERSION = 3  # T5X's checkpoint format version (bfloat16 stored natively in TensorStore)
+CHECKPOINT_DIR_PREFIX = "checkpoint_"
+MAX_CHUNK_BYTES = 64 * 2**20  # T5X's target size of a TensorStore chunk
 
 
 def is_tensorstore_spec(value: Any) -> bool:
@@ -94,3 +109,116 @@ def load_state(path: str) -> dict[str, Any]:
 def load_params(path: str) -> dict[str, Any]:
     """The model parameters (`optimizer/target`) of a T5X checkpoint as numpy arrays."""
     return load_state(path)["optimizer"]["target"]
+
+
+def check_step(step: int) -> None:
+    """Refuses a step T5X cannot have (a negative one), naming it."""
+    if step < 0:
+        raise ValueError(f"T5X checkpoint step {step} is negative; give a step of 0 or more.")
+
+
+def checkpoint_dir(model_dir: str, step: int) -> str:
+    """Where T5X keeps step `step` of a model directory: `model_dir/checkpoint_<step>`."""
+    return os.path.join(model_dir, f"{CHECKPOINT_DIR_PREFIX}{step}")
+
+
+def chunk_shape(shape: tuple[int, ...], max_elements: int) -> list[int]:
+    """The largest chunk T5X would choose: each side divides the array's, at most `max_elements`
+    in all; found by shrinking the currently largest side (the first of equal ones) to its next
+    smaller divisor until the chunk is small enough."""
+    divisors = [[d for d in range(1, max(size, 1) + 1) if size % d == 0] for size in shape]
+    chunk = [options[-1] for options in divisors]
+    while math.prod(chunk) > max(max_elements, 1):
+        side = max(range(len(chunk)), key=lambda index: chunk[index])
+        divisors[side].pop()
+        chunk[side] = divisors[side][-1]
+    return chunk
+
+
+def tensorstore_spec(name: str, shape: tuple[int, ...], dtype: Any) -> dict[str, Any]:
+    """The spec T5X writes into the msgpack in place of the partitioned array `name`.
+
+    Args:
+      name: the array's path in the checkpoint ('target/encoder/encoder_norm/scale').
+      shape: the array's shape.
+      dtype: the array's dtype, as stored.
+
+    Returns:
+      a zarr spec whose `kvstore.path` is `name` with dots, relative to the checkpoint directory.
+    """
+    dtype = np.dtype(dtype)
+    return {"driver": "zarr", "dtype": dtype.name,
+            "kvstore": {"driver": "file", "path": name.replace("/", ".")},
+            "metadata": {"compressor": {"id": "gzip"}, "shape": list(shape),
+                         "chunks": chunk_shape(shape, MAX_CHUNK_BYTES // dtype.itemsize)}}
+
+
+def is_partitioned(keys: tuple[str, ...], value: Any) -> bool:
+    """Whether T5X's partitioner shards the optimizer's array at `keys` (so T5X stores it in
+    TensorStore): a parameter, or an Adafactor `v` or `m` that is not a placeholder."""
+    if keys[0] == "target":
+        return True
+    return keys[-1] in ("v", "m") and np.shape(value) != t5x_adafactor.PLACEHOLDER_SHAPE
+
+
+def _write_arrays(optimizer: Mapping[str, Any], checkpoint_path: str) -> dict[str, Any]:
+    """Writes the partitioned arrays of `optimizer` under `checkpoint_path`; returns the tree to
+    put in the msgpack (their specs, and the other arrays as they are)."""
+    import tensorstore as ts
+
+    writes = []
+
+    def store(key_path, value):
+        keys = tuple(str(key.key) for key in key_path)
+        array = np.asarray(value)
+        if not is_partitioned(keys, array):
+            return array
+        spec = tensorstore_spec("/".join(keys), array.shape, array.dtype)
+        target = {**spec, "kvstore": {"driver": "file",
+                                      "path": os.path.join(checkpoint_path,
+                                                           spec["kvstore"]["path"])}}
+        writes.append(ts.open(target, create=True).result().write(array))
+        return spec
+
+    tree = jax.tree_util.tree_map_with_path(store, optimizer)
+    for write in writes:
+        write.result()
+    return tree
+
+
+def save(params: Mapping[str, Any], model_dir: str, *, step: int = 0,
+         momentum: bool = False) -> str:
+    """Writes `params` as the T5X checkpoint `model_dir/checkpoint_<step>/`, atomically.
+
+    The optimizer state is T5X's Adafactor state as it starts (`t5x_adafactor.fresh_state`),
+    with the step counter at `step`, so that T5X restores the checkpoint to fine-tune, evaluate
+    or infer from it. Parameters keep their dtype. Call it from one process.
+
+    Args:
+      params: T5X's parameter tree (numpy or jax arrays), e.g. from `load_params` or any of
+        the converter's readers.
+      model_dir: the T5X model directory (made if missing).
+      step: the checkpoint's step (its directory name and Adafactor's step counter).
+      momentum: write Adafactor's momentum `m` (for a T5X run whose Adafactor sets `beta1`).
+
+    Returns:
+      the checkpoint directory written.
+
+    Raises:
+      ValueError: `step` is negative, the checkpoint exists already, or a parameter has more
+        than two dimensions (see `t5x_adafactor`).
+    """
+    from flax import serialization
+
+    check_step(step)
+    path = checkpoint_dir(model_dir, step)
+    if os.path.exists(path):
+        raise ValueError(f"T5X checkpoint {path} exists already (T5X never replaces one "
+                         "either); remove it or choose another step.")
+    optimizer = {"state": t5x_adafactor.fresh_state(params, step=step, momentum=momentum),
+                 "target": params}
+    with atomic_io.directory(path) as temp_dir:
+        written = {"version": VERSION, "optimizer": _write_arrays(optimizer, temp_dir)}
+        atomic_io.write_bytes(os.path.join(temp_dir, MSGPACK_FILE),
+                              serialization.msgpack_serialize(written))
+    return path
