@@ -265,12 +265,13 @@ def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
 
 
 def _forget_file_data() -> None:
-    """Drops the records file tasks keep in memory (their caches key on the task object,
-    which each point builds anew, so a long sweep would keep every point's copy)."""
-    from rso_jax.data import file_tasks
+    """Drops the records file and seqio tasks keep in memory (their caches key on the task
+    object, which each point builds anew, so a long sweep would keep every point's copy)."""
+    from rso_jax.data import file_tasks, seqio_task
 
-    file_tasks.FileTask.sft_examples.cache_clear()
-    file_tasks.FileTask.comparisons.cache_clear()
+    for task_class in (file_tasks.FileTask, seqio_task.SeqioTask):
+        task_class.sft_examples.cache_clear()
+        task_class.comparisons.cache_clear()
 
 
 def write_report(sweep: Sweep, points: Sequence[Point], sweep_dir: str) -> list[str]:

@@ -24,7 +24,8 @@ TensorFlow-free functions (a pipeline without seqio reads the same data through 
 
 The synthetic tasks use the SentencePiece model shipped in `rso_jax/assets/` and the splits of
 `synthetic_task.SyntheticDataset` as gin configures it. `load_examples` returns a task's texts
-before seqio tokenizes them.
+before seqio tokenizes them. An experiment can read any of them, as any registered seqio task,
+through gin/data/seqio.gin (`data.seqio_task`) with SEQIO_MODULES = ['rso_jax.tasks'].
 """
 
 from __future__ import annotations
@@ -38,10 +39,9 @@ import tensorflow as tf
 
 from rso_jax import synthetic_task, vocabularies
 from rso_jax.data import readers
+from rso_jax.data.seqio_task import COMPARISON_FEATURES, SFT_FEATURES
 
 SPLITS = ("train", "validation", "test")
-SFT_FEATURES = ("inputs", "targets")
-PREFERENCE_FEATURES = ("inputs", "chosen", "rejected")
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,6 +76,11 @@ class DeferredVocabulary(seqio.Vocabulary):
     @property
     def vocabulary(self) -> seqio.Vocabulary:
         return self._factory()
+
+    @property
+    def sentencepiece_model_file(self) -> str:
+        """The model file of the vocabulary built (what `seqio_task` reads a vocabulary by)."""
+        return self.vocabulary.sentencepiece_model_file
 
     @property
     def eos_id(self) -> Optional[int]:
@@ -121,7 +126,7 @@ class _TaskSpec:
 
 
 def _public(dataset: str) -> _TaskSpec:
-    features = PREFERENCE_FEATURES if dataset.endswith("_preferences") else SFT_FEATURES
+    features = COMPARISON_FEATURES if dataset.endswith("_preferences") else SFT_FEATURES
     return _TaskSpec(features, PUBLIC_VOCABULARY,
                      lambda split: readers.read_split(dataset, split).examples)
 
@@ -130,7 +135,7 @@ TASKS = {f"rso_{dataset}": _public(dataset) for dataset in readers.DATASETS}
 TASKS["rso_synthetic_sft"] = _TaskSpec(
     SFT_FEATURES, SYNTHETIC_VOCABULARY, lambda split: synthetic_dataset().sft_examples(split))
 TASKS["rso_synthetic_preferences"] = _TaskSpec(
-    PREFERENCE_FEATURES, SYNTHETIC_VOCABULARY,
+    COMPARISON_FEATURES, SYNTHETIC_VOCABULARY,
     lambda split: synthetic_dataset().preference_examples(split))
 
 

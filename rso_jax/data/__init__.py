@@ -7,5 +7,6 @@
   task          the task interface every stage asks for its data
   builtin_task  the built-in synthetic task
   file_tasks    the public datasets as tasks, read through `readers`
+  seqio_task    registered seqio tasks as a task, named in gin (imports seqio when built)
   text_codec    texts to token ids and back
 """
