@@ -100,7 +100,7 @@ def flags(**macros):
     """The command line of an experiment on the test's seqio tasks; `macros` override."""
     settings = {"SEQIO_MODULES": [MODULE], "SEQIO_TASK": "test_tldr_sft",
                 "SEQIO_COMPARISON_TASK": "test_tldr_prefs", "SEQIO_RANKER_TEMPLATE": "summary",
-                "SEQIO_SPLITS": {"test": "validation"}, "VOCAB_SIZE": 256, **macros}
+                "SEQIO_SPLITS": {"test": "validation"}, **macros}
     return ["--gin_file=gin/runs/rso.gin", "--gin_file=gin/data/seqio.gin", "--tiny",
             *(f"--gin.{name}={value!r}" for name, value in settings.items())]
 
@@ -112,7 +112,7 @@ def test_named_tasks_give_the_written_records(user_tasks):
     assert isinstance(task, seqio_task.SeqioTask)
     assert task.name == "test_tldr_sft" and task.ranker_template == "summary"
     assert task.vocabulary_file() == SYNTHETIC_VOCABULARY
-    assert experiment.policy_config.vocab_size == 256  # --tiny reads VOCAB_SIZE
+    assert experiment.policy_config.vocab_size == 256  # derived from the task's vocabulary
     for split, seqio_split in (("train", "train"), ("validation", "validation"),
                                ("test", "validation")):  # SEQIO_SPLITS maps test
         expected = records["sft", seqio_split]
@@ -202,7 +202,7 @@ def test_rso_jax_tasks_are_named_like_any_other():
              "--gin.SEQIO_TASK='rso_synthetic_sft'",
              "--gin.SEQIO_COMPARISON_TASK='rso_synthetic_preferences'",
              "--gin.SEQIO_RANKER_TEMPLATE='summary'", "--gin.NUM_TRAIN_EXAMPLES=12",
-             "--gin.NUM_EVAL_EXAMPLES=4", "--gin.LABEL_TEMPERATURE=0.0", "--gin.VOCAB_SIZE=256",
+             "--gin.NUM_EVAL_EXAMPLES=4", "--gin.LABEL_TEMPERATURE=0.0",
              "--gin.WORK_DIR='unused'"]
     with gin_config(names):  # rso_jax.tasks reads the synthetic dataset's settings from gin
         task = gin.get_configurable(config.Experiment)().task
