@@ -106,5 +106,5 @@ def test_help_lists_every_setting_of_the_experiment_with_its_value():
                 (line.split(" = ", 1) for line in out.splitlines()
                  if line.startswith("  ") and " = " in line)}
     assert settings["BETA"] == "0.5" and settings["LOSS"] == "'sigmoid_norm'"
-    assert settings["NUM_CANDIDATES"] == "4" and settings["SFT_STEPS"] == "8"  # as --tiny sets
+    assert settings["NUM_CANDIDATES"] == "8" and settings["SFT_STEPS"] == "40"  # as --tiny sets
     assert settings["TOP_K"] == "40" and settings["WORK_DIR"] == "%gin.REQUIRED"
