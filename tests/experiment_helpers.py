@@ -43,14 +43,15 @@ def bindings(flags: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 @contextlib.contextmanager
-def gin_config(flags: Sequence[str]) -> Iterator[None]:
-    """The gin configuration of `flags`, active inside the block and cleared after it."""
+def gin_config(flags: Sequence[str], allow_required: bool = False) -> Iterator[None]:
+    """The gin configuration of `flags`, active inside the block and cleared after it (settings
+    left REQUIRED that a run reads are refused, unless `allow_required`)."""
     import gin
     from rso_jax import main
 
     gin.clear_config()
     try:
-        main.configure_gin(*bindings(flags))
+        main.configure_gin(*bindings(flags), allow_required=allow_required)
         yield
     finally:
         gin.clear_config()
