@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 import struct
 from typing import Any, Iterator, Mapping
@@ -30,6 +31,8 @@ import numpy as np
 
 from rso_jax import (checkpoints, hf_weights, model_spec, t5, param_tree, partitioning,
                      t5x_checkpoint)
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("t5x", "hf", "orbax")
 
@@ -169,7 +172,12 @@ def restore(path: str, config: model_spec.ModelSpec, partitioner: partitioning.P
     check_fits(path, config, name)
     shardings = partitioner.param_shardings(config)
     with _named(name):
-        return _RESTORERS[detect_format(path)](path, config, shardings)
+        fmt = detect_format(path)
+        params = _RESTORERS[fmt](path, config, shardings)
+    count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    logger.info("%s: restored %s (%s format): %s parameters of a %s.", name, path, fmt,
+                f"{count:,}", type(config).__name__)
+    return params
 
 
 # ----------------------------------------------------------------------------- detection

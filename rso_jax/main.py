@@ -8,7 +8,11 @@ The job to run is bound in gin as `main.run.job`. `--tiny` applies TINY_GIN_FILE
 experiment's files: any experiment, shrunk to run on a CPU in about a minute.
 `--builtin_task` (BUILTIN_TASK_GIN_FILE, before it) swaps the experiment's data for the
 built-in synthetic task. `--help` lists every setting of the experiment (of its --gin_file, or
-the default) with its value.
+the default) with its value, and those left REQUIRED that a run needs.
+
+Before anything runs, a macro that a gin file or binding sets and nothing reads (a misspelt
+setting, `BEAT = 0.1`) is refused naming the closest known one, and so are settings left
+`%gin.REQUIRED` that the run reads (data files, checkpoints, WORK_DIR), each named.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import re
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from rso_jax import cpu_tuning
+from rso_jax import cpu_tuning, gin_macros
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "configs/demo_rso.gin"
@@ -39,9 +43,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Splits argv into gin files and bindings (`--gin.NAME=VALUE` -> 'NAME = VALUE')."""
     parser = _argument_parser()
     args, rest = parser.parse_known_args(list(argv))
-    gin_files = ((args.gin_file or [DEFAULT_GIN_FILE])
-                 + ([BUILTIN_TASK_GIN_FILE] if args.builtin_task else [])
-                 + ([TINY_GIN_FILE] if args.tiny else []))
+    gin_files = experiment_gin_files(args.gin_file, args.builtin_task, args.tiny)
     if args.help:
         print(parser.format_help())
         listed, readable = settings_help(gin_files)
@@ -52,6 +54,14 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     if unknown:
         parser.error(f"unrecognised arguments {unknown}; use --gin_file=FILE and --gin.NAME=VALUE")
     return gin_files, bindings
+
+
+def experiment_gin_files(gin_files: Sequence[str], builtin_task: bool = False,
+                         tiny: bool = False) -> list[str]:
+    """The gin files a run parses: the experiment's (DEFAULT_GIN_FILE if none), then those of
+    the --builtin_task and --tiny switches."""
+    return ([*gin_files] or [DEFAULT_GIN_FILE]) + ([BUILTIN_TASK_GIN_FILE] if builtin_task
+                                                   else []) + ([TINY_GIN_FILE] if tiny else [])
 
 
 def gin_flag_bindings(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -86,26 +96,31 @@ def _argument_parser() -> argparse.ArgumentParser:
 
 
 def settings_help(gin_files: Sequence[str]) -> tuple[str, bool]:
-    """What each setting means (the run file's header) and every macro of `gin_files` with the
-    value they give it; and whether the gin files could be read."""
+    """What each setting means (the run file's header), every macro of `gin_files` with the
+    value they give it, and those left REQUIRED that a run reads; and whether the gin files
+    could be read."""
     import gin
 
     with open(os.path.join(REPO_ROOT, RUN_FILE)) as stream:
         header = [line[2:].rstrip() for line in stream if line.startswith("#")]
     gin.clear_config()
     try:
-        configure_gin(gin_files, [])
-        values = macro_values()
+        configure_gin(gin_files, [], allow_required=True)
+        values = gin_macros.macro_values()
+        required = gin_macros.required_reads(run)
     except GinConfigError as error:
         return f"The settings of {list(gin_files)} could not be read: {error}", False
     finally:
         gin.clear_config()
     width = max(map(len, values), default=0)
     listed = [f"  {name.ljust(width)} = {value!r}" for name, value in sorted(values.items())]
-    return "\n".join(
-        [f"What the settings mean ({RUN_FILE}):", *(f"  {line}" for line in header), "",
-         f"The settings of {' + '.join(gin_files)}; change any with --gin.NAME=VALUE, strings "
-         "in quotes (--gin.LOSS=\"'hinge'\"):", *listed]), True
+    lines = [f"What the settings mean ({RUN_FILE}):", *(f"  {line}" for line in header), "",
+             f"The settings of {' + '.join(gin_files)}; change any with --gin.NAME=VALUE, "
+             "strings in quotes (--gin.LOSS=\"'hinge'\"):", *listed]
+    if required:
+        lines += ["", "REQUIRED: a run needs each of these set (--gin.NAME=VALUE):",
+                  *(f"  --gin.{name}=..." for name in required)]
+    return "\n".join(lines), True
 
 
 _UNQUOTED = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*=\s*([A-Za-z_][\w.]*)\s*$")
@@ -128,8 +143,11 @@ def check_binding_values(bindings: Sequence[str]) -> None:
                              f"a value. Write {fix}.")
 
 
-def configure_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parses gin files and bindings, turning every gin failure into a GinConfigError."""
+def configure_gin(gin_files: Sequence[str], bindings: Sequence[str],
+                  allow_required: bool = False) -> None:
+    """Parses gin files and bindings, turning every gin failure into a GinConfigError; refuses
+    a macro that nothing reads (a misspelt setting) and, unless `allow_required`, settings
+    left REQUIRED that the run reads."""
     import gin
 
     for path in (os.getcwd(), REPO_ROOT):
@@ -141,45 +159,49 @@ def configure_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
                                  f"{REPO_ROOT}).")
     try:
         gin.parse_config_files_and_bindings(gin_files, [], finalize_config=False)
-        check_macro_bindings(bindings, defined_macros())
         check_binding_values(bindings)
+        check_every_macro_is_read(gin_macros.macro_uses(gin_files, bindings))
         gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
     except GinConfigError:
         raise
     except Exception as error:  # gin raises ValueError, KeyError, SyntaxError, ImportError...
         raise GinConfigError(f"Invalid gin configuration ({type(error).__name__}): {error}\n"
                              f"gin files: {list(gin_files)}\nbindings: {list(bindings)}") from error
+    if not allow_required:
+        check_required_settings(gin_files, gin_macros.required_reads(run))
 
 
-_MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
+def check_every_macro_is_read(uses: gin_macros.MacroUses) -> None:
+    """Refuses a macro that a gin file or binding sets and nothing reads: gin would accept it
+    as a new macro (`BEAT = 0.1` or `--gin.BEAT=0.1` would leave BETA as it was). A macro is
+    read when a binding refers to it (`%NAME`, directly or through another macro) or a block
+    under gin/ sets it for other files or code to read (`gin_macros.MacroUses.known`)."""
+    unread = uses.unread()
+    if not unread:
+        return
+    known = sorted(uses.known())
+    problems = []
+    for setting in unread:
+        close = difflib.get_close_matches(setting.name, known, n=3)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        where = setting.where if setting.where.startswith("--gin.") else (
+            f"{setting.name} ({setting.where})")
+        problems.append(f"{where}: nothing in this experiment reads the macro {setting.name} "
+                        f"(no binding refers to %{setting.name}), so setting it would change "
+                        f"nothing.{hint}")
+    raise GinConfigError("\n".join(problems) + "\n`--help` lists the settings of the "
+                         f"experiment and {RUN_FILE}'s header says what each means.")
 
 
-def macro_values() -> dict[str, Any]:
-    """Every macro the parsed gin files define, with its value (gin keeps a macro as the scope
-    of `gin.macro`; a REQUIRED one's value reads `%gin.REQUIRED`)."""
-    import gin
-
-    return {scope: entry["value"] for (scope, selector), entry in gin.config._CONFIG.items()
-            if selector == "gin.macro"}
-
-
-def defined_macros() -> set[str]:
-    """The macros the parsed gin files define."""
-    return set(macro_values())
-
-
-def check_macro_bindings(bindings: Sequence[str], known: set[str]) -> None:
-    """Refuses a command-line binding of a macro that no gin file defines: gin would accept it
-    as a new macro that nothing reads (`--gin.BEAT=0.5` would leave BETA as it was)."""
-    for binding in bindings:
-        match = _MACRO_BINDING.match(binding)
-        if match and match.group(1) not in known:
-            name = match.group(1)
-            close = difflib.get_close_matches(name, sorted(known), n=3)
-            hint = f" Did you mean {' or '.join(close)}?" if close else ""
-            raise GinConfigError(f"--gin.{name}: no gin file of this experiment defines the "
-                                 f"macro {name}, so the binding would change nothing.{hint} "
-                                 "The run file's header (gin/runs/rso.gin) lists the macros.")
+def check_required_settings(gin_files: Sequence[str], required: Sequence[str]) -> None:
+    """Refuses to start while settings that the run reads are left `%gin.REQUIRED`."""
+    if required:
+        raise GinConfigError(
+            f"These settings are REQUIRED (left %gin.REQUIRED by {' + '.join(gin_files)}) and "
+            "this run reads them; set each on the command line, strings in quotes "
+            "(--gin.NAME=\"'...'\"):\n" + "\n".join(f"  --gin.{name}=..." for name in required)
+            + "\nThe header of each config file shows its full command; with --tiny "
+            "--builtin_task an experiment runs on the built-in task, with no data or checkpoints.")
 
 
 def run(job: Callable[[], Any], initialize_distributed: str | bool = "auto") -> Any:

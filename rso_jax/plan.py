@@ -386,13 +386,12 @@ def build_experiment(gin_files: Sequence[str], bindings: Sequence[str]) -> Any:
     """The experiment of the gin files and bindings, REQUIRED macros given placeholders."""
     import gin
 
-    from rso_jax import main, model_sizes
+    from rso_jax import gin_macros, main, model_sizes
     from rso_jax.experiment import config
 
     gin.clear_config()
-    main.configure_gin(gin_files, bindings)
-    required = [name for name, value in main.macro_values().items()
-                if repr(value) == "%gin.REQUIRED"]
+    main.configure_gin(gin_files, bindings, allow_required=True)
+    required = gin_macros.required_macros()
     placeholders = [f"{name} = 'not read by the plan'" for name in required]
     if "VOCABULARY_FILE" in required and not any(
             binding.split("=")[0].strip() == "VOCAB_SIZE" for binding in bindings):
@@ -423,7 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                + f" --xla_force_host_platform_device_count={devices}").strip()
     os.environ["JAX_PLATFORMS"] = "cpu"  # the simulated mesh, whatever this machine has
 
-    from rso_jax import main as entry_point
+    from rso_jax import gin_macros, main as entry_point
     gin_files, bindings = entry_point.parse_flags(
         [f"--gin_file={f}" for f in args.gin_file] + rest)
     try:
@@ -431,7 +430,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (entry_point.GinConfigError, ValueError) as error:
         print(f"rso_jax.plan: {error}", file=sys.stderr)
         return 2
-    macros = entry_point.macro_values()
+    macros = gin_macros.macro_values()
     model_parallelism = (args.model_parallelism if args.model_parallelism is not None
                          else int(macros.get("MODEL_PARALLELISM") or 1))
     fsdp = args.fsdp if args.fsdp is not None else bool(macros.get("FSDP"))

@@ -25,6 +25,9 @@ is a gin reference. --sweep NAME=V1,V2 adds an axis whose values are gin literal
 command line (--sweep LOSS="'hinge','sigmoid_norm'"), --gin.NAME=VALUE a binding for every
 point.
 
+--tiny and --builtin_task shrink every point, or move it to the built-in task, as they do
+`python -m rso_jax.main` (its printed command carries them too).
+
 --print_commands prints each point's `python -m rso_jax.main` command instead of running it
 (they may run at once: a point waits for a shared stage another one holds); --report then
 writes the table of what they wrote. The table: <sweep_dir>/results.csv and results.md, one
@@ -84,6 +87,19 @@ class Sweep:
     bindings: tuple[str, ...]
     axes: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...]  # name, (label, bindings)
     stages_dir: Optional[str] = None  # the sweep file's; --stages_dir overrides it
+    builtin_task: bool = False  # every point on the built-in task (rso_jax.main --builtin_task)
+    tiny: bool = False  # every point shrunk to a CPU-minute run (rso_jax.main --tiny)
+
+    @property
+    def switches(self) -> tuple[str, ...]:
+        """The flags of `rso_jax.main` that every point's command carries."""
+        return tuple(flag for flag, on in (("--builtin_task", self.builtin_task),
+                                           ("--tiny", self.tiny)) if on)
+
+    @property
+    def point_gin_files(self) -> list[str]:
+        """What every point parses: the gin files, then those of the switches."""
+        return entry_point.experiment_gin_files(self.gin_files, self.builtin_task, self.tiny)
 
     def points(self) -> list[Point]:
         found = []
@@ -168,7 +184,7 @@ def file_axis(axis: Any, path: str) -> tuple[str, tuple]:
 
 
 def read_sweep(sweep_file: Optional[str], gin_files: Sequence[str], bindings: Sequence[str],
-               axes: Sequence[str]) -> Sweep:
+               axes: Sequence[str], builtin_task: bool = False, tiny: bool = False) -> Sweep:
     spec: dict = {}
     if sweep_file:
         try:
@@ -196,7 +212,7 @@ def read_sweep(sweep_file: Optional[str], gin_files: Sequence[str], bindings: Se
     if stages_dir is not None and not (isinstance(stages_dir, str) and stages_dir):
         raise SweepError(f"{sweep_file}: stages_dir must be a directory path, got "
                          f"{stages_dir!r}.")
-    return Sweep(files, every + tuple(bindings), all_axes, stages_dir)
+    return Sweep(files, every + tuple(bindings), all_axes, stages_dir, builtin_task, tiny)
 
 
 def point_bindings(sweep: Sweep, point: Point, sweep_dir: str,
@@ -220,7 +236,7 @@ def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
     for point in points:
         gin.clear_config()
         try:
-            entry_point.configure_gin(sweep.gin_files,
+            entry_point.configure_gin(sweep.point_gin_files,
                                       point_bindings(sweep, point, sweep_dir, stages_dir))
             gin.get_configurable(config.Experiment)()
         except Exception as error:
@@ -231,7 +247,8 @@ def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
 
 
 def command(sweep: Sweep, point: Point, sweep_dir: str, stages_dir: Optional[str] = None) -> str:
-    args = ["python", "-m", "rso_jax.main", *(f"--gin_file={f}" for f in sweep.gin_files)]
+    args = ["python", "-m", "rso_jax.main", *(f"--gin_file={f}" for f in sweep.gin_files),
+            *sweep.switches]
     args += [f"--gin_bindings={b}" for b in point_bindings(sweep, point, sweep_dir, stages_dir)]
     return shlex.join(args)
 
@@ -248,7 +265,7 @@ def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
     for index, point in enumerate(points):
         logger.info("Point %d/%d: %s", index + 1, len(points), point.name)
         gin.clear_config()
-        entry_point.configure_gin(sweep.gin_files,
+        entry_point.configure_gin(sweep.point_gin_files,
                                   point_bindings(sweep, point, sweep_dir, stages_dir))
         try:
             gin.get_configurable(entry_point.run)()
@@ -315,6 +332,11 @@ def _argument_parser() -> argparse.ArgumentParser:
                         help="gin file of every point (after the sweep file's)")
     parser.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2",
                         help="an axis: a macro and its values (repeatable)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="every point as `rso_jax.main --tiny` runs it (one CPU minute)")
+    parser.add_argument("--builtin_task", action="store_true",
+                        help="every point on the built-in task, as `rso_jax.main "
+                             "--builtin_task` runs it (no data files)")
     parser.add_argument("--print_commands", action="store_true",
                         help="print each point's command instead of running it")
     parser.add_argument("--report", action="store_true",
@@ -335,7 +357,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cpu_tuning.restrict_ynnpack_to_dots()  # before any JAX computation; CPU backend only
     try:
-        sweep = read_sweep(args.sweep_file, args.gin_file, bindings, args.sweep)
+        sweep = read_sweep(args.sweep_file, args.gin_file, bindings, args.sweep,
+                           args.builtin_task, args.tiny)
         points = sweep.points()
         stages_dir = args.stages_dir or sweep.stages_dir
         if not args.report:

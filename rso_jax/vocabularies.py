@@ -24,15 +24,19 @@ DECODER_START_ID = PAD_ID  # what the decoder reads first (T5 starts it with the
 # A model's embedding rows are its vocabulary's pieces padded up to a multiple of this, as T5
 # pads its 32,100 pieces to 32,128 rows (rows that divide evenly over a model axis).
 VOCAB_ROWS_MULTIPLE = 128
+VOCABULARY_SETTING = "VOCABULARY_FILE"  # the gin macro that names the vocabulary (gin/data/*.gin)
+_WHAT_IT_SHOULD_BE = ("a SentencePiece model file (the binary `.model` that spm_train writes; "
+                      "for real runs T5's 32k vocabulary, cc_all.32000.100extra/"
+                      "sentencepiece.model, copied to a local path)")
 
 
 def _check_file(model_file: str) -> str:
     if not model_file or not isinstance(model_file, str):
-        raise ValueError(f"Expected the path of a SentencePiece model file, got {model_file!r}.")
+        raise ValueError(f"{VOCABULARY_SETTING} must be the path of {_WHAT_IT_SHOULD_BE}; got "
+                         f"{model_file!r}.")
     if not os.path.isfile(model_file):
-        raise FileNotFoundError(f"SentencePiece model file {model_file!r} not found (for real "
-                                "runs, T5's 32k vocabulary: cc_all.32000.100extra/"
-                                "sentencepiece.model copied to a local path).")
+        raise FileNotFoundError(f"{VOCABULARY_SETTING} {model_file!r} not found: it must be "
+                                f"{_WHAT_IT_SHOULD_BE}.")
     return model_file
 
 
@@ -49,7 +53,11 @@ def load_sentencepiece(model_file: str) -> Any:
     """A checked `sentencepiece.SentencePieceProcessor` (T5 ids, single-token 'A'/'B')."""
     import sentencepiece
 
-    processor = sentencepiece.SentencePieceProcessor(model_file=_check_file(model_file))
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_file=_check_file(model_file))
+    except RuntimeError as error:  # sentencepiece: 'INTERNAL: could not parse ModelProto ...'
+        raise ValueError(f"{VOCABULARY_SETTING} {model_file!r} is not a SentencePiece model "
+                         f"(sentencepiece: {error}); it must be {_WHAT_IT_SHOULD_BE}.") from error
     check_special_ids(processor, model_file)
     ranker_target_ids(processor, name=model_file)
     return processor

@@ -36,6 +36,17 @@ def run_main(*flags: str, env=None, timeout: int = 900) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=timeout)
 
 
+def kill_and_resume_script():
+    """scripts/kill_and_resume.py as a module (its helpers are tested without the script)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "kill_and_resume", os.path.join(REPO_ROOT, "scripts", "kill_and_resume.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def bindings(flags: Sequence[str]) -> tuple[list[str], list[str]]:
     """(gin files, bindings) of command-line flags, as the entry point reads them."""
     from rso_jax import main
@@ -43,14 +54,15 @@ def bindings(flags: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 @contextlib.contextmanager
-def gin_config(flags: Sequence[str]) -> Iterator[None]:
-    """The gin configuration of `flags`, active inside the block and cleared after it."""
+def gin_config(flags: Sequence[str], allow_required: bool = False) -> Iterator[None]:
+    """The gin configuration of `flags`, active inside the block and cleared after it (settings
+    left REQUIRED that a run reads are refused, unless `allow_required`)."""
     import gin
     from rso_jax import main
 
     gin.clear_config()
     try:
-        main.configure_gin(*bindings(flags))
+        main.configure_gin(*bindings(flags), allow_required=allow_required)
         yield
     finally:
         gin.clear_config()

@@ -1,5 +1,6 @@
 """Checkpoints in T5X, HF and orbax format: detected, checked cheaply, restored onto a mesh."""
 
+import logging
 import os
 import shutil
 import struct
@@ -90,8 +91,12 @@ def test_tensorstore_t5x_shapes_come_from_the_msgpack_alone(tmp_path, fixture_pa
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_restores_identical_arrays_with_the_param_shardings(fmt, paths, fixture_params, config,
-                                                            partitioner):
-    params = checkpoint_formats.restore(paths[fmt], config, partitioner, "SFT_CHECKPOINT")
+                                                            partitioner, caplog):
+    with caplog.at_level(logging.INFO, logger="rso_jax.checkpoint_formats"):
+        params = checkpoint_formats.restore(paths[fmt], config, partitioner, "SFT_CHECKPOINT")
+    count = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(fixture_params))
+    assert caplog.messages == [f"SFT_CHECKPOINT: restored {paths[fmt]} ({fmt} format): "
+                               f"{count:,} parameters of a T5Config."]
     expected = param_tree.flatten(fixture_params)
     shardings = param_tree.flatten(partitioner.param_shardings(config))
     restored = param_tree.flatten(params)

@@ -56,28 +56,24 @@ class Facts:
     stages: Optional[tuple[str, ...]]
 
 
-def _is_required(value: Any) -> bool:
-    return repr(value) == "%gin.REQUIRED"
-
-
 @functools.lru_cache(maxsize=None)
 def facts(path: str) -> Facts:
     import gin
+    from rso_jax import gin_macros
     from rso_jax.experiment import runner
 
-    with gin_config([f"--gin_file={path}"]):
+    with gin_config([f"--gin_file={path}"], allow_required=True):
         try:
             job = gin.query_parameter("main.run.job")
         except ValueError:  # binds no job: a fragment, not a runnable config
             job = None
         configurable = getattr(job, "configurable", None)
         is_experiment = configurable is not None and configurable.wrapped is runner.run
-        macros = {scope: entry["value"] for (scope, selector), entry
-                  in gin.config._CONFIG.items() if selector == "gin.macro"}
-        required = tuple(sorted(name for name, value in macros.items() if _is_required(value)))
-        work_dir = macros.get("WORK_DIR")
+        required = tuple(sorted(gin_macros.required_macros()))
+        work_dir = gin_macros.macro_values().get("WORK_DIR")
         stages = gin.query_parameter("%STAGES") if is_experiment else None
-    return Facts(is_experiment, required, None if _is_required(work_dir) else work_dir,
+    return Facts(is_experiment, required,
+                 None if gin_macros.is_required(work_dir) else work_dir,
                  tuple(stages) if stages is not None else None)
 
 

@@ -9,7 +9,6 @@ import time
 import pytest
 
 import experiment_helpers
-from t5_helpers import REPO_ROOT
 
 TINY = experiment_helpers.DEMO_TINY_FLAGS
 
@@ -120,15 +119,6 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(finished_run, tmp_pa
     assert done["settings"]["selection"]["beta"] == 0.5 and len(done["fingerprint"]) == 16
 
 
-def _kill_and_resume_script():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "kill_and_resume", os.path.join(REPO_ROOT, "scripts", "kill_and_resume.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_killed_in_several_stages_and_rerun_ends_as_an_uninterrupted_run(finished_run,
                                                                          tmp_path):
     """SIGKILL in sampling and in the reference stage, then SIGTERM (a preemption) during
@@ -139,7 +129,7 @@ def test_killed_in_several_stages_and_rerun_ends_as_an_uninterrupted_run(finishe
     import re
     import signal
 
-    script = _kill_and_resume_script()
+    script = experiment_helpers.kill_and_resume_script()
     reference_dir, _ = finished_run
     work_dir = tmp_path / "killed"
     shutil.copytree(reference_dir, work_dir)  # SFT and ranker as they ended; the rest to do

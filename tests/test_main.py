@@ -108,3 +108,47 @@ def test_help_lists_every_setting_of_the_experiment_with_its_value():
     assert settings["BETA"] == "0.5" and settings["LOSS"] == "'sigmoid_norm'"
     assert settings["NUM_CANDIDATES"] == "8" and settings["SFT_STEPS"] == "40"  # as --tiny sets
     assert settings["TOP_K"] == "40" and settings["WORK_DIR"] == "%gin.REQUIRED"
+    # What a run reads and is left REQUIRED (--tiny gives the initial checkpoints None).
+    required = out[out.index("REQUIRED: a run needs each of these set"):].splitlines()[1:]
+    assert required == ["  --gin.WORK_DIR=...", "  --gin.VOCABULARY_FILE=...",
+                        "  --gin.TLDR_SFT_FILES=...", "  --gin.TLDR_COMPARISON_FILES=..."]
+
+
+def test_a_macro_that_nothing_reads_is_refused_naming_the_closest(tmp_path):
+    experiment = tmp_path / "typo.gin"
+    experiment.write_text("include 'configs/demo_rso.gin'\nBEAT = 0.1\nFOO_BAR = 3\n")
+    result = run_main(f"--gin.WORK_DIR='{tmp_path}/run'", gin_file=f"--gin_file={experiment}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (f"BEAT ({experiment}:2): nothing in this experiment reads the macro BEAT"
+            in result.stderr) and "Did you mean BETA?" in result.stderr
+    assert f"FOO_BAR ({experiment}:3): nothing in this experiment reads" in result.stderr
+    assert not os.path.exists(tmp_path / "run")
+    listed = run_main("--help", gin_file=f"--gin_file={experiment}")
+    assert listed.returncode == 2 and "Did you mean BETA?" in listed.stdout
+    assert not [line for line in listed.stdout.splitlines() if line.startswith("  BEAT ")]
+
+
+def test_settings_left_required_are_named_before_anything_runs():
+    result = run_main(gin_file="--gin_file=configs/tldr_rso.gin")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "REQUIRED (left %gin.REQUIRED by configs/tldr_rso.gin)" in result.stderr
+    for name in ("WORK_DIR", "TLDR_SFT_FILES", "TLDR_COMPARISON_FILES", "VOCABULARY_FILE",
+                 "SFT_INIT_CHECKPOINT", "RANKER_INIT_CHECKPOINT"):
+        assert f"\n  --gin.{name}=...\n" in result.stderr, name
+    assert "SentencePiece" not in result.stderr  # refused before the task reads the vocabulary
+
+
+def test_a_vocabulary_file_that_is_not_sentencepiece_is_named(tmp_path):
+    records = tmp_path / "train.jsonl"
+    records.write_text('{"post": "a post", "summary": "a summary"}\n')
+    files = "{" + ", ".join(f"'{split}': '{records}'" for split in ("train", "validation",
+                                                                     "test")) + "}"
+    result = run_main("--tiny", f"--gin.VOCABULARY_FILE='{records}'",
+                      f"--gin.TLDR_SFT_FILES={files}", f"--gin.TLDR_COMPARISON_FILES={files}",
+                      f"--gin.WORK_DIR='{tmp_path}/run'",
+                      gin_file="--gin_file=configs/tldr_rso.gin")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (f"VOCABULARY_FILE '{records}' is not a SentencePiece model (sentencepiece: "
+            "INTERNAL: could not parse ModelProto") in result.stderr
+    assert "it must be a SentencePiece model file" in result.stderr
+    assert not os.path.exists(tmp_path / "run")

@@ -44,10 +44,34 @@ DEMO = ["--gin_file=configs/demo_rso.gin"]
      "gives another judge"),
     ("EVAL_BEST_OF_N=0", "EVAL_BEST_OF_N must be an int >= 1 (or None), got 0"),
     ("EVAL_BEST_OF_N=4.0", "EVAL_BEST_OF_N must be an int >= 1 (or None), got 4.0"),
+    # Values of the wrong type, e.g. a macro bound to a call that returns '' (gin/data/
+    # synthetic.gin, gin/sampling.gin): named before int('') fails far from the setting.
+    ("SYNTHETIC_SEED=''", "SYNTHETIC_SEED must be of type int, got str ''"),
+    ("SYNTHETIC_SEED=-1", "SYNTHETIC_SEED must be >= 0, got -1"),
+    ("NUM_TRAIN_EXAMPLES=100.0", "NUM_TRAIN_EXAMPLES must be of type int, got float 100.0"),
+    ("LABEL_TEMPERATURE='hot'", "LABEL_TEMPERATURE must be of type float, got str 'hot'"),
+    ("NUM_CANDIDATES='16'", "NUM_CANDIDATES must be of type int, got str '16'"),
+    ("TOP_P=None", "TOP_P must be of type float, got NoneType None"),
 ])
 def test_a_bad_setting_fails_when_the_experiment_is_built_naming_it(binding, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         build_experiment(DEMO + [f"--gin.{one}" for one in binding.split(" & ")])
+
+
+def test_stages_may_be_one_name_and_unknown_ones_are_named():
+    from rso_jax.experiment import runner
+
+    assert runner.checked_stages("sft") == ("sft",)  # --gin.STAGES="'sft'"
+    assert runner.checked_stages(["sft", "ranker"]) == ("sft", "ranker")
+    with pytest.raises(ValueError, match=re.escape(
+            "STAGES names unknown stages ['sft,ranker']")) as error:
+        runner.checked_stages("sft,ranker")
+    assert "several are a tuple: --gin.STAGES=\"('sft', 'ranker')\"" in str(error.value)
+    with pytest.raises(ValueError, match=re.escape("unknown stages ['rankr'] (did you mean "
+                                                   "'ranker'?)")):
+        runner.checked_stages(("sft", "rankr"))
+    with pytest.raises(ValueError, match="STAGES must be stage names, got 3"):
+        runner.checked_stages(3)
 
 
 def test_num_samples_is_checked_only_where_responses_are_kept():

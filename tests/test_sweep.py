@@ -218,6 +218,23 @@ def test_printed_commands_run_the_same_points(tmp_path):
     assert not (tmp_path / "points").exists()  # nothing ran
 
 
+def test_tiny_and_builtin_task_reach_every_point_and_its_command(tmp_path):
+    from rso_jax import main
+
+    paper = ["--gin_file=configs/tldr_rso.gin", "--sweep", "BETA=0.1,1", "--print_commands"]
+    refused = run_sweep(f"--sweep_dir={tmp_path}", *paper, timeout=120)  # its data: REQUIRED
+    assert refused.returncode == 2 and "Point BETA=0.1: " in refused.stderr
+    assert "\n  --gin.TLDR_SFT_FILES=...\n" in refused.stderr
+    result = run_sweep(f"--sweep_dir={tmp_path}", *paper, "--tiny", "--builtin_task",
+                       timeout=120)
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.strip().splitlines()]
+    assert len(commands) == 2
+    assert commands[1][3:6] == ["--gin_file=configs/tldr_rso.gin", "--builtin_task", "--tiny"]
+    assert main.parse_flags(commands[1][3:])[0] == [
+        "configs/tldr_rso.gin", main.BUILTIN_TASK_GIN_FILE, main.TINY_GIN_FILE]
+
+
 def test_sweeps_given_one_stages_dir_share_it(tmp_path):
     result = run_sweep(f"--sweep_dir={tmp_path}/beta", f"--stages_dir={tmp_path}/common",
                        "--sweep", "BETA=0.1,1", "--print_commands",

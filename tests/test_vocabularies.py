@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 
 import pytest
 import seqio
@@ -76,8 +77,25 @@ def test_special_ids_must_be_t5s(tmp_path):
 
 
 def test_missing_model_file():
-    with pytest.raises(FileNotFoundError, match="'/nonexistent/spm.model' not found"):
+    with pytest.raises(FileNotFoundError, match="VOCABULARY_FILE '/nonexistent/spm.model' not "
+                                                "found: it must be a SentencePiece model file"):
         vocabularies.sentencepiece_vocabulary("/nonexistent/spm.model")
+    with pytest.raises(ValueError, match="VOCABULARY_FILE must be the path of a SentencePiece "
+                                         "model file .*; got None"):
+        vocabularies.load_sentencepiece(None)
+
+
+def test_a_file_that_is_not_a_sentencepiece_model_is_named(tmp_path):
+    records = tmp_path / "train.jsonl"
+    records.write_text('{"post": "a post", "summary": "a summary"}\n')
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    for path in (str(records), str(passwd)):
+        with pytest.raises(ValueError, match=re.escape(
+                f"VOCABULARY_FILE {path!r} is not a SentencePiece model (sentencepiece: "
+                "INTERNAL: could not parse ModelProto")) as error:
+            vocabularies.load_sentencepiece(path)
+        assert "it must be a SentencePiece model file (the binary `.model`" in str(error.value)
 
 
 def test_vocabulary_settings():

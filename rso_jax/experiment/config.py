@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import optax
 
-from rso_jax import decoding, losses, t5, training
+from rso_jax import decoding, losses, setting_types, t5, training
 
 # Which responses are kept (NUM_SAMPLES of NUM_CANDIDATES): rso-sample-rank, sft-sample-rank,
 # best-of-N (the top NUM_SAMPLES by reward), or the task's own comparisons (no samples); or
@@ -66,7 +66,6 @@ _MACROS = {
                      "warmup_steps", "eval_every", "grad_accum_steps")},
     ("TrainingSchedule", "seed"): "SEED",
 }
-_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 
 def setting(instance: Any, field: str) -> str:
@@ -81,15 +80,9 @@ def setting(instance: Any, field: str) -> str:
 
 def check_types(instance: Any) -> None:
     """Raises a ValueError naming the setting when a field of a simple type (int, float, str,
-    bool) holds another type, e.g. --gin.BETA="'abc'"."""
-    for field in dataclasses.fields(instance):
-        allowed = _SIMPLE_TYPES.get(field.type if isinstance(field.type, str)
-                                    else getattr(field.type, "__name__", ""))
-        value = getattr(instance, field.name)
-        if allowed and (not isinstance(value, allowed)
-                        or (isinstance(value, bool) and bool not in allowed)):
-            raise ValueError(f"{setting(instance, field.name)} must be of type {field.type}, got "
-                             f"{type(value).__name__} {value!r}.")
+    bool) holds another type, e.g. --gin.BETA="'abc'" (`setting_types.check_types`)."""
+    setting_types.check_types(instance, {field.name: setting(instance, field.name)
+                                         for field in dataclasses.fields(instance)})
 
 
 @dataclasses.dataclass(frozen=True)

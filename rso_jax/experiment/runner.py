@@ -5,11 +5,12 @@ allows, an interrupted training stage resumed."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import os
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from rso_jax import atomic_io, partitioning, processes, reward_models
 from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, inference,
@@ -125,12 +126,32 @@ def install_checkpoint(context: StageContext, stage: str, name: str, path: str) 
                             {"from_checkpoint": os.path.abspath(path)})
 
 
+def checked_stages(stages: Any) -> tuple[str, ...]:
+    """STAGES as a tuple of stage names; a single name (--gin.STAGES="'sft'") is that stage.
+
+    Raises:
+      ValueError: naming STAGES, the unknown names and the closest stages, and the tuple
+        syntax for several stages.
+    """
+    several = "several are a tuple: --gin.STAGES=\"('sft', 'ranker')\""
+    if isinstance(stages, str):
+        stages = (stages,)
+    if not isinstance(stages, (tuple, list)) or not all(isinstance(s, str) for s in stages):
+        raise ValueError(f"STAGES must be stage names, got {stages!r}; {several}.")
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        close = sorted({match for stage in unknown
+                        for match in difflib.get_close_matches(stage, STAGES, n=2)})
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(f"STAGES names unknown stages {unknown}{hint}; the stages are "
+                         f"{STAGES}, and {several}.")
+    return tuple(stages)
+
+
 def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] = None,
         stages: Sequence[str] = STAGES) -> dict:
     """Runs the stages in order, skipping finished ones; returns the evaluation results."""
-    unknown = [stage for stage in stages if stage not in STAGES]
-    if unknown:
-        raise ValueError(f"Unknown stages {unknown}; the stages are {STAGES}.")
+    stages = checked_stages(stages)
     context = StageContext(experiment, partitioner or partitioning.create_partitioner())
     check_inputs(context)
     with contextlib.ExitStack() as held:
