@@ -2,18 +2,21 @@
 
 A run directory holds:
   checkpoints/<step>/     orbax: the TrainState (params, optimizer state, step, PRNG key) and
-                          a JSON item with the data position and the operative gin config
+                          a JSON item with the data position and the operative gin config;
+                          checksums.json: size and SHA-256 of its files (checkpoint_checksums)
   checkpoints/operative_config.gin
-  checkpoints_unusable/   step directories that could not be restored, moved aside on resume
+  checkpoints_unusable/   step directories (and best/) that could not be used, moved aside on
+                          resume (checkpoint_resume)
   metrics.jsonl           one JSON object per logged step or evaluation
   tensorboard/            event files (when tensorboardX is installed)
-  best/                   parameters of the best evaluation so far (pluggable metric) + best.json
+  best/                   parameters of the best evaluation so far (pluggable metric),
+                          best.json and checksums.json
 
-Resuming restores the state and the data position from the newest checkpoint that restores, so
-a run killed after a checkpoint and started again ends with exactly the parameters of an
-uninterrupted run.
-A non-finite loss stops the run before anything is saved, naming the step; the last good
-checkpoint stays as it was.
+Resuming restores the state and the data position from the newest checkpoint whose files match
+their checksums and that restores, so a run killed after a checkpoint and started again ends
+with exactly the parameters of an uninterrupted run.
+A non-finite loss stops the run before anything is saved, naming the step and the newest
+checkpoint whose files match their checksums; the checkpoints stay as they were.
 SIGTERM (what TPU VMs, GCE, SLURM and Kubernetes send before they stop a job) ends the step in
 progress, saves a checkpoint at that step, waits for the save and raises `Preempted`; running
 again resumes there and ends exactly as an uninterrupted run.
@@ -35,7 +38,8 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import numpy as np
 
-from rso_jax import atomic_io, checkpoints, model_spec, processes, run_info, training
+from rso_jax import (atomic_io, checkpoint_checksums, checkpoint_resume, checkpoints,
+                     model_spec, processes, run_info, training)
 
 logger = logging.getLogger(__name__)
 
@@ -144,116 +148,9 @@ def _to_floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: float(np.asarray(value)) for key, value in jax.device_get(metrics).items()}
 
 
-def _checkpoint_manager(directory: str, loop: LoopConfig):
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(max_to_keep=loop.keep_checkpoints, create=True,
-                                           enable_async_checkpointing=loop.async_checkpointing)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                 item_names=("state", "progress"))
-
-
-UNUSABLE_CHECKPOINTS_DIR = "checkpoints_unusable"
 # Everything `train` keeps in a run directory (see the module docstring).
-RUN_STATE_NAMES = ("checkpoints", UNUSABLE_CHECKPOINTS_DIR, "metrics.jsonl", "tensorboard",
-                   "best")
-
-
-def _restore_newest_usable(checkpoint_dir: str, loop: LoopConfig, state: training.TrainState):
-    """(manager, restored items or None, their step or None, whether earlier work was set
-    aside): the newest checkpoint that restores with finite parameters. Newer ones that do not
-    (an empty step directory, a damaged file) are moved to `checkpoints_unusable/` beside
-    `checkpoint_dir`, saying so, so that training redoes their steps and saves them again.
-    When none is left, the best parameters of the abandoned work go there too."""
-    import orbax.checkpoint as ocp
-
-    manager = _checkpoint_manager(checkpoint_dir, loop)
-    unusable = []
-    restored, step = None, None
-    for candidate in sorted(manager.all_steps(), reverse=True):
-        path = os.path.join(checkpoint_dir, str(candidate))
-        problem, fatal = None, None
-        try:
-            restored = manager.restore(candidate, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract_state(state)),
-                progress=ocp.args.JsonRestore()))
-            int(restored.progress["data_position"])
-        except (MemoryError, jax.errors.JaxRuntimeError) as error:
-            fatal = error  # out of device memory, a device failure: nothing says files are bad
-        except Exception as error:  # orbax raises KeyError, ValueError, FileNotFoundError...
-            problem = (f"{type(error).__name__}: "
-                       + (str(error).splitlines()[0][:300] if str(error) else ""))
-        # Every process takes the same decision (and then runs the same collectives).
-        if processes.any_process(fatal is not None):
-            raise fatal or RuntimeError(f"Another process failed restoring {path} with a device "
-                                        "error; see its log.")
-        if processes.any_process(problem is not None):
-            problem = problem or "it could not be restored by another process"
-        elif not _all_finite(restored.state.params):
-            problem = "its parameters are not all finite"
-        if problem is None:
-            step = candidate
-            break
-        logger.warning("Checkpoint %s cannot be restored (%s).", path, problem)
-        restored = None
-        unusable.append(candidate)
-    if not unusable:
-        return manager, restored, step, False
-    manager.close()
-    run_dir = os.path.dirname(checkpoint_dir)
-    aside = os.path.join(run_dir, UNUSABLE_CHECKPOINTS_DIR)
-    moves = [(os.path.join(checkpoint_dir, str(candidate)), str(candidate))
-             for candidate in unusable]
-    if step is None and os.path.isdir(os.path.join(run_dir, "best")):
-        moves.append((os.path.join(run_dir, "best"), "best"))
-    if processes.is_writer():
-        os.makedirs(aside, exist_ok=True)
-        for source, name in moves:
-            target, suffix = os.path.join(aside, name), 1
-            while os.path.exists(target):
-                target, suffix = os.path.join(aside, f"{name}.{suffix}"), suffix + 1
-            os.replace(source, target)
-    processes.barrier(f"unusable checkpoints of {checkpoint_dir} moved")
-    logger.warning("Moved the unusable checkpoints (steps %s) to %s; %s.",
-                   ", ".join(map(str, unusable)), aside,
-                   f"resuming from step {step}, the newest valid one" if step is not None
-                   else "no valid checkpoint is left, so training starts from step 0 (the "
-                   "best parameters so far went there too)")
-    return _checkpoint_manager(checkpoint_dir, loop), restored, step, step is None
-
-
-@jax.jit
-def _all_finite_on_devices(tree: Any) -> jax.Array:
-    return jax.numpy.stack([jax.numpy.isfinite(leaf).all()
-                            for leaf in jax.tree_util.tree_leaves(tree)]).all()
-
-
-def _all_finite(tree: Any) -> bool:
-    """Whether every array of `tree` is finite: one jitted computation and one transfer to
-    the host. (Not one eager reduction per array: with several processes on CPU devices,
-    hundreds of such small computations in flight at once, each with a collective over the
-    model axis, deadlocked a process in 2 of 2 tries.)"""
-    return bool(jax.device_get(_all_finite_on_devices(tree)))
-
-
-def _abstract_state(state: training.TrainState) -> Any:
-    return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-
-
-def _read_best(path: str) -> Optional[dict]:
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as stream:
-            best = json.load(stream)
-        float(best["value"]), int(best["step"])
-        return best
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}), so the best "
-                         "evaluation so far is unknown; delete the directory of this training "
-                         f"run ({os.path.dirname(os.path.dirname(path))}) to train it again."
-                         ) from error
+RUN_STATE_NAMES = ("checkpoints", checkpoint_resume.UNUSABLE_CHECKPOINTS_DIR, "metrics.jsonl",
+                   "tensorboard", checkpoint_resume.BEST_DIR)
 
 
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:
@@ -288,8 +185,8 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
 
     os.makedirs(work_dir, exist_ok=True)
     checkpoint_dir = os.path.join(work_dir, "checkpoints")
-    manager, restored, resumed_from, started_over = _restore_newest_usable(checkpoint_dir, loop,
-                                                                           state)
+    manager, restored, resumed_from, started_over = checkpoint_resume.restore_newest_usable(
+        checkpoint_dir, state, loop.keep_checkpoints, loop.async_checkpointing)
     run_info.write_gin_config(checkpoint_dir)
     data_position = 0
     seconds_before_resume = 0.0  # training time of earlier attempts, up to their checkpoint
@@ -300,8 +197,9 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
         last_metrics = dict(restored.progress.get("last_metrics", {}))
         logger.info("Resumed from step %d (data position %d) in %s", resumed_from,
                     data_position, checkpoint_dir)
-    best_path = os.path.join(work_dir, "best", "best.json")
-    best = _read_best(best_path)
+    best_dir = os.path.join(work_dir, checkpoint_resume.BEST_DIR)
+    best_path = os.path.join(best_dir, checkpoint_resume.BEST_FILE)
+    best = checkpoint_resume.read_best(best_path)
     log = MetricsLog(work_dir, 0 if started_over else resumed_from)
     step = int(jax.device_get(state.step))
 
@@ -324,9 +222,9 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
             value = metrics[loop.best_metric]
             if _is_better(value, None if best is None else best["value"], loop.best_mode):
                 best = {"step": step_number, "metric": loop.best_metric, "value": value}
-                checkpoints.save_params(state.params, model_config,  # by every process
-                                        os.path.join(work_dir, "best"))
+                checkpoints.save_params(state.params, model_config, best_dir)  # every process
                 atomic_io.write_json(best_path, best)
+                checkpoint_checksums.write(best_dir)
 
     progress = _progress(loop, start=step)
     iterator = batches(data_position)
@@ -349,9 +247,7 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
                 raise NonFiniteLossError(
                     f"Loss is {loss} at step {step + 1} (data position {data_position}); "
                     f"training stopped and nothing was saved for this step. "
-                    + (f"The last good checkpoint is step {manager.latest_step()} in "
-                       f"{checkpoint_dir}. " if manager.latest_step() is not None
-                       else "No checkpoint was saved before it. ")
+                    + checkpoint_resume.last_good_checkpoint(manager, checkpoint_dir)
                     + "Lower the learning rate or inspect that batch.")
             step += 1
             data_position += 1

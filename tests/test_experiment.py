@@ -9,6 +9,7 @@ import time
 import pytest
 
 import experiment_helpers
+from damage_helpers import flip_bytes
 
 TINY = experiment_helpers.DEMO_TINY_FLAGS
 
@@ -88,6 +89,28 @@ def test_damaged_outputs_and_an_empty_checkpoint_are_found_and_redone(finished_r
     assert "resuming from step 40, the newest valid one" in rerun.stderr
     assert os.listdir(work_dir / "preference" / "checkpoints_unusable") == ["50"]
     assert "Stage evaluate: stage preference" in rerun.stderr
+    assert json.load(open(work_dir / "results.json")) == json.load(
+        open(reference_dir / "results.json"))
+
+
+def test_a_preference_checkpoint_changed_in_place_is_set_aside(finished_run, tmp_path):
+    """Bytes 100-400 of a file of the newest preference checkpoint flipped in place (the stage
+    interrupted after it): the rerun names the checkpoint and the file, resumes from the one
+    before and ends with the uninterrupted run's results."""
+    reference_dir, _ = finished_run
+    work_dir = tmp_path / "flipped"
+    shutil.copytree(reference_dir, work_dir)
+    for finished in ("DONE.json", "params"):  # preference interrupted after its last step
+        path = work_dir / "preference" / finished
+        shutil.rmtree(path) if path.is_dir() else os.remove(path)
+    newest = work_dir / "preference" / "checkpoints" / "40"
+    flip_bytes(newest / "state" / "_METADATA")
+    rerun = run_main(work_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (f"Checkpoint {newest} cannot be restored ({newest}/state/_METADATA is not what the "
+            "save wrote (its SHA-256 differs))") in rerun.stderr
+    assert "resuming from step 30, the newest valid one" in rerun.stderr
+    assert os.listdir(work_dir / "preference" / "checkpoints_unusable") == ["40"]
     assert json.load(open(work_dir / "results.json")) == json.load(
         open(reference_dir / "results.json"))
 

@@ -201,7 +201,7 @@ from rso_jax import partitioning
 partitioning.maybe_initialize_distributed()
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
-from rso_jax import train_loop
+from rso_jax import checkpoint_resume
 mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
 sharding = NamedSharding(mesh, PartitionSpec(None, "model"))
 leaf = np.ones((8, 16), np.float32)
@@ -209,7 +209,8 @@ tree = [jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[in
         for _ in range(199)]
 tree.append(jax.make_array_from_callback(leaf.shape, sharding,
                                          lambda index: np.full(leaf.shape, np.nan)[index]))
-print([train_loop._all_finite(tree[:-1]) for _ in range(3)], train_loop._all_finite(tree))
+print([checkpoint_resume._all_finite(tree[:-1]) for _ in range(3)],
+      checkpoint_resume._all_finite(tree))
 """
 
 
@@ -221,3 +222,62 @@ def test_the_finiteness_check_of_a_restore_does_not_deadlock_two_processes():
     for code, out, err in results:
         assert code == 0, err[-3000:]
         assert out.strip().splitlines()[-1] == "[True, True, True] False"
+
+
+TRAIN_LOOP_SCRIPT = """
+import json
+import sys
+from rso_jax import partitioning
+partitioning.maybe_initialize_distributed()
+import jax
+sys.path.insert(0, "tests")
+from rso_jax import train_loop
+from test_train_loop import loop, make_batches
+from t5_helpers import MESH_TEST_CONFIG
+import functools
+from rso_jax import t5, training
+work_dir, num_steps = sys.argv[1], int(sys.argv[2])
+partitioner = partitioning.create_partitioner(data_parallelism=4, model_parallelism=2)
+rows = partitioner.host_rows(4)
+
+
+def batches(position):
+    for batch in make_batches()(position):
+        yield partitioner.shard_batch(jax.tree_util.tree_map(lambda x: x[rows], batch), 4)
+
+
+optimizer = training.adafactor(learning_rate=1e-2)
+step = training.make_train_step(
+    partitioner, MESH_TEST_CONFIG, optimizer,
+    functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG), next(batches(0)))
+state = training.place_state(partitioner, MESH_TEST_CONFIG, optimizer,
+                             t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)),
+                             jax.random.PRNGKey(7))
+_, summary = train_loop.train(state, step, batches, work_dir, loop(num_steps),
+                              model_config=MESH_TEST_CONFIG)
+print(json.dumps({"resumed_from": summary["resumed_from"]}))
+"""
+
+
+def test_two_processes_agree_to_set_aside_a_checkpoint_that_fails_its_checksums(tmp_path):
+    """Only the first process compares a checkpoint with its checksums; the other takes its
+    verdict, so both set step 4 aside and resume from step 2."""
+    work_dir = str(tmp_path / "run")
+
+    def train(num_steps):
+        results = run_processes(None, timeout=300, command=[
+            sys.executable, "-c", TRAIN_LOOP_SCRIPT, work_dir, str(num_steps)])
+        for code, _, err in results:
+            assert code == 0, err[-3000:]
+        return results
+
+    train(4)
+    os.remove(os.path.join(work_dir, "checkpoints", "4", "checksums.json"))
+    results = train(6)
+    assert [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results] == [
+        {"resumed_from": 2}, {"resumed_from": 2}]
+    step_4 = os.path.join(work_dir, "checkpoints", "4")
+    assert f"{step_4} cannot be restored (it has no checksums.json" in results[0][2]
+    assert (f"{step_4} cannot be restored (the first process found the files of {step_4} "
+            "changed; see its log)") in results[1][2]
+    assert os.listdir(os.path.join(work_dir, "checkpoints_unusable")) == ["4"]

@@ -436,3 +436,21 @@ def test_the_results_table_shows_mean_and_spread_over_seeds(tmp_path):
     # rso - raft per seed: 0.3 and 0.1 -> mean 20.0, std 14.1 (points), rso ahead in 2 of 2
     assert paired.splitlines()[2].startswith("| rso - raft | +20.0 ± 14.1 (2/2) | - | - | "
                                              "+0.200 ± 0.141 (2/2) |")
+
+
+def test_a_beta_sweep_at_tiny_scale_keeps_fewer_than_it_samples_and_beta_matters(tmp_path):
+    """--tiny keeps 4 of 8 candidates: the acceptance rate rises with BETA (Theorem 1's
+    E[exp((r - r_max) / beta)] for the same rewards and uniforms) and what is kept changes."""
+    betas = ("0.002", "0.02", "2")
+    result = run_sweep(f"--sweep_dir={tmp_path}", "--tiny", "--sweep", f"BETA={','.join(betas)}",
+                       "--gin.STAGES=('sft', 'ranker', 'sample', 'score', 'select')")
+    assert result.returncode == 0, result.stderr[-3000:]
+    points = tmp_path / sweep.POINTS_DIR
+    rates, kept = [], []
+    for beta in betas:
+        done = json.load(open(points / f"BETA={beta}" / "select" / "DONE.json"))
+        rates.append(done["acceptance_rate"])
+        kept.append(np.load(points / f"BETA={beta}" / "select" / "kept.npz")["mask"])
+        assert kept[-1].shape == (16, 8) and (kept[-1].sum(axis=1) <= 4).all()
+    assert rates[0] < rates[1] < rates[2] and rates[2] - rates[0] > 0.3, rates
+    assert not np.array_equal(kept[0], kept[2])

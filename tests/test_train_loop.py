@@ -5,12 +5,15 @@ import json
 import os
 import signal
 import shutil
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, checkpoints, t5, partitioning, train_loop, training
+from rso_jax import (batching, checkpoint_checksums, checkpoints, file_checksums, t5,
+                     partitioning, train_loop, training)
+from damage_helpers import flip_bytes
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 
@@ -270,3 +273,164 @@ def test_with_no_usable_checkpoint_training_starts_over_and_sets_the_old_best_as
     for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight.params)),
                     jax.tree_util.tree_leaves(jax.device_get(resumed.params))):
         np.testing.assert_array_equal(a, b)
+
+
+def file_orbax_misses_when_flipped(step_dir, scratch):
+    """A file of an orbax step directory whose bytes 100-400, flipped, orbax does not notice:
+    the state restores, its parameters all finite, but other than saved (what restored
+    silently before checkpoints had checksums)."""
+    import orbax.checkpoint as ocp
+
+    def restore(directory):
+        return ocp.StandardCheckpointer().restore(os.path.join(directory, "state"))
+
+    saved = jax.tree_util.tree_leaves(restore(step_dir))
+    for name in file_checksums.files_below(step_dir):
+        if os.path.getsize(os.path.join(step_dir, name)) < 400:
+            continue
+        copy = os.path.join(scratch, "copy")
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(step_dir, copy)
+        flip_bytes(os.path.join(copy, name))
+        try:
+            restored = restore(copy)
+        except Exception:  # orbax noticed
+            continue
+        finite = all(np.isfinite(leaf).all()
+                     for leaf in jax.tree_util.tree_leaves(restored["params"]))
+        if finite and any(not np.array_equal(a, b)
+                          for a, b in zip(saved, jax.tree_util.tree_leaves(restored))):
+            return name
+    pytest.fail(f"Every flipped file of {step_dir} fails to restore or restores unchanged.")
+
+
+def assert_same_state(expected, actual):
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(expected)),
+                    jax.tree_util.tree_leaves(jax.device_get(actual))):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's, as
+def test_a_checkpoint_changed_in_place_is_set_aside_and_the_run_ends_as_uninterrupted(  # it fails
+
+        setup, straight, tmp_path, caplog):
+    """Bytes 100-400 of one file of the newest checkpoint flipped in place, where orbax alone
+    would restore finite parameters other than those saved: the rerun names the checkpoint and
+    the file, sets it aside, resumes from the one before and ends as an uninterrupted run."""
+    fresh_state, step, sharded = setup
+    work_dir = str(tmp_path / "flipped")
+    interrupted_at_step_5(setup, work_dir)
+    newest = os.path.join(work_dir, "checkpoints", "4")
+    damaged = file_orbax_misses_when_flipped(newest, str(tmp_path))
+    flip_bytes(os.path.join(newest, damaged))
+    resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                        loop(7), model_config=MESH_TEST_CONFIG)
+    assert (f"Checkpoint {newest} cannot be restored ({newest}/{damaged} is not what the save "
+            "wrote (its SHA-256 differs))") in caplog.text
+    assert "resuming from step 2, the newest valid one" in caplog.text
+    assert summary["resumed_from"] == 2 and int(resumed.step) == 7
+    assert os.listdir(os.path.join(work_dir, "checkpoints_unusable")) == ["4"]
+    assert_same_state(straight, resumed)
+
+
+def test_a_checkpoint_without_checksums_is_set_aside_whole(setup, straight, tmp_path, caplog):
+    """A kill after orbax finished step 4 and before its checksums were written: nothing can
+    tell its files are as saved, so it is moved, whole, to checkpoints_unusable/ and the run
+    resumes from step 2, ending as an uninterrupted run; the other steps keep checksums that
+    still match after a resume."""
+    fresh_state, step, sharded = setup
+    work_dir = str(tmp_path / "no_checksums")
+    interrupted_at_step_5(setup, work_dir)
+    checkpoint_dir = os.path.join(work_dir, "checkpoints")
+    os.remove(os.path.join(checkpoint_dir, "4", checkpoint_checksums.CHECKSUMS_FILE))
+    kept = file_checksums.files_below(os.path.join(checkpoint_dir, "4"))
+    resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                        loop(7), model_config=MESH_TEST_CONFIG)
+    assert (f"Checkpoint {checkpoint_dir}/4 cannot be restored (it has no checksums.json, so "
+            "its files cannot be checked)") in caplog.text
+    assert summary["resumed_from"] == 2
+    assert file_checksums.files_below(os.path.join(work_dir, "checkpoints_unusable", "4")) == kept
+    assert_same_state(straight, resumed)
+    assert sorted(os.listdir(checkpoint_dir)) == ["6", "7", "operative_config.gin"]
+    for saved in ("6", "7"):
+        assert checkpoint_checksums.mismatch(os.path.join(checkpoint_dir, saved)) is None
+
+
+def test_the_non_finite_loss_error_names_the_newest_checkpoint_that_matches_its_checksums(
+        setup, tmp_path):
+    """Step 4's checkpoint changed after it was saved (and its checksums written), then the
+    loss of step 6 is NaN: the error names step 2, not the latest step, and says why not 4."""
+    fresh_state, step, sharded = setup
+    work_dir = str(tmp_path / "nan_after_damage")
+    step_4 = os.path.join(work_dir, "checkpoints", "4")
+    calls = []
+
+    def step_damaging_checkpoint_4_before_step_6(state, batch):
+        calls.append(len(calls) + 1)
+        if calls[-1] == 6:
+            deadline = time.time() + 60
+            while not os.path.exists(os.path.join(step_4, checkpoint_checksums.CHECKSUMS_FILE)):
+                assert time.time() < deadline, "step 4's checksums were never written"
+                time.sleep(0.01)
+            flip_bytes(os.path.join(step_4, "state", "_METADATA"))
+        return step(state, batch)
+
+    with pytest.raises(train_loop.NonFiniteLossError) as raised:
+        train_loop.train(fresh_state(), step_damaging_checkpoint_4_before_step_6,
+                         sharded(make_batches(nan_at=5)), work_dir, loop(8),
+                         model_config=MESH_TEST_CONFIG)
+    message = str(raised.value)
+    assert "Loss is nan at step 6" in message
+    assert (f"The last good checkpoint is step 2 in {work_dir}/checkpoints, the newest whose "
+            "files match their checksums (a rerun sets aside the newer ones: step 4: "
+            f"{step_4}/state/_METADATA is not what the save wrote (its SHA-256 differs))"
+            ) in message
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == [
+        "2", "4", "operative_config.gin"]  # left as they were
+
+
+def closeness_to(target_params):
+    """Evaluator: minus the squared distance of the parameters to `target_params`, so that
+    the evaluation of the step that trained them is the best one."""
+    @jax.jit
+    def distance(params):
+        return sum(jax.numpy.sum((a - b) ** 2) for a, b in zip(
+            jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(target_params)))
+    return lambda params: {"closeness": -float(distance(params))}
+
+
+def test_damaged_best_parameters_are_evaluated_again_from_a_checkpoint_before_them(
+        setup, tmp_path, caplog):
+    """best/ (the evaluation of step 4) changed after it was saved: it and checkpoint 4 are
+    set aside, training resumes from step 2 and evaluates step 4 again, and the run ends with
+    the best step, value and parameters of an uninterrupted run."""
+    fresh_state, step, sharded = setup
+    at_step_4, _ = train_loop.train(fresh_state(), step, sharded(make_batches()),
+                                    str(tmp_path / "four_steps"), loop(4),
+                                    model_config=MESH_TEST_CONFIG)
+    evaluate = closeness_to(at_step_4.params)
+    evaluating = loop(7, eval_every=2, best_metric="closeness")
+    straight_dir = str(tmp_path / "straight")
+    _, straight_summary = train_loop.train(fresh_state(), step, sharded(make_batches()),
+                                           straight_dir, evaluating,
+                                           model_config=MESH_TEST_CONFIG, evaluate=evaluate)
+    assert straight_summary["best"]["step"] == 4  # evaluated at 2, 4, 6 and 7
+    work_dir = str(tmp_path / "best_damaged")
+    with pytest.raises(Interrupted):
+        train_loop.train(fresh_state(), step, sharded(make_batches(interrupt_at=5)), work_dir,
+                         evaluating, model_config=MESH_TEST_CONFIG, evaluate=evaluate)
+    best_dir = os.path.join(work_dir, "best")
+    assert json.load(open(os.path.join(best_dir, "best.json")))["step"] == 4
+    flip_bytes(os.path.join(best_dir, checkpoints.PARAMS_SUBDIR, "_METADATA"))
+    _, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                  evaluating, model_config=MESH_TEST_CONFIG, evaluate=evaluate)
+    assert (f"The best parameters so far, in {best_dir}, cannot be used ({best_dir}/params/"
+            "_METADATA is not what the save wrote (its SHA-256 differs)); training resumes "
+            "before step 4 and evaluates it again") in caplog.text
+    assert summary["resumed_from"] == 2
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints_unusable"))) == ["4", "best"]
+    assert summary["best"] == straight_summary["best"]
+    assert_same_state(
+        checkpoints.restore_params(os.path.join(straight_dir, "best"), MESH_TEST_CONFIG),
+        checkpoints.restore_params(best_dir, MESH_TEST_CONFIG))
+    assert checkpoint_checksums.mismatch(best_dir) is None

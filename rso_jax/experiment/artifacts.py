@@ -18,8 +18,8 @@ from typing import IO, Any, Iterator, Optional
 
 import numpy as np
 
-from rso_jax import (atomic_io, checkpoints, model_spec, param_tree, partitioning, processes,
-                     run_info, train_loop)
+from rso_jax import (atomic_io, checkpoints, file_checksums, model_spec, param_tree,
+                     partitioning, processes, run_info, train_loop)
 
 logger = logging.getLogger(__name__)
 
@@ -159,31 +159,16 @@ def mark_done(work_dir: str, stage: str, summary: dict) -> None:
 def output_files(work_dir: str, stage: str) -> list[str]:
     """The stage's output files, as paths relative to the work directory (temporary files of
     interrupted writes are not outputs)."""
-    directory = stage_dir(work_dir, stage)
     found = [name for name in top_level_outputs(stage)
              if os.path.isfile(os.path.join(work_dir, name))]
-    for root, folders, files in os.walk(directory, followlinks=True):
-        top = root == directory
-        folders[:] = sorted(f for f in folders
-                            if not atomic_io.is_leftover(f) and not (top and f in _NOT_OUTPUTS))
-        found += [os.path.relpath(os.path.join(root, name), work_dir) for name in files
-                  if not atomic_io.is_leftover(name) and not (top and name in _NOT_OUTPUTS)]
+    found += [os.path.join(stage, name) for name in
+              file_checksums.files_below(stage_dir(work_dir, stage), excluded=_NOT_OUTPUTS)]
     return sorted(found)
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def output_manifest(work_dir: str, stage: str) -> dict[str, dict]:
+def output_manifest(work_dir: str, stage: str) -> file_checksums.Record:
     """relative path -> {'bytes', 'sha256'} for each of the stage's output files."""
-    return {name: {"bytes": os.path.getsize(os.path.join(work_dir, name)),
-                   "sha256": file_sha256(os.path.join(work_dir, name))}
-            for name in output_files(work_dir, stage)}
+    return file_checksums.record(work_dir, output_files(work_dir, stage))
 
 
 def manifest_digest(manifest: dict[str, dict]) -> str:
@@ -191,19 +176,9 @@ def manifest_digest(manifest: dict[str, dict]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def damaged_outputs(work_dir: str, manifest: dict[str, dict]) -> list[str]:
+def damaged_outputs(work_dir: str, manifest: file_checksums.Record) -> list[str]:
     """How the files listed in a DONE marker's manifest differ from what is on disk now."""
-    found = []
-    for name, recorded in sorted(manifest.items()):
-        path = os.path.join(work_dir, name)
-        if not os.path.isfile(path):
-            found.append(f"{path} is missing")
-        elif os.path.getsize(path) != recorded["bytes"]:
-            found.append(f"{path} has {os.path.getsize(path)} bytes; the stage wrote "
-                         f"{recorded['bytes']}")
-        elif file_sha256(path) != recorded["sha256"]:
-            found.append(f"{path} is not what the stage wrote (its SHA-256 differs)")
-    return found
+    return list(file_checksums.mismatches(work_dir, manifest, "the stage"))
 
 
 @contextlib.contextmanager
