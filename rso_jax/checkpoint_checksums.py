@@ -11,11 +11,15 @@ record: a changed, missing, added or resized file, or a damaged record, makes it
 A step directory without `checksums.json` is unusable too: nothing can tell whether its files
 are the ones saved. What leaves one is rare: a kill in the moment between orbax finishing the
 step and its checksums being written (only the newest step, since a save starts once the
-previous one's checksums are written), a record deleted by hand, or checkpoints saved before
-checksums were written (a run of those starts over). Setting it aside (`checkpoint_resume`
-moves it, whole, to `checkpoints_unusable/`, where it can still be looked at) costs redoing
-the steps since the checkpoint before it; restoring it could resume from damaged state
-without a word, which is what the checksums are there to prevent.
+previous one's checksums are written) or a record deleted by hand. Setting it aside
+(`checkpoint_resume` moves it, whole, to `checkpoints_unusable/`, where it can still be looked
+at) costs redoing the steps since the checkpoint before it; restoring it could resume from
+damaged state without a word, which is what the checksums are there to prevent.
+
+The exception is a checkpoint directory written before checkpoints carried checksums: the
+manager writes `CHECKSUMS_KEPT` into the directory before its first save, so a directory
+without that marker holds only such checkpoints. Those are restored unverified, with a
+warning, rather than thrown away (a long run started with an older version resumes).
 
 `train_loop` records the parameters of the best evaluation (`best/`) the same way, once their
 `best.json` is written.
@@ -27,13 +31,18 @@ its verdict, so that all take the same decision.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from typing import Any, Iterable, Optional
 
 from rso_jax import atomic_io, file_checksums, processes
 
+logger = logging.getLogger(__name__)
+
 CHECKSUMS_FILE = "checksums.json"
+# In a checkpoint directory: its steps are saved with checksums (absent: saved before they were).
+CHECKSUMS_KEPT = "CHECKSUMS_KEPT"
 _WRITER = "the save"  # who wrote the files, in the sentences of `file_checksums.mismatches`
 
 
@@ -66,9 +75,17 @@ def _read_record(path: str) -> Optional[file_checksums.Record]:
         return None
 
 
-def _first_mismatch(directory: str) -> Optional[str]:
+def keeps_checksums(checkpoint_dir: str) -> bool:
+    """Whether the steps of `checkpoint_dir` were saved with checksums (not by a version of this
+    project from before them)."""
+    return os.path.isfile(os.path.join(checkpoint_dir, CHECKSUMS_KEPT))
+
+
+def _first_mismatch(directory: str, unrecorded_ok: bool) -> Optional[str]:
     path = os.path.join(directory, CHECKSUMS_FILE)
     if not os.path.isfile(path):
+        if unrecorded_ok:
+            return None
         return f"it has no {CHECKSUMS_FILE}, so its files cannot be checked"
     recorded = _read_record(path)
     if recorded is None:
@@ -77,11 +94,21 @@ def _first_mismatch(directory: str) -> Optional[str]:
     return next(file_checksums.mismatches(directory, recorded, _WRITER, present), None)
 
 
-def mismatch(directory: str) -> Optional[str]:
+def mismatch(directory: str, unrecorded_ok: bool = False) -> Optional[str]:
     """None when the files below `directory` are those its checksums.json records; else the
     first difference, in a sentence that names the file. The first process compares; every
-    process gets whether it found a difference (the others, a pointer to its log)."""
-    found = _first_mismatch(directory) if processes.is_writer() else None
+    process gets whether it found a difference (the others, a pointer to its log).
+
+    Args:
+      directory: a checkpoint step directory, or `best/`.
+      unrecorded_ok: a directory with no checksums.json passes (it was saved before checksums
+        were kept: `keeps_checksums`), with a warning.
+    """
+    found = _first_mismatch(directory, unrecorded_ok) if processes.is_writer() else None
+    if (unrecorded_ok and found is None
+            and not os.path.isfile(os.path.join(directory, CHECKSUMS_FILE))):
+        logger.warning("%s was saved before checkpoints carried checksums: restored without "
+                       "checking its files.", directory)
     if processes.any_process(found is not None):
         return found or f"the first process found the files of {directory} changed; see its log"
     return None
@@ -92,8 +119,9 @@ def newest_verified(checkpoint_dir: str,
     """The newest of `steps` (step directories of `checkpoint_dir`) whose files match their
     checksums, None when none does; and why each newer one does not ('step 6: ...')."""
     failures = []
+    unrecorded_ok = not keeps_checksums(checkpoint_dir)
     for step in sorted(steps, reverse=True):
-        problem = mismatch(os.path.join(checkpoint_dir, str(step)))
+        problem = mismatch(os.path.join(checkpoint_dir, str(step)), unrecorded_ok)
         if problem is None:
             return step, failures
         failures.append(f"step {step}: {problem}")
@@ -124,6 +152,10 @@ class ChecksummedCheckpointManager:
         """Saves `step` as orbax does (in the background when asynchronous), then writes its
         checksums on a thread once orbax has finished. Returns whether orbax saved it."""
         self.wait_until_finished()  # the previous save and its checksums (orbax waits anyway)
+        if processes.is_writer() and not keeps_checksums(self.directory):
+            os.makedirs(self.directory, exist_ok=True)
+            atomic_io.write_text(os.path.join(self.directory, CHECKSUMS_KEPT),
+                                 "Every step of this directory is saved with its checksums.json.\n")
         saved = self.manager.save(step, args=args)
         if saved and processes.is_writer():
             self._writing = threading.Thread(target=self._write_when_saved, args=(step,),

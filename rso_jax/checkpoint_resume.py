@@ -47,7 +47,8 @@ def _restore_checked(manager: checkpoint_checksums.ChecksummedCheckpointManager,
     process gets the same answer (and runs the same collectives)."""
     import orbax.checkpoint as ocp
 
-    problem = checkpoint_checksums.mismatch(path)
+    problem = checkpoint_checksums.mismatch(
+        path, unrecorded_ok=not checkpoint_checksums.keeps_checksums(os.path.dirname(path)))
     if problem is not None:
         return None, problem
     restored, fatal = None, None
@@ -71,7 +72,7 @@ def _restore_checked(manager: checkpoint_checksums.ChecksummedCheckpointManager,
     return restored, None
 
 
-def _check_best(best_dir: str) -> tuple[bool, Optional[int]]:
+def _check_best(best_dir: str, unrecorded_ok: bool) -> tuple[bool, Optional[int]]:
     """(whether `best_dir` must be set aside, the step training must resume before or None).
 
     Best parameters whose files do not match their checksums are set aside, and training
@@ -80,7 +81,7 @@ def _check_best(best_dir: str) -> tuple[bool, Optional[int]]:
     is nothing to redo: the step it would name was not saved either."""
     if not os.path.isdir(best_dir):
         return False, None
-    problem = checkpoint_checksums.mismatch(best_dir)
+    problem = checkpoint_checksums.mismatch(best_dir, unrecorded_ok)
     if problem is None:
         return False, None
     try:
@@ -120,7 +121,8 @@ def restore_newest_usable(checkpoint_dir: str, state: training.TrainState, max_t
     manager = checkpoint_manager(checkpoint_dir, max_to_keep, asynchronous)
     run_dir = os.path.dirname(checkpoint_dir)
     best_dir = os.path.join(run_dir, BEST_DIR)
-    best_damaged, evaluate_again = _check_best(best_dir)
+    best_damaged, evaluate_again = _check_best(
+        best_dir, unrecorded_ok=not checkpoint_checksums.keeps_checksums(checkpoint_dir))
     unusable = []
     restored, step = None, None
     for candidate in sorted(manager.all_steps(), reverse=True):

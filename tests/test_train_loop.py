@@ -21,6 +21,9 @@ class Interrupted(Exception):
     pass
 
 
+KEPT = checkpoint_checksums.CHECKSUMS_KEPT  # in every checkpoints/ saved with checksums
+
+
 def make_batches(num_batches=50, nan_at=None, interrupt_at=None):
     """Deterministic SFT batches by position; optional NaN weights or an interruption."""
     def source(position):
@@ -89,7 +92,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(setup, straight, tmp_p
     work_dir = str(tmp_path / "interrupted")
     interrupted_at_step_5(setup, work_dir)
     assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == [
-        "2", "4", "operative_config.gin"]
+        "2", "4", KEPT, "operative_config.gin"]
     resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
                                         loop(7), model_config=MESH_TEST_CONFIG)
     assert summary["resumed_from"] == 4 and summary["step"] == 7
@@ -129,7 +132,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_as_uninterrupted(setu
                          loop(7), model_config=MESH_TEST_CONFIG)
     assert signal.getsignal(signal.SIGTERM) is before
     assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == [
-        "2", "3", "operative_config.gin"]
+        "2", "3", KEPT, "operative_config.gin"]
     resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
                                         loop(7), model_config=MESH_TEST_CONFIG)
     assert summary["resumed_from"] == 3 and summary["step"] == 7
@@ -176,7 +179,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_pat
                                                             "is step 2"):
         train_loop.train(fresh_state(), step, sharded(make_batches(nan_at=3)), work_dir, loop(8),
                          model_config=MESH_TEST_CONFIG)
-    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == ["2", "operative_config.gin"]
+    assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == [
+        "2", KEPT, "operative_config.gin"]
     restored, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
                                          loop(2), model_config=MESH_TEST_CONFIG)
     assert summary["resumed_from"] == 2
@@ -351,7 +355,31 @@ def test_a_checkpoint_without_checksums_is_set_aside_whole(setup, straight, tmp_
     assert summary["resumed_from"] == 2
     assert file_checksums.files_below(os.path.join(work_dir, "checkpoints_unusable", "4")) == kept
     assert_same_state(straight, resumed)
-    assert sorted(os.listdir(checkpoint_dir)) == ["6", "7", "operative_config.gin"]
+    assert sorted(os.listdir(checkpoint_dir)) == ["6", "7", KEPT, "operative_config.gin"]
+    for saved in ("6", "7"):
+        assert checkpoint_checksums.mismatch(os.path.join(checkpoint_dir, saved)) is None
+
+
+def test_checkpoints_saved_before_checksums_were_kept_resume_unverified(setup, straight,
+                                                                         tmp_path, caplog):
+    """A run started by a version without checksums: no step has any, and the directory lacks
+    the marker a manager writes before its first save. Its newest checkpoint is restored (with a
+    warning), not thrown away; the steps saved from then on carry checksums."""
+    fresh_state, step, sharded = setup
+    work_dir = str(tmp_path / "before_checksums")
+    interrupted_at_step_5(setup, work_dir)
+    checkpoint_dir = os.path.join(work_dir, "checkpoints")
+    os.remove(os.path.join(checkpoint_dir, checkpoint_checksums.CHECKSUMS_KEPT))
+    for saved in ("2", "4"):
+        os.remove(os.path.join(checkpoint_dir, saved, checkpoint_checksums.CHECKSUMS_FILE))
+    resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
+                                        loop(7), model_config=MESH_TEST_CONFIG)
+    assert summary["resumed_from"] == 4
+    assert (f"{checkpoint_dir}/4 was saved before checkpoints carried checksums: restored "
+            "without checking its files.") in caplog.text
+    assert not os.path.exists(os.path.join(work_dir, "checkpoints_unusable"))
+    assert_same_state(straight, resumed)
+    assert checkpoint_checksums.keeps_checksums(checkpoint_dir)
     for saved in ("6", "7"):
         assert checkpoint_checksums.mismatch(os.path.join(checkpoint_dir, saved)) is None
 
@@ -386,7 +414,7 @@ def test_the_non_finite_loss_error_names_the_newest_checkpoint_that_matches_its_
             f"{step_4}/state/_METADATA is not what the save wrote (its SHA-256 differs))"
             ) in message
     assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == [
-        "2", "4", "operative_config.gin"]  # left as they were
+        "2", "4", KEPT, "operative_config.gin"]  # left as they were
 
 
 def closeness_to(target_params):

@@ -154,13 +154,7 @@ class SeqioTask:
     splits: Optional[Mapping[str, str]] = dataclasses.field(default=None, hash=False)
     vocabulary: str = dataclasses.field(init=False, default="")
 
-    def __post_init__(self):
-        import gin
-
-        unset = [macro for field, macro in _MACROS.items() if getattr(self, field) is gin.REQUIRED]
-        if unset:
-            raise ValueError(f"Set {', '.join(unset)}: gin/data/seqio.gin requires them (its "
-                             "header says what each is), e.g. --gin.SEQIO_TASK=\"'my_task'\".")
+    def __post_init__(self):  # (settings left REQUIRED are refused before: main.configure_gin)
         object.__setattr__(self, "modules", module_names(self.modules))
         object.__setattr__(self, "splits", split_names(self.splits))
         task.check_ranker_template(self.ranker_template, f"task {self.name!r}")
