@@ -15,7 +15,7 @@ SYNTHETIC_VOCABULARY = os.path.join(REPO_ROOT, "rso_jax", "assets", "synthetic_s
 ONE_DEVICE_ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
 # The demo (configs/demo_rso.gin) at its tiniest: every stage in seconds on one CPU device.
 DEMO_TINY_FLAGS = [
-    "--gin_file=configs/demo_rso.gin",
+    "--gin_file=configs/demo_rso.gin", "--gin.EMPTY_OUTPUTS_LIMIT=1.0",  # greedy may end at once
     "--gin.SFT_STEPS=12", "--gin.RANKER_STEPS=12", "--gin.PREFERENCE_STEPS=40",
     "--gin.NUM_CANDIDATES=4", "--gin.NUM_SAMPLES=4", "--gin.MAX_DECODE_LENGTH=10",
     "--gin.NUM_SAMPLE_PROMPTS=32", "--gin.NUM_EVAL_PROMPTS=16",

@@ -220,9 +220,10 @@ def test_a_pointwise_reward_model_loads_only_from_its_own_orbax_checkpoint(
             ranker_init_checkpoint=None, gold_ranker_checkpoint=None, gold_ranker_config=None,
             autosxs_judge_checkpoint=None, autosxs_judge_config=None)
 
-    checkpoint_inputs.check_all(experiment("pointwise", path))
+    checkpoint_inputs.check_all(experiment("pointwise", path), vocabulary_pieces=256)
     with pytest.raises(ValueError, match=r"holds a pointwise reward model, but "
                                          r"SCORER='pairwise'"):
-        checkpoint_inputs.check_all(experiment("pairwise", path))
+        checkpoint_inputs.check_all(experiment("pairwise", path), vocabulary_pieces=256)
     with pytest.raises(ValueError, match=r"holds a pairwise T5 ranker, but SCORER='pointwise'"):
-        checkpoint_inputs.check_all(experiment("pointwise", paths["orbax"]))
+        checkpoint_inputs.check_all(experiment("pointwise", paths["orbax"]),
+                                    vocabulary_pieces=256)

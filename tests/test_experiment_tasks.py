@@ -197,6 +197,7 @@ def test_paper_tldr_configuration_builds_at_abstract_shapes():
         f"--gin.VOCABULARY_FILE='{SYNTHETIC_VOCABULARY}'",
         "--gin.SFT_INIT_CHECKPOINT='t5_1_1_large/checkpoint_1000000'",
         "--gin.RANKER_INIT_CHECKPOINT='t5_1_1_xxl/checkpoint_1000000'",
+        "--gin.VOCAB_SIZE=32128",  # T5's vocabulary's rows (the test's vocabulary has 256)
         "--gin.WORK_DIR='runs/tldr_rso'"])
     policy, ranker = experiment.policy_config, experiment.ranker_config
     assert (policy.emb_dim, policy.num_encoder_layers, policy.dtype) == (1024, 24, "bfloat16")
@@ -307,3 +308,27 @@ def test_an_own_small_vocabulary_gives_samples_of_its_pieces_and_rewards_that_di
     assert (f"SFT_INIT_CHECKPOINT {checkpoint} has 64 vocabulary rows, fewer than the {pieces} "
             "pieces" in result.stderr), result.stderr[-2000:]
     assert not (tmp_path / "small").exists() and not (tmp_path / "few").exists()
+
+
+def test_an_evaluation_whose_decodes_are_mostly_empty_stops_saying_why(tmp_path):
+    """An SFT policy whose logits are all equal: greedy decoding takes the first drawable id,
+    EOS, for every prompt, so the evaluation's SFT decodes are all empty text (its samples are
+    uniform over the vocabulary, and pass)."""
+    from rso_jax import checkpoints, partitioning
+    flags = ["--tiny", "--gin.EMPTY_OUTPUTS_LIMIT=0.5"]
+    policy = build_experiment([*flags, f"--gin.WORK_DIR='{tmp_path}'"]).policy_config
+    params = jax.tree_util.tree_map(np.array, policy.init_params(jax.random.PRNGKey(0)))
+    params["decoder"]["logits_dense"]["kernel"][:] = 0.0
+    checkpoint = str(tmp_path / "ends_at_once")
+    checkpoints.save_params(params, policy, checkpoint)
+    work_dir = tmp_path / "run"
+    result = run_main(*flags, f"--gin.SFT_CHECKPOINT='{checkpoint}'",
+                      f"--gin.WORK_DIR='{work_dir}'")
+    assert result.returncode == 1
+    assert ("rso_jax.main: EmptyOutputsError: 8 of 8 of the sft policy's greedy decodes in "
+            "evaluate decode to empty text" in result.stderr), result.stderr[-2000:]
+    assert "8 end at once (EOS first)" in result.stderr
+    assert "EMPTY_OUTPUTS_LIMIT=1.0 goes on anyway" in result.stderr
+    assert "Stage sample: done" in result.stderr
+    assert not (work_dir / "results.json").exists()
+    assert not (work_dir / "evaluate" / "DONE.json").exists()

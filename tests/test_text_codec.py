@@ -31,12 +31,16 @@ def test_outputs_mostly_empty_are_refused_saying_why(codec):
     texts = codec.decode(tokens)
     assert sum(not t for t in texts) == 7
     with pytest.raises(text_codec.EmptyOutputsError) as raised:
-        text_codec.check_not_mostly_empty(tokens, texts, codec.size, "the test's decodes")
+        text_codec.check_not_mostly_empty(tokens, texts, codec.size, "the test's decodes",
+                                          0.5, "EMPTY_OUTPUTS_LIMIT")
     message = str(raised.value)
     assert message.startswith("7 of 10 of the test's decodes decode to empty text")
     assert "4 end at once (EOS first)" in message
     assert "4 tokens are ids the vocabulary lacks (at or past its 256 pieces)" in message
     assert "1 tokens are the unknown piece" in message
+    assert message.endswith("(More than EMPTY_OUTPUTS_LIMIT=0.5 of them; "
+                            "EMPTY_OUTPUTS_LIMIT=1.0 goes on anyway.)")
+    text_codec.check_not_mostly_empty(tokens, texts, codec.size, "the test's decodes", 0.7)
     # half or fewer empty: accepted
     text_codec.check_not_mostly_empty(tokens[:, 2:], codec.decode(tokens[:, 2:]), codec.size,
                                       "the test's decodes")

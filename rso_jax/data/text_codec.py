@@ -17,28 +17,26 @@ from rso_jax import batching, reward_models, vocabularies
 
 logger = logging.getLogger(__name__)
 
-# A stage stops when more than this fraction of its decoded outputs is empty text.
-MOSTLY_EMPTY_FRACTION = 0.5
-
-
 class EmptyOutputsError(ValueError):
     """Most decoded outputs of a stage are empty: rewards, pairs and win rates of them would
     mean nothing."""
 
 
 def check_not_mostly_empty(tokens: np.ndarray, texts: Sequence[str], vocabulary_size: int,
-                           what: str) -> None:
-    """Raises EmptyOutputsError, saying why, when more than MOSTLY_EMPTY_FRACTION of `texts`
-    (decoded from the EOS-terminated `tokens`, one row each) is empty.
+                           what: str, limit: float = 0.5, setting: str = "") -> None:
+    """Raises EmptyOutputsError, saying why, when more than `limit` of `texts` (decoded from
+    the EOS-terminated `tokens`, one row each) is empty.
 
     Args:
       tokens: int [..., length], the decoded ids (rows in the order of `texts`).
       texts: their texts (`TextCodec.decode`).
       vocabulary_size: the vocabulary's pieces; ids at or past it are no piece.
       what: what the outputs are, for the message ('the sample stage's candidates').
+      limit: the fraction of empty texts allowed (1.0: any).
+      setting: the setting that holds `limit`, named in the message.
     """
     empty = np.array([not text.strip() for text in texts])
-    if empty.mean() <= MOSTLY_EMPTY_FRACTION:
+    if empty.mean() <= limit:
         return
     rows = np.asarray(tokens).reshape(-1, np.shape(tokens)[-1])[empty]
     before_eos = [row[: list(row).index(vocabularies.EOS_ID)] if vocabularies.EOS_ID in row
@@ -62,9 +60,12 @@ def check_not_mostly_empty(tokens: np.ndarray, texts: Sequence[str], vocabulary_
     other = len(ids) - past - unknown
     if other:
         reasons.append(f"{other} tokens are pieces that decode to white space only")
+    override = (f" (More than {setting}={limit:g} of them; {setting}=1.0 goes on anyway.)"
+                if setting else "")
     raise EmptyOutputsError(
         f"{int(empty.sum())} of {len(texts)} of {what} decode to empty text, so rewards, pairs "
-        f"and win rates of them would mean nothing. Of the empty ones: {'; '.join(reasons)}.")
+        f"and win rates of them would mean nothing. Of the empty ones: {'; '.join(reasons)}."
+        + override)
 
 
 @functools.lru_cache(maxsize=None)

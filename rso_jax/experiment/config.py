@@ -57,6 +57,7 @@ _MACROS = {
     ("Experiment", "shared_stages_dir"): "SHARED_STAGES_DIR",
     ("Experiment", "autosxs_gold_temperature"): "AUTOSXS_GOLD_TEMPERATURE",
     ("Experiment", "eval_best_of_n"): "EVAL_BEST_OF_N",
+    ("Experiment", "empty_outputs_limit"): "EMPTY_OUTPUTS_LIMIT",
     ("InferenceBatchSizes", "sample"): "SAMPLE_BATCH_SIZE",
     ("InferenceBatchSizes", "ranker"): "RANKER_INFERENCE_BATCH_SIZE",
     ("InferenceBatchSizes", "reference"): "REFERENCE_BATCH_SIZE",
@@ -252,6 +253,9 @@ class Experiment:
     # Best-of-N at inference (evaluate): N samples per held-out prompt from each evaluated
     # policy, the one the reward model prefers kept, for N = 1, 2, 4, ... up to this; None: off.
     eval_best_of_n: Optional[int] = None
+    # A sample or evaluate stage stops, saying why, when more than this fraction of its decoded
+    # outputs is empty text (nothing computed from them would mean anything); 1.0: never.
+    empty_outputs_limit: float = 0.5
     # Evaluate on another task's prompts (RSO Table 6: a TL;DR policy on CNN/DailyMail).
     eval_task: Optional[Any] = None
     # Sample candidates for the prompts of another task's train split (RSO Table 6: pairs
@@ -334,6 +338,9 @@ class Experiment:
                 raise ValueError(f"AUTOSXS_GOLD_TEMPERATURE judges by the task's gold reward "
                                  f"program, and task {self.evaluation_task.name!r} has none: "
                                  "give AUTOSXS_JUDGE_CHECKPOINT and AUTOSXS_JUDGE_CONFIG.")
+        if not 0 < self.empty_outputs_limit <= 1:
+            raise ValueError(f"EMPTY_OUTPUTS_LIMIT must be in (0, 1] (a fraction of the "
+                             f"outputs; 1.0 never stops), got {self.empty_outputs_limit}.")
         if self.eval_best_of_n is not None and (
                 not isinstance(self.eval_best_of_n, int) or self.eval_best_of_n < 1):
             raise ValueError(f"EVAL_BEST_OF_N must be an int >= 1 (or None), got "

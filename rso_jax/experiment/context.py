@@ -113,7 +113,9 @@ class StageContext:
         """The texts of `tokens`, after refusing outputs that are mostly empty
         (`text_codec.check_not_mostly_empty`): nothing downstream of them would mean anything."""
         texts = self.decode(tokens)
-        text_codec.check_not_mostly_empty(tokens, texts, self.codec.size, what)
+        text_codec.check_not_mostly_empty(tokens, texts, self.codec.size, what,
+                                          self.experiment.empty_outputs_limit,
+                                          "EMPTY_OUTPUTS_LIMIT")
         return texts
 
     def ranker_template(self, task: Optional[Any] = None) -> tuple:
