@@ -109,12 +109,18 @@ def _umask() -> int:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Atomically replaces `path` with `data`."""
+    """Atomically replaces `path` with `data`. A failure to write (a full disk) raises an
+    OSError that names `path` (the operating system's names no file, or the temporary one)."""
     if not processes.is_writer():
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=_temporary_prefix(path))
+    try:
+        handle, temp_path = tempfile.mkstemp(dir=directory, prefix=_temporary_prefix(path))
+    except OSError as error:
+        if not error.errno:
+            raise
+        raise OSError(error.errno, error.strerror, path) from error
     try:
         os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
@@ -122,9 +128,11 @@ def write_bytes(path: str, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_path, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_path)
+        if isinstance(error, OSError) and error.errno and error.filename in (None, temp_path):
+            raise OSError(error.errno, error.strerror, path) from error
         raise
 
 

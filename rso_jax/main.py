@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 import os
 import re
 import sys
@@ -32,7 +31,6 @@ DEFAULT_GIN_FILE = "configs/demo_rso.gin"
 TINY_GIN_FILE = "gin/tiny.gin"
 BUILTIN_TASK_GIN_FILE = "gin/builtin_task.gin"
 RUN_FILE = "gin/runs/rso.gin"  # its header says what each setting means
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a job stopped by the signal
 
 
 class GinConfigError(ValueError):
@@ -221,30 +219,85 @@ def _without_gin_notes(error: Exception) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the job; returns the exit status: 0, 1 (a failure, said in one line, with the
+    traceback in the run's log file), 2 (a bad flag or gin setting), or 128 + the signal's
+    number after Ctrl-C (130) or SIGTERM (143) stopped the run at a safe point."""
     import gin
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("rso_jax").setLevel(logging.INFO)
-    gin_files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
-    cpu_tuning.restrict_ynnpack_to_dots()  # before any JAX computation; CPU backend only
-    try:
-        configure_gin(gin_files, bindings)
-        configured_run = gin.get_configurable(run)
-    except GinConfigError as error:
-        print(f"rso_jax.main: {error}", file=sys.stderr)
-        return 2
-    from rso_jax import train_loop
+    from rso_jax import run_log, stop_signals
+
+    run_log.configure_console()
+    with stop_signals.listening():  # from here on Ctrl-C raises nothing where it lands
+        gin_files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+        cpu_tuning.restrict_ynnpack_to_dots()  # before any JAX computation; CPU backend only
+        try:
+            configure_gin(gin_files, bindings)
+            configured_run = gin.get_configurable(run)
+        except GinConfigError as error:
+            print(f"rso_jax.main: {error}", file=sys.stderr)
+            return 2
+        work_dir = _configured_work_dir()
+        log = run_log.open_file(work_dir) if work_dir else None
+        try:
+            configured_run()
+        except Exception as error:
+            return _failure_exit_code(error, log)
+        finally:
+            if log is not None:
+                run_log.close_file(log)
+    return 0
+
+
+def _configured_work_dir() -> Optional[str]:
+    """WORK_DIR as gin binds it, or None (a job without one, or a REQUIRED one not given)."""
+    import gin
 
     try:
-        configured_run()
-    except train_loop.Preempted as preempted:
-        print(f"rso_jax.main: preempted: {preempted}", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    except (OSError, ValueError, FloatingPointError) as error:  # a path, a setting, a NaN loss
-        print(f"rso_jax.main: {type(error).__name__}: {_without_gin_notes(error)}",
-              file=sys.stderr)
-        return 1
-    return 0
+        work_dir = gin.query_parameter("%WORK_DIR")
+    except ValueError:
+        return None
+    return work_dir if isinstance(work_dir, str) else None
+
+
+def stopped_line(stopped: Exception) -> str:
+    """What a run stopped by a signal says: 'interrupted: sample: Ctrl-C (SIGINT) received;
+    ...' (`stop_signals.Stopped`, with the stage it stopped in)."""
+    from rso_jax import failures
+
+    stage = failures.stage_of(stopped)
+    return f"{stopped.kind}: {f'{stage}: ' if stage else ''}{_without_gin_notes(stopped)}"
+
+
+def _failure_exit_code(error: Exception, log: Optional[Any]) -> int:
+    """Says in one line why the run stopped (the stage, and for a failure of the file system
+    the path; the traceback goes to the run's log file `log`, a `run_log.RunLog`, only) and
+    returns the exit status; re-raises an error of no known kind (a bug), whose traceback the
+    console shows too."""
+    from rso_jax import failures, stop_signals
+
+    if isinstance(error, stop_signals.Stopped):  # not a failure: one line, here and in the log
+        line = stopped_line(error)
+        if log is not None:
+            log.record(line)
+        print(f"rso_jax.main: {line}", file=sys.stderr)
+        return error.exit_code
+    stage = failures.stage_of(error)
+    os_failure = failures.os_failure(error)
+    if os_failure is not None:
+        line = failures.describe_os_failure(os_failure, stage)
+    elif isinstance(error, (OSError, ValueError, FloatingPointError)):  # a path, a setting, NaN
+        line = (f"{f'stage {stage}: ' if stage else ''}{type(error).__name__}: "
+                f"{_without_gin_notes(error)}")
+    else:
+        line = None
+    if log is not None:
+        log.record(line or "The run failed:", error)
+    if line is None:
+        raise error
+    print(f"rso_jax.main: {line}", file=sys.stderr)
+    if os_failure is not None and log is not None and log.written:
+        print(f"rso_jax.main: the full traceback is in {log.path}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -67,10 +67,15 @@ def barrier(name: str) -> None:
 
 def any_process(flag: bool) -> bool:
     """Whether `flag` is true on any process; every process gets the same answer."""
+    return largest(int(bool(flag))) > 0
+
+
+def largest(value: int) -> int:
+    """The largest of every process's `value` (an int that fits 32 bits), on every process."""
     if count() == 1:
-        return bool(flag)
+        return int(value)
     from jax.experimental import multihost_utils
-    return bool(np.asarray(multihost_utils.process_allgather(np.asarray(bool(flag)))).any())
+    return int(np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int32))).max())
 
 
 def first_process_value(value: int) -> int:
@@ -110,5 +115,5 @@ def tag_log_lines() -> None:
         handler.addFilter(_ProcessTag())
         formatter = handler.formatter or logging.Formatter()
         if "%(process_tag)s" not in formatter._fmt:
-            handler.setFormatter(logging.Formatter("%(process_tag)s" + formatter._fmt,
-                                                   formatter.datefmt))
+            handler.setFormatter(type(formatter)("%(process_tag)s" + formatter._fmt,
+                                                 formatter.datefmt))  # its kind kept

@@ -257,9 +257,9 @@ def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
                stages_dir: Optional[str] = None) -> list[str]:
     """Runs the points in order in this process (compiled functions serve every point that
     has their shapes); returns the names of those that failed (each is logged and the sweep
-    goes on). A preemption stops the sweep: run it again to resume."""
+    goes on). Ctrl-C or SIGTERM stops the sweep (`stop_signals`): run it again to resume."""
     import gin
-    from rso_jax import train_loop
+    from rso_jax import stop_signals
 
     failed = []
     for index, point in enumerate(points):
@@ -269,7 +269,7 @@ def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
                                   point_bindings(sweep, point, sweep_dir, stages_dir))
         try:
             gin.get_configurable(entry_point.run)()
-        except train_loop.Preempted:
+        except stop_signals.Stopped:
             raise
         except Exception as error:  # a setting, a NaN loss, a device error: the next point
             logger.error("Point %s failed: %s: %s", point.name, type(error).__name__,
@@ -373,16 +373,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = []
     if not args.report:
         import jax
-        from rso_jax import train_loop
+        from rso_jax import stop_signals
 
         if not jax.config.jax_compilation_cache_dir:  # points recompile the same functions
             jax.config.update("jax_compilation_cache_dir",
                               os.path.abspath(os.path.join(args.sweep_dir, "compilation_cache")))
         try:
-            failed = run_points(sweep, points, args.sweep_dir, stages_dir)
-        except train_loop.Preempted as preempted:
-            print(f"rso_jax.sweep: preempted: {preempted}", file=sys.stderr)
-            return entry_point.PREEMPTED_EXIT_CODE
+            with stop_signals.listening():
+                failed = run_points(sweep, points, args.sweep_dir, stages_dir)
+        except stop_signals.Stopped as stopped:
+            print(f"rso_jax.sweep: {entry_point.stopped_line(stopped)}", file=sys.stderr)
+            return stopped.exit_code
     for path in write_report(sweep, points, args.sweep_dir):
         print(f"Wrote {path}")
     if failed:

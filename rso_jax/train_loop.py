@@ -17,9 +17,10 @@ their checksums and that restores, so a run killed after a checkpoint and starte
 with exactly the parameters of an uninterrupted run.
 A non-finite loss stops the run before anything is saved, naming the step and the newest
 checkpoint whose files match their checksums; the checkpoints stay as they were.
-SIGTERM (what TPU VMs, GCE, SLURM and Kubernetes send before they stop a job) ends the step in
-progress, saves a checkpoint at that step, waits for the save and raises `Preempted`; running
-again resumes there and ends exactly as an uninterrupted run.
+Ctrl-C (SIGINT) or SIGTERM (what TPU VMs, GCE, SLURM and Kubernetes send before they stop a
+job) ends the step in progress, saves a checkpoint at that step, waits for the save and raises
+`Preempted` (`stop_signals`); running again resumes there and ends exactly as an uninterrupted
+run.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -39,7 +38,7 @@ import jax
 import numpy as np
 
 from rso_jax import (atomic_io, checkpoint_checksums, checkpoint_resume, checkpoints,
-                     model_spec, processes, run_info, training)
+                     model_spec, processes, run_info, stop_signals, training)
 
 logger = logging.getLogger(__name__)
 
@@ -51,25 +50,9 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped without saving the bad state."""
 
 
-class Preempted(Exception):
-    """SIGTERM: training saved a checkpoint at its current step and stopped; run again to
-    resume from it."""
-
-
-@contextlib.contextmanager
-def _sigterm_requests() -> Iterator[threading.Event]:
-    """An event set when the process receives SIGTERM while the block runs (the previous
-    handler is put back after it). Signals reach only the main thread: elsewhere the event
-    never fires and SIGTERM keeps its previous effect."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.set())
-    try:
-        yield requested
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class Preempted(stop_signals.Stopped):
+    """Ctrl-C or SIGTERM: training saved a checkpoint at its current step and stopped; run
+    again to resume from it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +162,8 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
 
     Raises:
       NonFiniteLossError: the loss became NaN or infinite (nothing was saved for that step).
-      Preempted: SIGTERM arrived; a checkpoint of the step it ended was saved (and waited for).
+      Preempted: Ctrl-C or SIGTERM arrived; a checkpoint of the step it ended was saved (and
+        waited for).
     """
     import orbax.checkpoint as ocp
 
@@ -230,9 +214,10 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
     iterator = batches(data_position)
     start_time = time.perf_counter()
     saved_step = resumed_from
-    sigterm = contextlib.ExitStack()
-    stop_requested = sigterm.enter_context(_sigterm_requests())
-    stopping = False
+    signals = contextlib.ExitStack()
+    signals.enter_context(stop_signals.listening())
+    signals.enter_context(stop_signals.deferred())  # evaluations stop only at a step's end
+    stopping = None
     try:
         while step < loop.num_steps:
             try:
@@ -263,23 +248,21 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
             if step % loop.checkpoint_every == 0 or step == loop.num_steps:
                 save(step)
                 saved_step = step
-            if processes.any_process(stop_requested.is_set()):  # agreed: all stop here
-                stopping = True
+            stopping = stop_signals.agreed()  # every process: all stop here
+            if stopping is not None:
                 break
-        if stopping:
+        if stopping is not None:
             if saved_step != step:
                 save(step)
             manager.wait_until_finished()
-            received = ("SIGTERM received" if stop_requested.is_set()
-                        else "SIGTERM received by another process")
-            raise Preempted(f"{loop.name}: {received}; saved a checkpoint at step {step} "
-                            f"of {loop.num_steps} in {checkpoint_dir} and stopped. Run the same "
-                            "command again to resume from it.")
+            raise Preempted(f"{stop_signals.describe(stopping)}; saved a checkpoint at step "
+                            f"{step} of {loop.num_steps} in {checkpoint_dir} and stopped. Run "
+                            "the same command again to resume from it.", stopping)
         if evaluate is not None and (not loop.eval_every or step % loop.eval_every):
             run_evaluation(step)
         manager.wait_until_finished()
     finally:
-        sigterm.close()
+        signals.close()
         progress.close()
         log.close()
         manager.close()

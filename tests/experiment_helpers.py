@@ -7,7 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 from t5_helpers import REPO_ROOT
 
@@ -31,8 +31,12 @@ def main_command(*flags: str) -> list[str]:
     return [sys.executable, "-m", "rso_jax.main", *flags]
 
 
-def run_main(*flags: str, env=None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(main_command(*flags), cwd=REPO_ROOT, env=env or ONE_DEVICE_ENV,
+def run_main(*flags: str, env=None, timeout: int = 900,
+             file_size_limit_kb: Optional[int] = None) -> subprocess.CompletedProcess:
+    command = main_command(*flags)
+    if file_size_limit_kb is not None:
+        command = with_file_size_limit(command, file_size_limit_kb)
+    return subprocess.run(command, cwd=REPO_ROOT, env=env or ONE_DEVICE_ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -45,6 +49,12 @@ def kill_and_resume_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def with_file_size_limit(command: Sequence[str], kilobytes: int) -> list[str]:
+    """`command` run where no file may grow past `kilobytes` KiB: a full disk without mounting
+    one (a write past the limit fails with EFBIG, as Python ignores SIGXFSZ)."""
+    return ["bash", "-c", f'ulimit -f {kilobytes} && exec "$@"', "bash", *command]
 
 
 def bindings(flags: Sequence[str]) -> tuple[list[str], list[str]]:

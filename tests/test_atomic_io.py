@@ -1,11 +1,16 @@
 """Atomic writes: all or nothing, with the modes the umask gives."""
 
+import errno
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
+from experiment_helpers import with_file_size_limit
 from rso_jax import atomic_io
+from t5_helpers import REPO_ROOT
 
 
 @pytest.fixture
@@ -60,3 +65,17 @@ def test_leftovers_of_killed_writes_are_found_and_only_they(tmp_path):
     assert sorted(removed) == sorted([leftover_file, leftover_dir])
     assert not os.path.exists(leftover_file) and not os.path.exists(leftover_dir)
     assert all(path.read_text() == "keep" for path in keep)
+
+
+def test_a_write_that_fails_names_the_file_and_leaves_nothing(tmp_path):
+    """A write past the file size limit (as on a full disk, the operating system's error names
+    no file) raises an OSError naming the destination; neither it nor a temporary file is
+    left."""
+    path = tmp_path / "results.json"
+    script = ("import sys\nfrom rso_jax import atomic_io\ntry:\n"
+              f"    atomic_io.write_text({str(path)!r}, 'x' * 10000)\n"
+              "except OSError as error:\n    print(error.errno, error.filename)\n")
+    result = subprocess.run(with_file_size_limit([sys.executable, "-c", script], 4),
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == [str(errno.EFBIG), str(path)], result.stderr
+    assert os.listdir(tmp_path) == []

@@ -142,13 +142,21 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(finished_run, tmp_pa
     assert done["settings"]["selection"]["beta"] == 0.5 and len(done["fingerprint"]) == 16
 
 
-def test_killed_in_several_stages_and_rerun_ends_as_an_uninterrupted_run(finished_run,
-                                                                         tmp_path):
-    """SIGKILL in sampling and in the reference stage, then SIGTERM (a preemption) during
-    preference training, a re-run after each. The SIGTERM saves a checkpoint at the step in
-    progress, says so and exits with 143; the last re-run resumes from that step and ends with
-    the uninterrupted run's outputs, bit for bit (scripts/kill_and_resume.py kills 20 times at
-    random points of every stage)."""
+def main_lines(stderr: str) -> list[str]:
+    """What the entry point itself said (the rest is log lines)."""
+    return [line for line in stderr.splitlines() if line.startswith("rso_jax.main:")]
+
+
+def test_stopped_in_several_stages_and_rerun_ends_as_an_uninterrupted_run(finished_run,
+                                                                          tmp_path):
+    """Ctrl-C in sampling, SIGKILL in the reference stage, then SIGTERM (a preemption) and
+    Ctrl-C during preference training, a re-run after each. Ctrl-C in sampling ends with one
+    line and exit code 130, keeping nothing of the stage (it used to raise a KeyboardInterrupt
+    inside XLA's compilation, print 80 lines and die of a segmentation fault). SIGTERM and
+    Ctrl-C in training save a checkpoint at the step in progress, say so in one line and exit
+    with 143 and 130; the last re-run resumes from the second and ends with the uninterrupted
+    run's outputs, bit for bit (scripts/kill_and_resume.py kills 20 times at random points of
+    every stage)."""
     import re
     import signal
 
@@ -162,19 +170,39 @@ def test_killed_in_several_stages_and_rerun_ends_as_an_uninterrupted_run(finishe
         shutil.rmtree(path) if path.is_dir() else os.remove(path)
     command = experiment_helpers.main_command(*demo_flags(work_dir))
     log = []
-    kill_points = [("sample", 0.5, None, signal.SIGKILL), ("reference", 0.2, None, signal.SIGKILL),
-                   ("preference", 0.0, lambda: any("preference step 12/40" in line
-                                                   for line in log), signal.SIGTERM)]
-    for stage, delay, ready, sig in kill_points:
+
+    def stop(stage, delay, ready, sig):
         log.clear()
         attempt = script.run_until_killed(command, stage, delay, ready, log=log, sig=sig,
                                           env=experiment_helpers.ONE_DEVICE_ENV)
-        assert attempt["killed"], f"the run ended before it could be killed in {stage}"
-    said = "".join(log)
+        assert attempt["killed"], f"the run ended before it could be stopped in {stage}"
+        return attempt, "".join(log)
+
+    attempt, said = stop("sample", 0.5, None, signal.SIGINT)
+    assert attempt["returncode"] == 130, said[-3000:]
+    assert main_lines(said) == [
+        "rso_jax.main: interrupted: sample: Ctrl-C (SIGINT) received; stopped, keeping nothing "
+        "of the stage in progress. Run the same command again to go on: finished stages are "
+        "kept, and this one is redone from its start."]
+    assert "Traceback" not in said
+    assert os.listdir(work_dir / "sample") == ["settings.json"]
+    stop("reference", 0.2, None, signal.SIGKILL)
+    attempt, said = stop("preference", 0.0, lambda: "preference step 12/40" in "".join(log),
+                         signal.SIGTERM)
     assert attempt["returncode"] == 143, said[-3000:]
-    saved = int(re.search(r"preempted: preference: SIGTERM received; saved a checkpoint at "
-                          r"step (\d+) of 40", said).group(1))
-    assert 12 <= saved < 40 and (work_dir / "preference" / "checkpoints" / str(saved)).is_dir()
+    preempted = int(re.search(r"preempted: preference: SIGTERM received; saved a checkpoint "
+                              r"at step (\d+) of 40", said).group(1))
+    attempt, said = stop("preference", 0.0, lambda: " preference step " in "".join(log),
+                         signal.SIGINT)  # at its first step logged after resuming
+    assert attempt["returncode"] == 130, said[-3000:]
+    assert f"Resumed from step {preempted}" in said and "Traceback" not in said
+    [line] = main_lines(said)
+    saved = int(re.fullmatch(
+        r"rso_jax.main: interrupted: preference: Ctrl-C \(SIGINT\) received; saved a checkpoint "
+        rf"at step (\d+) of 40 in {re.escape(str(work_dir))}/preference/checkpoints and "
+        r"stopped. Run the same command again to resume from it.", line).group(1))
+    assert preempted < saved < 40
+    assert (work_dir / "preference" / "checkpoints" / str(saved)).is_dir()
     assert not (work_dir / "preference" / "DONE.json").exists()
     resumed = run_main(work_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -183,9 +211,45 @@ def test_killed_in_several_stages_and_rerun_ends_as_an_uninterrupted_run(finishe
     assert script.differences(str(reference_dir), str(work_dir)) == []
     preference = json.load(open(work_dir / "preference" / "DONE.json"))
     assert preference["resumed_from_step"] == saved and preference["seconds_before_resume"] > 0
-    assert preference["seconds"] > preference["seconds_before_resume"]  # both attempts count
+    assert preference["seconds"] > preference["seconds_before_resume"]  # every attempt counts
     assert not [name for _, folders, files in os.walk(work_dir) for name in folders + files
                 if ".partial-" in name]
+
+
+def test_a_full_disk_during_evaluate_names_the_file_and_leaves_no_result(finished_run,
+                                                                          tmp_path):
+    """The disk fills while evaluate writes (a file size limit of 8 KB stands for it: the gin
+    config beside its results has 13 KB). One line names the stage and the file, another the
+    run's log file, which holds the traceback that the console no longer shows; no
+    results.json or results.md appears and evaluate is not done. The rerun finishes it as the
+    uninterrupted run did."""
+    import re
+
+    reference_dir, _ = finished_run
+    work_dir = tmp_path / "full"
+    shutil.copytree(reference_dir, work_dir)
+    for later in ("evaluate", "results.json", "results.md", "operative_config.gin"):
+        path = work_dir / later
+        shutil.rmtree(path) if path.is_dir() else os.remove(path)
+    full = experiment_helpers.run_main(*demo_flags(work_dir), file_size_limit_kb=8)
+    assert full.returncode == 1, full.stderr[-3000:]
+    assert "Stage evaluate: running." in full.stderr and "Traceback" not in full.stderr
+    failed, where = main_lines(full.stderr)
+    assert failed.startswith(f"rso_jax.main: stage evaluate: File too large (EFBIG) at "
+                             f"{work_dir}/evaluate/operative_config.gin; a file reached the file "
+                             "size limit (`ulimit -f`)")
+    log_file = re.fullmatch(r"rso_jax.main: the full traceback is in (\S+)", where).group(1)
+    assert os.path.dirname(log_file) == str(work_dir / "logs")
+    logged = open(log_file).read()
+    assert "Stage evaluate: running." in logged and "Traceback (most recent call last)" in logged
+    assert "OSError: [Errno 27] File too large" in logged
+    for absent in ("results.json", "results.md", "evaluate/DONE.json"):
+        assert not (work_dir / absent).exists(), absent
+    rerun = run_main(work_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for name in ("results.json", "results.md"):
+        assert (work_dir / name).read_text() == (reference_dir / name).read_text()
+        assert (work_dir / name).read_text() == (work_dir / "evaluate" / name).read_text()
 
 
 def test_bad_binding_and_missing_checkpoint_fail_at_start(tmp_path):

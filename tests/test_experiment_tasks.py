@@ -297,7 +297,6 @@ def test_an_own_small_vocabulary_gives_samples_of_its_pieces_and_rewards_that_di
     result = run_main(*flags, "--gin.VOCAB_SIZE=64", f"--gin.WORK_DIR='{tmp_path / 'small'}'")
     assert result.returncode == 1
     assert f"has 64 vocabulary rows (VOCAB_SIZE), fewer than the {pieces} pieces" in result.stderr
-    from rso_jax import partitioning
     policy = build_experiment([*flags, f"--gin.WORK_DIR='{tmp_path}'"]).policy_config
     few_rows = policy.replace(vocab_size=64)
     checkpoint = str(tmp_path / "few_rows")
@@ -314,7 +313,7 @@ def test_an_evaluation_whose_decodes_are_mostly_empty_stops_saying_why(tmp_path)
     """An SFT policy whose logits are all equal: greedy decoding takes the first drawable id,
     EOS, for every prompt, so the evaluation's SFT decodes are all empty text (its samples are
     uniform over the vocabulary, and pass)."""
-    from rso_jax import checkpoints, partitioning
+    from rso_jax import checkpoints
     flags = ["--tiny", "--gin.EMPTY_OUTPUTS_LIMIT=0.5"]
     policy = build_experiment([*flags, f"--gin.WORK_DIR='{tmp_path}'"]).policy_config
     params = jax.tree_util.tree_map(np.array, policy.init_params(jax.random.PRNGKey(0)))

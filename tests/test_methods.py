@@ -254,9 +254,18 @@ def test_two_iterative_rounds(shared, tmp_path, partitioner, recipe):
                                              "settings"):
             run(partitioner, work_dir, *flags[:-1], "--gin.REFERENCE_POLICY='sft'")
         # A damaged round-2 result: that round's evaluation alone runs again, to the same.
+        with open(round_2 / "evaluate" / "results.json", "a") as stream:
+            stream.write(" ")
+        _, again = run(partitioner, work_dir, *flags)
+        assert again == results
+        evaluated = os.path.getmtime(round_2 / "evaluate" / "DONE.json")
+        assert evaluated > marks["evaluate"]
+        assert os.path.getmtime(round_2 / "preference" / "DONE.json") == marks["preference"]
+        # A damaged copy of it at the top of round_2/: copied again, nothing run.
         with open(round_2 / "results.json", "a") as stream:
             stream.write(" ")
         _, again = run(partitioner, work_dir, *flags)
         assert again == results
-        assert os.path.getmtime(round_2 / "evaluate" / "DONE.json") > marks["evaluate"]
-        assert os.path.getmtime(round_2 / "preference" / "DONE.json") == marks["preference"]
+        assert os.path.getmtime(round_2 / "evaluate" / "DONE.json") == evaluated
+        assert ((round_2 / "results.json").read_bytes()
+                == (round_2 / "evaluate" / "results.json").read_bytes())

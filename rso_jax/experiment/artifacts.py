@@ -4,6 +4,8 @@ A finished stage leaves `DONE.json` (its summary, and the size and SHA-256 of ea
 file) with the operative gin config beside it. Every file is written atomically (`atomic_io`),
 so an interrupted stage leaves no half file; a file damaged later (a full disk, a copy cut
 short, an edit by hand) no longer matches its DONE marker and is found before it is read.
+The evaluation's results are outputs of its stage too; their copies at the top of the work
+directory, where users look for them, appear only once the stage is done (`publish`).
 """
 
 from __future__ import annotations
@@ -30,19 +32,43 @@ PARAMS_DIR = "params"
 # state (which `train_loop` checks itself when it resumes).
 _NOT_OUTPUTS = {DONE_FILE, SETTINGS_FILE, run_info.OPERATIVE_CONFIG_FILE,
                 *train_loop.RUN_STATE_NAMES}
-# Outputs a stage writes at the top of the work directory (of its round's directory, for a
-# later round's stage), where users look for them.
-TOP_LEVEL_OUTPUTS = {"evaluate": ("results.json", "results.md")}
+RESULTS_FILE = "results.json"
+RESULTS_TABLE_FILE = "results.md"
+# Files of a finished stage copied to the top of the work directory (of its round's directory,
+# for a later round's stage), where users look for them.
+PUBLISHED = {"evaluate": (RESULTS_FILE, RESULTS_TABLE_FILE, run_info.OPERATIVE_CONFIG_FILE)}
 
 
-def top_level_outputs(stage: str) -> list[str]:
-    """The outputs `stage` ('evaluate', 'round_2/evaluate') writes outside its directory, as
-    paths relative to the work directory."""
+def published_copies(stage: str) -> list[tuple[str, str]]:
+    """(file of the stage, its copy) for each file `stage` ('evaluate', 'round_2/evaluate')
+    publishes, as paths relative to the work directory."""
     from rso_jax.experiment import rounds
 
     directory = rounds.round_dir("", rounds.round_of(stage))
-    return [os.path.join(directory, name)
-            for name in TOP_LEVEL_OUTPUTS.get(rounds.base_stage(stage), ())]
+    return [(os.path.join(stage, name), os.path.join(directory, name))
+            for name in PUBLISHED.get(rounds.base_stage(stage), ())]
+
+
+def publish(work_dir: str, stage: str) -> list[str]:
+    """Copies a finished stage's published files to the top of the work directory where a
+    copy is missing or differs (the first process); returns the paths written. Called once the
+    stage is marked done, so a stage that fails leaves no new copy; called again for a stage
+    done before, it restores a copy deleted or damaged since (or never made: a run stopped
+    between the DONE marker and the copies)."""
+    written = []
+    for name, copy in published_copies(stage):
+        source, target = os.path.join(work_dir, name), os.path.join(work_dir, copy)
+        if not os.path.isfile(source):
+            continue  # a work directory whose stage wrote the copies alone, as it once did
+        with open(source, "rb") as stream:
+            data = stream.read()
+        if os.path.isfile(target):
+            with open(target, "rb") as stream:
+                if stream.read() == data:
+                    continue
+        atomic_io.write_bytes(target, data)
+        written.append(target)
+    return written
 
 
 def stage_dir(work_dir: str, stage: str) -> str:
@@ -159,10 +185,8 @@ def mark_done(work_dir: str, stage: str, summary: dict) -> None:
 def output_files(work_dir: str, stage: str) -> list[str]:
     """The stage's output files, as paths relative to the work directory (temporary files of
     interrupted writes are not outputs)."""
-    found = [name for name in top_level_outputs(stage)
-             if os.path.isfile(os.path.join(work_dir, name))]
-    found += [os.path.join(stage, name) for name in
-              file_checksums.files_below(stage_dir(work_dir, stage), excluded=_NOT_OUTPUTS)]
+    found = [os.path.join(stage, name) for name in
+             file_checksums.files_below(stage_dir(work_dir, stage), excluded=_NOT_OUTPUTS)]
     return sorted(found)
 
 

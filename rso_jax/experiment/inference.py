@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from rso_jax import decoding, t5, partitioning, processes, reward_models, scoring
+from rso_jax import (decoding, t5, partitioning, processes, reward_models, scoring,
+                     stop_signals)
 
 
 def check_batch_size(name: str, batch_size: int, partitioner: partitioning.Partitioner) -> None:
@@ -29,11 +30,13 @@ def check_batch_size(name: str, batch_size: int, partitioner: partitioning.Parti
 def map_chunks(fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size: int,
                partitioner: partitioning.Partitioner) -> Any:
     """`fn(chunk_index, *chunks)` over fixed-size row slices of `arrays`, sharded over 'data';
-    the rows of its (pytree) results are concatenated on the host."""
+    the rows of its (pytree) results are concatenated on the host. Before each chunk, a stop
+    signal (Ctrl-C, SIGTERM) stops the stage (`stop_signals.stop_if_requested`)."""
     count = len(arrays[0])
     host_rows = partitioner.host_rows(batch_size)  # this process's rows of every chunk
     outputs = []
     for index, start in enumerate(range(0, count, batch_size)):
+        stop_signals.stop_if_requested()  # no chunk in flight: its results are on the host
         chunks = []
         for array in arrays:
             chunk = array[start:start + batch_size]

@@ -1,6 +1,7 @@
 """Runs an experiment: every input checked first, given checkpoints installed, then the
 stages in order (each round's, with ROUNDS > 1), finished ones reused when `stage_records`
-allows, an interrupted training stage resumed."""
+allows, an interrupted training stage resumed. A stop signal stops the run before the next
+stage (`stop_signals`); an error raised in a stage names it (`failures.in_stage`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import os
 import time
 from typing import Any, Optional, Sequence
 
-from rso_jax import atomic_io, partitioning, processes, reward_models
+from rso_jax import (atomic_io, failures, partitioning, processes, reward_models,
+                     stop_signals)
 from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, inference,
                                 rounds, shared_stages, stage_records)
 from rso_jax.experiment.config import Experiment
@@ -155,6 +157,7 @@ def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] 
     context = StageContext(experiment, partitioner or partitioning.create_partitioner())
     check_inputs(context)
     with contextlib.ExitStack() as held:
+        held.enter_context(stop_signals.listening())  # (again, after jax.distributed started)
         if experiment.shared_stages_dir:  # the links say which stages the checks look at
             held.enter_context(artifacts.work_dir_lock(experiment.work_dir))
             shared_stages.link(experiment, stage_names(experiment))
@@ -181,6 +184,7 @@ def _run_or_reuse(context: StageContext, stage: str, damaged: stage_records.Dama
         logger.info("Stage %s: done before, skipped.", stage)
         return
     reason = reason or "running, as the first process decided."
+    stop_signals.stop_if_requested()
     logger.info("Stage %s: %s", stage, reason)
     stage_records.start(experiment, stage, damaged)
     processes.barrier(f"stage {stage} started")
@@ -191,6 +195,7 @@ def _run_or_reuse(context: StageContext, stage: str, damaged: stage_records.Dama
     processes.barrier(f"stage {stage} written")  # every process's part of its outputs
     stage_records.mark_done(experiment, stage, summary)
     processes.barrier(f"stage {stage} marked done")
+    artifacts.publish(experiment.work_dir, stage)  # results appear only with the DONE marker
     damaged.pop(stage, None)
     logger.info("Stage %s: done in %.1f s: %s", stage, summary["seconds"], summary)
 
@@ -209,27 +214,31 @@ def _run_stages(context: StageContext, names: Sequence[str],
                               ("ranker", "RANKER_CHECKPOINT", experiment.ranker_checkpoint)):
         if not path:
             continue
-        with shared_stages.stage_lock(experiment, stage):
+        with failures.in_stage(stage), shared_stages.stage_lock(experiment, stage):
             if stage_records.reason_to_run(experiment, stage, damaged) is not None:
                 logger.info("Stage %s: from %s %s.", stage, name, path)
                 install_checkpoint(context, stage, name, path)
                 processes.barrier(f"stage {stage} installed")
                 damaged.pop(stage, None)
     for stage in names:
-        with shared_stages.stage_lock(experiment, stage):
+        with failures.in_stage(stage), shared_stages.stage_lock(experiment, stage):
             _run_or_reuse(context, stage, damaged)
     results = {}
     for round_index in range(1, experiment.rounds + 1):
         evaluate = rounds.stage_name("evaluate", round_index)
         if stage_records.reason_to_run(experiment, evaluate, damaged) is not None:
             break  # not evaluated yet (STAGES stopped before), or no longer current
+        for path in artifacts.publish(work_dir, evaluate):
+            logger.info("Stage %s: copied its results to %s, which was missing or differed.",
+                        evaluate, path)
+        processes.barrier(f"results of {evaluate} published")
         directory = rounds.round_dir(work_dir, round_index)
-        results_path = os.path.join(directory, "results.json")
+        results_path = os.path.join(directory, artifacts.RESULTS_FILE)
         with open(results_path) as stream:
             results = json.load(stream)
         if not processes.is_writer():
             continue
-        with open(os.path.join(directory, "results.md")) as stream:
+        with open(os.path.join(directory, artifacts.RESULTS_TABLE_FILE)) as stream:
             print(stream.read())
         trained = rounds.stage_name("preference", round_index)
         print(f"Results: {results_path}\nCheckpoints: "

@@ -159,9 +159,9 @@ def start(experiment: Experiment, stage: str, damaged: Damaged) -> None:
         logger.warning("Stage %s: deleting %s (%s); the stage starts afresh.", stage, directory,
                        "; ".join(reasons))
         atomic_io.remove_tree(directory)
-        for name in artifacts.top_level_outputs(stage):
-            if os.path.isfile(os.path.join(work_dir, name)):
-                os.remove(os.path.join(work_dir, name))
+        for _, copy in artifacts.published_copies(stage):
+            if os.path.isfile(os.path.join(work_dir, copy)):
+                os.remove(os.path.join(work_dir, copy))
     # (Leftovers at the top of the work directory the runner removes when the run starts.)
     for path in atomic_io.remove_leftovers(directory) if os.path.isdir(directory) else []:
         logger.info("Stage %s: removed %s, left by a write that was interrupted.", stage, path)

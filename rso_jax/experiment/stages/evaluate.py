@@ -9,6 +9,9 @@ gold program as a judge (AUTOSXS_GOLD_TEMPERATURE). With EVAL_BEST_OF_N, best-of
 inference of both policies (`experiment.best_of_n`). The prompts may
 come from another task than the training one (EVAL_TASK; RSO Table 6: a TL;DR policy on
 CNN/DailyMail). Round r > 1 evaluates its own policy (`round_<r>/results.json`).
+
+The stage writes `results.json` and `results.md` in its directory; the runner copies them to
+the top of the round's directory once the stage is done (`artifacts.publish`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from rso_jax import atomic_io, autosxs, run_info
-from rso_jax.experiment import best_of_n, checkpoint_inputs, metrics, report, rounds
+from rso_jax.experiment import artifacts, best_of_n, checkpoint_inputs, metrics, report
 from rso_jax.experiment.context import StageContext
 
 NUM_EXAMPLES_SHOWN = 5
@@ -142,9 +145,10 @@ def run(context: StageContext) -> dict:
             context, policies, prompts, contexts, targets, decodes["sft"], scorer,
             gold_rewards=gold.rewards, gold_outcomes=gold.win_outcomes,
             proxy_outcomes=proxy_outcomes)
-    directory = rounds.round_dir(experiment.work_dir, context.round)
-    run_info.write_result(directory, "results.json", results)
-    atomic_io.write_text(os.path.join(directory, "results.md"), report.results_table(results))
+    directory = context.directory("evaluate")
+    run_info.write_result(directory, artifacts.RESULTS_FILE, results)
+    atomic_io.write_text(os.path.join(directory, artifacts.RESULTS_TABLE_FILE),
+                         report.results_table(results))
     return {"trained_proxy_win_rate_vs_sft_policy":
             rows["trained"]["proxy_win_rate_vs_sft_policy"],
             "trained_gold_win_rate_vs_sft_policy": rows["trained"]["gold_win_rate_vs_sft_policy"]}
