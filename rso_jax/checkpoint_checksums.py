@@ -19,7 +19,9 @@ damaged state without a word, which is what the checksums are there to prevent.
 The exception is a checkpoint directory written before checkpoints carried checksums: the
 manager writes `CHECKSUMS_KEPT` into the directory before its first save, so a directory
 without that marker holds only such checkpoints. Those are restored unverified, with a
-warning, rather than thrown away (a long run started with an older version resumes).
+warning, rather than thrown away (a long run started with an older version resumes); before
+the marker is written, they (and `best/`) get their checksums.json as they are then, so that
+they stay usable afterwards.
 
 `train_loop` records the parameters of the best evaluation (`best/`) the same way, once their
 `best.json` is written.
@@ -34,7 +36,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from rso_jax import atomic_io, file_checksums, processes
 
@@ -132,10 +134,12 @@ class ChecksummedCheckpointManager:
     """An orbax CheckpointManager whose every saved step gets its checksums.json as soon as
     orbax has finished it (see the module docstring)."""
 
-    def __init__(self, manager: Any, directory: str):
-        """Wraps `manager`, an orbax CheckpointManager of `directory`."""
+    def __init__(self, manager: Any, directory: str, companions: Sequence[str] = ()):
+        """Wraps `manager`, an orbax CheckpointManager of `directory`; `companions` are other
+        directories saved with checksums (`best/`)."""
         self.manager = manager
         self.directory = directory
+        self.companions = tuple(companions)
         self._writing: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
 
@@ -153,7 +157,7 @@ class ChecksummedCheckpointManager:
         checksums on a thread once orbax has finished. Returns whether orbax saved it."""
         self.wait_until_finished()  # the previous save and its checksums (orbax waits anyway)
         if processes.is_writer() and not keeps_checksums(self.directory):
-            os.makedirs(self.directory, exist_ok=True)
+            self._record_unrecorded()
             atomic_io.write_text(os.path.join(self.directory, CHECKSUMS_KEPT),
                                  "Every step of this directory is saved with its checksums.json.\n")
         saved = self.manager.save(step, args=args)
@@ -162,6 +166,16 @@ class ChecksummedCheckpointManager:
                                              name=f"checksums of step {step}", daemon=True)
             self._writing.start()
         return saved
+
+    def _record_unrecorded(self) -> None:
+        """Checksums for what was saved before checksums were kept (restored unverified), so
+        that it stays usable once the marker says every step carries them."""
+        os.makedirs(self.directory, exist_ok=True)
+        saved = [os.path.join(self.directory, str(step)) for step in self.all_steps()]
+        for directory in [*saved, *self.companions]:
+            if (os.path.isdir(directory)
+                    and not os.path.isfile(os.path.join(directory, CHECKSUMS_FILE))):
+                write(directory)
 
     def _write_when_saved(self, step: int) -> None:
         try:

@@ -37,7 +37,7 @@ def checkpoint_manager(directory: str, max_to_keep: int,
     directory = os.path.abspath(directory)
     return checkpoint_checksums.ChecksummedCheckpointManager(
         ocp.CheckpointManager(directory, options=options, item_names=("state", "progress")),
-        directory)
+        directory, companions=[os.path.join(os.path.dirname(directory), BEST_DIR)])
 
 
 def _restore_checked(manager: checkpoint_checksums.ChecksummedCheckpointManager, path: str,

@@ -191,10 +191,8 @@ def for_vocabulary(sampling: SamplingConfig, vocabulary_size: int,
     """`sampling` drawing only a vocabulary's `vocabulary_size` pieces from a model of
     `model_rows` output rows: restricted when the model has rows past the pieces (a padded
     embedding), unchanged when every row is a piece."""
-    if vocabulary_size > model_rows:
-        raise ValueError(f"The vocabulary has {vocabulary_size} pieces but the model only "
-                         f"{model_rows} rows (VOCAB_SIZE); raise VOCAB_SIZE to at least "
-                         f"{vocabulary_size}.")
+    vocabularies.check_rows(model_rows, vocabulary_size, "The model (VOCAB_SIZE)",
+                            f"Raise VOCAB_SIZE to at least {vocabulary_size}.")
     if vocabulary_size == model_rows:
         return sampling
     return dataclasses.replace(sampling, vocabulary_size=vocabulary_size)
@@ -205,10 +203,8 @@ def drawable_width(model_rows: int, sampling: SamplingConfig) -> int:
     (`sampling.vocabulary_size`), or every row when it is not given."""
     if sampling.vocabulary_size is None:
         return model_rows
-    if sampling.vocabulary_size > model_rows:
-        raise ValueError(f"The vocabulary has {sampling.vocabulary_size} pieces but the model "
-                         f"only {model_rows} output rows (VOCAB_SIZE); it cannot write every "
-                         "piece. Raise VOCAB_SIZE to at least the vocabulary's size.")
+    vocabularies.check_rows(model_rows, sampling.vocabulary_size, "The model",
+                            "Give SamplingConfig.vocabulary_size at most its rows.")
     return sampling.vocabulary_size
 
 

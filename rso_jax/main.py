@@ -295,8 +295,15 @@ def _failure_exit_code(error: Exception, log: Optional[Any]) -> int:
     if line is None:
         raise error
     print(f"rso_jax.main: {line}", file=sys.stderr)
-    if os_failure is not None and log is not None and log.written:
-        print(f"rso_jax.main: the full traceback is in {log.path}", file=sys.stderr)
+    if log is not None and log.written:
+        if os_failure is not None:
+            print(f"rso_jax.main: the full traceback is in {log.path}", file=sys.stderr)
+    elif os_failure is not None:  # the log could not keep it (on the disk that filled, say)
+        import traceback
+
+        print("rso_jax.main: the run's log could not be written, so here is the traceback:",
+              file=sys.stderr)
+        traceback.print_exception(error, file=sys.stderr)
     return 1
 
 

@@ -393,8 +393,8 @@ def build_experiment(gin_files: Sequence[str], bindings: Sequence[str]) -> Any:
     main.configure_gin(gin_files, bindings, allow_required=True)
     required = gin_macros.required_macros()
     placeholders = [f"{name} = 'not read by the plan'" for name in required]
-    if "VOCABULARY_FILE" in required and not any(
-            binding.split("=")[0].strip() == "VOCAB_SIZE" for binding in bindings):
+    derived = "padded_vocab_size" in repr(gin_macros.macro_values().get("VOCAB_SIZE"))
+    if "VOCABULARY_FILE" in required and derived:
         # No vocabulary to derive the rows from: T5's (the paper's models).
         placeholders.append(f"VOCAB_SIZE = {model_sizes.T5_VOCAB_SIZE}")
     gin.parse_config(placeholders)

@@ -77,8 +77,26 @@ def padded_vocab_size(task: Any) -> int:
     Args:
       task: anything with `vocabulary_file()` (a `rso_jax.data.task.Task`).
     """
+    from rso_jax.data import task as task_lib
+
+    task_lib.check_task(task)
     pieces = piece_count(task.vocabulary_file())
     return -(-pieces // VOCAB_ROWS_MULTIPLE) * VOCAB_ROWS_MULTIPLE
+
+
+def check_rows(rows: int, pieces: int, whose: str, fix: str) -> None:
+    """Refuses a model or checkpoint of `rows` vocabulary rows for a vocabulary of `pieces`
+    pieces, which it cannot hold: the one check of "the rows hold the vocabulary".
+
+    Args:
+      rows: the embedding's rows (T5Config.vocab_size, or a checkpoint's).
+      pieces: the vocabulary's pieces.
+      whose: what has the rows, as the message starts ('POLICY_CONFIG (VOCAB_SIZE)').
+      fix: what to do, the message's last sentence.
+    """
+    if rows < pieces:
+        raise ValueError(f"{whose} has {rows} vocabulary rows, fewer than the {pieces} pieces "
+                         f"of the vocabulary: it cannot read or write every piece. {fix}")
 
 
 def single_token_ids(vocabulary: Any, texts: Sequence[str], name: str = "") -> tuple:

@@ -358,8 +358,8 @@ def test_config_builds_and_is_what_its_name_says(path):
     assert {key: observed(tiny, key) for key in METHOD_FIELDS} == {
         key: observed(experiment, key) for key in METHOD_FIELDS}
     assert tiny.selection.tau == TINY_TAU
-    # every method keeps doing something: fewer kept than sampled
-    assert (tiny.selection.num_samples, tiny.sampling.num_candidates) == (4, 8)
+    if tiny.selection.keeps_samples:  # selection chooses: fewer kept than sampled
+        assert tiny.selection.num_samples < tiny.sampling.num_candidates
 
 
 @pytest.mark.parametrize("path", [path for path in CONFIG_FILES if is_row(path)])

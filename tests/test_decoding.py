@@ -183,7 +183,7 @@ def test_sampling_is_restricted_to_the_vocabulary_only_where_the_model_has_more_
     sampling = decoding.SamplingConfig(num_candidates=4)
     assert decoding.for_vocabulary(sampling, 256, 256) is sampling
     assert decoding.for_vocabulary(sampling, 101, 128).vocabulary_size == 101
-    with pytest.raises(ValueError, match="101 pieces but the model only 64 rows"):
+    with pytest.raises(ValueError, match="has 64 vocabulary rows, fewer than the 101 pieces"):
         decoding.for_vocabulary(sampling, 101, 64)
 
 

@@ -296,7 +296,8 @@ def test_an_own_small_vocabulary_gives_samples_of_its_pieces_and_rewards_that_di
     # start-up naming both numbers.
     result = run_main(*flags, "--gin.VOCAB_SIZE=64", f"--gin.WORK_DIR='{tmp_path / 'small'}'")
     assert result.returncode == 1
-    assert f"has 64 vocabulary rows (VOCAB_SIZE), fewer than the {pieces} pieces" in result.stderr
+    assert (f"POLICY_CONFIG (VOCAB_SIZE) has 64 vocabulary rows, fewer than the {pieces} pieces"
+            in result.stderr), result.stderr[-2000:]
     policy = build_experiment([*flags, f"--gin.WORK_DIR='{tmp_path}'"]).policy_config
     few_rows = policy.replace(vocab_size=64)
     checkpoint = str(tmp_path / "few_rows")
@@ -324,8 +325,8 @@ def test_an_evaluation_whose_decodes_are_mostly_empty_stops_saying_why(tmp_path)
     result = run_main(*flags, f"--gin.SFT_CHECKPOINT='{checkpoint}'",
                       f"--gin.WORK_DIR='{work_dir}'")
     assert result.returncode == 1
-    assert ("rso_jax.main: EmptyOutputsError: 8 of 8 of the sft policy's greedy decodes in "
-            "evaluate decode to empty text" in result.stderr), result.stderr[-2000:]
+    assert ("rso_jax.main: stage evaluate: EmptyOutputsError: 8 of 8 of the sft policy's greedy "
+            "decodes decode to empty text" in result.stderr), result.stderr[-2000:]
     assert "8 end at once (EOS first)" in result.stderr
     assert "EMPTY_OUTPUTS_LIMIT=1.0 goes on anyway" in result.stderr
     assert "Stage sample: done" in result.stderr

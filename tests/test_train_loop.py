@@ -382,6 +382,14 @@ def test_checkpoints_saved_before_checksums_were_kept_resume_unverified(setup, s
     assert checkpoint_checksums.keeps_checksums(checkpoint_dir)
     for saved in ("6", "7"):
         assert checkpoint_checksums.mismatch(os.path.join(checkpoint_dir, saved)) is None
+    # The step restored unverified got its checksums before the marker was written: with the
+    # newer ones gone (a kill before their checksums, say), a rerun still resumes from it.
+    for newer in ("6", "7"):
+        shutil.rmtree(os.path.join(checkpoint_dir, newer))
+    assert checkpoint_checksums.mismatch(os.path.join(checkpoint_dir, "4")) is None
+    _, again = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir, loop(7),
+                                model_config=MESH_TEST_CONFIG)
+    assert again["resumed_from"] == 4
 
 
 def test_the_non_finite_loss_error_names_the_newest_checkpoint_that_matches_its_checksums(

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Optional, Sequence
-
-import numpy as np
+from typing import Any, Mapping, Optional
 
 from rso_jax.data import readers, task
 
 
 @dataclasses.dataclass(frozen=True)
-class FileTask:
+class FileTask(task.WithoutGoldReward):
     """A task read from local files through the dataset readers (`readers.DATASETS`).
 
     Attributes:
@@ -102,27 +100,14 @@ class FileTask:
         if self.sft_dataset is None:
             return tuple(task.Example(prompt=c.prompt, context=c.context, target=c.chosen)
                          for c in self.comparisons(split))
-        return tuple(task.Example(prompt=d["inputs"], context=d["inputs"], target=d["targets"])
-                     for d in self._read(self.sft_dataset, split))
+        return task.examples_of(self._read(self.sft_dataset, split))
 
     @functools.lru_cache(maxsize=None)
     def comparisons(self, split: str) -> tuple:
         if self.comparison_dataset is None:
             raise ValueError(f"Task {self.name!r} has prompts only, no comparisons: it can be "
                              "evaluated on (EVAL_TASK) but not trained with.")
-        return tuple(task.Comparison(prompt=d["inputs"], context=d["inputs"],
-                                     chosen=d["chosen"], rejected=d["rejected"])
-                     for d in self._read(self.comparison_dataset, split))
-
-    @property
-    def has_gold_reward(self) -> bool:
-        return False
-
-    def gold_rewards(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        raise task.no_gold_reward(self.name)
-
-    def gold_reward_optimum(self, contexts: Sequence[str]) -> Optional[float]:
-        return None
+        return task.comparisons_of(self._read(self.comparison_dataset, split))
 
 
 def tldr(vocabulary: str, files: Mapping[str, Any], options: Optional[Mapping] = None,

@@ -28,8 +28,6 @@ import functools
 import importlib
 from typing import Any, Mapping, Optional, Sequence, Union
 
-import numpy as np
-
 from rso_jax import vocabularies
 from rso_jax.data import task
 
@@ -127,7 +125,7 @@ def vocabulary_file(seqio_task: Any, features: Sequence[str], field: str) -> str
 
 
 @dataclasses.dataclass(frozen=True)
-class SeqioTask:
+class SeqioTask(task.WithoutGoldReward):
     """Prompts, SFT targets and comparisons read from registered seqio tasks.
 
     Built, and checked, when gin builds the experiment: the modules are imported, the tasks
@@ -223,8 +221,7 @@ class SeqioTask:
 
     @functools.lru_cache(maxsize=None)
     def sft_examples(self, split: str) -> tuple:
-        return tuple(task.Example(prompt=d["inputs"], context=d["inputs"], target=d["targets"])
-                     for d in self._records(self.sft_task, SFT_FEATURES, split))
+        return task.examples_of(self._records(self.sft_task, SFT_FEATURES, split))
 
     @functools.lru_cache(maxsize=None)
     def comparisons(self, split: str) -> tuple:
@@ -233,19 +230,8 @@ class SeqioTask:
                              "comparisons (inputs, chosen, rejected) in SEQIO_COMPARISON_TASK, "
                              "or give the trained reward model as RANKER_CHECKPOINT (and no "
                              "SELECTION='direct', which trains on the comparisons).")
-        return tuple(task.Comparison(prompt=d["inputs"], context=d["inputs"],
-                                     chosen=d["chosen"], rejected=d["rejected"])
-                     for d in self._records(self.comparison_task, COMPARISON_FEATURES, split))
-
-    @property
-    def has_gold_reward(self) -> bool:
-        return False
-
-    def gold_rewards(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        raise task.no_gold_reward(self.name)
-
-    def gold_reward_optimum(self, contexts: Sequence[str]) -> Optional[float]:
-        return None
+        return task.comparisons_of(self._records(self.comparison_task, COMPARISON_FEATURES,
+                                                 split))
 
 
 def _text(example: Mapping[str, Any], feature: str, vocabulary: Any) -> str:

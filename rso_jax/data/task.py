@@ -66,6 +66,21 @@ class Task(Protocol):
     def gold_reward_optimum(self, contexts: Sequence[str]) -> Optional[float]: ...
 
 
+def check_task(task: object, setting: str = "TASK") -> None:
+    """Refuses a `setting` that is not a task: a name (T5X users name their seqio tasks) is
+    answered with the data block that turns a registered seqio task into one."""
+    if isinstance(task, str):
+        raise ValueError(
+            f"{setting}={task!r} is a name, not a task. To use the registered seqio task "
+            f"{task!r}, include gin/data/seqio.gin (after gin/runs/rso.gin) and set "
+            f"SEQIO_TASK={task!r}, SEQIO_MODULES (the modules that register it) and "
+            "SEQIO_RANKER_TEMPLATE; the other data blocks of gin/data/ bind TASK to the paper's "
+            "datasets.")
+    if not callable(getattr(task, "vocabulary_file", None)):
+        raise ValueError(f"{setting}={task!r} is not a task (rso_jax.data.task.Task): bind it "
+                         "with a data block of gin/data/.")
+
+
 def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; the splits are {SPLITS}.")
@@ -82,3 +97,32 @@ def check_ranker_template(name: str, owner: str) -> tuple:
 def no_gold_reward(task_name: str) -> ValueError:
     return ValueError(f"Task {task_name!r} has no gold reward program; give the experiment a "
                       "gold ranker checkpoint (GOLD_RANKER_CHECKPOINT) to judge it instead.")
+
+
+def examples_of(records: Sequence[dict]) -> tuple:
+    """SFT examples of records with 'inputs' and 'targets' (the prompt is the ranker's
+    context too)."""
+    return tuple(Example(prompt=r["inputs"], context=r["inputs"], target=r["targets"])
+                 for r in records)
+
+
+def comparisons_of(records: Sequence[dict]) -> tuple:
+    """Comparisons of records with 'inputs', 'chosen' and 'rejected'."""
+    return tuple(Comparison(prompt=r["inputs"], context=r["inputs"], chosen=r["chosen"],
+                            rejected=r["rejected"]) for r in records)
+
+
+class WithoutGoldReward:
+    """The gold-reward part of the `Task` interface for data that has none (files, seqio)."""
+
+    name: str
+
+    @property
+    def has_gold_reward(self) -> bool:
+        return False
+
+    def gold_rewards(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        raise no_gold_reward(self.name)
+
+    def gold_reward_optimum(self, contexts: Sequence[str]) -> Optional[float]:
+        return None

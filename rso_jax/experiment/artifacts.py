@@ -55,6 +55,8 @@ def publish(work_dir: str, stage: str) -> list[str]:
     stage is marked done, so a stage that fails leaves no new copy; called again for a stage
     done before, it restores a copy deleted or damaged since (or never made: a run stopped
     between the DONE marker and the copies)."""
+    if not processes.is_writer():
+        return []
     written = []
     for name, copy in published_copies(stage):
         source, target = os.path.join(work_dir, name), os.path.join(work_dir, copy)

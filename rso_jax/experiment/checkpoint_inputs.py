@@ -47,13 +47,14 @@ def check_all(experiment: Experiment, vocabulary_pieces: int) -> None:
             rows = _vocabulary_rows(path, config)
             if rows is None:
                 raise
-            if rows < vocabulary_pieces:
-                raise ValueError(
-                    f"{name} {path} has {rows} vocabulary rows, fewer than the "
-                    f"{vocabulary_pieces} pieces of the task's vocabulary "
-                    f"({experiment.task.vocabulary_file()}): it cannot read or write every "
-                    "piece. Give a checkpoint trained with this vocabulary, or the vocabulary "
-                    "it was trained with (VOCABULARY_FILE).") from error
+            try:
+                vocabularies.check_rows(
+                    rows, vocabulary_pieces, f"{name} {path}",
+                    "Give a checkpoint trained with the task's vocabulary "
+                    f"({experiment.task.vocabulary_file()}), or give the task the vocabulary "
+                    "the checkpoint was trained with.")
+            except ValueError as too_few:
+                raise too_few from error
             raise ValueError(
                 f"{name} {path} has {rows} vocabulary rows; the model has VOCAB_SIZE="
                 f"{config.vocab_size} (by default the vocabulary's {vocabulary_pieces} pieces "

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import optax
 
 from rso_jax import decoding, losses, setting_types, t5, training
+from rso_jax.data import task as task_lib
 
 # Which responses are kept (NUM_SAMPLES of NUM_CANDIDATES): rso-sample-rank, sft-sample-rank,
 # best-of-N (the top NUM_SAMPLES by reward), or the task's own comparisons (no samples); or
@@ -272,6 +273,10 @@ class Experiment:
 
     def __post_init__(self):
         check_types(self)
+        for task, setting in ((self.task, "TASK"), (self.eval_task, "EVAL_TASK"),
+                              (self.sample_task, "SAMPLE_TASK")):
+            if task is not None:
+                task_lib.check_task(task, setting)
         if self.loss not in LOSSES:
             raise ValueError(f"LOSS={self.loss!r}; choose one of {LOSSES}.")
         if self.gamma <= 0:

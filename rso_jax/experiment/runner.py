@@ -14,7 +14,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from rso_jax import (atomic_io, failures, partitioning, processes, reward_models,
-                     stop_signals)
+                     stop_signals, vocabularies)
 from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, inference,
                                 rounds, shared_stages, stage_records)
 from rso_jax.experiment.config import Experiment
@@ -47,12 +47,9 @@ def check_inputs(context: StageContext) -> None:
     if experiment.autosxs_judge_config is not None:
         configs.append(("AUTOSXS_JUDGE_CONFIG", experiment.autosxs_judge_config))
     for name, config in configs:
-        if config.vocab_size < codec.size:
-            raise ValueError(f"{name} has {config.vocab_size} vocabulary rows (VOCAB_SIZE), "
-                             f"fewer than the {codec.size} pieces of the vocabulary "
-                             f"{codec.model_file}: it cannot read or write every piece. Leave "
-                             "VOCAB_SIZE unset (it is derived from the vocabulary) or set it to "
-                             f"at least {codec.size}.")
+        vocabularies.check_rows(config.vocab_size, codec.size, f"{name} (VOCAB_SIZE)",
+                                f"Leave VOCAB_SIZE unset (it is derived from the vocabulary "
+                                f"{codec.model_file}) or set it to at least {codec.size}.")
         context.partitioner.param_shardings(config)  # fits the mesh
     sizes = experiment.inference_batch_sizes
     for name, field in (("SAMPLE_BATCH_SIZE", "sample"), ("RANKER_INFERENCE_BATCH_SIZE", "ranker"),

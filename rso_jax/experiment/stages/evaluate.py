@@ -92,10 +92,9 @@ def run(context: StageContext) -> dict:
     prompts = context.encode_prompts([d.prompt for d in data])
     scorer = context.scorer()
     policies = {"sft": context.params("sft"), "trained": context.params("preference")}
-    decodes = {name: context.decode_checked(
-        context.greedy(params, prompts),
-        f"the {name} policy's greedy decodes in {context.stage_name('evaluate')}")
-        for name, params in policies.items()}
+    decodes = {name: context.decode_checked(context.greedy(params, prompts),
+                                            f"the {name} policy's greedy decodes")
+               for name, params in policies.items()}
     gold = _GoldJudge(context, task)
     judge = None
     if experiment.autosxs_judge_checkpoint is not None:

@@ -28,7 +28,7 @@ def run(context: StageContext) -> dict:
     start = time.perf_counter()
     out = context.sample(params, prompts, experiment.sampling, jax.random.fold_in(key, 0))
     elapsed = time.perf_counter() - start
-    context.decode_checked(out.tokens, f"the candidates sampled by {context.stage_name('sample')}")
+    context.decode_checked(out.tokens, "the sampled candidates")
     sft_params = params if context.previous_policy == "sft" else context.params("sft")
     baseline = context.sample(sft_params, prompts,
                               dataclasses.replace(experiment.sampling, num_candidates=1),
