@@ -1,5 +1,6 @@
 """Training loop: exact resume after an interruption, NaN stops cleanly, best checkpoint kept."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -372,8 +373,9 @@ def test_checkpoints_saved_before_checksums_were_kept_resume_unverified(setup, s
     os.remove(os.path.join(checkpoint_dir, checkpoint_checksums.CHECKSUMS_KEPT))
     for saved in ("2", "4"):
         os.remove(os.path.join(checkpoint_dir, saved, checkpoint_checksums.CHECKSUMS_FILE))
+    keep_all = dataclasses.replace(loop(7), keep_checkpoints=5)  # step 4 stays, to look at
     resumed, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
-                                        loop(7), model_config=MESH_TEST_CONFIG)
+                                        keep_all, model_config=MESH_TEST_CONFIG)
     assert summary["resumed_from"] == 4
     assert (f"{checkpoint_dir}/4 was saved before checkpoints carried checksums: restored "
             "without checking its files.") in caplog.text
@@ -387,7 +389,7 @@ def test_checkpoints_saved_before_checksums_were_kept_resume_unverified(setup, s
     for newer in ("6", "7"):
         shutil.rmtree(os.path.join(checkpoint_dir, newer))
     assert checkpoint_checksums.mismatch(os.path.join(checkpoint_dir, "4")) is None
-    _, again = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir, loop(7),
+    _, again = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir, keep_all,
                                 model_config=MESH_TEST_CONFIG)
     assert again["resumed_from"] == 4
 
