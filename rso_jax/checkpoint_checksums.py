@@ -171,7 +171,8 @@ class ChecksummedCheckpointManager:
         """Checksums for what was saved before checksums were kept (restored unverified), so
         that it stays usable once the marker says every step carries them."""
         os.makedirs(self.directory, exist_ok=True)
-        saved = [os.path.join(self.directory, str(step)) for step in self.all_steps()]
+        saved = [os.path.join(self.directory, name) for name in os.listdir(self.directory)
+                 if name.isdigit()]  # orbax's step directories
         for directory in [*saved, *self.companions]:
             if (os.path.isdir(directory)
                     and not os.path.isfile(os.path.join(directory, CHECKSUMS_FILE))):
