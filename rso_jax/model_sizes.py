@@ -12,7 +12,7 @@ import os
 from rso_jax import t5
 
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
-T5_VOCAB_SIZE = 32128  # T5's 32,100 SentencePiece pieces padded to a multiple of 128
+T5_VOCAB_SIZE = t5.T5Config.vocab_size  # T5's 32,100 SentencePiece pieces padded to 32,128
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO_ROOT, "gin", "models", "t5_1_1")
 

@@ -64,9 +64,15 @@ def load_sentencepiece(model_file: str) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
+def checked_processor(model_file: str) -> Any:
+    """`load_sentencepiece` of `model_file`, loaded and checked once per process (a run asks
+    for its vocabulary from the models' rows, the fingerprints and the text codec)."""
+    return load_sentencepiece(model_file)
+
+
 def piece_count(model_file: str) -> int:
     """How many pieces (ids 0 .. n - 1, the special ones included) a SentencePiece model has."""
-    return int(load_sentencepiece(model_file).get_piece_size())
+    return int(checked_processor(model_file).get_piece_size())
 
 
 def padded_vocab_size(task: Any) -> int:

@@ -7,7 +7,6 @@ One `TextCodec` per vocabulary file. Ids follow T5 (pad 0, EOS 1, unk 2, from
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Any, Sequence
 
@@ -16,6 +15,7 @@ import numpy as np
 from rso_jax import batching, reward_models, vocabularies
 
 logger = logging.getLogger(__name__)
+
 
 class EmptyOutputsError(ValueError):
     """Most decoded outputs of a stage are empty: rewards, pairs and win rates of them would
@@ -68,11 +68,6 @@ def check_not_mostly_empty(tokens: np.ndarray, texts: Sequence[str], vocabulary_
         + override)
 
 
-@functools.lru_cache(maxsize=None)
-def _processor(model_file: str) -> Any:
-    return vocabularies.load_sentencepiece(model_file)
-
-
 @dataclasses.dataclass(frozen=True)
 class TextCodec:
     """Encodes and decodes text under one SentencePiece model (checked when first used)."""
@@ -81,7 +76,7 @@ class TextCodec:
 
     @property
     def processor(self) -> Any:
-        return _processor(self.model_file)
+        return vocabularies.checked_processor(self.model_file)
 
     @property
     def size(self) -> int:
