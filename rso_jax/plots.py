@@ -39,7 +39,8 @@ ACCEPTANCE = "select.acceptance_rate"
 TRAINING_STAGES = ("sft", "ranker", "preference")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported here, on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,14 +49,15 @@ def _pyplot():
     return plt
 
 
-def _save(figure, path: str) -> str:
+def save_figure(figure, path: str) -> str:
+    """Writes `figure` as a PNG at `path` atomically, closes it and returns the path."""
     import io
 
     from rso_jax import atomic_io
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(figure)
+    pyplot().close(figure)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_io.write_bytes(path, buffer.getvalue())
     return path
@@ -93,7 +95,7 @@ def metric_against_axis(summary: Sequence[dict], axis: str, others: Sequence[str
                if any(row.get(column) is not None for row in summary)}
     if not present or len({row[axis] for row in summary}) < 2:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7.5, 4.2))
     numeric = is_numeric_axis(summary, axis)
     lines = _lines(summary, axis, others)
@@ -131,7 +133,7 @@ def metric_against_axis(summary: Sequence[dict], axis: str, others: Sequence[str
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def reward_distributions(points: dict[str, str], path: str) -> Optional[str]:
@@ -150,7 +152,7 @@ def reward_distributions(points: dict[str, str], path: str) -> Optional[str]:
     candidates = next(iter(kept.values()))[0]
     kinds = [kind for kind in ("rewards", "gold_rewards")
              if all(kind in rewards for rewards, _ in kept.values())]
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(kinds), figsize=(6.0 * len(kinds), 4.0), squeeze=False)
     for axis, kind in zip(axes[0], kinds):
         everything = candidates[kind].reshape(-1)
@@ -165,7 +167,7 @@ def reward_distributions(points: dict[str, str], path: str) -> Optional[str]:
         axis.set_xlabel("proxy reward (eq. 7)" if kind == "rewards" else "gold reward")
         axis.set_ylabel("density")
         axis.legend(fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def best_of_n_curves(results: Sequence[tuple[str, dict]], path: str) -> Optional[str]:
@@ -181,7 +183,7 @@ def best_of_n_curves(results: Sequence[tuple[str, dict]], path: str) -> Optional
                 curves.setdefault(name, {}).setdefault(row["n"], []).append(row)
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, (reward_axis, kl_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for name, by_n in curves.items():
         ns = sorted(by_n)
@@ -202,7 +204,7 @@ def best_of_n_curves(results: Sequence[tuple[str, dict]], path: str) -> Optional
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -226,7 +228,7 @@ def training_curves(work_dir: str, path: str) -> Optional[str]:
     stages = [(stage, read_metrics(file)) for stage, file in stages if os.path.isfile(file)]
     if not stages:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(stages), figsize=(5.6 * len(stages), 3.6), squeeze=False)
     figure.subplots_adjust(wspace=0.55)  # room for each panel's right-hand axis
     for axis, (stage, rows) in zip(axes[0], stages):
@@ -248,7 +250,7 @@ def training_curves(work_dir: str, path: str) -> Optional[str]:
                 twin.plot([r["step"] for r in points], [r[name] for r in points], "o-", ms=3,
                           color=f"C{index % 10}", label=name)
             twin.legend(fontsize=7, loc="center right")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def sweep_plots(sweep_dir: str, summary: Sequence[dict], axes: Sequence[str],

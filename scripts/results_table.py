@@ -6,7 +6,10 @@ each metric as mean ± standard deviation over seeds (in %, for rates).
 
 Reads <sweep_dir>/summary.csv (written by `python -m rso_jax.sweep`) and prints the table; with
 --paired, reads results.csv and prints, for each metric, setting A minus setting B seed by seed:
-the mean and standard deviation of the differences and the seeds where A is ahead.
+the mean difference with its 95 % interval, the paired t-test's p and the seeds where A is
+ahead; then, on the first metric, whether "A > B" held, was reversed, showed no effect as large
+as --margin, or cannot be told at this power, and the seeds a paired test needs to see a
+difference of --margin at 80 % power (from the measured spread).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import argparse
 import csv
 import os
 import sys
+
+from rso_jax import seed_statistics
 
 DEFAULT_METRICS = {
     "trained.gold_win_rate_vs_sft_target": "gold win rate",
@@ -44,32 +49,44 @@ def table(rows: list[dict], metrics: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def paired_table(rows: list[dict], pairs: list[tuple[str, str]],
-                 metrics: dict[str, str]) -> str:
-    """A minus B per seed (settings named by the first axis of results.csv)."""
+def paired_table(rows: list[dict], pairs: list[tuple[str, str]], metrics: dict[str, str],
+                 margin: float = 0.01) -> str:
+    """A minus B per seed (settings named by the first axis of results.csv): for each metric the
+    mean difference, its 95 % interval, the paired t-test's p and the seeds where A is ahead;
+    then, on the first metric, whether "A > B" held (`seed_statistics.verdict` with `margin`)
+    and how many seeds a paired test needs to see a difference of `margin` at 80 % power,
+    from the measured spread of the differences."""
     axis = next(iter(rows[0]))
     by_key = {(row[axis], row.get("SEED", "")): row for row in rows}
     seeds = sorted({row.get("SEED", "") for row in rows})
-    lines = ["| A - B | " + " | ".join(metrics.values()) + " |",
-             "|---|" + "---:|" * len(metrics)]
+    first_metric = next(iter(metrics))
+    shown_margin = (f"{100 * margin:g} point{'' if 100 * margin == 1 else 's'}"
+                    if "win_rate" in first_metric else f"{margin:g}")
+    lines = ["| A - B | " + " | ".join(metrics.values())
+             + f" | A > B on {metrics[first_metric]} (margin {shown_margin}) "
+             "| seeds for 80 % power |",
+             "|---|" + "---:|" * len(metrics) + "---|---:|"]
     for first, second in pairs:
-        cells = []
+        cells, verdict, needed = [], "-", "-"
         for column in metrics:
-            differences = [float(by_key[(first, s)][column]) - float(by_key[(second, s)][column])
-                           for s in seeds if by_key.get((first, s), {}).get(column)
-                           and by_key.get((second, s), {}).get(column)]
-            if not differences:
+            common = [s for s in seeds if by_key.get((first, s), {}).get(column)
+                      and by_key.get((second, s), {}).get(column)]
+            if not common:
                 cells.append("-")
                 continue
-            scale = 100 if "win_rate" in column else 1
-            mean = scale * sum(differences) / len(differences)
-            spread = (sum((scale * d - mean) ** 2 for d in differences)
-                      / max(len(differences) - 1, 1)) ** 0.5
-            ahead = sum(d > 0 for d in differences)
-            cells.append(f"{mean:+.1f} ± {spread:.1f} ({ahead}/{len(differences)})"
-                         if scale == 100 else
-                         f"{mean:+.3f} ± {spread:.3f} ({ahead}/{len(differences)})")
-        lines.append(f"| {first} - {second} | " + " | ".join(cells) + " |")
+            difference = seed_statistics.paired(
+                [float(by_key[(first, s)][column]) for s in common],
+                [float(by_key[(second, s)][column]) for s in common])
+            win_rate = "win_rate" in column
+            cells.append(seed_statistics.describe(difference, 100 if win_rate else 1,
+                                                  1 if win_rate else 3))
+            if column == first_metric:
+                verdict = seed_statistics.verdict(difference.difference, margin)
+                if len(common) > 1:
+                    needed = str(seed_statistics.seeds_for_power(
+                        difference.difference.spread, margin))
+        lines.append(f"| {first} - {second} | " + " | ".join(cells) + f" | {verdict} | "
+                     f"{needed} |")
     return "\n".join(lines)
 
 
@@ -82,12 +99,17 @@ def main(argv=None) -> int:
                              "default: win rates and gold reward)")
     parser.add_argument("--paired", action="append", default=[], metavar="A:B",
                         help="setting A minus setting B, seed by seed (from results.csv)")
+    parser.add_argument("--margin", type=float, default=0.01,
+                        help="the smallest difference of the first metric that matters, in its "
+                             "own units (default 0.01: one point of win rate); sets the "
+                             "verdict's 'no effect' band and the power calculation")
     args = parser.parse_args(argv)
     metrics = dict(m.rsplit("=", 1) for m in args.metric) if args.metric else DEFAULT_METRICS
     if args.paired:
         with open(os.path.join(args.sweep_dir, "results.csv")) as stream:
             rows = list(csv.DictReader(stream))
-        print(paired_table(rows, [tuple(p.split(":", 1)) for p in args.paired], metrics))
+        print(paired_table(rows, [tuple(p.split(":", 1)) for p in args.paired], metrics,
+                           args.margin))
         return 0
     path = os.path.join(args.sweep_dir, "summary.csv")
     if not os.path.isfile(path):

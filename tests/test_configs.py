@@ -35,7 +35,7 @@ from test_model_sizes import PUBLISHED_COUNTS
 CONFIG_FILES = sorted(os.path.relpath(path, REPO_ROOT) for path in
                       glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.gin"),
                                 recursive=True))
-NON_EXPERIMENT_FILES = {"configs/checkpoint_roundtrip.gin"}
+NON_EXPERIMENT_FILES = {"configs/checkpoint_roundtrip.gin", "configs/exact/rso_claim.gin"}
 COMMAND = "python -m rso_jax.main"
 TINY_TAU = 0.001  # gin/tiny.gin
 # What the tiny switch (gin/tiny.gin) and the built-in task (gin/builtin_task.gin) leave alone

@@ -23,7 +23,7 @@ def _summary(axis, values):
 def drawn(monkeypatch):
     """{"axes": ...}: the axes of the last figure a plot made."""
     found = {}
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     original = plt.subplots
 
     def spy(*args, **kwargs):

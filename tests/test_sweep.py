@@ -433,9 +433,22 @@ def test_the_results_table_shows_mean_and_spread_over_seeds(tmp_path):
     assert lines[2].startswith("| raft | 2 | 60.0 ± 14.1 | - | - | 2.600 ± 0.141 |")
     assert lines[3].startswith("| rso | 2 | 80.0 ± 0.0 |")
     paired = results_table.paired_table(rows, [("rso", "raft")], results_table.DEFAULT_METRICS)
-    # rso - raft per seed: 0.3 and 0.1 -> mean 20.0, std 14.1 (points), rso ahead in 2 of 2
-    assert paired.splitlines()[2].startswith("| rso - raft | +20.0 ± 14.1 (2/2) | - | - | "
-                                             "+0.200 ± 0.141 (2/2) |")
+    # rso - raft per seed: 0.3 and 0.1 -> mean 20.0 points, std 14.14; t(0.975, 1) = 12.706
+    # gives +-127.1; the paired t = 2.0 on 1 degree of freedom has p = 0.295; rso ahead in 2.
+    assert paired.splitlines()[2].startswith(
+        "| rso - raft | +20.0 [-107.1, +147.1], p = 0.3, 2/2 | - | - | "
+        "+0.200 [-1.071, +1.471], p = 0.3, 2/2 | cannot be told at this power | ")
+    # Three seeds, rso ahead by 2, 3 and 4 points: t = 5.2 on 2 degrees of freedom, p = 0.035.
+    rows = [{"setting": name, "SEED": str(seed),
+             "trained.gold_win_rate_vs_sft_target": 0.5 + (0.01 * (seed + 2) if name == "rso"
+                                                           else 0.0)}
+            for name in ("raft", "rso") for seed in range(3)]
+    line = results_table.paired_table(rows, [("rso", "raft")],
+                                      {"trained.gold_win_rate_vs_sft_target": "gold"}
+                                      ).splitlines()[2]
+    assert line.startswith("| rso - raft | +3.0 [+0.5, +5.5], p = 0.035, 3/3 | held | ")
+    # The differences' spread is 1 point: a paired test needs 10 seeds to see 1 point.
+    assert line.endswith("| 10 |")
 
 
 def test_a_beta_sweep_at_tiny_scale_keeps_fewer_than_it_samples_and_beta_matters(tmp_path):

@@ -3,7 +3,8 @@
 KL(best-of-N || pi_sft), analytic (`best_of_n_kl`) and exact or plug-in for a discrete
 distribution with ties (`best_of_n_kl_estimate`); Theorem 1's expected acceptance rate of
 statistical rejection sampling (`expected_acceptance_rate`); and the optimal policy of eq. (4),
-pi_sft * exp(r / beta) / Z, that rejection sampling converges to (`tilted_distribution`).
+pi_sft * exp(r / beta) / Z, that rejection sampling converges to (`tilted_distribution`, and in
+log space with log Z: `tilted_log_distribution`).
 Shape suffixes: `p` prompts, `m` outcomes of a discrete distribution (or samples of it).
 The functions are pure and jittable.
 """
@@ -126,6 +127,26 @@ def expected_acceptance_rate(rewards_pm: Array, beta: float | Array,
     return (probs_pm * accept_pm).sum(axis=1)
 
 
+def tilted_log_distribution(log_probs_pm: Array, rewards_pm: Array,
+                            beta: float | Array) -> tuple[Array, Array]:
+    """The optimal policy of eq. (4) in log space, with its normaliser.
+
+    log pi_r(y) = log pi_sft(y) + r(y) / beta - log Z, log Z = logsumexp(log pi_sft + r / beta).
+
+    Args:
+      log_probs_pm: float [P, M] log pi_sft of M outcomes (-inf for impossible ones).
+      rewards_pm: float [P, M] their rewards.
+      beta: scalar > 0.
+
+    Returns:
+      (log pi_r float32 [P, M], log Z float32 [P]).
+    """
+    log_weights_pm = (jnp.asarray(log_probs_pm, jnp.float32)
+                      + jnp.asarray(rewards_pm, jnp.float32) / beta)
+    log_partition_p = jax.nn.logsumexp(log_weights_pm, axis=1)
+    return log_weights_pm - log_partition_p[:, None], log_partition_p
+
+
 def tilted_distribution(probs_pm: Array, rewards_pm: Array, beta: float | Array) -> Array:
     """The optimal policy of eq. (4) on a discrete support: pi_sft(y) exp(r(y)/beta) / Z.
 
@@ -139,6 +160,6 @@ def tilted_distribution(probs_pm: Array, rewards_pm: Array, beta: float | Array)
     Returns:
       float32 [P, M], each row summing to 1.
     """
-    log_weights_pm = (jnp.log(jnp.asarray(probs_pm, jnp.float32))
-                      + jnp.asarray(rewards_pm, jnp.float32) / beta)
-    return jax.nn.softmax(log_weights_pm, axis=1)
+    log_probs_pm, _ = tilted_log_distribution(jnp.log(jnp.asarray(probs_pm, jnp.float32)),
+                                              rewards_pm, beta)
+    return jnp.exp(log_probs_pm)

@@ -1,0 +1,100 @@
+"""The exact study's figures (PNG): each source's KL to pi_r and expected reward, mean and 95 %
+interval over seeds, against the pair budget (budget.png), against beta with rejection
+sampling's acceptance rate (beta.png), and against N, the misspecification and the ranker's
+correlation (axes.png)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from rso_jax import seed_statistics
+from rso_jax.plots import pyplot, save_figure
+
+SOURCE_STYLES = {"direct": ("direct", "tab:gray"), "sft_sample_rank": ("sft-sample-rank",
+                                                                         "tab:blue"),
+                 "rso_sample_rank": ("rso-sample-rank", "tab:red"),
+                 "top_k_over_n": ("top-k-over-N", "tab:orange"),
+                 "optimal_policy": ("pairs from pi_r", "tab:green")}
+MEASURE_LABELS = {"kl_to_optimal": "KL(pi_r || pi_theta)", "expected_reward": "E[r] under pi_theta",
+                  "acceptance_rate": "acceptance rate"}
+
+
+def _curve(axes, points, panel: str, value, source: str, measure: str, by_budget: bool) -> None:
+    keys = sorted((k for k in points if k[0] == panel and k[2] == source
+                   and (value is None or k[1] == value)),
+                  key=lambda k: k[3] if by_budget else float(k[1]))
+    if not keys:
+        return
+    xs = [k[3] if by_budget else float(k[1]) for k in keys]
+    intervals = [seed_statistics.interval(points[k][measure]) for k in keys]
+    label, color = SOURCE_STYLES[source]
+    axes.plot(xs, [i.mean for i in intervals], marker="o", markersize=3, color=color,
+              label=label)
+    axes.fill_between(xs, [i.low for i in intervals], [i.high for i in intervals], color=color,
+                      alpha=0.2, linewidth=0)
+
+
+def _reference(axes, points, share, measure: str) -> None:
+    key = ("reference", share, "optimal_policy_exact", 0)
+    if key in points and measure == "expected_reward":
+        axes.axhline(float(np.mean(points[key][measure])), color="black", linestyle="--",
+                     linewidth=1, label="pi_r")
+
+
+def draw_all(points, directory: str) -> list[str]:
+    """Draws the figures the study's points allow into `directory`; returns their paths."""
+    paths = []
+    plt = pyplot()
+    shares = [k[1] for k in points if k[0] == "budget" and k[2] == "sft_sample_rank"
+              and k[3] == min(b[3] for b in points if b[0] == "budget")]
+    if shares:
+        figure, grid = plt.subplots(2, len(shares), figsize=(5.5 * len(shares), 7.5),
+                                    squeeze=False)
+        for column, share in enumerate(shares):
+            for row, measure in enumerate(("kl_to_optimal", "expected_reward")):
+                axes = grid[row][column]
+                for source in SOURCE_STYLES:
+                    _curve(axes, points, "budget", share, source, measure, True)
+                _reference(axes, points, share, measure)
+                axes.set_xscale("log", base=2)
+                if measure == "kl_to_optimal":
+                    axes.set_yscale("log")
+                axes.set_xlabel("preference pairs")
+                axes.set_ylabel(MEASURE_LABELS[measure])
+                axes.set_title(f"misspecification {share}")
+        grid[0][0].legend(fontsize=8)
+        paths.append(save_figure(figure, os.path.join(directory, "budget.png")))
+    if any(k[0] == "beta" for k in points):
+        figure, grid = plt.subplots(1, 3, figsize=(16, 4.2))
+        for axes, measure in zip(grid, ("kl_to_optimal", "expected_reward", "acceptance_rate")):
+            sources = ("rso_sample_rank",) if measure == "acceptance_rate" else SOURCE_STYLES
+            for source in sources:
+                _curve(axes, points, "beta", None, source, measure, False)
+            axes.set_xscale("log")
+            if measure == "kl_to_optimal":
+                axes.set_yscale("log")
+            axes.set_xlabel("beta (gamma = beta)")
+            axes.set_ylabel(MEASURE_LABELS[measure])
+        grid[0].legend(fontsize=8)
+        paths.append(save_figure(figure, os.path.join(directory, "beta.png")))
+    panels = [p for p in ("num_candidates", "misspecification", "ranker_correlation")
+              if any(k[0] == p for k in points)]
+    if panels:
+        figure, grid = plt.subplots(2, len(panels), figsize=(5.2 * len(panels), 7.5),
+                                    squeeze=False)
+        for column, panel in enumerate(panels):
+            for row, measure in enumerate(("kl_to_optimal", "expected_reward")):
+                axes = grid[row][column]
+                for source in SOURCE_STYLES:
+                    _curve(axes, points, panel, None, source, measure, False)
+                if panel == "num_candidates":
+                    axes.set_xscale("log", base=2)
+                if measure == "kl_to_optimal":
+                    axes.set_yscale("log")
+                axes.set_xlabel(panel)
+                axes.set_ylabel(MEASURE_LABELS[measure])
+        grid[0][0].legend(fontsize=8)
+        paths.append(save_figure(figure, os.path.join(directory, "axes.png")))
+    return paths
