@@ -75,6 +75,11 @@ def test_pi_r_is_in_the_family_exactly_when_the_reward_is_expressible():
     inside = problems.policy_logps(realizable, jnp.asarray(weights / BETA, jnp.float32))
     optimal, _ = problems.optimal_policy_logps(realizable, BETA)
     np.testing.assert_allclose(np.asarray(inside), np.asarray(optimal), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(realizable.reward_weights_d), weights, atol=1e-5)
+    target = jnp.asarray(weights / BETA, jnp.float32)
+    assert float(problems.tilt_ratio(realizable, target, BETA)) == pytest.approx(1.0, rel=1e-5)
+    assert float(problems.tilt_ratio(realizable, 0.5 * target, BETA)) == pytest.approx(0.5,
+                                                                                      rel=1e-5)
     _, residual, *_ = np.linalg.lstsq(np.asarray(misspecified.features_pmd).reshape(-1, 3),
                                       np.asarray(misspecified.rewards_pm).ravel(), rcond=None)
     assert residual[0] > 1.0  # 60 % of the variance of 15 rewards lies outside the features

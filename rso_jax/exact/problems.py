@@ -71,6 +71,9 @@ class Problem:
       rewards_pm: float32 [P, M] the true reward.
       ranker_rewards_pm: float32 [P, M] the labelling ranker's reward.
       other_logps_pm: float32 [P, M] log-probabilities of the direct source's policy.
+      reward_weights_d: float32 [D] the reward's expressible part is phi . reward_weights
+        (sqrt(1 - m) w / |w|), so pi_r's nearest member of the family in that part is
+        theta = reward_weights / beta.
     """
 
     features_pmd: Array
@@ -78,6 +81,7 @@ class Problem:
     rewards_pm: Array
     ranker_rewards_pm: Array
     other_logps_pm: Array
+    reward_weights_d: Array
 
 
 def make_problem(config: ProblemConfig, key: Array) -> Problem:
@@ -87,16 +91,17 @@ def make_problem(config: ProblemConfig, key: Array) -> Problem:
     keys = jax.random.split(key, 6)
     features_pmd = jax.random.normal(keys[0], shape + (config.num_features,))
     weights_d = jax.random.normal(keys[1], (config.num_features,))
-    expressible_pm = features_pmd @ (weights_d / jnp.linalg.norm(weights_d))
-    inexpressible_pm = jax.random.normal(keys[2], shape)
     m = config.misspecification
-    rewards_pm = jnp.sqrt(1.0 - m) * expressible_pm + jnp.sqrt(m) * inexpressible_pm
+    reward_weights_d = jnp.sqrt(1.0 - m) * weights_d / jnp.linalg.norm(weights_d)
+    inexpressible_pm = jax.random.normal(keys[2], shape)
+    rewards_pm = features_pmd @ reward_weights_d + jnp.sqrt(m) * inexpressible_pm
     c = config.ranker_correlation
     ranker_rewards_pm = c * rewards_pm + jnp.sqrt(1.0 - c * c) * jax.random.normal(keys[3], shape)
     sft_logps_pm = jax.nn.log_softmax(config.sft_spread * jax.random.normal(keys[4], shape))
     other_logps_pm = jax.nn.log_softmax(config.sft_spread * jax.random.normal(keys[5], shape))
     return Problem(features_pmd=features_pmd, sft_logps_pm=sft_logps_pm, rewards_pm=rewards_pm,
-                   ranker_rewards_pm=ranker_rewards_pm, other_logps_pm=other_logps_pm)
+                   ranker_rewards_pm=ranker_rewards_pm, other_logps_pm=other_logps_pm,
+                   reward_weights_d=reward_weights_d)
 
 
 def policy_logps(problem: Problem, theta_d: Array) -> Array:
@@ -107,6 +112,15 @@ def policy_logps(problem: Problem, theta_d: Array) -> Array:
 def optimal_policy_logps(problem: Problem, beta: float | Array) -> tuple[Array, Array]:
     """(log pi_r [P, M], log Z [P]) of eq. (4) for the true reward."""
     return theory.tilted_log_distribution(problem.sft_logps_pm, problem.rewards_pm, beta)
+
+
+def tilt_ratio(problem: Problem, theta_d: Array, beta: float | Array) -> Array:
+    """How much of the reward's expressible direction a fitted theta carries: its projection on
+    theta* = reward_weights / beta, divided by |theta*|^2 (1: as much as pi_r's tilt; below 1:
+    attenuated towards pi_sft; nan when the reward has no expressible part)."""
+    target_d = problem.reward_weights_d / beta
+    norm = jnp.sum(jnp.square(target_d))
+    return jnp.where(norm > 0, theta_d @ target_d / jnp.where(norm > 0, norm, 1.0), jnp.nan)
 
 
 def kl_divergence(logps_pm: Array, other_logps_pm: Array) -> Array:

@@ -3,6 +3,9 @@ sources with a verdict on each of RSO's orderings, and figures.
 
   python -m rso_jax.exact.report runs/exact      # again, from <work_dir>/results.csv
 
+The tilt ratio (`problems.tilt_ratio`) says why a fit is off: 1 when it carries as much of the
+reward's expressible direction as pi_r's tilt, below 1 when it is attenuated towards pi_sft.
+
 Writes <work_dir>/summary.md and <work_dir>/figures/{budget,beta,axes}.png. A comparison
 "A better than B" is made seed by seed (the same problem and random draws): for the KL to pi_r
 on log KL (B's over A's, so a ratio), for the expected reward and the win rate on their
@@ -65,6 +68,8 @@ def better_by(first: np.ndarray, second: np.ndarray, measure: str
 
 
 def _cell(values: np.ndarray, measure: str) -> str:
+    if not np.all(np.isfinite(values)):
+        return "-"
     summary = seed_statistics.interval(values)
     if measure == "win_rate_vs_sft":
         return f"{100 * summary.mean:.1f} [{100 * summary.low:.1f}, {100 * summary.high:.1f}]"
@@ -174,7 +179,7 @@ def summary(rows: Rows, seeds: int) -> str:
                                      "kl_to_sft")) + " |")
     for value in _values(points, "budget"):
         out += ["", f"## Pair budget, misspecification {value}", ""]
-        for measure in ("kl_to_optimal", "expected_reward", "win_rate_vs_sft"):
+        for measure in ("kl_to_optimal", "expected_reward", "win_rate_vs_sft", "tilt_ratio"):
             out += [f"{measure}:", "", measure_table(points, "budget", measure, True, value), ""]
         out += ["Paired comparisons:", "",
                 claims_table(points, "budget", "kl_to_optimal", value), "",
@@ -183,7 +188,7 @@ def summary(rows: Rows, seeds: int) -> str:
         if panel not in {k[0] for k in points}:
             continue
         out += ["", f"## {panel}", ""]
-        for measure in ("kl_to_optimal", "expected_reward", "win_rate_vs_sft"):
+        for measure in ("kl_to_optimal", "expected_reward", "win_rate_vs_sft", "tilt_ratio"):
             out += [f"{measure}:", "", measure_table(points, panel, measure), ""]
         if panel == "beta":
             out += ["acceptance rate (rso-sample-rank):", "",

@@ -44,7 +44,8 @@ from rso_jax.exact.fit import FitConfig, fit_policy
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
-MEASURES = ("kl_to_optimal", "expected_reward", "win_rate_vs_sft", "kl_to_sft", "regret")
+MEASURES = ("kl_to_optimal", "expected_reward", "win_rate_vs_sft", "kl_to_sft", "regret",
+            "tilt_ratio")
 COLUMNS = ("panel", "value", "source", "budget", "seed", *MEASURES, "acceptance_rate",
            "gradient_norm")
 
@@ -163,7 +164,8 @@ def _fitted_measures(problems_s: problems.Problem, pairs_s: pair_sources.Prefere
         theta_d, gradient_norm = fit_policy(problem, pairs, budget, gamma, loss=loss,
                                             config=fit_config)
         measured = problems.measures(problem, problems.policy_logps(problem, theta_d), beta)
-        return {**measured, "gradient_norm": gradient_norm,
+        return {**measured, "tilt_ratio": problems.tilt_ratio(problem, theta_d, beta),
+                "gradient_norm": gradient_norm,
                 "acceptance_rate": pairs.acceptance_rate}
 
     per_budget = jax.vmap(one_budget, in_axes=(None, None, 0))
@@ -211,7 +213,9 @@ def reference_rows(config: StudyConfig) -> list[dict]:
             def measured_fn(problem, name=name):
                 logps_pm = (problem.sft_logps_pm if name == "sft_policy"
                             else problems.optimal_policy_logps(problem, config.beta)[0])
-                return problems.measures(problem, logps_pm, config.beta)
+                # pi_sft is theta = 0; pi_r is not in the family unless m = 0 (tilt 1 then).
+                return {**problems.measures(problem, logps_pm, config.beta),
+                        "tilt_ratio": jnp.float32(0.0 if name == "sft_policy" else jnp.nan)}
 
             measured = jax.device_get(jax.vmap(measured_fn)(problems_s))
             for seed in range(config.seeds):
