@@ -65,6 +65,7 @@ def draw_all(points, directory: str) -> list[str]:
                 axes.set_ylabel(MEASURE_LABELS[measure])
                 axes.set_title(f"misspecification {share}")
         grid[0][0].legend(fontsize=8)
+        figure.tight_layout()
         paths.append(save_figure(figure, os.path.join(directory, "budget.png")))
     if any(k[0] == "beta" for k in points):
         figure, grid = plt.subplots(1, 3, figsize=(16, 4.2))
@@ -78,6 +79,7 @@ def draw_all(points, directory: str) -> list[str]:
             axes.set_xlabel("beta (gamma = beta)")
             axes.set_ylabel(MEASURE_LABELS[measure])
         grid[0].legend(fontsize=8)
+        figure.tight_layout()
         paths.append(save_figure(figure, os.path.join(directory, "beta.png")))
     panels = [p for p in ("num_candidates", "misspecification", "ranker_correlation")
               if any(k[0] == p for k in points)]
@@ -95,6 +97,7 @@ def draw_all(points, directory: str) -> list[str]:
                     axes.set_yscale("log")
                 axes.set_xlabel(panel)
                 axes.set_ylabel(MEASURE_LABELS[measure])
-        grid[0][0].legend(fontsize=8)
+        grid[0][-1].legend(fontsize=8)  # the last panel shows every source
+        figure.tight_layout()
         paths.append(save_figure(figure, os.path.join(directory, "axes.png")))
     return paths

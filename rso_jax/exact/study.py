@@ -1,7 +1,7 @@
 """The exact test of RSO's central claim: does fitting on pairs sampled from pi_r estimate pi_r
 better than pairs from pi_sft or from another policy? Measured on closed-form problems.
 
-  python -m rso_jax.main --gin_file=configs/exact/rso_claim.gin     # about 5 minutes on 2 cores
+  python -m rso_jax.main --gin_file=configs/exact/rso_claim.gin     # about 7 minutes on 2 cores
 
 Every panel varies one setting around the base point (beta 0.5, gamma = beta, N = 64
 candidates, K = 8 kept, first-round pairs, sigmoid-norm, labels from the true reward's
