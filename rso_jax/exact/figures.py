@@ -43,32 +43,42 @@ def _reference(axes, points, share, measure: str) -> None:
                      linewidth=1, label="pi_r")
 
 
+def _kl_and_reward_grid(points, columns, path: str) -> str:
+    """KL (top) and expected reward (bottom) per source, one column per (panel, value or None
+    for the whole panel, x label, x log base or None, title)."""
+    figure, grid = pyplot().subplots(2, len(columns), figsize=(5.4 * len(columns), 7.5),
+                                     squeeze=False)
+    for column, (panel, value, label, log_base, title) in enumerate(columns):
+        for row, measure in enumerate(("kl_to_optimal", "expected_reward")):
+            axes = grid[row][column]
+            for source in SOURCE_STYLES:
+                _curve(axes, points, panel, value, source, measure, panel == "budget")
+            if value is not None:
+                _reference(axes, points, value, measure)
+            if log_base:
+                axes.set_xscale("log", base=log_base)
+            if measure == "kl_to_optimal":
+                axes.set_yscale("log")
+            axes.set_xlabel(label)
+            axes.set_ylabel(MEASURE_LABELS[measure])
+            if title:
+                axes.set_title(title)
+    grid[0][-1].legend(fontsize=8)  # the last column shows every source
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def draw_all(points, directory: str) -> list[str]:
     """Draws the figures the study's points allow into `directory`; returns their paths."""
     paths = []
-    plt = pyplot()
     shares = [k[1] for k in points if k[0] == "budget" and k[2] == "sft_sample_rank"
               and k[3] == min(b[3] for b in points if b[0] == "budget")]
     if shares:
-        figure, grid = plt.subplots(2, len(shares), figsize=(5.5 * len(shares), 7.5),
-                                    squeeze=False)
-        for column, share in enumerate(shares):
-            for row, measure in enumerate(("kl_to_optimal", "expected_reward")):
-                axes = grid[row][column]
-                for source in SOURCE_STYLES:
-                    _curve(axes, points, "budget", share, source, measure, True)
-                _reference(axes, points, share, measure)
-                axes.set_xscale("log", base=2)
-                if measure == "kl_to_optimal":
-                    axes.set_yscale("log")
-                axes.set_xlabel("preference pairs")
-                axes.set_ylabel(MEASURE_LABELS[measure])
-                axes.set_title(f"misspecification {share}")
-        grid[0][0].legend(fontsize=8)
-        figure.tight_layout()
-        paths.append(save_figure(figure, os.path.join(directory, "budget.png")))
+        paths.append(_kl_and_reward_grid(
+            points, [("budget", share, "preference pairs", 2, f"misspecification {share}")
+                     for share in shares], os.path.join(directory, "budget.png")))
     if any(k[0] == "beta" for k in points):
-        figure, grid = plt.subplots(1, 3, figsize=(16, 4.2))
+        figure, grid = pyplot().subplots(1, 3, figsize=(16, 4.2))
         for axes, measure in zip(grid, ("kl_to_optimal", "expected_reward", "acceptance_rate")):
             sources = ("rso_sample_rank",) if measure == "acceptance_rate" else SOURCE_STYLES
             for source in sources:
@@ -84,20 +94,7 @@ def draw_all(points, directory: str) -> list[str]:
     panels = [p for p in ("num_candidates", "misspecification", "ranker_correlation")
               if any(k[0] == p for k in points)]
     if panels:
-        figure, grid = plt.subplots(2, len(panels), figsize=(5.2 * len(panels), 7.5),
-                                    squeeze=False)
-        for column, panel in enumerate(panels):
-            for row, measure in enumerate(("kl_to_optimal", "expected_reward")):
-                axes = grid[row][column]
-                for source in SOURCE_STYLES:
-                    _curve(axes, points, panel, None, source, measure, False)
-                if panel == "num_candidates":
-                    axes.set_xscale("log", base=2)
-                if measure == "kl_to_optimal":
-                    axes.set_yscale("log")
-                axes.set_xlabel(panel)
-                axes.set_ylabel(MEASURE_LABELS[measure])
-        grid[0][-1].legend(fontsize=8)  # the last panel shows every source
-        figure.tight_layout()
-        paths.append(save_figure(figure, os.path.join(directory, "axes.png")))
+        paths.append(_kl_and_reward_grid(
+            points, [(panel, None, panel, 2 if panel == "num_candidates" else None, None)
+                     for panel in panels], os.path.join(directory, "axes.png")))
     return paths
