@@ -208,7 +208,7 @@ def _rs_dpo(m: re.Match, **row) -> dict:
 # (pattern of the path without '.gin', what it implies). Sizes: policy T5 v1.1 large and ranker
 # XXL unless a rule says otherwise (policy_size / ranker_size; None: no paper size).
 RULES: list[tuple[str, Callable[[re.Match], dict]]] = [
-    (r"configs/demo_rso", lambda m: {
+    (r"configs/demo_rso(_powered)?", lambda m: {
         "task": "synthetic", "selection.method": "rso", "loss": "sigmoid_norm",
         "policy_size": None, "ranker_size": None}),
     (r"configs/(?P<task>tldr|hh)_rso", lambda m: {
