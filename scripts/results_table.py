@@ -51,12 +51,13 @@ def table(rows: list[dict], metrics: dict[str, str]) -> str:
 
 def paired_table(rows: list[dict], pairs: list[tuple[str, str]], metrics: dict[str, str],
                  margin: float = 0.01) -> str:
-    """A minus B per seed (settings named by the first axis of results.csv): for each metric the
+    """A minus B per seed (settings named by the first axis of results.csv other than SEED, which
+    may come first: a sweep runs seed by seed when SEED is its first axis): for each metric the
     mean difference, its 95 % interval, the paired t-test's p and the seeds where A is ahead;
     then, on the first metric, whether "A > B" held (`seed_statistics.verdict` with `margin`)
     and how many seeds a paired test needs to see a difference of `margin` at 80 % power,
     from the measured spread of the differences."""
-    axis = next(iter(rows[0]))
+    axis = next(column for column in rows[0] if column != "SEED")
     by_key = {(row[axis], row.get("SEED", "")): row for row in rows}
     seeds = sorted({row.get("SEED", "") for row in rows})
     first_metric = next(iter(metrics))

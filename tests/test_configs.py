@@ -119,8 +119,10 @@ def is_base(path: str) -> bool:
 
 
 def is_row(path: str) -> bool:
-    """A paper row: a config in a table's directory (configs/<table>/...), not a base."""
-    return os.path.dirname(path) != "configs" and not is_base(path)
+    """A paper row: a config in a table's directory (configs/<table>/...), not a base, nor a
+    job that is not an experiment (configs/exact/: the exact test's study)."""
+    return (os.path.dirname(path) != "configs" and not is_base(path)
+            and path not in NON_EXPERIMENT_FILES)
 
 
 def placeholder(name: str, path: str) -> str:

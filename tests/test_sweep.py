@@ -387,6 +387,47 @@ def test_the_demo_sweeps_share_table_1s_stages(tmp_path, name, setting, table1_s
             "eval_best_of_n": 64, "seed": 1, "sample_batch_size": 64}
 
 
+def test_the_powered_demo_sweeps_share_one_sft_policy_and_ranker_across_seeds(tmp_path):
+    """configs/sweeps/demo_powered*.json: MODEL_SEED alone seeds the SFT policy and the ranker,
+    so every seed's points share them while each seed samples anew; the beta sweep's beta 0.5
+    and sft-sample-rank points are the core sweep's (the same preference stage)."""
+    def experiments(sweep_name):
+        spec = sweep.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps",
+                                             f"{sweep_name}.json"), [], [], [])
+        assert spec.stages_dir == "runs/demo_powered/stages"
+        assert spec.axes[0][0] == "SEED"  # seed by seed: a cut-short sweep has whole seeds
+        return {point.name: experiment_helpers.build_experiment(
+            [*(f"--gin_file={f}" for f in spec.gin_files),
+             *(f"--gin_bindings={b}" for b in sweep.point_bindings(spec, point, str(tmp_path),
+                                                                   spec.stages_dir))])
+            for point in spec.points()}
+
+    core, beta = experiments("demo_powered"), experiments("demo_powered_beta")
+    assert len(core) == 3 * 12 and len(beta) == 6 * 6
+
+    def stage(experiment, name):
+        return shared_stages.directory_name(experiment, name)
+
+    for name in ("sft", "ranker"):
+        assert len({stage(e, name) for e in [*core.values(), *beta.values()]}) == 1
+    assert len({stage(e, "sample") for e in core.values()}) == 12
+    assert stage(core["SEED=0.sft_sample_rank"], "score") == stage(
+        core["SEED=0.rso_tournament"], "score")
+    for label in ("sft_sample_rank", "rso_sample_rank"):
+        assert len({stage(e, "preference") for name, e in core.items()
+                    if name.endswith(label)}) == 12
+    assert stage(beta["SEED=3.rso_beta_0.5"], "preference") == stage(
+        core["SEED=3.rso_sample_rank"], "preference")
+    assert stage(beta["SEED=3.sft_sample_rank"], "preference") == stage(
+        core["SEED=3.sft_sample_rank"], "preference")
+    assert stage(beta["SEED=3.rso_beta_2"], "preference") != stage(
+        core["SEED=3.rso_sample_rank"], "preference")
+    # Another MODEL_SEED is another SFT policy.
+    other = experiment_helpers.build_experiment(
+        ["--gin_file=configs/demo_rso_powered.gin", "--gin_bindings=MODEL_SEED = 1"])
+    assert stage(other, "sft") != stage(core["SEED=0.sft_sample_rank"], "sft")
+
+
 def test_the_demo_table_1_sweep_file_builds_its_33_points(tmp_path):
     path = os.path.join(REPO_ROOT, "configs", "sweeps", "demo_table1.json")
     spec = sweep.read_sweep(path, [], [], [])
@@ -449,6 +490,12 @@ def test_the_results_table_shows_mean_and_spread_over_seeds(tmp_path):
     assert line.startswith("| rso - raft | +3.0 [+0.5, +5.5], p = 0.035, 3/3 | held | ")
     # The differences' spread is 1 point: a paired test needs 10 seeds to see 1 point.
     assert line.endswith("| 10 |")
+    # A sweep run seed by seed (SEED its first axis) pairs the same way.
+    seed_first = [{"SEED": row["SEED"], **row} for row in rows]
+    assert list(seed_first[0])[0] == "SEED"
+    assert results_table.paired_table(seed_first, [("rso", "raft")],
+                                      {"trained.gold_win_rate_vs_sft_target": "gold"}
+                                      ).splitlines()[2] == line
 
 
 def test_a_beta_sweep_at_tiny_scale_keeps_fewer_than_it_samples_and_beta_matters(tmp_path):
