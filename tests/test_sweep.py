@@ -150,6 +150,40 @@ def test_the_sweep_table_holds_each_points_results(three_runs):
     assert not (sweep_dir / "summary.csv").exists()  # no SEED axis
 
 
+def test_gold_by_step_judges_the_best_checkpoint_as_the_evaluate_stage_did(three_runs):
+    """python -m rso_jax.gold_by_step, given the sweep's own arguments: at the step preference
+    training kept, the figures are the evaluate stage's; a step it did not keep is an error
+    naming the kept ones, and nothing is written."""
+    _, runs, sweep_dir, _ = three_runs
+    best_steps = {json.loads((runs[name][0] / "preference" / "DONE.json").read_text())
+                  ["best"]["step"] for name in ("first", "gamma")}
+    assert len(best_steps) == 1  # both points kept the same step (the tiny run's only one)
+    step = best_steps.pop()
+    arguments = ["--sweep", "GAMMA=0.05,0.5", *experiment_helpers.DEMO_TINY_FLAGS,
+                 "--gin.EVAL_BEST_OF_N=4"]
+
+    def gold_by_step(*extra):
+        return subprocess.run([sys.executable, "-m", "rso_jax.gold_by_step", *arguments,
+                               *extra], cwd=REPO_ROOT, env=experiment_helpers.ONE_DEVICE_ENV,
+                              capture_output=True, text=True, timeout=600)
+
+    missing = gold_by_step(f"--sweep_dir={sweep_dir}", f"--steps={step + 1}")
+    assert missing.returncode == 2
+    assert f"no checkpoint of step {step + 1}" in missing.stderr
+    assert str(step) in missing.stderr.split("kept: ")[1]
+    assert not (sweep_dir / "gold_by_step").exists()
+    result = gold_by_step(f"--sweep_dir={sweep_dir}", f"--steps={step}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(sweep_dir / "gold_by_step" / f"step_{step}" / "results.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["GAMMA"] for row in rows] == ["0.05", "0.5"]
+    for row, name in zip(rows, ("first", "gamma")):
+        trained = json.loads((runs[name][0] / "results.json").read_text())["policies"]["trained"]
+        assert float(row["trained.gold_win_rate_vs_sft_target"]) == pytest.approx(
+            trained["gold_win_rate_vs_sft_target"])
+        assert float(row["trained.gold_reward"]) == pytest.approx(trained["gold_reward"])
+
+
 def test_best_of_n_at_inference_keeps_the_reward_models_pick(three_runs):
     _, runs, _, _ = three_runs
     results = json.loads((runs["first"][0] / "results.json").read_text())
@@ -390,7 +424,8 @@ def test_the_demo_sweeps_share_table_1s_stages(tmp_path, name, setting, table1_s
 def test_the_powered_demo_sweeps_share_one_sft_policy_and_ranker_across_seeds(tmp_path):
     """configs/sweeps/demo_powered*.json: MODEL_SEED alone seeds the SFT policy and the ranker,
     so every seed's points share them while each seed samples anew; the beta sweep's beta 0.5
-    and sft-sample-rank points are the core sweep's (the same preference stage)."""
+    and sft-sample-rank points are the core sweep's (the same preference stage), and the longer
+    training's points select as the core sweep's did."""
     def experiments(sweep_name):
         spec = sweep.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps",
                                              f"{sweep_name}.json"), [], [], [])
@@ -403,13 +438,15 @@ def test_the_powered_demo_sweeps_share_one_sft_policy_and_ranker_across_seeds(tm
             for point in spec.points()}
 
     core, beta = experiments("demo_powered"), experiments("demo_powered_beta")
-    assert len(core) == 3 * 12 and len(beta) == 6 * 6
+    long = experiments("demo_powered_long")
+    assert len(core) == 3 * 12 and len(beta) == 6 * 6 and len(long) == 2 * 4
 
     def stage(experiment, name):
         return shared_stages.directory_name(experiment, name)
 
     for name in ("sft", "ranker"):
-        assert len({stage(e, name) for e in [*core.values(), *beta.values()]}) == 1
+        assert len({stage(e, name) for e in [*core.values(), *beta.values(),
+                                             *long.values()]}) == 1
     assert len({stage(e, "sample") for e in core.values()}) == 12
     assert stage(core["SEED=0.sft_sample_rank"], "score") == stage(
         core["SEED=0.rso_tournament"], "score")
@@ -422,6 +459,12 @@ def test_the_powered_demo_sweeps_share_one_sft_policy_and_ranker_across_seeds(tm
         core["SEED=3.sft_sample_rank"], "preference")
     assert stage(beta["SEED=3.rso_beta_2"], "preference") != stage(
         core["SEED=3.rso_sample_rank"], "preference")
+    # The longer training reads the core sweep's selections and trains anew.
+    for label in ("sft_sample_rank", "rso_sample_rank"):
+        ours, theirs = long[f"SEED=2.{label}"], core[f"SEED=2.{label}"]
+        assert stage(ours, "reference") == stage(theirs, "reference")
+        assert stage(ours, "preference") != stage(theirs, "preference")
+        assert ours.preference.steps == 2 * theirs.preference.steps
     # Another MODEL_SEED is another SFT policy.
     other = experiment_helpers.build_experiment(
         ["--gin_file=configs/demo_rso_powered.gin", "--gin_bindings=MODEL_SEED = 1"])

@@ -28,7 +28,7 @@ from rso_jax.experiment.context import StageContext
 NUM_EXAMPLES_SHOWN = 5
 
 
-class _GoldJudge:
+class GoldJudge:
     """Gold win rates (and mean gold reward, for a program) of responses on contexts."""
 
     def __init__(self, context: StageContext, task: Any):
@@ -84,18 +84,24 @@ def autosxs_win_rate(context: StageContext, judge_params: Any, task: Any, contex
     return autosxs.decide(autosxs.judgement_scores(policy_first, baseline_first, seed)).win_rate
 
 
-def run(context: StageContext) -> dict:
+def held_out(context: StageContext) -> tuple[Any, list, list, np.ndarray]:
+    """The evaluation task, and its held-out contexts, SFT targets and encoded prompts."""
     experiment = context.experiment
     task = experiment.evaluation_task
     data = task.sft_examples("test")[: experiment.num_eval_prompts]
     contexts, targets = [d.context for d in data], [d.target for d in data]
-    prompts = context.encode_prompts([d.prompt for d in data])
+    return task, contexts, targets, context.encode_prompts([d.prompt for d in data])
+
+
+def run(context: StageContext) -> dict:
+    experiment = context.experiment
+    task, contexts, targets, prompts = held_out(context)
     scorer = context.scorer()
     policies = {"sft": context.params("sft"), "trained": context.params("preference")}
     decodes = {name: context.decode_checked(context.greedy(params, prompts),
                                             f"the {name} policy's greedy decodes")
                for name, params in policies.items()}
-    gold = _GoldJudge(context, task)
+    gold = GoldJudge(context, task)
     judge = None
     if experiment.autosxs_judge_checkpoint is not None:
         judge = checkpoint_inputs.restore(experiment.autosxs_judge_checkpoint,
@@ -129,7 +135,7 @@ def run(context: StageContext) -> dict:
         "regularization_weight": experiment.regularization_weight,
         "selection": report.selection_settings(experiment), "loss": experiment.loss,
         "gamma": experiment.gamma, "label_smoothing": experiment.label_smoothing,
-        "eval_prompts": len(data), "gold_source": gold.source,
+        "eval_prompts": len(contexts), "gold_source": gold.source,
         "gold_reward_sft_target": None if target_rewards is None else float(target_rewards.mean()),
         "gold_reward_optimum": task.gold_reward_optimum(contexts) if gold.source == "program"
         else None,
