@@ -212,7 +212,7 @@ def run(job: Callable[[], Any], initialize_distributed: str | bool = "auto") -> 
     return job()
 
 
-def _without_gin_notes(error: Exception) -> str:
+def without_gin_notes(error: Exception) -> str:
     """The error's message without the '  In call to configurable ...' lines gin appends."""
     return "\n".join(line for line in str(error).splitlines()
                      if not line.startswith("  In call to configurable "))
@@ -265,7 +265,7 @@ def stopped_line(stopped: Exception) -> str:
     from rso_jax import failures
 
     stage = failures.stage_of(stopped)
-    return f"{stopped.kind}: {f'{stage}: ' if stage else ''}{_without_gin_notes(stopped)}"
+    return f"{stopped.kind}: {f'{stage}: ' if stage else ''}{without_gin_notes(stopped)}"
 
 
 def _failure_exit_code(error: Exception, log: Optional[Any]) -> int:
@@ -287,7 +287,7 @@ def _failure_exit_code(error: Exception, log: Optional[Any]) -> int:
         line = failures.describe_os_failure(os_failure, stage)
     elif isinstance(error, (OSError, ValueError, FloatingPointError)):  # a path, a setting, NaN
         line = (f"{f'stage {stage}: ' if stage else ''}{type(error).__name__}: "
-                f"{_without_gin_notes(error)}")
+                f"{without_gin_notes(error)}")
     else:
         line = None
     if log is not None:

@@ -240,7 +240,7 @@ def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
                                       point_bindings(sweep, point, sweep_dir, stages_dir))
             gin.get_configurable(config.Experiment)()
         except Exception as error:
-            message = entry_point._without_gin_notes(error)
+            message = entry_point.without_gin_notes(error)
             raise SweepError(f"Point {point.name}: {message}") from error
         finally:
             gin.clear_config()
@@ -273,7 +273,7 @@ def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
             raise
         except Exception as error:  # a setting, a NaN loss, a device error: the next point
             logger.error("Point %s failed: %s: %s", point.name, type(error).__name__,
-                         entry_point._without_gin_notes(error))
+                         entry_point.without_gin_notes(error))
             failed.append(point.name)
         finally:
             gin.clear_config()
