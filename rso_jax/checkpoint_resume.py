@@ -21,6 +21,8 @@ from rso_jax import checkpoint_checksums, processes, training
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINTS_DIR = "checkpoints"  # in the run directory: one directory per kept step
+STATE_ITEM = "state"  # in a step's directory: the train state (params, opt_state, rng, step)
 UNUSABLE_CHECKPOINTS_DIR = "checkpoints_unusable"
 BEST_DIR = "best"  # in the run directory: the best evaluation's parameters ...
 BEST_FILE = "best.json"  # ... and in it, its step, metric and value
@@ -36,7 +38,7 @@ def checkpoint_manager(directory: str, max_to_keep: int,
                                            enable_async_checkpointing=asynchronous)
     directory = os.path.abspath(directory)
     return checkpoint_checksums.ChecksummedCheckpointManager(
-        ocp.CheckpointManager(directory, options=options, item_names=("state", "progress")),
+        ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, "progress")),
         directory, companions=[os.path.join(os.path.dirname(directory), BEST_DIR)])
 
 
@@ -70,6 +72,30 @@ def _restore_checked(manager: checkpoint_checksums.ChecksummedCheckpointManager,
     if not _all_finite(restored.state.params):
         return None, "its parameters are not all finite"
     return restored, None
+
+
+def kept_steps(checkpoint_dir: str) -> list[int]:
+    """The steps of the checkpoints kept in `checkpoint_dir`, oldest first."""
+    names = os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
+def step_params(checkpoint_dir: str, step: int) -> Any:
+    """The parameters (host arrays) of the checkpoint of `step` in `checkpoint_dir`, after its
+    files were compared with their checksums as a resumed run compares them; ValueError naming
+    the step and what is wrong (not kept: the steps that are; changed files: the first one)."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.join(checkpoint_dir, str(step))
+    if not os.path.isdir(os.path.join(path, STATE_ITEM)):
+        raise ValueError(f"no checkpoint of step {step} ({path} does not exist; kept: "
+                         f"{kept_steps(checkpoint_dir) or 'none'})")
+    problem = checkpoint_checksums.mismatch(
+        path, unrecorded_ok=not checkpoint_checksums.keeps_checksums(checkpoint_dir))
+    if problem is not None:
+        raise ValueError(f"the checkpoint of step {step} ({path}) is not as saved: {problem}")
+    return ocp.StandardCheckpointer().restore(
+        os.path.abspath(os.path.join(path, STATE_ITEM)))["params"]
 
 
 def _check_best(best_dir: str, unrecorded_ok: bool) -> tuple[bool, Optional[int]]:

@@ -36,7 +36,6 @@ from rso_jax.sweep_tables import to_csv, to_markdown
 
 logger = logging.getLogger("rso_jax.gold_by_step")
 OUTPUT_DIR = "gold_by_step"
-CHECKPOINTS_DIR = "checkpoints"
 
 
 class GoldByStepError(RuntimeError):
@@ -44,62 +43,60 @@ class GoldByStepError(RuntimeError):
 
 
 def checkpoint_params(context, step: int):
-    """The policy parameters of preference training's checkpoint at `step`, on their shards."""
+    """The policy parameters of preference training's checkpoint at `step` (checked against
+    its checksums, `checkpoint_resume.step_params`), on their shards."""
     import jax
-    import orbax.checkpoint as ocp
+    from rso_jax import checkpoint_resume
 
-    directory = os.path.join(context.directory("preference"), CHECKPOINTS_DIR)
-    path = os.path.join(directory, str(step), "state")
-    if not os.path.isdir(path):
-        kept = sorted(int(name) for name in (os.listdir(directory) if os.path.isdir(directory)
-                                             else []) if name.isdigit())
+    directory = os.path.join(context.directory("preference"), checkpoint_resume.CHECKPOINTS_DIR)
+    try:
+        params = checkpoint_resume.step_params(directory, step)
+    except ValueError as error:
         raise GoldByStepError(
-            f"{context.experiment.work_dir}: preference training kept no checkpoint of step "
-            f"{step} ({path} does not exist; kept: {kept or 'none'}). Ask for kept steps, or "
-            "run the point's preference stage first.")
-    params = ocp.StandardCheckpointer().restore(os.path.abspath(path))["params"]
+            f"{context.experiment.work_dir}: preference training kept {error}. Ask for kept "
+            "steps, or run the point's preference stage first.") from error
     config = context.model_config("preference")
     return jax.device_put(params, context.partitioner.param_shardings(config))
 
 
-def gold_figures(context, params) -> dict:
-    """The evaluate stage's gold figures of `params`' greedy decodes of the held-out prompts:
-    the win rate against the SFT targets and the mean gold reward (None without a program)."""
-    from rso_jax.experiment.stages import evaluate
+class HeldOutGold:
+    """The evaluate stage's held-out prompts and gold judge of one point (read once), and the
+    gold figures of a policy's greedy decodes of them."""
 
-    task, contexts, targets, prompts = evaluate.held_out(context)
-    judge = evaluate.GoldJudge(context, task)
-    if judge.source is None:
-        raise GoldByStepError(
-            f"The task {task.name!r} has no gold reward program and no GOLD_RANKER_CHECKPOINT "
-            "is given: there is no gold figure to compute.")
-    texts = context.decode_checked(context.greedy(params, prompts),
-                                   "the checkpoint's greedy decodes")
-    rewards = judge.rewards(contexts, texts)
-    return {"trained.gold_win_rate_vs_sft_target": judge.win_rate(contexts, texts, targets),
-            "trained.gold_reward": None if rewards is None else float(np.mean(rewards))}
+    def __init__(self, context):
+        from rso_jax.experiment.stages import evaluate
+
+        self.context = context
+        task, self.contexts, self.targets, self.prompts = evaluate.held_out(context)
+        self.judge = evaluate.GoldJudge(context, task)
+        if self.judge.source is None:
+            raise GoldByStepError(
+                f"The task {task.name!r} has no gold reward program and no "
+                "GOLD_RANKER_CHECKPOINT is given: there is no gold figure to compute.")
+
+    def figures(self, params) -> dict:
+        """The win rate against the SFT targets and the mean gold reward (None without a
+        program), in the sweep table's columns."""
+        texts = self.context.decode_checked(self.context.greedy(params, self.prompts),
+                                            "the checkpoint's greedy decodes")
+        rewards = self.judge.rewards(self.contexts, texts)
+        return {"trained.gold_win_rate_vs_sft_target": self.judge.win_rate(self.contexts, texts,
+                                                                           self.targets),
+                "trained.gold_reward": None if rewards is None else float(np.mean(rewards))}
 
 
 def point_rows(sweep: sweep_lib.Sweep, point: sweep_lib.Point, sweep_dir: str,
                stages_dir: Optional[str], steps: Sequence[int]) -> dict[int, dict]:
     """Per step, the point's row: its axes' labels and the gold figures of that checkpoint."""
-    import gin
     from rso_jax import partitioning
-    from rso_jax.experiment import config
     from rso_jax.experiment.context import StageContext
 
-    gin.clear_config()
-    try:
-        entry_point.configure_gin(sweep.point_gin_files,
-                                  sweep_lib.point_bindings(sweep, point, sweep_dir, stages_dir))
-        experiment = gin.get_configurable(config.Experiment)()
-    finally:
-        gin.clear_config()
+    experiment = sweep_lib.point_experiment(sweep, point, sweep_dir, stages_dir)
     context = StageContext(experiment, partitioning.create_partitioner())
+    held_out = HeldOutGold(context)
     rows = {}
     for step in steps:
-        rows[step] = {**dict(point.labels), **gold_figures(context,
-                                                           checkpoint_params(context, step))}
+        rows[step] = {**dict(point.labels), **held_out.figures(checkpoint_params(context, step))}
         logger.info("%s, step %d: %s", point.name, step, rows[step])
     return rows
 

@@ -226,24 +226,31 @@ def point_bindings(sweep: Sweep, point: Point, sweep_dir: str,
             f"SHARED_STAGES_DIR = {stages_dir!r}"]
 
 
+def point_experiment(sweep: Sweep, point: Point, sweep_dir: str,
+                     stages_dir: Optional[str] = None) -> Any:
+    """The point's `config.Experiment`, built from its gin files and bindings (gin is left
+    clear); SweepError naming the point when they do not build."""
+    import gin
+    from rso_jax.experiment import config
+
+    gin.clear_config()
+    try:
+        entry_point.configure_gin(sweep.point_gin_files,
+                                  point_bindings(sweep, point, sweep_dir, stages_dir))
+        return gin.get_configurable(config.Experiment)()
+    except Exception as error:
+        message = entry_point.without_gin_notes(error)
+        raise SweepError(f"Point {point.name}: {message}") from error
+    finally:
+        gin.clear_config()
+
+
 def check_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
                  stages_dir: Optional[str] = None) -> None:
     """Builds every point's experiment before any runs: a bad binding fails now, naming the
     point, not hours in."""
-    import gin
-    from rso_jax.experiment import config
-
     for point in points:
-        gin.clear_config()
-        try:
-            entry_point.configure_gin(sweep.point_gin_files,
-                                      point_bindings(sweep, point, sweep_dir, stages_dir))
-            gin.get_configurable(config.Experiment)()
-        except Exception as error:
-            message = entry_point.without_gin_notes(error)
-            raise SweepError(f"Point {point.name}: {message}") from error
-        finally:
-            gin.clear_config()
+        point_experiment(sweep, point, sweep_dir, stages_dir)
 
 
 def command(sweep: Sweep, point: Point, sweep_dir: str, stages_dir: Optional[str] = None) -> str:

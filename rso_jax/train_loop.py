@@ -132,8 +132,8 @@ def _to_floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 # Everything `train` keeps in a run directory (see the module docstring).
-RUN_STATE_NAMES = ("checkpoints", checkpoint_resume.UNUSABLE_CHECKPOINTS_DIR, "metrics.jsonl",
-                   "tensorboard", checkpoint_resume.BEST_DIR)
+RUN_STATE_NAMES = (checkpoint_resume.CHECKPOINTS_DIR, checkpoint_resume.UNUSABLE_CHECKPOINTS_DIR,
+                   "metrics.jsonl", "tensorboard", checkpoint_resume.BEST_DIR)
 
 
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:
@@ -168,7 +168,7 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
     import orbax.checkpoint as ocp
 
     os.makedirs(work_dir, exist_ok=True)
-    checkpoint_dir = os.path.join(work_dir, "checkpoints")
+    checkpoint_dir = os.path.join(work_dir, checkpoint_resume.CHECKPOINTS_DIR)
     manager, restored, resumed_from, started_over = checkpoint_resume.restore_newest_usable(
         checkpoint_dir, state, loop.keep_checkpoints, loop.async_checkpointing)
     run_info.write_gin_config(checkpoint_dir)

@@ -105,3 +105,29 @@ def test_a_failure_to_write_the_checksums_is_raised_by_the_next_wait(tmp_path):
         manager.wait_until_finished()
     assert not os.path.exists(tmp_path / "3")  # no step directory made up for the checksums
     manager.close()  # raised once
+
+
+def test_one_kept_steps_parameters_are_read_only_as_saved(tmp_path):
+    """checkpoint_resume.step_params (python -m rso_jax.gold_by_step): the parameters of one
+    kept step, refused when the step was not kept (naming the kept ones) or its files changed."""
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from rso_jax import checkpoint_resume
+
+    checkpoint_dir = tmp_path / checkpoint_resume.CHECKPOINTS_DIR
+    step_dir = checkpoint_dir / "4"
+    params = {"dense": {"kernel": np.arange(12, dtype=np.float32).reshape(3, 4)}}
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(str(step_dir / checkpoint_resume.STATE_ITEM),
+                      {"params": params, "step": np.int32(4)})
+    checkpointer.wait_until_finished()
+    checkpoint_checksums.write(str(step_dir))
+    (checkpoint_dir / checkpoint_checksums.CHECKSUMS_KEPT).write_text("")
+    restored = checkpoint_resume.step_params(str(checkpoint_dir), 4)
+    np.testing.assert_array_equal(restored["dense"]["kernel"], params["dense"]["kernel"])
+    with pytest.raises(ValueError, match=r"no checkpoint of step 6 .*kept: \[4\]"):
+        checkpoint_resume.step_params(str(checkpoint_dir), 6)
+    (step_dir / checkpoint_resume.STATE_ITEM / "extra").write_text("x")
+    with pytest.raises(ValueError, match="step 4 .* is not as saved: .*extra is not among"):
+        checkpoint_resume.step_params(str(checkpoint_dir), 4)
