@@ -40,7 +40,7 @@ setup(
     entry_points={
         "console_scripts": [
             "rso-jax=rso_jax.main:main",
-            "rso-jax-convert=rso_jax.convert:main",
+            "rso-jax-convert=rso_jax.weights.convert:main",
         ],
     },
 )

@@ -23,7 +23,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rso_jax import model_spec, param_tree, processes
+from rso_jax import model_spec, processes
+from rso_jax.weights import tree
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +195,8 @@ class Partitioner:
 
     def _check_divisible(self, shapes: Any, shardings: Any) -> None:
         problems = []
-        flat_shapes = param_tree.flatten(shapes)
-        flat_shardings = param_tree.flatten(shardings)
+        flat_shapes = tree.flatten(shapes)
+        flat_shardings = tree.flatten(shardings)
         for key, shape in flat_shapes.items():
             spec = flat_shardings[key].spec
             for dim, axes in zip(shape.shape, tuple(spec)):
@@ -220,7 +221,7 @@ class Partitioner:
 
     def shard_params(self, params: Any, model: model_spec.ModelSpec) -> Any:
         """Places host (numpy) parameters, e.g. from a checkpoint, onto their shards."""
-        param_tree.check_against_config(params, model, "the parameters being sharded")
+        tree.check_against_config(params, model, "the parameters being sharded")
         return self.place(params, self.param_shardings(model))
 
     @staticmethod

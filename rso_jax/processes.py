@@ -100,20 +100,22 @@ def to_host(tree: Any) -> Any:
     return jax.tree_util.tree_map(one, tree)
 
 
-class _ProcessTag(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.process_tag = f"[process {index()}/{count()}] " if count() > 1 else ""
-        return True
+class _ProcessTagged(logging.Formatter):
+    """A handler's own formatter, each record started with `[process i/n] ` when several
+    processes run."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        tag = f"[process {index()}/{count()}] " if count() > 1 else ""
+        return tag + self.inner.format(record)
 
 
 def tag_log_lines() -> None:
     """Starts every log line of the root logger's handlers with `[process i/n] ` once several
     processes run, so that the merged logs of a job say which process speaks."""
     for handler in logging.getLogger().handlers:
-        if any(isinstance(f, _ProcessTag) for f in handler.filters):
-            continue
-        handler.addFilter(_ProcessTag())
-        formatter = handler.formatter or logging.Formatter()
-        if "%(process_tag)s" not in formatter._fmt:
-            handler.setFormatter(type(formatter)("%(process_tag)s" + formatter._fmt,
-                                                 formatter.datefmt))  # its kind kept
+        if not isinstance(handler.formatter, _ProcessTagged):
+            handler.setFormatter(_ProcessTagged(handler.formatter or logging.Formatter()))

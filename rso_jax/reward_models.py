@@ -26,7 +26,8 @@ import numpy as np
 from flax import linen as nn
 from flax import struct
 
-from rso_jax import model_spec, t5, param_tree, partitioning, vocabularies
+from rso_jax import model_spec, t5, partitioning, vocabularies
+from rso_jax.weights import tree
 
 Array = jax.Array
 
@@ -225,13 +226,13 @@ def init_pointwise_params(config: t5.T5Config, rng: Array,
     params = nn.unbox(jax.jit(functools.partial(_init_boxed_pointwise, config))(rng))
     params = dict(params, reward_head={"kernel": jnp.zeros_like(params["reward_head"]["kernel"])})
     if t5_params is not None:
-        needed = param_tree.flatten(params["t5"])
-        given = param_tree.flatten(t5_params)
+        needed = tree.flatten(params["t5"])
+        given = tree.flatten(t5_params)
         missing = sorted(set(needed) - set(given))
         if missing:
-            raise param_tree.ParamTreeMismatchError(
+            raise tree.ParamTreeMismatchError(
                 f"T5 parameters for the reward model lack {missing}.")
-        params["t5"] = param_tree.unflatten({key: given[key] for key in needed})
+        params["t5"] = tree.unflatten({key: given[key] for key in needed})
     return params
 
 

@@ -37,8 +37,9 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import numpy as np
 
-from rso_jax import (atomic_io, checkpoint_checksums, checkpoint_resume, checkpoints,
-                     model_spec, processes, run_info, stop_signals, training)
+from rso_jax import (atomic_io, checkpoint_checksums, checkpoint_resume, model_spec, processes,
+                     run_info, stop_signals, training)
+from rso_jax.weights import orbax
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
             value = metrics[loop.best_metric]
             if _is_better(value, None if best is None else best["value"], loop.best_mode):
                 best = {"step": step_number, "metric": loop.best_metric, "value": value}
-                checkpoints.save_params(state.params, model_config, best_dir)  # every process
+                orbax.save_params(state.params, model_config, best_dir)  # every process
                 atomic_io.write_json(best_path, best)
                 checkpoint_checksums.write(best_dir)
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rso_jax import (batching, losses, model_spec, t5, param_tree, partitioning, scoring,
-                     vocabularies)
+from rso_jax import batching, losses, model_spec, t5, partitioning, scoring, vocabularies
+from rso_jax.weights import tree
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -271,7 +271,7 @@ def place_state(partitioner: partitioning.Partitioner, model: model_spec.ModelSp
                 optimizer: optax.GradientTransformation, params: Any,
                 rng: Array) -> TrainState:
     """A fresh TrainState created directly on the mesh from (host or device) parameters."""
-    param_tree.check_against_config(params, model, "the initial parameters")
+    tree.check_against_config(params, model, "the initial parameters")
     shardings = state_shardings(partitioner, model, optimizer)
     params = partitioner.place(params, shardings.params)
     create = partitioner.jit(lambda p, key: create_train_state(p, optimizer, key),

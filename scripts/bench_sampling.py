@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import cpu_tuning, decoding, hf_weights, model_sizes, t5  # noqa: E402
+from rso_jax import cpu_tuning, decoding, model_sizes, t5  # noqa: E402
+from rso_jax.weights import hf  # noqa: E402
 from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
 NEVER = -1  # an EOS id no token can equal: every candidate runs the full length
@@ -53,7 +54,7 @@ def hf_generate_run(config, params, prompts, args):
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as directory:
-        hf_weights.save(jax.device_get(params), config.replace(param_dtype="float32"), directory)
+        hf.save(jax.device_get(params), config.replace(param_dtype="float32"), directory)
         model = transformers.T5ForConditionalGeneration.from_pretrained(
             directory, dtype=torch_dtype).to(device).eval()
     input_ids = torch.tensor(prompts, dtype=torch.long, device=device)

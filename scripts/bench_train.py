@@ -29,8 +29,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import (batching, cpu_tuning, hf_weights, model_sizes, t5,  # noqa: E402
-                     partitioning, scoring, training)
+from rso_jax import (batching, cpu_tuning, model_sizes, partitioning, scoring,  # noqa: E402
+                     t5, training)
+from rso_jax.weights import hf  # noqa: E402
 from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
@@ -98,7 +99,7 @@ def bench_torch(config, params, prompts, chosen, rejected, args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     with tempfile.TemporaryDirectory() as directory:
-        hf_weights.save(jax.device_get(params), config.replace(param_dtype="float32"), directory)
+        hf.save(jax.device_get(params), config.replace(param_dtype="float32"), directory)
         policy = transformers.T5ForConditionalGeneration.from_pretrained(
             directory, dtype=dtype).to(device)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)

@@ -138,10 +138,11 @@ def differences(reference_dir: str, work_dir: str) -> list[str]:
 def _params_equal(a: str, b: str) -> bool:
     import jax
     import numpy as np
-    from rso_jax import checkpoints, param_tree, t5
+    from rso_jax import t5
+    from rso_jax.weights import orbax, tree
 
-    trees = [param_tree.flatten(jax.device_get(checkpoints.restore_params(
-        path, checkpoints.load_config(path, t5.T5Config)))) for path in (a, b)]
+    trees = [tree.flatten(jax.device_get(orbax.restore_params(
+        path, orbax.load_config(path, t5.T5Config)))) for path in (a, b)]
     return trees[0].keys() == trees[1].keys() and all(
         np.array_equal(trees[0][key], trees[1][key]) for key in trees[0])
 

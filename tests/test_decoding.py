@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rso_jax import decoding, hf_weights, t5, partitioning, scoring
+from rso_jax import decoding, t5, partitioning, scoring
+from rso_jax.weights import hf
 from t5_helpers import padded_tokens, random_hf_t5
 
 
@@ -19,7 +20,7 @@ def hf_and_ours(tmp_path_factory):
         hf_model.lm_head.weight[1] *= 6.0
     directory = str(tmp_path_factory.mktemp("hf"))
     hf_model.save_pretrained(directory)
-    params, config = hf_weights.load(directory)
+    params, config = hf.load(directory)
     return hf_model, params, config
 
 

@@ -94,10 +94,10 @@ def test_tldr_policy_transferred_to_cnn_dailymail(tldr_run, tldr_flags, tmp_path
 
 @pytest.fixture(scope="module")
 def hf_export_of_fixture(tmp_path_factory):
-    from rso_jax import hf_weights, param_tree, t5x_checkpoint
-    params = t5x_checkpoint.load_params(T5X_FIXTURE)
+    from rso_jax.weights import hf, t5x, tree
+    params = t5x.load_params(T5X_FIXTURE)
     directory = str(tmp_path_factory.mktemp("hf") / "t5_tiny")
-    hf_weights.save(params, param_tree.infer_config(params), directory)
+    hf.save(params, t5x.config_from_shapes(tree.flat_shapes(params)), directory)
     return directory
 
 
@@ -139,11 +139,12 @@ def test_hh_runs_with_the_hf_export_as_sft_checkpoint_and_a_gold_ranker(hf_expor
 
 
 def _assert_sft_params_equal_fixture(work_dir):
-    from rso_jax import checkpoints, t5, param_tree, t5x_checkpoint
-    expected = param_tree.flatten(t5x_checkpoint.load_params(T5X_FIXTURE))
+    from rso_jax import t5
+    from rso_jax.weights import orbax, t5x, tree
+    expected = tree.flatten(t5x.load_params(T5X_FIXTURE))
     directory = str(work_dir / "sft" / "params")
-    installed = param_tree.flatten(jax.device_get(checkpoints.restore_params(
-        directory, checkpoints.load_config(directory, t5.T5Config))))
+    installed = tree.flatten(jax.device_get(orbax.restore_params(
+        directory, orbax.load_config(directory, t5.T5Config))))
     assert set(installed) == set(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(np.asarray(installed[key]), value, err_msg=key)
@@ -278,9 +279,10 @@ def test_an_own_small_vocabulary_gives_samples_of_its_pieces_and_rewards_that_di
     work_dir = tmp_path / "run"
     result = run_main(*flags, OWN_VOCABULARY_STAGES, f"--gin.WORK_DIR='{work_dir}'")
     assert result.returncode == 0, result.stderr[-3000:]
-    from rso_jax import checkpoints, t5
+    from rso_jax import t5
+    from rso_jax.weights import orbax
     for stage in ("sft", "ranker"):  # rows derived from the vocabulary: pieces padded to 128
-        assert checkpoints.load_config(str(work_dir / stage / "params"),
+        assert orbax.load_config(str(work_dir / stage / "params"),
                                        t5.T5Config).vocab_size == rows
     samples = np.load(work_dir / "sample" / "samples.npz")
     tokens = samples["tokens"]
@@ -301,7 +303,7 @@ def test_an_own_small_vocabulary_gives_samples_of_its_pieces_and_rewards_that_di
     policy = build_experiment([*flags, f"--gin.WORK_DIR='{tmp_path}'"]).policy_config
     few_rows = policy.replace(vocab_size=64)
     checkpoint = str(tmp_path / "few_rows")
-    checkpoints.save_params(few_rows.init_params(jax.random.PRNGKey(0)), few_rows, checkpoint)
+    orbax.save_params(few_rows.init_params(jax.random.PRNGKey(0)), few_rows, checkpoint)
     result = run_main(*flags, f"--gin.SFT_INIT_CHECKPOINT='{checkpoint}'",
                       f"--gin.WORK_DIR='{tmp_path / 'few'}'")
     assert result.returncode == 1
@@ -314,13 +316,13 @@ def test_an_evaluation_whose_decodes_are_mostly_empty_stops_saying_why(tmp_path)
     """An SFT policy whose logits are all equal: greedy decoding takes the first drawable id,
     EOS, for every prompt, so the evaluation's SFT decodes are all empty text (its samples are
     uniform over the vocabulary, and pass)."""
-    from rso_jax import checkpoints
+    from rso_jax.weights import orbax
     flags = ["--tiny", "--gin.EMPTY_OUTPUTS_LIMIT=0.5"]
     policy = build_experiment([*flags, f"--gin.WORK_DIR='{tmp_path}'"]).policy_config
     params = jax.tree_util.tree_map(np.array, policy.init_params(jax.random.PRNGKey(0)))
     params["decoder"]["logits_dense"]["kernel"][:] = 0.0
     checkpoint = str(tmp_path / "ends_at_once")
-    checkpoints.save_params(params, policy, checkpoint)
+    orbax.save_params(params, policy, checkpoint)
     work_dir = tmp_path / "run"
     result = run_main(*flags, f"--gin.SFT_CHECKPOINT='{checkpoint}'",
                       f"--gin.WORK_DIR='{work_dir}'")

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rso_jax import decoding, t5, param_tree, partitioning, reward_models, scoring
+from rso_jax import decoding, t5, partitioning, reward_models, scoring
+from rso_jax.weights import tree
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 CONFIG = MESH_TEST_CONFIG  # float32; heads, head_dim*heads, mlp and vocab all divide by 4
@@ -56,7 +57,7 @@ def single_partitioner():
 
 def assert_t5_params_split_over_model(params):
     """The mesh run's parameters really are split 4 ways over 'model', across 8 devices."""
-    flat = param_tree.flatten(params)
+    flat = tree.flatten(params)
     kernel = flat["encoder/layers_0/mlp/wi_0/kernel"]
     assert kernel.sharding.spec == P(None, "model")
     assert {shard.data.shape for shard in kernel.addressable_shards} == {

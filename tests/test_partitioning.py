@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rso_jax import batching, t5, param_tree, partitioning, scoring
+from rso_jax import batching, t5, partitioning, scoring
+from rso_jax.weights import tree
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 # The rule table written out by hand: logical axis -> mesh axis.
@@ -37,16 +38,16 @@ def test_parameters_are_sharded_as_the_rules_say(data, model, single_device_para
     partitioner = partitioning.create_partitioner(data_parallelism=data, model_parallelism=model)
     assert dict(partitioner.mesh.shape) == {"data": data, "model": model}
     params = partitioner.shard_params(jax.device_get(single_device_params), MESH_TEST_CONFIG)
-    logical = param_tree.flatten(t5.param_logical_axes(MESH_TEST_CONFIG))
+    logical = tree.flatten(t5.param_logical_axes(MESH_TEST_CONFIG))
     sizes = {"data": data, "model": model, None: 1}
-    for key, array in param_tree.flatten(params).items():
+    for key, array in tree.flatten(params).items():
         expected = tuple(EXPECTED_MESH_AXIS[name] for name in logical[key])
         assert tuple(array.sharding.spec) + (None,) * (array.ndim - len(array.sharding.spec)) \
             == expected, key
         shard_shape = tuple(dim // sizes[axis] for dim, axis in zip(array.shape, expected))
         assert all(shard.data.shape == shard_shape for shard in array.addressable_shards), key
         np.testing.assert_array_equal(np.asarray(array),
-                                      np.asarray(param_tree.flatten(single_device_params)[key]))
+                                      np.asarray(tree.flatten(single_device_params)[key]))
     kernel = params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
     assert kernel.sharding.spec == P(None, "model")
     assert len({shard.device for shard in kernel.addressable_shards}) == 8
@@ -55,7 +56,7 @@ def test_parameters_are_sharded_as_the_rules_say(data, model, single_device_para
 def test_fsdp_shards_embed_over_data():
     partitioner = partitioning.create_partitioner(data_parallelism=4, model_parallelism=2,
                                                   fsdp=True)
-    shardings = param_tree.flatten(partitioner.param_shardings(MESH_TEST_CONFIG))
+    shardings = tree.flatten(partitioner.param_shardings(MESH_TEST_CONFIG))
     assert shardings["encoder/layers_0/mlp/wi_0/kernel"].spec == P("data", "model")
     assert shardings["token_embedder/embedding"].spec == P("model", "data")
     # activations keep 'batch' on 'data'; 'embed' cannot reuse it

@@ -5,20 +5,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rso_jax import batching, hf_weights, t5, param_tree, t5x_checkpoint
+from rso_jax import batching, t5
+from rso_jax.weights import hf, t5x, tree
 from t5_helpers import T5X_FIXTURE, hf_logits, hf_state_dict_numpy, padded_tokens, random_hf_t5
 
 
 @pytest.fixture(scope="module")
 def fixture_params():
-    return t5x_checkpoint.load_params(T5X_FIXTURE)
+    return t5x.load_params(T5X_FIXTURE)
 
 
 def test_initialised_tree_is_t5x_tree(fixture_params):
     config = t5.T5Config(emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
                               num_encoder_layers=2, num_decoder_layers=2)
-    ours = {k: v.shape for k, v in param_tree.flatten(t5.param_shapes(config)).items()}
-    theirs = {k: v.shape for k, v in param_tree.flatten(fixture_params).items()}
+    ours = {k: v.shape for k, v in tree.flatten(t5.param_shapes(config)).items()}
+    theirs = {k: v.shape for k, v in tree.flatten(fixture_params).items()}
     assert ours == theirs
     assert theirs["decoder/layers_1/encoder_decoder_attention/out/kernel"] == (12, 8)
 
@@ -26,8 +27,8 @@ def test_initialised_tree_is_t5x_tree(fixture_params):
 def test_every_parameter_has_logical_axes():
     config = t5.T5Config(emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
                               num_encoder_layers=1, num_decoder_layers=1)
-    axes = param_tree.flatten(t5.param_logical_axes(config))
-    shapes = param_tree.flatten(t5.param_shapes(config))
+    axes = tree.flatten(t5.param_logical_axes(config))
+    shapes = tree.flatten(t5.param_shapes(config))
     for key, spec in axes.items():
         assert len(spec) == len(shapes[key].shape) and all(isinstance(a, str) for a in spec), key
     assert tuple(axes["token_embedder/embedding"]) == ("vocab", "embed")
@@ -53,8 +54,8 @@ def test_relative_position_buckets_match_hf(bidirectional, num_buckets, max_dist
 def test_t5x_fixture_logits_match_hf(fixture_params, tmp_path):
     import transformers
 
-    config = param_tree.infer_config(fixture_params)
-    hf_weights.save(fixture_params, config, str(tmp_path / "hf"))
+    config = t5x.config_from_shapes(tree.flat_shapes(fixture_params))
+    hf.save(fixture_params, config, str(tmp_path / "hf"))
     hf_model = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "hf")).eval()
     rng = np.random.default_rng(0)
     encoder_tokens = padded_tokens(rng, [11, 4, 16, 7], 16, config.vocab_size)
@@ -73,7 +74,7 @@ def test_hf_to_ours_to_hf_on_random_config_longer_than_bucket_distance(tmp_path)
 
     hf_model = random_hf_t5(max_distance=20, num_buckets=8)
     hf_model.save_pretrained(str(tmp_path / "hf_in"), safe_serialization=True)
-    params, config = hf_weights.load(str(tmp_path / "hf_in"))
+    params, config = hf.load(str(tmp_path / "hf_in"))
     assert (config.num_encoder_layers, config.num_decoder_layers, config.num_heads) == (3, 2, 4)
     assert config.relative_attention_max_distance == 20
 
@@ -86,7 +87,7 @@ def test_hf_to_ours_to_hf_on_random_config_longer_than_bucket_distance(tmp_path)
     valid = targets > 0
     np.testing.assert_allclose(ours[valid], reference[valid], atol=1e-5, rtol=0)
 
-    hf_weights.save(params, config, str(tmp_path / "hf_out"))
+    hf.save(params, config, str(tmp_path / "hf_out"))
     round_tripped = transformers.T5ForConditionalGeneration.from_pretrained(
         str(tmp_path / "hf_out")).eval()
     original_state, new_state = hf_state_dict_numpy(hf_model), hf_state_dict_numpy(round_tripped)

@@ -20,8 +20,9 @@ from typing import IO, Any, Iterator, Optional
 
 import numpy as np
 
-from rso_jax import (atomic_io, checkpoints, file_checksums, model_spec, param_tree,
-                     partitioning, processes, run_info, train_loop)
+from rso_jax import (atomic_io, file_checksums, model_spec, partitioning, processes, run_info,
+                     train_loop)
+from rso_jax.weights import orbax, tree
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def _reading(path: str) -> Iterator[None]:
     try:
         yield
     except (FileNotFoundError, MemoryError, jax.errors.JaxRuntimeError,
-            param_tree.ParamTreeMismatchError):
+            tree.ParamTreeMismatchError):
         raise
     except Exception as error:  # BadZipFile, EOFError; orbax and TensorStore raise many kinds
         raise ValueError(f"{path} could not be read ({type(error).__name__}: {error}). If it "
@@ -246,8 +247,8 @@ def load_params(work_dir: str, stage: str, config: model_spec.ModelSpec,
     """A stage's parameters restored straight onto their shards on the mesh."""
     path = params_path(work_dir, stage)
     with _reading(path):
-        return checkpoints.restore_params(path, config, partitioner.param_shardings(config))
+        return orbax.restore_params(path, config, partitioner.param_shardings(config))
 
 
 def save_params(work_dir: str, stage: str, params: Any, config: model_spec.ModelSpec) -> None:
-    checkpoints.save_params(params, config, params_path(work_dir, stage))
+    orbax.save_params(params, config, params_path(work_dir, stage))

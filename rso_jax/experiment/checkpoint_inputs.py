@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 import jax
 
-from rso_jax import (checkpoint_formats, checkpoints, model_spec, param_tree, partitioning, t5,
-                     vocabularies)
+from rso_jax import model_spec, partitioning, t5, vocabularies
+from rso_jax.weights import formats, orbax, tree
 from rso_jax.experiment import scorers
 from rso_jax.experiment.config import Experiment
 
@@ -42,8 +42,8 @@ def check_all(experiment: Experiment, vocabulary_pieces: int) -> None:
         if name == "RANKER_CHECKPOINT":
             _check_scorer_kind(path, experiment.scorer)
         try:
-            checkpoint_formats.check_fits(path, config, name)
-        except param_tree.ParamTreeMismatchError as error:
+            formats.check_fits(path, config, name)
+        except tree.ParamTreeMismatchError as error:
             rows = _vocabulary_rows(path, config)
             if rows is None:
                 raise
@@ -68,14 +68,14 @@ def _vocabulary_rows(path: str, config: model_spec.ModelSpec) -> Optional[int]:
     `config`; None when it differs in more (or `config` is not a T5)."""
     if not isinstance(config, t5.T5Config):
         return None
-    found = checkpoint_formats.param_shapes(path)
+    found = formats.param_shapes(path)
     rows = found.get(EMBEDDING_KEY, (None,))[0]
     if rows is None or rows == config.vocab_size:
         return None
     try:
-        param_tree.check_shapes(param_tree.config_shapes(config.replace(vocab_size=rows)),
+        tree.check_shapes(tree.config_shapes(config.replace(vocab_size=rows)),
                                 found, "")
-    except param_tree.ParamTreeMismatchError:
+    except tree.ParamTreeMismatchError:
         return None
     return int(rows)
 
@@ -83,7 +83,7 @@ def _vocabulary_rows(path: str, config: model_spec.ModelSpec) -> Optional[int]:
 def _check_scorer_kind(path: str, scorer: str) -> None:
     """Refuses, naming SCORER, a ranker checkpoint of our format saved for the other kind of
     reward model (a pointwise model's config holds its T5 under 't5')."""
-    config_file = os.path.join(path, checkpoints.MODEL_CONFIG_FILE)
+    config_file = os.path.join(path, orbax.MODEL_CONFIG_FILE)
     if not os.path.isfile(config_file):
         return  # T5X or HF: a T5, checked by check_fits
     try:
@@ -100,7 +100,7 @@ def _check_scorer_kind(path: str, scorer: str) -> None:
 
 def restore(path: str, name: str, config: model_spec.ModelSpec,
             partitioner: partitioning.Partitioner) -> Any:
-    return checkpoint_formats.restore(path, config, partitioner, name)
+    return formats.restore(path, config, partitioner, name)
 
 
 def initial_params(path: Optional[str], name: str, config: t5.T5Config,

@@ -235,7 +235,7 @@ class Experiment:
     num_sample_prompts: Optional[int] = 512
     num_eval_prompts: int = 256  # held-out (test) prompts decoded by the evaluation
     inference_batch_sizes: InferenceBatchSizes = InferenceBatchSizes()
-    # Checkpoints (T5X, HF or our orbax parameters; `checkpoint_formats`): the first two
+    # Checkpoints (T5X, HF or our orbax parameters; `weights.formats`): the first two
     # replace their stages, the init ones are where those stages start (pretrained T5 v1.1).
     sft_checkpoint: Optional[str] = None
     ranker_checkpoint: Optional[str] = None

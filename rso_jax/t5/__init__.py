@@ -1,10 +1,11 @@
 """T5 v1.1 encoder-decoder as Flax Linen modules with T5X's exact parameter tree.
 
-  config     T5Config: sizes, activations, dtypes
+  config     T5Architecture: sizes, activations, dtypes (a plain dataclass)
   layers     RMSNorm, dense layers, the token embedding, the (gated) MLP
   attention  relative position biases, multi-head attention (all paths side by side)
   model      encoder and decoder layers and stacks, the T5 module
-  params     parameter trees (initialised, abstract, logical axes), the decode cache
+  params     T5Config (the architecture as a model_spec.ModelSpec), parameter trees
+             (initialised, abstract, logical axes), the decode cache
 
 The parameter tree is the one T5X writes (`token_embedder/embedding`,
 `encoder/layers_0/attention/query/kernel`, `decoder/logits_dense/kernel`, ...), so T5X
@@ -26,12 +27,12 @@ once for all of its responses (chosen and rejected, or N sampled candidates).
 """
 
 from rso_jax.t5.attention import MASKED_LOGIT, dot_product_attention, relative_position_bucket
-from rso_jax.t5.config import T5Config, resolve_dtype
+from rso_jax.t5.config import T5Architecture, resolve_dtype
 from rso_jax.t5.layers import DenseGeneral
 from rso_jax.t5.model import T5
-from rso_jax.t5.params import (init_boxed_params, init_decode_cache, init_params,
+from rso_jax.t5.params import (T5Config, init_boxed_params, init_decode_cache, init_params,
                                param_logical_axes, param_shapes)
 
-__all__ = ["MASKED_LOGIT", "DenseGeneral", "T5", "T5Config", "dot_product_attention",
-           "init_boxed_params", "init_decode_cache", "init_params", "param_logical_axes",
+__all__ = ["MASKED_LOGIT", "DenseGeneral", "T5", "T5Architecture", "T5Config",
+           "dot_product_attention", "init_boxed_params", "init_decode_cache", "init_params", "param_logical_axes",
            "param_shapes", "relative_position_bucket", "resolve_dtype"]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from rso_jax.t5.config import T5Config
+from rso_jax.t5.config import T5Architecture
 from rso_jax.t5.layers import constrain, DenseGeneral, default_kernel_init, relpos_embedding_init
 
 Array = jax.Array
@@ -113,7 +113,7 @@ class MultiHeadAttention(nn.Module):
     the keys and values: no key/value tensor is ever repeated G times.
     """
 
-    config: T5Config
+    config: T5Architecture
 
     def setup(self):
         cfg = self.config

@@ -1,4 +1,7 @@
-"""The T5 v1.1 configuration: sizes, activations and dtypes (the fields of T5X's T5Config)."""
+"""The T5 v1.1 configuration: sizes, activations and dtypes (the fields of T5X's T5Config).
+
+A plain dataclass that imports nothing of the model; `params.T5Config` builds on it.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ def resolve_dtype(dtype) -> jnp.dtype:
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Architecture:
     """Hyper-parameters of a T5 v1.1 model (the fields of T5X's `network.T5Config`).
 
-    Also the model's `model_spec.ModelSpec`: its parameter tree and the JSON written beside a
-    checkpoint.
+    What the layers read. `t5.T5Config` (in `params`, built on the modules these fields
+    configure) adds the parameter tree: it is the config an experiment, gin and a checkpoint
+    use.
     """
 
     vocab_size: int = 32128  # T5's 32k SentencePiece vocabulary padded to a multiple of 128.
@@ -72,27 +76,14 @@ class T5Config:
     def storage_dtype(self):
         return resolve_dtype(self.param_dtype)
 
-    def replace(self, **changes) -> "T5Config":
+    def replace(self, **changes) -> "T5Architecture":
         return dataclasses.replace(self, **changes)
-
-    # The `model_spec.ModelSpec` interface; the first three are `rso_jax.t5.params`' functions.
-    def param_shapes(self):
-        from rso_jax.t5 import params  # built on this config: imported when used
-        return params.param_shapes(self)
-
-    def param_logical_axes(self):
-        from rso_jax.t5 import params  # built on this config: imported when used
-        return params.param_logical_axes(self)
-
-    def init_params(self, rng: Array):
-        from rso_jax.t5 import params
-        return params.init_params(self, rng)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, fields: dict, **overrides) -> "T5Config":
+    def from_json(cls, fields: dict, **overrides) -> "T5Architecture":
         unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"Unknown T5Config fields {unknown} in a saved model config.")

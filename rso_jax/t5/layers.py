@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from rso_jax.t5.config import T5Config, ACTIVATIONS
+from rso_jax.t5.config import T5Architecture, ACTIVATIONS
 
 Array = jax.Array
 
@@ -90,7 +90,7 @@ class Embed(nn.Module):
         return jnp.take(self.embedding, token_ids, axis=0).astype(self.dtype)
 
 
-def _mlp_input_names(config: T5Config) -> list[str]:
+def _mlp_input_names(config: T5Architecture) -> list[str]:
     """T5X's names of the MLP input projections: 'wi', or 'wi_0', 'wi_1', ... when gated."""
     count = len(config.mlp_activations)
     return ["wi"] if count == 1 else [f"wi_{index}" for index in range(count)]
@@ -108,7 +108,7 @@ def _gated(projections: Sequence[Array], activations: Sequence[str]) -> Array:
 class MlpBlock(nn.Module):
     """Gated feed-forward block: wi_0 (activation) * wi_1 (linear), then wo."""
 
-    config: T5Config
+    config: T5Architecture
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:

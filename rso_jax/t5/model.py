@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from rso_jax.t5.config import T5Config
+from rso_jax.t5.config import T5Architecture
 from rso_jax.t5.layers import constrain, RMSNorm, DenseGeneral, Embed, MlpBlock
 from rso_jax.t5.attention import RelativePositionBiases, MultiHeadAttention
 
@@ -17,7 +17,7 @@ Array = jax.Array
 
 
 class EncoderLayer(nn.Module):
-    config: T5Config
+    config: T5Architecture
 
     @nn.compact
     def __call__(self, x: Array, *, mask: Array, bias: Array, deterministic: bool) -> Array:
@@ -37,7 +37,7 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Self-attention, cross-attention and MLP, each pre-normed and residual."""
 
-    config: T5Config
+    config: T5Architecture
 
     def setup(self):
         cfg = self.config
@@ -89,7 +89,7 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    config: T5Config
+    config: T5Architecture
     shared_embedding: nn.Module
 
     @nn.compact
@@ -117,7 +117,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """T5 decoder; `decoder_input_tokens` may hold G sequences per encoded prompt."""
 
-    config: T5Config
+    config: T5Architecture
     shared_embedding: nn.Module
 
     def setup(self):
@@ -189,7 +189,7 @@ class Decoder(nn.Module):
 class T5(nn.Module):
     """T5 v1.1 encoder-decoder (T5X's `Transformer`) with a shared token embedding."""
 
-    config: T5Config
+    config: T5Architecture
 
     def setup(self):
         cfg = self.config

@@ -1,46 +1,62 @@
-"""Parameter trees of a T5 config: initialised, abstract (shapes) and their logical axes; the
-decode cache."""
+"""T5Architecture, the T5 architecture as a `model_spec.ModelSpec`, and its parameter trees:
+initialised, abstract (shapes) and their logical axes; the decode cache."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from rso_jax.t5.config import T5Config
+from rso_jax.t5.config import T5Architecture
 from rso_jax.t5.layers import constrain
 from rso_jax.t5.model import T5
 
 Array = jax.Array
 
 
+@dataclasses.dataclass(frozen=True)
+class T5Config(T5Architecture):
+    """A T5 v1.1 model's config (`T5Architecture`'s fields) and its `model_spec.ModelSpec`:
+    its parameter tree, and the JSON written beside a checkpoint."""
+
+    def param_shapes(self):
+        return param_shapes(self)
+
+    def param_logical_axes(self):
+        return param_logical_axes(self)
+
+    def init_params(self, rng: Array):
+        return init_params(self, rng)
+
+
 def _init_inputs() -> tuple[Array, Array]:
     return jnp.ones((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32)
 
 
-def init_boxed_params(config: T5Config, rng: Array):
+def init_boxed_params(config: T5Architecture, rng: Array):
     """Freshly initialised parameters, each wrapped in `nn.LogicallyPartitioned`."""
     return T5(config).init(rng, *_init_inputs())["params"]
 
 
-def init_params(config: T5Config, rng: Array):
+def init_params(config: T5Architecture, rng: Array):
     """Freshly initialised parameters as a nested dict of arrays (single device, jitted)."""
     return nn.unbox(jax.jit(functools.partial(init_boxed_params, config))(rng))
 
 
-def param_shapes(config: T5Config):
+def param_shapes(config: T5Architecture):
     """The parameter tree as `jax.ShapeDtypeStruct`s, computed without allocating."""
     return nn.unbox(jax.eval_shape(functools.partial(init_boxed_params, config), jax.random.PRNGKey(0)))
 
 
-def param_logical_axes(config: T5Config):
+def param_logical_axes(config: T5Architecture):
     """The parameter tree with a `PartitionSpec` of logical axis names at each leaf."""
     return nn.get_partition_spec(jax.eval_shape(functools.partial(init_boxed_params, config), jax.random.PRNGKey(0)))
 
 
-def init_decode_cache(config: T5Config, batch_size: int, max_length: int
+def init_decode_cache(config: T5Architecture, batch_size: int, max_length: int
                       ) -> tuple[tuple[Array, Array], ...]:
     """Zeroed self-attention caches per decoder layer: (keys, values), each [batch, H, max_len,
     D] (the layout `attend_with_cache` reads without transposing)."""

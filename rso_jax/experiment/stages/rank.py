@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rso_jax import batching, param_tree, reward_models, training
+from rso_jax import batching, reward_models, training
+from rso_jax.weights import tree
 from rso_jax.experiment import checkpoint_inputs, scorers, training_runs
 from rso_jax.experiment.context import StageContext
 
@@ -76,7 +77,7 @@ def initial_pointwise_params(context: StageContext, seed: int) -> Any:
                    out_shardings=partitioner.param_shardings(spec)["reward_head"])()
     decoder = {k: v for k, v in t5_params["decoder"].items() if k != "logits_dense"}
     params = {"t5": {**t5_params, "decoder": decoder}, "reward_head": head}
-    param_tree.check_against_config(params, spec, "RANKER_INIT_CHECKPOINT as the pointwise "
+    tree.check_against_config(params, spec, "RANKER_INIT_CHECKPOINT as the pointwise "
                                     "reward model's T5")
     return params
 

@@ -1,4 +1,4 @@
-"""T5X checkpoints: reading them into plain parameter trees, and writing parameters as one.
+"""T5X checkpoints: read onto a mesh or the host, and parameters written as one.
 
 A T5X checkpoint is a directory `checkpoint_<step>/` (inside a T5X model directory) holding a
 flax msgpack file named `checkpoint`: `{'version': 3, 'optimizer': {'target': params,
@@ -25,9 +25,16 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from rso_jax import atomic_io, t5x_adafactor
+from rso_jax import atomic_io, t5
+from rso_jax.weights import read_errors, t5x_adafactor, tree
 
 MSGPACK_FILE = "checkpoint"
+# What a path of this format must be, and how to get a readable copy again, for messages.
+REQUIREMENT = (f"a T5X checkpoint_<step> directory holding a msgpack file '{MSGPACK_FILE}' "
+               "(or that file itself)")
+REMEDY = ("Copy the whole checkpoint_<step> directory again (the msgpack file and the "
+          "TensorStore directories beside it).")
+_MSGPACK_MAP_MARKERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 VERSION = 3  # T5X's checkpoint format version (bfloat16 stored natively in TensorStore)
 CHECKPOINT_DIR_PREFIX = "checkpoint_"
 MAX_CHUNK_BYTES = 64 * 2**20  # T5X's target size of a TensorStore chunk
@@ -81,34 +88,135 @@ def resolve_path(path: str) -> tuple[str, str]:
     return path, os.path.dirname(os.path.abspath(path))
 
 
-def load_state(path: str) -> dict[str, Any]:
-    """The full T5X state dict (target and optimizer state) with every array materialised."""
+def is_checkpoint_dir(path: str) -> bool:
+    """Whether the directory `path` is a T5X checkpoint_<step> directory."""
+    return os.path.isfile(os.path.join(path, MSGPACK_FILE))
+
+
+def is_msgpack_file(path: str) -> bool:
+    """Whether the file `path` starts as a msgpack map does (a T5X checkpoint's msgpack)."""
+    with open(path, "rb") as stream:
+        first = stream.read(1)
+    return bool(first) and first[0] in _MSGPACK_MAP_MARKERS
+
+
+def _stored_state(path: str) -> tuple[dict[str, Any], str]:
+    """The msgpack's whole state as stored (TensorStore specs unread) and the checkpoint dir."""
     from flax import serialization
 
     msgpack_path, checkpoint_dir = resolve_path(path)
-    with open(msgpack_path, "rb") as stream:
-        raw = stream.read()
     try:
-        state = serialization.msgpack_restore(raw)
-    except Exception as error:
-        raise ValueError(f"{msgpack_path} is not a flax msgpack checkpoint ({error}).") from error
-    if not isinstance(state, dict) or "optimizer" not in state or "target" not in state["optimizer"]:
+        with open(msgpack_path, "rb") as stream:
+            state = serialization.msgpack_restore(stream.read())
+    except Exception as error:  # msgpack raises its own errors for garbage
+        raise read_errors.unreadable(msgpack_path, "t5x", error, REMEDY) from error
+    optimizer = state.get("optimizer") if isinstance(state, dict) else None
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("target"), dict):
         keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{msgpack_path} is not a T5X checkpoint: expected "
-                         f"{{'optimizer': {{'target': ...}}}}, found top-level keys {keys}.")
+        raise ValueError(f"{msgpack_path} is a msgpack file but not a T5X checkpoint: expected "
+                         f"{{'optimizer': {{'target': ...}}}}, found top-level keys {keys}. "
+                         f"{REMEDY}")
+    return state, checkpoint_dir
+
+
+def _stored_leaves(target: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat key -> what the msgpack stores there: an inline array or a TensorStore spec."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(target, is_leaf=is_tensorstore_spec)
+    return {tree.SEPARATOR.join(str(getattr(k, "key", k)) for k in key_path): value
+            for key_path, value in leaves}
+
+
+def shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Flat parameter key -> shape, from the msgpack (TensorStore arrays are not read)."""
+    state, checkpoint_dir = _stored_state(path)
+    found = {}
+    for key, value in _stored_leaves(state["optimizer"]["target"]).items():
+        if not is_tensorstore_spec(value):
+            found[key] = tuple(np.shape(value))
+            continue
+        shape = value.get("metadata", {}).get("shape")
+        if shape is None:  # No shape in the spec: read the array (rare; T5X writes shapes).
+            shape = read_tensorstore(value, checkpoint_dir, key).shape
+        found[key] = tuple(shape)
+    return found
+
+
+def restore(path: str, config: t5.T5Config, shardings: Any) -> Any:
+    """The parameters as jax Arrays with `shardings` (a tree like the parameters'), cast to
+    `config.storage_dtype`; each device shard reads only its slice, of the inline array or of
+    the TensorStore array beside the msgpack."""
+    state, checkpoint_dir = _stored_state(path)
+    dtype = config.storage_dtype
+    flat_shardings = tree.flatten(shardings)
+
+    def place(key: str, value: Any) -> jax.Array:
+        if is_tensorstore_spec(value):
+            array = open_tensorstore(value, checkpoint_dir, key)
+            read = lambda index: np.asarray(array[index].read().result()).astype(dtype)
+        else:
+            array = np.asarray(value)
+            read = lambda index: array[index].astype(dtype)
+        return jax.make_array_from_callback(tuple(array.shape), flat_shardings[key], read)
+
+    try:
+        return tree.unflatten({key: place(key, value) for key, value in
+                               _stored_leaves(state["optimizer"]["target"]).items()})
+    except FileNotFoundError:
+        raise
+    except read_errors.READ_ERRORS as error:
+        raise read_errors.unreadable(path, "t5x", error, REMEDY) from error
+
+
+def load_state(path: str) -> dict[str, Any]:
+    """The full T5X state dict (target and optimizer state) with every array read, as stored."""
+    state, checkpoint_dir = _stored_state(path)
 
     def materialise(key_path, value):
-        name = jax.tree_util.keystr(key_path)
         if is_tensorstore_spec(value):
-            return read_tensorstore(value, checkpoint_dir, name)
+            return read_tensorstore(value, checkpoint_dir, jax.tree_util.keystr(key_path))
         return np.asarray(value)
 
     return jax.tree_util.tree_map_with_path(materialise, state, is_leaf=is_tensorstore_spec)
 
 
 def load_params(path: str) -> dict[str, Any]:
-    """The model parameters (`optimizer/target`) of a T5X checkpoint as numpy arrays."""
+    """The model parameters (`optimizer/target`) of a T5X checkpoint as numpy arrays, as stored."""
     return load_state(path)["optimizer"]["target"]
+
+
+def config_from_shapes(shapes_by_key: Mapping[str, tuple[int, ...]], **overrides) -> t5.T5Config:
+    """Reads a T5Config off a T5X parameter tree's flat shapes: a T5X checkpoint keeps no
+    config beside its weights.
+
+    `relative_attention_max_distance`, `dropout_rate`, dtypes and the activation function
+    cannot be read from shapes; they come from `overrides` or the T5Config defaults (a gated
+    MLP is taken as T5 v1.1's gated GELU).
+    """
+    def shape(key):
+        if key not in shapes_by_key:
+            raise tree.ParamTreeMismatchError(
+                f"Cannot infer the model config: no parameter {key!r}.")
+        return tuple(shapes_by_key[key])
+
+    vocab_size, emb_dim = shape("token_embedder/embedding")
+    num_heads, num_buckets = shape("encoder/relpos_bias/rel_embedding")
+    joined_kv = shape("encoder/layers_0/attention/query/kernel")[1]
+    gated = "encoder/layers_0/mlp/wi_0/kernel" in shapes_by_key
+    mlp_dim = shape("encoder/layers_0/mlp/wi_0/kernel" if gated else
+                    "encoder/layers_0/mlp/wi/kernel")[1]
+
+    def count_layers(prefix):
+        return len({key.split(tree.SEPARATOR)[1] for key in shapes_by_key
+                    if key.startswith(prefix + tree.SEPARATOR + "layers_")})
+
+    fields = dict(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=num_heads,
+                  head_dim=joined_kv // num_heads, mlp_dim=mlp_dim,
+                  num_encoder_layers=count_layers("encoder"),
+                  num_decoder_layers=count_layers("decoder"),
+                  relative_attention_num_buckets=num_buckets,
+                  mlp_activations=("gelu", "linear") if gated else ("relu",))
+    fields.update(overrides)
+    return t5.T5Config(**fields)
 
 
 def check_step(step: int) -> None:
@@ -196,7 +304,7 @@ def save(params: Mapping[str, Any], model_dir: str, *, step: int = 0,
 
     Args:
       params: T5X's parameter tree (numpy or jax arrays), e.g. from `load_params` or any of
-        the converter's readers.
+        `formats.read`.
       model_dir: the T5X model directory (made if missing).
       step: the checkpoint's step (its directory name and Adafactor's step counter).
       momentum: write Adafactor's momentum `m` (for a T5X run whose Adafactor sets `beta1`).

@@ -1,24 +1,15 @@
-"""HF transformers `T5ForConditionalGeneration` weights <-> T5X-style parameter trees.
+"""How HF transformers' `T5ForConditionalGeneration` names and configures what T5X stores.
 
 The mapping is exact: T5X and HF store the same matrices, HF's torch `Linear` weights being
 the transposes of T5X's kernels and HF's relative-position table the transpose of T5X's
-`rel_embedding`. Files are safetensors plus HF's `config.json`, so an exported directory loads
-with `T5ForConditionalGeneration.from_pretrained(directory)`.
+`rel_embedding`. This module maps names and configs only; `hf` reads and writes the files.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Mapping
 
-import numpy as np
-
-from rso_jax import atomic_io, param_tree, processes, t5
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+from rso_jax import t5
 
 # HF's `feed_forward_proj` for each of our activation tuples.
 _FEED_FORWARD_PROJ = {
@@ -31,7 +22,7 @@ _FEED_FORWARD_PROJ = {
 }
 _ACTIVATIONS_OF_PROJ = {proj: acts for acts, proj in _FEED_FORWARD_PROJ.items()}
 # HF keys that are tied copies of `shared.weight` in an untied-logits T5 v1.1.
-_TIED_EMBEDDING_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+TIED_EMBEDDING_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
 def hf_config_dict(config: t5.T5Config) -> dict[str, Any]:
@@ -98,7 +89,7 @@ def _scales_decoder_outputs(hf_config: Mapping[str, Any]) -> bool:
     return bool(hf_config.get("tie_word_embeddings", True))
 
 
-def _key_map(config: t5.T5Config) -> dict[str, tuple[str, bool]]:
+def key_map(config: t5.T5Config) -> dict[str, tuple[str, bool]]:
     """Our flat key -> (HF key, whether the matrix is transposed between the two)."""
     mapping = {
         "token_embedder/embedding": ("shared.weight", False),
@@ -139,101 +130,22 @@ def _key_map(config: t5.T5Config) -> dict[str, tuple[str, bool]]:
     return mapping
 
 
-def params_to_hf_state_dict(params: Mapping[str, Any],
-                            config: t5.T5Config) -> dict[str, np.ndarray]:
-    """Our parameter tree -> HF state dict of numpy arrays (tied embedding copies omitted)."""
-    param_tree.check_against_config(params, config, "the parameters being exported")
-    flat = param_tree.flatten(params)
-    state_dict = {}
-    for ours, (theirs, transposed) in _key_map(config).items():
-        value = np.asarray(flat[ours])
-        state_dict[theirs] = np.ascontiguousarray(value.T if transposed else value)
-    return state_dict
-
-
-def hf_state_dict_to_params(state_dict: Mapping[str, Any], config: t5.T5Config,
-                            source: str = "an HF state dict",
-                            lm_head_tied: bool = False) -> dict[str, Any]:
-    """HF state dict (numpy arrays) -> our nested parameter tree, with a full key/shape check.
+def tied_aliases(names: Any, lm_head_tied: bool) -> dict[str, str]:
+    """HF name `key_map` expects -> the stored tensor holding it, where only a tied copy is
+    stored: the embedding under an encoder/decoder copy's name, and (for an HF model that ties
+    its logits, as transformers 5 does every T5) `lm_head.weight` as the embedding.
 
     Args:
-      state_dict: HF parameter names -> arrays.
-      config: the model config the weights must fit.
-      source: named in error messages.
-      lm_head_tied: the HF model ties `lm_head.weight` to `shared.weight` (transformers 5
-        does so for every T5), so a missing `lm_head.weight` means a copy of the embedding.
+      names: the tensor names stored (any container supporting `in`).
+      lm_head_tied: the HF config ties `lm_head.weight` to `shared.weight`.
     """
-    state_dict = dict(state_dict)
-    if "shared.weight" not in state_dict:
-        for tied in _TIED_EMBEDDING_KEYS:
-            if tied in state_dict:
-                state_dict["shared.weight"] = state_dict[tied]
-                break
-    for tied in _TIED_EMBEDDING_KEYS:
-        state_dict.pop(tied, None)
-    if lm_head_tied and "lm_head.weight" not in state_dict and "shared.weight" in state_dict:
-        state_dict["lm_head.weight"] = state_dict["shared.weight"]
-    key_map = _key_map(config)
-    expected_hf = {theirs for theirs, _ in key_map.values()}
-    missing = sorted(expected_hf - set(state_dict))
-    unexpected = sorted(set(state_dict) - expected_hf)
-    if missing or unexpected:
-        lines = [f"HF weights from {source} do not match the T5 layout of {config}."]
-        if missing:
-            lines += [f"  missing ({len(missing)}):"] + [f"    {k}" for k in missing]
-        if unexpected:
-            lines += [f"  unexpected ({len(unexpected)}):"] + [f"    {k}" for k in unexpected]
-        raise param_tree.ParamTreeMismatchError("\n".join(lines))
-    flat = {}
-    for ours, (theirs, transposed) in key_map.items():
-        value = np.asarray(state_dict[theirs])
-        flat[ours] = np.ascontiguousarray(value.T if transposed else value)
-    params = param_tree.unflatten(flat)
-    param_tree.check_against_config(params, config, source)
-    return params
-
-
-def save(params: Mapping[str, Any], config: t5.T5Config, directory: str) -> None:
-    """Writes `model.safetensors` and `config.json` into `directory`, atomically."""
-    from safetensors.numpy import save_file
-
-    state_dict = params_to_hf_state_dict(params, config)
-    with atomic_io.directory(directory) as temp_dir:
-        if processes.is_writer():  # with several processes, the first writes the files
-            save_file(state_dict, os.path.join(temp_dir, WEIGHTS_FILE),
-                      metadata={"format": "pt"})
-            with open(os.path.join(temp_dir, CONFIG_FILE), "w") as stream:
-                json.dump(hf_config_dict(config), stream, indent=2, sort_keys=True)
-
-
-def load(directory: str, **config_overrides) -> tuple[dict[str, Any], t5.T5Config]:
-    """Reads an HF T5 directory (config.json + model.safetensors, sharded or not).
-
-    Returns:
-      (params, config), with `config_overrides` applied to the config read from config.json.
-    """
-    from safetensors.numpy import load_file
-
-    config_path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"No HF config at {config_path}: expected a directory written by "
-                                "save_pretrained or by `python -m rso_jax.convert --to=hf`.")
-    with open(config_path) as stream:
-        hf_config = json.load(stream)
-    config = config_from_hf(hf_config, **config_overrides)
-    index_path = os.path.join(directory, WEIGHTS_INDEX_FILE)
-    if os.path.isfile(index_path):
-        with open(index_path) as stream:
-            files = sorted(set(json.load(stream)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(directory, WEIGHTS_FILE)):
-        files = [WEIGHTS_FILE]
-    else:
-        raise FileNotFoundError(f"No {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in {directory} "
-                                "(only safetensors weights are read; re-save with "
-                                "safe_serialization=True).")
-    state_dict = {}
-    for name in files:
-        state_dict.update(load_file(os.path.join(directory, name)))
-    params = hf_state_dict_to_params(state_dict, config, source=directory,
-                                     lm_head_tied=hf_config.get("tie_word_embeddings", True))
-    return params, config
+    aliases = {}
+    if "shared.weight" not in names:
+        present = [tied for tied in TIED_EMBEDDING_KEYS if tied in names]
+        if present:
+            aliases["shared.weight"] = present[0]
+    if lm_head_tied and "lm_head.weight" not in names:
+        shared = aliases.get("shared.weight", "shared.weight")
+        if shared in names:
+            aliases["lm_head.weight"] = shared
+    return aliases

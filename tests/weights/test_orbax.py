@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import checkpoints, t5, param_tree, partitioning, reward_models
+from rso_jax import t5, partitioning, reward_models
+from rso_jax.weights import orbax, tree
 from t5_helpers import MESH_TEST_CONFIG
 
 POINTWISE = reward_models.PointwiseRewardConfig(MESH_TEST_CONFIG)
@@ -14,35 +15,35 @@ def test_pointwise_reward_model_round_trips_onto_its_shardings(tmp_path):
     params = jax.device_get(POINTWISE.init_params(jax.random.PRNGKey(0)))
     params["reward_head"]["kernel"] = np.full_like(params["reward_head"]["kernel"], 0.5)
     directory = str(tmp_path / "pointwise")
-    checkpoints.save_params(params, POINTWISE, directory)
-    assert checkpoints.load_config(directory, reward_models.PointwiseRewardConfig) == POINTWISE
+    orbax.save_params(params, POINTWISE, directory)
+    assert orbax.load_config(directory, reward_models.PointwiseRewardConfig) == POINTWISE
 
     partitioner = partitioning.create_partitioner(data_parallelism=2, model_parallelism=4)
     shardings = partitioner.param_shardings(POINTWISE)
-    restored = checkpoints.restore_params(directory, POINTWISE, shardings)
-    flat_shardings = param_tree.flatten(shardings)
-    expected = param_tree.flatten(params)
-    for key, value in param_tree.flatten(restored).items():
+    restored = orbax.restore_params(directory, POINTWISE, shardings)
+    flat_shardings = tree.flatten(shardings)
+    expected = tree.flatten(params)
+    for key, value in tree.flatten(restored).items():
         assert value.sharding == flat_shardings[key], key
         np.testing.assert_array_equal(np.asarray(value), expected[key], err_msg=key)
 
 
 def test_restoring_as_another_model_fails_clearly(tmp_path):
     directory = str(tmp_path / "pointwise")
-    checkpoints.save_params(jax.device_get(POINTWISE.init_params(jax.random.PRNGKey(0))),
+    orbax.save_params(jax.device_get(POINTWISE.init_params(jax.random.PRNGKey(0))),
                             POINTWISE, directory)
     with pytest.raises(ValueError, match=r"Unknown T5Config fields \['t5'\]"):
-        checkpoints.restore_params(directory, MESH_TEST_CONFIG)
+        orbax.restore_params(directory, MESH_TEST_CONFIG)
     smaller = reward_models.PointwiseRewardConfig(MESH_TEST_CONFIG.replace(mlp_dim=16))
-    with pytest.raises(param_tree.ParamTreeMismatchError,
+    with pytest.raises(tree.ParamTreeMismatchError,
                        match=r"(?s)does not fit.*mlp/wi_0/kernel: found \(16, 32\), expected "
                              r"\(16, 16\)"):
-        checkpoints.restore_params(directory, smaller)
-    with pytest.raises(param_tree.ParamTreeMismatchError, match="the parameters being saved"):
-        checkpoints.save_params({"t5": {}}, POINTWISE, str(tmp_path / "bad"))
+        orbax.restore_params(directory, smaller)
+    with pytest.raises(tree.ParamTreeMismatchError, match="the parameters being saved"):
+        orbax.save_params({"t5": {}}, POINTWISE, str(tmp_path / "bad"))
 
 
 def test_t5_config_is_a_model_spec():
     assert t5.T5Config.from_json(MESH_TEST_CONFIG.to_json()) == MESH_TEST_CONFIG
-    assert (param_tree.flatten(MESH_TEST_CONFIG.param_shapes()).keys()
-            == param_tree.flatten(MESH_TEST_CONFIG.param_logical_axes()).keys())
+    assert (tree.flatten(MESH_TEST_CONFIG.param_shapes()).keys()
+            == tree.flatten(MESH_TEST_CONFIG.param_logical_axes()).keys())

@@ -1,9 +1,9 @@
 """Command-line converter among T5X checkpoints, HF safetensors and orbax parameter checkpoints.
 
-  python -m rso_jax.convert --from=t5x --input=checkpoint_1000000 --to=hf --output=hf_dir
-  python -m rso_jax.convert --from=hf --input=hf_dir --to=orbax --output=params_dir
-  python -m rso_jax.convert --from=orbax --input=params_dir --to=hf --output=hf_dir --dtype=bfloat16
-  python -m rso_jax.convert --from=orbax --input=WORK_DIR/preference/params --to=t5x --output=t5x
+  python -m rso_jax.weights.convert --from=t5x --input=checkpoint_1000000 --to=hf --output=hf_dir
+  python -m rso_jax.weights.convert --from=hf --input=hf_dir --to=orbax --output=params_dir
+  python -m rso_jax.weights.convert --from=orbax --input=params_dir --to=hf --output=hf_dir --dtype=bfloat16
+  python -m rso_jax.weights.convert --from=orbax --input=WORK_DIR/preference/params --to=t5x --output=t5x
 
 An experiment's trained policy is the orbax checkpoint WORK_DIR/preference/params (the
 evaluation with the best proxy win rate on validation prompts; round r > 1 of an iterative run:
@@ -31,29 +31,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rso_jax import atomic_io, checkpoints, hf_weights, t5, param_tree, t5x_checkpoint
+from rso_jax import atomic_io, t5
+from rso_jax.weights import formats, hf, orbax, t5x, tree
 
-READ_FORMATS = ("t5x", "hf", "orbax")
-WRITE_FORMATS = ("t5x", "hf", "orbax")
-
-
-def read(fmt: str, path: str, relative_attention_max_distance: Optional[int] = None
-         ) -> tuple[Any, t5.T5Config]:
-    """Reads parameters (as numpy arrays) and their config from `path` in format `fmt`."""
-    overrides = {}
-    if relative_attention_max_distance is not None:
-        overrides["relative_attention_max_distance"] = relative_attention_max_distance
-    if fmt == "t5x":
-        params = t5x_checkpoint.load_params(path)
-        config = param_tree.infer_config(params, **overrides)
-        param_tree.check_against_config(params, config, path)
-        return params, config
-    if fmt == "hf":
-        return hf_weights.load(path, **overrides)
-    if fmt == "orbax":
-        config = checkpoints.load_config(path, t5.T5Config, **overrides)
-        return jax_to_numpy(checkpoints.restore_params(path, config)), config
-    raise ValueError(f"Unknown input format {fmt!r}; choose one of {READ_FORMATS}.")
+WRITE_FORMATS = formats.FORMATS
 
 
 def write(fmt: str, path: str, params: Any, config: t5.T5Config, *, step: int = 0,
@@ -66,29 +47,23 @@ def write(fmt: str, path: str, params: Any, config: t5.T5Config, *, step: int = 
       params: the parameter tree.
       config: the model config the parameters fit.
       step, momentum: for 't5x' only: the checkpoint's step and whether its Adafactor state
-        keeps momentum (see `t5x_checkpoint.save`).
+        keeps momentum (see `t5x.save`).
 
     Returns:
       what to read back: `path`, or for 't5x' the checkpoint directory `path/checkpoint_<step>`.
     """
     if fmt == "hf":
-        hf_weights.save(params, config, path)
+        hf.save(params, config, path)
     elif fmt == "orbax":
-        checkpoints.save_params(params, config, path)
+        orbax.save_params(params, config, path)
     elif fmt == "t5x":
-        param_tree.check_against_config(params, config, "the parameters being saved")
+        tree.check_against_config(params, config, "the parameters being saved")
         with atomic_io.directory(path) as temp_dir:
-            t5x_checkpoint.save(params, temp_dir, step=step, momentum=momentum)
-        return t5x_checkpoint.checkpoint_dir(path, step)
+            t5x.save(params, temp_dir, step=step, momentum=momentum)
+        return t5x.checkpoint_dir(path, step)
     else:
         raise ValueError(f"Unknown output format {fmt!r}; choose one of {WRITE_FORMATS}.")
     return path
-
-
-def jax_to_numpy(params: Any) -> Any:
-    import jax
-
-    return jax.tree_util.tree_map(np.asarray, params)
 
 
 def cast(params: Any, dtype: str) -> Any:
@@ -118,7 +93,7 @@ def t5x_options(target_format: str, step: Optional[int], momentum: bool) -> dict
                              f"--to={target_format}; leave them out.")
         return {}
     step = 0 if step is None else step
-    t5x_checkpoint.check_step(step)
+    t5x.check_step(step)
     return {"step": step, "momentum": momentum}
 
 
@@ -126,7 +101,8 @@ def t5x_read_back_note(params: Any, config: t5.T5Config) -> Optional[str]:
     """A note for the user when a T5X checkpoint of `params` cannot carry all of `config`: it
     keeps no `relative_attention_max_distance`, so reading it back infers 128."""
     distance = config.relative_attention_max_distance
-    inferred = param_tree.infer_config(params).relative_attention_max_distance
+    inferred = t5x.config_from_shapes(tree.flat_shapes(params))
+    inferred = inferred.relative_attention_max_distance
     if distance == inferred:
         return None
     return (f"note: a T5X checkpoint does not record relative_attention_max_distance; this "
@@ -137,7 +113,7 @@ def t5x_read_back_note(params: Any, config: t5.T5Config) -> Optional[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source_format", required=True, choices=READ_FORMATS)
+    parser.add_argument("--from", dest="source_format", required=True, choices=formats.FORMATS)
     parser.add_argument("--input", required=True, help="checkpoint file or directory to read")
     parser.add_argument("--to", dest="target_format", required=True, choices=WRITE_FORMATS)
     parser.add_argument("--output", required=True, help="directory to write (atomically)")
@@ -156,7 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         options = t5x_options(args.target_format, args.step, args.adafactor_momentum)
         check_output(args.output, args.overwrite)
-        params, config = read(args.source_format, args.input, args.relative_attention_max_distance)
+        params, config = formats.read(args.input, args.source_format,
+                                      args.relative_attention_max_distance)
         if args.dtype:
             params = cast(params, args.dtype)
             config = config.replace(param_dtype=args.dtype)
@@ -164,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"convert: {error}", file=sys.stderr)
         return 2
-    count = sum(np.size(v) for v in param_tree.flatten(params).values())
+    count = sum(np.size(v) for v in tree.flatten(params).values())
     print(f"Wrote {args.target_format} parameters ({count:,} values, {config}) to {written}")
     note = t5x_read_back_note(params, config) if args.target_format == "t5x" else None
     if note:

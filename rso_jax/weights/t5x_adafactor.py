@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from rso_jax import param_tree
+from rso_jax.weights import tree
 
 MIN_DIM_SIZE_TO_FACTOR = 128  # T5X Adafactor's default
 PLACEHOLDER_SHAPE = (1,)  # an unused state array
@@ -102,6 +102,6 @@ def fresh_state(params: Mapping[str, Any], *, step: int = 0, momentum: bool = Fa
     param_states = {
         name: fresh_param_state(shape, name, momentum=momentum, factored=factored,
                                 min_dim_size_to_factor=min_dim_size_to_factor)
-        for name, shape in param_tree.flat_shapes(params).items()}
-    return {"param_states": param_tree.unflatten(param_states),
+        for name, shape in tree.flat_shapes(params).items()}
+    return {"param_states": tree.unflatten(param_states),
             "step": np.asarray(step, STEP_DTYPE)}

@@ -5,7 +5,8 @@ Layout of a parameter checkpoint directory:
   model_config.json  the model config's `to_json()`, so the directory describes itself
 
 The model is any `model_spec.ModelSpec` (T5's `t5.T5Config`, the pointwise reward
-model's config, ...): it gives the tree's shapes to check and restore onto.
+model's config, ...): it gives the tree's shapes to check and restore onto. `formats` reads
+this format through `is_checkpoint`, `shapes` and `restore`, as it reads the others.
 """
 
 from __future__ import annotations
@@ -16,17 +17,28 @@ from typing import Any, Mapping, Optional
 
 import jax
 
-from rso_jax import atomic_io, model_spec, param_tree
+from rso_jax import atomic_io, model_spec
+from rso_jax.weights import read_errors, tree
 
 PARAMS_SUBDIR = "params"
 MODEL_CONFIG_FILE = "model_config.json"
+# What a path of this format must be, and how to get a readable copy again, for messages.
+REQUIREMENT = (f"a directory with {MODEL_CONFIG_FILE} and {PARAMS_SUBDIR}/ (written by "
+               "weights.orbax.save_params)")
+REMEDY = "Write it again with `python -m rso_jax.weights.convert --to=orbax`."
+
+
+def is_checkpoint(path: str) -> bool:
+    """Whether the directory `path` holds a parameter checkpoint of this format."""
+    return (os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)) and
+            os.path.isdir(os.path.join(path, PARAMS_SUBDIR)))
 
 
 def save_params(params: Any, model: model_spec.ModelSpec, directory: str) -> None:
     """Writes `params` (host or sharded arrays) and `model`'s config to `directory` atomically."""
     import orbax.checkpoint as ocp
 
-    param_tree.check_against_config(params, model, "the parameters being saved")
+    tree.check_against_config(params, model, "the parameters being saved")
     with atomic_io.directory(directory) as temp_dir:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(os.path.join(temp_dir, PARAMS_SUBDIR), params)
@@ -45,7 +57,7 @@ def load_config(directory: str, config_class: type, **overrides) -> Any:
     path = os.path.join(directory, MODEL_CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory} is not a parameter checkpoint: no {MODEL_CONFIG_FILE}"
-                                " (write one with `python -m rso_jax.convert --to=orbax`).")
+                                " (write one with `python -m rso_jax.weights.convert --to=orbax`).")
     with open(path) as stream:
         return config_class.from_json(json.load(stream), **overrides)
 
@@ -69,12 +81,12 @@ def saved_shapes(directory: str) -> dict[str, tuple[int, ...]]:
     params_dir = os.path.abspath(os.path.join(directory, PARAMS_SUBDIR))
     metadata = ocp.StandardCheckpointer().metadata(params_dir)
     # Newer orbax wraps the tree as StepMetadata.item_metadata.tree.
-    tree = getattr(metadata, "item_metadata", metadata)
-    tree = getattr(tree, "tree", tree)
-    if not isinstance(tree, Mapping):
+    saved = getattr(metadata, "item_metadata", metadata)
+    saved = getattr(saved, "tree", saved)
+    if not isinstance(saved, Mapping):
         raise ValueError(f"{params_dir} holds no readable orbax parameter tree (its metadata is "
                          "missing or damaged).")
-    return param_tree.flat_shapes(tree)
+    return tree.flat_shapes(saved)
 
 
 def restore_params(directory: str, model: model_spec.ModelSpec,
@@ -88,19 +100,37 @@ def restore_params(directory: str, model: model_spec.ModelSpec,
       the parameters; without shardings the arrays land on the default device.
 
     Raises:
-      param_tree.ParamTreeMismatchError: the saved parameters do not fit `model`.
+      tree.ParamTreeMismatchError: the saved parameters do not fit `model`.
     """
     import orbax.checkpoint as ocp
 
     load_config(directory, type(model))
     params_dir = _params_dir(directory)
-    shapes = model.param_shapes()
-    param_tree.check_shapes(param_tree.flat_shapes(shapes), saved_shapes(directory),
+    expected = model.param_shapes()
+    tree.check_shapes(tree.flat_shapes(expected), saved_shapes(directory),
                             f"The checkpoint {directory} does not fit the model config {model}.")
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree_util.tree_map(lambda _: device, shapes)
+        shardings = jax.tree_util.tree_map(lambda _: device, expected)
     target = jax.tree_util.tree_map(
         lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
-        shapes, shardings)
+        expected, shardings)
     return ocp.StandardCheckpointer().restore(params_dir, target)
+
+
+def shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """`saved_shapes`, a damaged checkpoint reported with what to do."""
+    try:
+        return saved_shapes(path)
+    except read_errors.READ_ERRORS as error:
+        raise read_errors.unreadable(path, "orbax", error, REMEDY) from error
+
+
+def restore(path: str, model: model_spec.ModelSpec, shardings: Any) -> Any:
+    """`restore_params` onto `shardings`, damaged array data reported with what to do."""
+    try:  # Restore onto exactly our config (shapes were checked; dtype is cast by orbax).
+        return restore_params(path, model, shardings)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # Orbax reports damaged array data as a bare Exception.
+        raise read_errors.unreadable(path, "orbax", error, REMEDY) from error

@@ -1,4 +1,8 @@
-"""Flat views of parameter trees and a check of a tree against the shapes a model expects."""
+"""Flat views of parameter trees and a check of a tree against the shapes a model expects.
+
+Every weight format reads and writes through these: a flat key is T5X's parameter path joined
+by '/' ('encoder/layers_0/attention/query/kernel').
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
-from rso_jax import model_spec, t5
+from rso_jax import model_spec
 
 SEPARATOR = "/"
 
@@ -73,37 +77,3 @@ def check_against_config(params: Mapping[str, Any], model: model_spec.ModelSpec,
     """
     check_shapes(config_shapes(model), flat_shapes(params),
                  f"Parameters from {source} do not fit the model config {model}.")
-
-
-def infer_config(params: Mapping[str, Any], **overrides) -> t5.T5Config:
-    """Reads a T5Config off a parameter tree's shapes (relative-position distance aside).
-
-    `relative_attention_max_distance`, `dropout_rate`, dtypes and the activation function
-    cannot be read from shapes; they come from `overrides` or the T5Config defaults.
-    """
-    flat = flatten(params)
-
-    def shape(key):
-        if key not in flat:
-            raise ParamTreeMismatchError(f"Cannot infer the model config: no parameter {key!r}.")
-        return np.shape(flat[key])
-
-    vocab_size, emb_dim = shape("token_embedder/embedding")
-    num_heads, num_buckets = shape("encoder/relpos_bias/rel_embedding")
-    joined_kv = shape("encoder/layers_0/attention/query/kernel")[1]
-    gated = "encoder/layers_0/mlp/wi_0/kernel" in flat
-    mlp_dim = shape("encoder/layers_0/mlp/wi_0/kernel" if gated else
-                    "encoder/layers_0/mlp/wi/kernel")[1]
-
-    def count_layers(prefix):
-        return len({key.split(SEPARATOR)[1] for key in flat
-                    if key.startswith(prefix + SEPARATOR + "layers_")})
-
-    fields = dict(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=num_heads,
-                  head_dim=joined_kv // num_heads, mlp_dim=mlp_dim,
-                  num_encoder_layers=count_layers("encoder"),
-                  num_decoder_layers=count_layers("decoder"),
-                  relative_attention_num_buckets=num_buckets,
-                  mlp_activations=("gelu", "linear") if gated else ("relu",))
-    fields.update(overrides)
-    return t5.T5Config(**fields)

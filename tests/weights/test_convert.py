@@ -9,14 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import (batching, checkpoint_formats, checkpoints, convert, hf_weights, partitioning,
-                     t5, param_tree, t5x_checkpoint, training)
+from rso_jax import batching, partitioning, t5, training
+from rso_jax.weights import convert, formats, hf, orbax, t5x, tree
 from rso_jax.experiment import artifacts
 from t5_helpers import MESH_TEST_CONFIG, T5X_FIXTURE, padded_tokens
 
 
 def test_conversions_preserve_every_array(tmp_path, capsys):
-    original = param_tree.flatten(t5x_checkpoint.load_params(T5X_FIXTURE))
+    original = tree.flatten(t5x.load_params(T5X_FIXTURE))
     hf_dir, orbax_dir, hf_again = (str(tmp_path / n) for n in ("hf", "orbax", "hf_again"))
     assert convert.main(["--from=t5x", f"--input={T5X_FIXTURE}", "--to=hf",
                          f"--output={hf_dir}"]) == 0
@@ -25,11 +25,11 @@ def test_conversions_preserve_every_array(tmp_path, capsys):
     assert convert.main(["--from=orbax", f"--input={orbax_dir}", "--to=hf",
                          f"--output={hf_again}"]) == 0
     assert "518,240 values" in capsys.readouterr().out
-    params, config = hf_weights.load(hf_again)
-    for key, value in param_tree.flatten(params).items():
+    params, config = hf.load(hf_again)
+    for key, value in tree.flatten(params).items():
         np.testing.assert_array_equal(value, original[key], err_msg=key)
     assert json.load(open(os.path.join(orbax_dir, "model_config.json")))["emb_dim"] == 8
-    assert config == checkpoints.load_config(orbax_dir, t5.T5Config)
+    assert config == orbax.load_config(orbax_dir, t5.T5Config)
 
 
 def test_bfloat16_cast_and_overwrite(tmp_path):
@@ -39,12 +39,12 @@ def test_bfloat16_cast_and_overwrite(tmp_path):
     assert convert.main(["--from=t5x", f"--input={T5X_FIXTURE}", "--to=orbax",
                          f"--output={out}", "--dtype=bfloat16", "--overwrite"]) == 0
     assert not os.path.exists(os.path.join(out, "stale_file"))  # replaced as a whole
-    config = checkpoints.load_config(out, t5.T5Config)
-    params = checkpoints.restore_params(out, config)
+    config = orbax.load_config(out, t5.T5Config)
+    params = orbax.restore_params(out, config)
     assert config.param_dtype == "bfloat16"
     kernel = params["decoder"]["logits_dense"]["kernel"]
     assert str(kernel.dtype) == "bfloat16"
-    reference = param_tree.flatten(t5x_checkpoint.load_params(T5X_FIXTURE))
+    reference = tree.flatten(t5x.load_params(T5X_FIXTURE))
     np.testing.assert_allclose(np.asarray(kernel, np.float32),
                                reference["decoder/logits_dense/kernel"], rtol=1e-2)
 
@@ -56,7 +56,12 @@ def test_failures_exit_with_a_message(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "out")
     assert convert.main(["--from=orbax", f"--input={tmp_path}", "--to=hf",
                          f"--output={tmp_path}/out"]) == 2
-    assert "no model_config.json" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "is not a checkpoint in any known format" in error and "model_config.json" in error
+    assert convert.main(["--from=hf", f"--input={T5X_FIXTURE}", "--to=orbax",
+                         f"--output={tmp_path}/out"]) == 2
+    assert "is a t5x checkpoint, not hf" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
 
 
 @pytest.mark.parametrize("target", ["hf", "t5x"])
@@ -86,8 +91,8 @@ def test_refuses_to_replace_a_file_or_a_non_empty_directory(tmp_path, capsys, ta
 def assert_same_tree(loaded, expected):
     """Same tree, and every leaf the same array bit for bit (dtype and shape included)."""
     assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(expected)
-    loaded = param_tree.flatten(loaded)
-    for key, value in param_tree.flatten(expected).items():
+    loaded = tree.flatten(loaded)
+    for key, value in tree.flatten(expected).items():
         value = np.asarray(value)
         assert (loaded[key].dtype, loaded[key].shape) == (value.dtype, value.shape), key
         np.testing.assert_array_equal(loaded[key], value, err_msg=key)
@@ -102,7 +107,7 @@ def test_t5x_to_t5x_round_trips_every_parameter(tmp_path, capsys):
     assert printed.out.rstrip().endswith(f"to {written}")
     assert printed.err == ""  # the fixture's relative_attention_max_distance is T5X's 128
     assert os.listdir(out) == ["checkpoint_0"]
-    assert_same_tree(t5x_checkpoint.load_params(written), t5x_checkpoint.load_params(T5X_FIXTURE))
+    assert_same_tree(t5x.load_params(written), t5x.load_params(T5X_FIXTURE))
 
 
 @pytest.fixture(scope="module")
@@ -137,22 +142,22 @@ def test_a_trained_policy_exports_to_t5x(trained_policy, tmp_path, capsys):
     # The checkpoint cannot carry the relative_attention_max_distance (16): the user is told.
     assert "--relative_attention_max_distance=16 when converting it back" in capsys.readouterr().err
     written = os.path.join(out, "checkpoint_2")
-    assert_same_tree(t5x_checkpoint.load_params(written), trained)
+    assert_same_tree(t5x.load_params(written), trained)
     assert not np.array_equal(trained["decoder"]["logits_dense"]["kernel"],
                               initial["decoder"]["logits_dense"]["kernel"])  # it did train
-    assert t5x_checkpoint.load_state(written)["optimizer"]["state"]["step"] == 2
+    assert t5x.load_state(written)["optimizer"]["state"]["step"] == 2
     # An experiment can start from it (SFT_CHECKPOINT and the like take T5X checkpoints).
-    assert checkpoint_formats.detect_format(written) == "t5x"
-    checkpoint_formats.check_fits(written, MESH_TEST_CONFIG, "SFT_CHECKPOINT")
+    assert formats.detect_format(written) == "t5x"
+    formats.check_fits(written, MESH_TEST_CONFIG, "SFT_CHECKPOINT")
 
 
 def test_t5x_output_keeps_a_cast_dtype(tmp_path):
     out = str(tmp_path / "t5x_bf16")
     assert convert.main(["--from=t5x", f"--input={T5X_FIXTURE}", "--to=t5x", f"--output={out}",
                          "--dtype=bfloat16", "--step=5", "--adafactor_momentum"]) == 0
-    state = t5x_checkpoint.load_state(os.path.join(out, "checkpoint_5"))
+    state = t5x.load_state(os.path.join(out, "checkpoint_5"))
     kernel = state["optimizer"]["target"]["decoder"]["logits_dense"]["kernel"]
-    reference = t5x_checkpoint.load_params(T5X_FIXTURE)["decoder"]["logits_dense"]["kernel"]
+    reference = t5x.load_params(T5X_FIXTURE)["decoder"]["logits_dense"]["kernel"]
     assert str(kernel.dtype) == "bfloat16"
     np.testing.assert_array_equal(kernel, reference.astype(kernel.dtype))
     adafactor = state["optimizer"]["state"]["param_states"]["decoder"]["logits_dense"]["kernel"]

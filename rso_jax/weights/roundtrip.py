@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from rso_jax import (checkpoints, hf_weights, t5, param_tree, partitioning, processes,
-                     run_info, scoring, t5x_checkpoint, vocabularies)
+from rso_jax import partitioning, processes, run_info, scoring, t5, vocabularies
+from rso_jax.weights import formats, hf, orbax, t5x, tree
 
 
 def random_token_batch(rng: np.random.Generator, *, num_prompts: int, targets_per_prompt: int,
@@ -45,30 +45,28 @@ def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts
       FileNotFoundError: the checkpoint does not exist.
       RuntimeError: a re-imported copy differs from the original.
     """
-    t5x_checkpoint.resolve_path(checkpoint_path)  # fail before any work if it is missing
+    t5x.resolve_path(checkpoint_path)  # fail before any work if it is missing
     partitioner = partitioner or partitioning.create_partitioner()
     timings = {}
     start = time.perf_counter()
-    params = t5x_checkpoint.load_params(checkpoint_path)
-    config = param_tree.infer_config(params)
-    param_tree.check_against_config(params, config, checkpoint_path)
+    params, config = formats.read(checkpoint_path, "t5x")
     timings["read_t5x_s"] = time.perf_counter() - start
 
     hf_dir, orbax_dir = os.path.join(work_dir, "hf"), os.path.join(work_dir, "orbax")
     start = time.perf_counter()
-    hf_weights.save(params, config, hf_dir)
-    hf_params, hf_config = hf_weights.load(hf_dir)
+    hf.save(params, config, hf_dir)
+    hf_params, hf_config = formats.read(hf_dir, "hf")
     timings["hf_write_read_s"] = time.perf_counter() - start
     param_shardings = partitioner.param_shardings(config)
     start = time.perf_counter()
-    checkpoints.save_params(params, config, orbax_dir)
-    orbax_config = checkpoints.load_config(orbax_dir, t5.T5Config)
-    orbax_params = checkpoints.restore_params(orbax_dir, config, param_shardings)
+    orbax.save_params(params, config, orbax_dir)
+    orbax_config = orbax.load_config(orbax_dir, t5.T5Config)
+    orbax_params = orbax.restore_params(orbax_dir, config, param_shardings)
     timings["orbax_write_read_s"] = time.perf_counter() - start
 
-    flat = param_tree.flatten(params)
+    flat = tree.flatten(params)
     differing = [key for name, copy in (("hf", hf_params), ("orbax", orbax_params))
-                 for key, value in param_tree.flatten(copy).items()
+                 for key, value in tree.flatten(copy).items()
                  if not np.array_equal(processes.to_host(value), flat[key])]
     if differing or hf_config != config or orbax_config != config:
         raise RuntimeError(f"Round trip changed the model: arrays {differing[:10]}, configs "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from rso_jax import param_tree, t5x_adafactor, t5x_checkpoint
+from rso_jax.weights import t5x, t5x_adafactor, tree
 from t5_helpers import T5X_FIXTURE
 
 
@@ -41,47 +41,47 @@ def write_tensorstore_checkpoint(state, directory):
 
 
 def test_fixture_loads_with_t5x_names():
-    params = t5x_checkpoint.load_params(T5X_FIXTURE)
-    flat = param_tree.flatten(params)
+    params = t5x.load_params(T5X_FIXTURE)
+    flat = tree.flatten(params)
     assert flat["token_embedder/embedding"].shape == (32128, 8)
     assert flat["decoder/relpos_bias/rel_embedding"].shape == (4, 32)
-    config = param_tree.infer_config(params)
+    config = t5x.config_from_shapes(tree.flat_shapes(params))
     assert (config.emb_dim, config.num_heads, config.head_dim, config.mlp_dim) == (8, 4, 3, 16)
     assert (config.num_encoder_layers, config.num_decoder_layers) == (2, 2)
-    state = t5x_checkpoint.load_state(T5X_FIXTURE)
+    state = t5x.load_state(T5X_FIXTURE)
     assert "param_states" in state["optimizer"]["state"]  # Adafactor state is there too
 
 
 def test_tensorstore_layout_loads_identically(tmp_path):
-    state = t5x_checkpoint.load_state(T5X_FIXTURE)
+    state = t5x.load_state(T5X_FIXTURE)
     directory = str(tmp_path / "checkpoint_0")
     write_tensorstore_checkpoint(state, directory)
     assert os.path.isdir(os.path.join(directory, "target.encoder.layers_0.attention.key.kernel"))
-    inline = param_tree.flatten(state["optimizer"]["target"])
+    inline = tree.flatten(state["optimizer"]["target"])
     for path in (directory, os.path.join(directory, "checkpoint")):
-        loaded = param_tree.flatten(t5x_checkpoint.load_params(path))
+        loaded = tree.flatten(t5x.load_params(path))
         assert loaded.keys() == inline.keys()
         for key, value in inline.items():
             np.testing.assert_array_equal(loaded[key], value, err_msg=key)
 
     shutil.rmtree(os.path.join(directory, "target.decoder.logits_dense.kernel"))
     with pytest.raises(FileNotFoundError, match="target.decoder.logits_dense.kernel"):
-        t5x_checkpoint.load_params(directory)
+        t5x.load_params(directory)
 
 
 def test_missing_and_malformed_checkpoints_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        t5x_checkpoint.load_params(str(tmp_path / "nope"))
+        t5x.load_params(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="without a T5X 'checkpoint' file"):
-        t5x_checkpoint.load_params(str(tmp_path))
+        t5x.load_params(str(tmp_path))
     bogus = tmp_path / "bogus"
     bogus.write_bytes(serialization.msgpack_serialize({"params": {"a": np.zeros(2)}}))
     with pytest.raises(ValueError, match="not a T5X checkpoint"):
-        t5x_checkpoint.load_params(str(bogus))
+        t5x.load_params(str(bogus))
     garbage = tmp_path / "garbage"
     garbage.write_bytes(b"\xc1\xc1 not msgpack")
-    with pytest.raises(ValueError, match="not a flax msgpack checkpoint"):
-        t5x_checkpoint.load_params(str(garbage))
+    with pytest.raises(ValueError, match="garbage could not be read as a checkpoint in the t5x format"):
+        t5x.load_params(str(garbage))
 
 
 def msgpack_leaves(path):
@@ -89,7 +89,7 @@ def msgpack_leaves(path):
     with open(path, "rb") as stream:
         state = serialization.msgpack_restore(stream.read())
     leaves, _ = jax.tree_util.tree_flatten_with_path(
-        state, is_leaf=t5x_checkpoint.is_tensorstore_spec)
+        state, is_leaf=t5x.is_tensorstore_spec)
     return {"/".join(str(key.key) for key in key_path): value for key_path, value in leaves}
 
 
@@ -97,14 +97,14 @@ def test_written_checkpoint_holds_the_fixtures_state_stored_as_t5x_stores_it(tmp
     """The fixture is T5X's checkpoint at step 0, so its optimizer state is Adafactor's fresh
     one: written from its parameters, a checkpoint has the same leaves, values, shapes and
     dtypes, with parameters and unfactored `v` in TensorStore and the rest inline."""
-    path = t5x_checkpoint.save(t5x_checkpoint.load_params(T5X_FIXTURE), str(tmp_path / "model"))
+    path = t5x.save(t5x.load_params(T5X_FIXTURE), str(tmp_path / "model"))
     assert path == str(tmp_path / "model" / "checkpoint_0")
     written = msgpack_leaves(os.path.join(path, "checkpoint"))
     fixture = msgpack_leaves(T5X_FIXTURE)
     assert list(written) == list(fixture)  # same tree, keys in the same order
     assert written["version"] == fixture["version"] == 3
     in_tensorstore = {key for key, value in written.items()
-                      if t5x_checkpoint.is_tensorstore_spec(value)}
+                      if t5x.is_tensorstore_spec(value)}
     assert in_tensorstore == {key for key in fixture if key.startswith("optimizer/target/")
                               or key.endswith("/v")}
     assert "optimizer/state/param_states/token_embedder/embedding/v_row" not in in_tensorstore
@@ -113,27 +113,27 @@ def test_written_checkpoint_holds_the_fixtures_state_stored_as_t5x_stores_it(tmp
         if key in in_tensorstore:
             name = key.split("/", 1)[1]
             assert value["kvstore"] == {"driver": "file", "path": name.replace("/", ".")}
-            value = t5x_checkpoint.open_tensorstore(value, path, key).read().result()
+            value = t5x.open_tensorstore(value, path, key).read().result()
         value, expected = np.asarray(value), np.asarray(expected)
         assert (value.shape, value.dtype) == (expected.shape, expected.dtype), key
         np.testing.assert_array_equal(value, expected, err_msg=key)
 
 
 def test_written_checkpoint_reads_back_and_refuses_to_be_replaced(tmp_path):
-    params = t5x_checkpoint.load_params(T5X_FIXTURE)
-    path = t5x_checkpoint.save(params, str(tmp_path), step=7, momentum=True)
-    state = t5x_checkpoint.load_state(path)
+    params = t5x.load_params(T5X_FIXTURE)
+    path = t5x.save(params, str(tmp_path), step=7, momentum=True)
+    state = t5x.load_state(path)
     assert state["optimizer"]["state"]["step"] == 7
     assert state["optimizer"]["state"]["step"].dtype == np.int32
     momentum = state["optimizer"]["state"]["param_states"]["decoder"]["logits_dense"]["kernel"]["m"]
     assert momentum.shape == (8, 32128) and not momentum.any()
-    loaded = param_tree.flatten(state["optimizer"]["target"])
-    for key, value in param_tree.flatten(params).items():
+    loaded = tree.flatten(state["optimizer"]["target"])
+    for key, value in tree.flatten(params).items():
         np.testing.assert_array_equal(loaded[key], value, err_msg=key)
     with pytest.raises(ValueError, match="checkpoint_7 exists already"):
-        t5x_checkpoint.save(params, str(tmp_path), step=7)
+        t5x.save(params, str(tmp_path), step=7)
     with pytest.raises(ValueError, match="step -1 is negative"):
-        t5x_checkpoint.save(params, str(tmp_path), step=-1)
+        t5x.save(params, str(tmp_path), step=-1)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_7"]
 
 
@@ -168,11 +168,11 @@ def test_adafactor_options_and_refusals():
 
 
 def test_chunks_divide_the_array_and_stay_under_64_mib():
-    assert t5x_checkpoint.chunk_shape((8, 12), 2**24) == [8, 12]  # small arrays: one chunk
-    assert t5x_checkpoint.chunk_shape((12, 8), 24) == [6, 4]  # 12 -> 6, then 8 -> 4
+    assert t5x.chunk_shape((8, 12), 2**24) == [8, 12]  # small arrays: one chunk
+    assert t5x.chunk_shape((12, 8), 24) == [6, 4]  # 12 -> 6, then 8 -> 4
     # An XXL-sized embedding (32128 = 128 * 251): 32128 halves three times, 4096 stays whole.
-    spec = t5x_checkpoint.tensorstore_spec("target/token_embedder/embedding", (32128, 4096),
+    spec = t5x.tensorstore_spec("target/token_embedder/embedding", (32128, 4096),
                                            np.float32)
     assert spec["metadata"]["chunks"] == [4016, 4096]
-    assert 4016 * 4096 * 4 <= t5x_checkpoint.MAX_CHUNK_BYTES
+    assert 4016 * 4096 * 4 <= t5x.MAX_CHUNK_BYTES
     assert spec["kvstore"]["path"] == "target.token_embedder.embedding"

@@ -1,0 +1,10 @@
+"""Model weights on disk: T5X checkpoints, HF safetensors and orbax parameter checkpoints.
+
+  formats        the one dispatcher: detect a checkpoint's format, check it fits a model,
+                 restore it onto the mesh or read it onto the host
+  t5x, hf, orbax one reader and writer per format (hf_keys: HF's names and config fields;
+                 t5x_adafactor: the optimizer state a written T5X checkpoint carries)
+  tree           flat views of parameter trees and the shape check every format uses
+  convert        the command-line converter (`python -m rso_jax.weights.convert`)
+  roundtrip      a T5X checkpoint through every format and back, scored on the mesh
+"""
