@@ -388,6 +388,24 @@ def test_base_is_shared_by_rows_and_is_not_a_row(path):
     assert len(including) >= 2, f"{path} is included by {including}"
 
 
+def included_files(path: str) -> list[str]:
+    return re.findall(r"^include '([^']+)'", open(os.path.join(REPO_ROOT, path)).read(), re.M)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_includes_are_at_most_two_deep(path):
+    """As T5X's examples: a row may include its base experiment, which includes only gin/
+    blocks and one run file; no experiment file includes one that includes another."""
+    for included in included_files(path):
+        assert os.path.isfile(os.path.join(REPO_ROOT, included)), f"{path}: {included}"
+        if included.startswith("configs/"):
+            deeper = [f for f in included_files(included) if f.startswith("configs/")]
+            assert not deeper, f"{path} includes {included}, which includes {deeper}"
+            assert not included.startswith("configs/sweeps/")
+    runs = [f for f in included_files(path) if f.startswith("gin/runs/")]
+    assert len(runs) <= 1, f"{path} includes several run files: {runs}"
+
+
 def test_work_dirs_are_distinct():
     work_dirs = {}
     for path in CONFIG_FILES:
