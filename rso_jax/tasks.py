@@ -9,8 +9,8 @@
   rso_webgpt_preferences        inputs, chosen, rejected    WebGPT comparisons
   rso_oasst1_sft                inputs, targets             OASST1 messages (best replies)
   rso_oasst1_preferences        inputs, chosen, rejected    OASST1 messages (ranked siblings)
-  rso_synthetic_sft             inputs, targets             `synthetic_task` (no files)
-  rso_synthetic_preferences     inputs, chosen, rejected    `synthetic_task` (no files)
+  rso_synthetic_sft             inputs, targets             `data.synthetic` (no files)
+  rso_synthetic_preferences     inputs, chosen, rejected    `data.synthetic` (no files)
 
 Every feature is tokenized and gets EOS; nothing is trimmed here (`batching.py` cuts to the
 fixed lengths and counts what it cuts), so pass `sequence_length=None` to `get_dataset`.
@@ -23,7 +23,7 @@ TensorFlow-free functions (a pipeline without seqio reads the same data through 
   vocabularies.vocabulary_settings.model_file = '/data/t5/sentencepiece.model'
 
 The synthetic tasks use the SentencePiece model shipped in `rso_jax/assets/` and the splits of
-`synthetic_task.SyntheticDataset` as gin configures it. `load_examples` returns a task's texts
+`synthetic_data.SyntheticDataset` as gin configures it. `load_examples` returns a task's texts
 before seqio tokenizes them. An experiment can read any of them, as any registered seqio task,
 through gin/data/seqio.gin (`data.seqio_task`) with SEQIO_MODULES = ['rso_jax.tasks'].
 """
@@ -37,11 +37,13 @@ from typing import Callable, Optional
 import seqio
 import tensorflow as tf
 
-from rso_jax import synthetic_task, vocabularies
+from rso_jax import vocabularies
+from rso_jax.data.synthetic import generator as synthetic_data
+from rso_jax.data.synthetic import task as synthetic_task
 from rso_jax.data import readers
+from rso_jax.data import task as data_task
 from rso_jax.data.seqio_task import COMPARISON_FEATURES, SFT_FEATURES
 
-SPLITS = ("train", "validation", "test")
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,9 +62,9 @@ def synthetic_vocabulary() -> seqio.Vocabulary:
     return _checked_vocabulary(synthetic_task.VOCABULARY_FILE, 0)
 
 
-def synthetic_dataset() -> synthetic_task.SyntheticDataset:
+def synthetic_dataset() -> synthetic_data.SyntheticDataset:
     """The synthetic dataset as gin configures it (gin/data/synthetic.gin), else the default."""
-    return readers.gin_configured(synthetic_task.SyntheticDataset)()
+    return readers.gin_configured(synthetic_data.SyntheticDataset)()
 
 
 class DeferredVocabulary(seqio.Vocabulary):
@@ -143,9 +145,7 @@ def load_examples(task_name: str, split: str) -> list:
     """The example dicts (text) of a task's split, read as gin configures, before seqio."""
     if task_name not in TASKS:
         raise ValueError(f"Unknown task {task_name!r}; the tasks are {sorted(TASKS)}.")
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; the splits are {SPLITS}.")
-    return TASKS[task_name].load(split)
+    return TASKS[task_name].load(data_task.check_split(split))
 
 
 def host_shard_info() -> seqio.ShardInfo:
@@ -175,7 +175,7 @@ def _register(task_name: str) -> None:
     seqio.TaskRegistry.add(
         task_name,
         source=seqio.FunctionDataSource(functools.partial(_dataset_fn, task_name=task_name),
-                                        splits=SPLITS),
+                                        splits=data_task.SPLITS),
         preprocessors=[seqio.preprocessors.tokenize_and_append_eos],
         output_features={key: seqio.Feature(spec.vocabulary, add_eos=True)
                          for key in spec.features},

@@ -25,7 +25,11 @@ import sys
 import numpy as np
 import sentencepiece
 
-from rso_jax import atomic_io, synthetic_task
+from rso_jax import atomic_io
+from rso_jax.data.synthetic import generator as synthetic_data
+from rso_jax.data.synthetic import gold as synthetic_gold
+from rso_jax.data.synthetic import task as synthetic_task
+from rso_jax.data import task
 
 VOCAB_SIZE = 256  # a multiple of 128, so a T5Config can use it unpadded.
 MODEL_TYPE = "bpe"  # BPE turns every task word into one piece at this size; unigram cannot.
@@ -35,17 +39,19 @@ CORPUS_SEED = 12345
 
 def corpus_lines(num_examples: int = NUM_CORPUS_EXAMPLES, seed: int = CORPUS_SEED) -> list:
     """The training sentences: task text, ranker text, the word lists and the ASCII characters."""
-    config = synthetic_task.SyntheticTaskConfig()
+    config = synthetic_data.SyntheticTaskConfig()
     rng = np.random.default_rng(seed)
     lines = []
-    for example in synthetic_task.generate_examples("train", num_examples, seed, config):
-        noisy = synthetic_task.sample_summary(example, "sloppy", rng, config)
+    for example in synthetic_data.generate_examples("train", num_examples, seed, config):
+        noisy = synthetic_data.sample_summary(example, "sloppy", rng, config)
         lines.append(example.prompt)
         lines.append(example.reference)
-        lines.append(synthetic_task.ranker_input(example.context, example.reference, noisy))
+        before_context, before_a, before_b = task.RANKER_TEMPLATES["summary"]
+        lines.append(f"{before_context}{example.context}{before_a}{example.reference}"
+                     f"{before_b}{noisy}")
         lines.append("A" if rng.random() < 0.5 else "B")
-    lines.extend(synthetic_task.ENTITY_WORDS)
-    lines.extend(synthetic_task.FILLER_WORDS)
+    lines.extend(synthetic_gold.ENTITY_WORDS)
+    lines.extend(synthetic_gold.FILLER_WORDS)
     lines.append(" ".join(string.ascii_letters + string.digits + string.punctuation))
     return lines
 
@@ -62,7 +68,7 @@ def train(output_path: str, vocab_size: int = VOCAB_SIZE) -> dict:
     atomic_io.write_bytes(output_path, model_bytes)
     os.chmod(output_path, 0o644)
     processor = sentencepiece.SentencePieceProcessor(model_file=output_path)
-    words = synthetic_task.ENTITY_WORDS + synthetic_task.FILLER_WORDS
+    words = synthetic_gold.ENTITY_WORDS + synthetic_gold.FILLER_WORDS
     return {"output": output_path, "vocab_size": processor.vocab_size(),
             "pad_id": processor.pad_id(), "eos_id": processor.eos_id(),
             "unk_id": processor.unk_id(),

@@ -8,7 +8,7 @@ import json
 import os
 import string
 
-from rso_jax import synthetic_task
+from rso_jax.data.synthetic import generator as synthetic_data
 
 SPLIT_SIZES = {"train": 96, "validation": 16, "test": 16}
 COMPARISON_SPLITS = {"train": "train", "validation": "valid1", "test": "valid2"}
@@ -26,12 +26,12 @@ def write_tldr(directory: str) -> dict:
     os.makedirs(directory, exist_ok=True)
     sft_files, comparison_records = {}, []
     for split, count in SPLIT_SIZES.items():
-        sft = synthetic_task.sft_examples(split, count)
+        sft = synthetic_data.sft_examples(split, count)
         sft_files[split] = _write_jsonl(
             os.path.join(directory, f"tldr_{split}.jsonl"),
             [{"id": f"t3_{split}{i}", "subreddit": "synthetic", "title": f"post {i}",
               "post": d["context"], "summary": " " + d["targets"]} for i, d in enumerate(sft)])
-        for i, pair in enumerate(synthetic_task.preference_examples(split, count)):
+        for i, pair in enumerate(synthetic_data.preference_examples(split, count)):
             choice = i % 2
             summaries = [pair["rejected"], pair["chosen"]] if choice else [pair["chosen"],
                                                                             pair["rejected"]]
@@ -51,7 +51,7 @@ def write_hh(directory: str) -> dict:
     files = {}
     for split, count in (("train", SPLIT_SIZES["train"]), ("test", SPLIT_SIZES["test"])):
         records = []
-        for pair in synthetic_task.preference_examples(split, count):
+        for pair in synthetic_data.preference_examples(split, count):
             prompt = f"\n\nHuman: Summarize: {pair['context']}\n\nAssistant:"
             records.append({"chosen": f"{prompt} {pair['chosen']}",
                             "rejected": f"{prompt} {pair['rejected']}"})
@@ -71,7 +71,7 @@ def write_vocabulary(path: str, pieces: int) -> str:
 
     lines = [" ".join(string.ascii_letters + string.digits + string.punctuation)]
     for split, count in SPLIT_SIZES.items():
-        for example in synthetic_task.sft_examples(split, count):
+        for example in synthetic_data.sft_examples(split, count):
             lines += [example["context"], example["targets"]]
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(

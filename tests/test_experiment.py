@@ -263,11 +263,11 @@ def test_bad_binding_and_missing_checkpoint_fail_at_start(tmp_path):
 def test_ranker_inputs_drop_the_context_only_when_told():
     import dataclasses
     from rso_jax import t5, partitioning
-    from rso_jax.data import builtin_task
+    from rso_jax.data.synthetic import task as synthetic_task
     from rso_jax.experiment import config, context
     model = t5.T5Config(vocab_size=256, emb_dim=8, num_heads=1, head_dim=8, mlp_dim=8,
                              num_encoder_layers=1, num_decoder_layers=1)
-    experiment = config.Experiment(work_dir="unused", task=builtin_task.SyntheticTask(),
+    experiment = config.Experiment(work_dir="unused", task=synthetic_task.SyntheticTask(),
                                    policy_config=model, ranker_config=model,
                                    sampling=decoding_config(), lengths=config.Lengths(
                                        response=8, ranker_input=48))

@@ -15,7 +15,8 @@ import seqio
 
 from experiment_helpers import (ONE_DEVICE_ENV, SYNTHETIC_VOCABULARY, build_experiment,
                                 gin_config, run_main)
-from rso_jax import synthetic_task
+from rso_jax.data.synthetic import generator as synthetic_data
+from rso_jax.data.synthetic import task as synthetic_task
 from rso_jax.data import seqio_task, text_codec
 from rso_jax.experiment import config, runner
 from t5_helpers import REPO_ROOT
@@ -81,9 +82,9 @@ def user_tasks(tmp_path_factory):
     directory = tmp_path_factory.mktemp("user_project")
     records = {}
     for split, count in SPLIT_SIZES.items():
-        records["sft", split] = synthetic_task.sft_examples(split, count)
+        records["sft", split] = synthetic_data.sft_examples(split, count)
         records["sft", split][0] = {**records["sft", split][0], "targets": UNSPELLABLE_TARGET}
-        records["comparisons", split] = synthetic_task.preference_examples(split, count)
+        records["comparisons", split] = synthetic_data.preference_examples(split, count)
         _write_jsonl(directory / f"sft_{split}.jsonl", records["sft", split], ("inputs", "targets"))
         _write_jsonl(directory / f"comparisons_{split}.jsonl", records["comparisons", split],
                      ("inputs", "chosen", "rejected"))
@@ -212,11 +213,11 @@ def test_rso_jax_tasks_are_named_like_any_other():
         sft, comparisons = task.sft_examples("train"), task.comparisons("validation")
     assert task.vocabulary_file() == synthetic_task.VOCABULARY_FILE
     assert [(e.prompt, e.target) for e in sft] == [
-        (d["inputs"], d["targets"]) for d in synthetic_task.sft_examples("train", 12)]
-    noiseless = synthetic_task.SyntheticTaskConfig(label_temperature=0.0)
+        (d["inputs"], d["targets"]) for d in synthetic_data.sft_examples("train", 12)]
+    noiseless = synthetic_data.SyntheticTaskConfig(label_temperature=0.0)
     assert [(c.prompt, c.chosen, c.rejected) for c in comparisons] == [
         (d["inputs"], d["chosen"], d["rejected"])
-        for d in synthetic_task.preference_examples("validation", 4, config=noiseless)]
+        for d in synthetic_data.preference_examples("validation", 4, config=noiseless)]
 
 
 def test_help_lists_the_macros_without_importing_seqio():

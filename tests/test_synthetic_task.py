@@ -9,7 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from rso_jax import synthetic_task as st
+from rso_jax.data.synthetic import generator as synthetic_data
+from rso_jax.data.synthetic import gold as synthetic_gold
+from rso_jax.data.synthetic import task as synthetic_task
+from rso_jax import vocabularies
+from rso_jax.data import task as data_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTEXT = "the owl and a fox near the owl"  # salient: owl, fox; fillers: the, and, a, near
@@ -29,20 +33,20 @@ CONTEXT = "the owl and a fox near the owl"  # salient: owl, fox; fillers: the, a
     ("the the", -1.0),
 ])
 def test_gold_reward_by_hand(summary, reward):
-    assert st.gold_reward(CONTEXT, summary) == reward
+    assert synthetic_gold.gold_reward(CONTEXT, summary) == reward
 
 
 def test_reference_is_optimal_and_beats_every_corruption():
-    assert st.reference_summary(CONTEXT) == "owl fox"
-    assert st.max_gold_reward(CONTEXT) == 2.0
+    assert synthetic_gold.reference_summary(CONTEXT) == "owl fox"
+    assert synthetic_gold.max_gold_reward(CONTEXT) == 2.0
     rng = np.random.default_rng(0)
-    for example in st.generate_examples("validation", 200, seed=3):
+    for example in synthetic_data.generate_examples("validation", 200, seed=3):
         words = example.salient
-        best = st.gold_reward(example.context, example.reference)
-        assert example.reference == st.reference_summary(example.context)
-        assert best == st.max_gold_reward(example.context) == len(words)
+        best = synthetic_gold.gold_reward(example.context, example.reference)
+        assert example.reference == synthetic_gold.reference_summary(example.context)
+        assert best == synthetic_gold.max_gold_reward(example.context) == len(words)
         filler = next(w for w in example.context.split() if w not in words)
-        absent = next(w for w in st.ENTITY_WORDS if w not in words)
+        absent = next(w for w in synthetic_gold.ENTITY_WORDS if w not in words)
         i = int(rng.integers(len(words)))
         corrupted = [
             " ".join(words[:i] + words[i + 1:]),  # drop one
@@ -51,78 +55,78 @@ def test_reference_is_optimal_and_beats_every_corruption():
             " ".join(words[:i + 1] + (absent,) + words[i + 1:]),  # hallucinate
         ]
         for summary in corrupted:
-            assert st.gold_reward(example.context, summary) < best, (example, summary)
+            assert synthetic_gold.gold_reward(example.context, summary) < best, (example, summary)
 
 
 def test_batched_gold_rewards():
-    rewards = st.gold_rewards([CONTEXT] * 3, ["owl fox", "owl", "cat"])
+    rewards = synthetic_gold.gold_rewards([CONTEXT] * 3, ["owl fox", "owl", "cat"])
     np.testing.assert_array_equal(rewards, np.array([2.0, 1.0, -1.0], np.float32))
     assert rewards.dtype == np.float32
     with pytest.raises(ValueError, match="2 contexts but 1 summaries"):
-        st.gold_rewards([CONTEXT] * 2, ["owl"])
+        synthetic_gold.gold_rewards([CONTEXT] * 2, ["owl"])
 
 
 def test_generation_is_deterministic_prefix_stable_and_in_shape():
-    examples = st.generate_examples("train", 300, seed=7)
-    assert examples == st.generate_examples("train", 300, seed=7)
-    assert examples[:40] == st.generate_examples("train", 40, seed=7)
-    assert examples[:40] != st.generate_examples("train", 40, seed=8)
-    assert examples[:40] != st.generate_examples("test", 40, seed=7)
-    config = st.SyntheticTaskConfig()
+    examples = synthetic_data.generate_examples("train", 300, seed=7)
+    assert examples == synthetic_data.generate_examples("train", 300, seed=7)
+    assert examples[:40] == synthetic_data.generate_examples("train", 40, seed=7)
+    assert examples[:40] != synthetic_data.generate_examples("train", 40, seed=8)
+    assert examples[:40] != synthetic_data.generate_examples("test", 40, seed=7)
+    config = synthetic_data.SyntheticTaskConfig()
     for example in examples:
         words = example.context.split()
         assert config.min_context_words <= len(words) <= config.max_context_words
         assert config.min_salient <= len(example.salient) <= config.max_salient
-        entities = [w for w in words if w in st.ENTITY_WORDS]
+        entities = [w for w in words if w in synthetic_gold.ENTITY_WORDS]
         assert tuple(dict.fromkeys(entities)) == example.salient
         assert all(1 <= entities.count(w) <= config.max_mentions for w in example.salient)
-        assert all(w in st.ENTITY_WORDS or w in st.FILLER_WORDS for w in words)
+        assert all(w in synthetic_gold.ENTITY_WORDS or w in synthetic_gold.FILLER_WORDS for w in words)
         assert example.prompt == "summarize: " + example.context
-        assert st.context_from_prompt(example.prompt) == example.context
+        assert synthetic_data.context_from_prompt(example.prompt) == example.context
     with pytest.raises(ValueError, match="Not a synthetic-task prompt"):
-        st.context_from_prompt("tl;dr: owl")
+        synthetic_data.context_from_prompt("tl;dr: owl")
     with pytest.raises(ValueError, match="Unknown split 'dev'"):
-        st.generate_examples("dev", 1)
+        synthetic_data.generate_examples("dev", 1)
 
 
 def test_sft_targets_follow_the_noisy_reference_policy():
-    clean = st.SyntheticTaskConfig(reference_noise=st.NoiseConfig())
-    for example in st.sft_examples("train", 50, seed=1, config=clean):
-        assert example["targets"] == st.reference_summary(example["context"])
+    clean = synthetic_data.SyntheticTaskConfig(reference_noise=synthetic_data.NoiseConfig())
+    for example in synthetic_data.sft_examples("train", 50, seed=1, config=clean):
+        assert example["targets"] == synthetic_gold.reference_summary(example["context"])
 
     # Drop rate: with k salient words each dropped with probability p and the first one put
     # back when all were dropped, E[missing] = k p - p^k. No cut at max_summary_words here.
     p = 0.3
-    config = st.SyntheticTaskConfig(
-        reference_noise=st.NoiseConfig(drop_probability=p, repeat_probability=0.1,
+    config = synthetic_data.SyntheticTaskConfig(
+        reference_noise=synthetic_data.NoiseConfig(drop_probability=p, repeat_probability=0.1,
                                        filler_probability=0.2, hallucination_probability=0.1),
         max_summary_words=20)
-    examples = st.sft_examples("train", 3000, seed=2, config=config)
+    examples = synthetic_data.sft_examples("train", 3000, seed=2, config=config)
     missing = expected = variance = 0.0
     for example in examples:
-        salient = st.salient_words(example["context"])
+        salient = synthetic_gold.salient_words(example["context"])
         k = len(salient)
         missing += sum(w not in example["targets"].split() for w in salient)
         expected += k * p - p ** k
         variance += k * p * (1 - p)  # an upper bound on the variance of the count
     assert abs(missing - expected) < 4 * math.sqrt(variance)
-    rewards = [st.gold_reward(e["context"], e["targets"]) / st.max_gold_reward(e["context"])
-               for e in st.sft_examples("train", 500, seed=2)]
+    rewards = [synthetic_gold.gold_reward(e["context"], e["targets"]) / synthetic_gold.max_gold_reward(e["context"])
+               for e in synthetic_data.sft_examples("train", 500, seed=2)]
     assert 0.3 < np.mean(rewards) < 0.9  # the SFT data gets partway to the optimum
 
 
 def _agreement_check(temperature, num_pairs=2500, seed=11):
-    config = st.SyntheticTaskConfig(label_temperature=temperature)
-    pairs = st.preference_examples("train", num_pairs, seed=seed, config=config)
+    config = synthetic_data.SyntheticTaskConfig(label_temperature=temperature)
+    pairs = synthetic_data.preference_examples("train", num_pairs, seed=seed, config=config)
     probabilities, agreements = [], []
     for pair in pairs:
         assert pair["chosen"] != pair["rejected"]
         # Rewards recomputed from the texts: the test does not trust the stored ones.
-        chosen = st.gold_reward(pair["context"], pair["chosen"])
-        rejected = st.gold_reward(pair["context"], pair["rejected"])
+        chosen = synthetic_gold.gold_reward(pair["context"], pair["chosen"])
+        rejected = synthetic_gold.gold_reward(pair["context"], pair["rejected"])
         assert (chosen, rejected) == (pair["chosen_reward"], pair["rejected_reward"])
         if chosen != rejected:
-            probabilities.append(st.preference_probability(abs(chosen - rejected), temperature))
+            probabilities.append(synthetic_gold.preference_probability(abs(chosen - rejected), temperature))
             agreements.append(chosen > rejected)
     probabilities = np.asarray(probabilities)
     expected = probabilities.mean()
@@ -147,75 +151,75 @@ def test_noiseless_raters_always_agree_and_noise_lowers_agreement():
 
 
 def test_preference_probability():
-    assert st.preference_probability(1.0, 0.5) == pytest.approx(1 / (1 + math.exp(-2.0)))
-    assert st.preference_probability(-1.0, 0.5) == pytest.approx(1 / (1 + math.exp(2.0)))
-    assert st.preference_probability(-800.0, 1.0) == 0.0  # no overflow
-    assert [st.preference_probability(d, 0.0) for d in (1.5, 0.0, -0.5)] == [1.0, 0.5, 0.0]
+    assert synthetic_gold.preference_probability(1.0, 0.5) == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert synthetic_gold.preference_probability(-1.0, 0.5) == pytest.approx(1 / (1 + math.exp(2.0)))
+    assert synthetic_gold.preference_probability(-800.0, 1.0) == 0.0  # no overflow
+    assert [synthetic_gold.preference_probability(d, 0.0) for d in (1.5, 0.0, -0.5)] == [1.0, 0.5, 0.0]
 
 
 def test_policies():
-    example = st.generate_examples("train", 1, seed=0)[0]
+    example = synthetic_data.generate_examples("train", 1, seed=0)[0]
     rng = np.random.default_rng(0)
-    assert st.sample_summary(example, "clean", rng) == example.reference
+    assert synthetic_data.sample_summary(example, "clean", rng) == example.reference
     for _ in range(20):
-        random_words = st.sample_summary(example, "random", rng).split()
+        random_words = synthetic_data.sample_summary(example, "random", rng).split()
         assert 1 <= len(random_words) <= 5
         assert set(random_words) <= set(example.context.split())
-    config = st.SyntheticTaskConfig()
+    config = synthetic_data.SyntheticTaskConfig()
     for _ in range(20):
-        words = st.sample_summary(example, "looping", rng).split()
+        words = synthetic_data.sample_summary(example, "looping", rng).split()
         assert len(words) == config.max_summary_words
         loop_start = next(i for i in range(len(words)) if len(set(words[i:])) == 1)
         # Each repeat costs the redundancy penalty, so looping never beats its own prefix.
-        assert st.gold_reward(example.context, " ".join(words)) == pytest.approx(
-            st.gold_reward(example.context, " ".join(words[:loop_start + 1]))
-            - st.REDUNDANCY_PENALTY * (len(words) - loop_start - 1))
+        assert synthetic_gold.gold_reward(example.context, " ".join(words)) == pytest.approx(
+            synthetic_gold.gold_reward(example.context, " ".join(words[:loop_start + 1]))
+            - synthetic_gold.REDUNDANCY_PENALTY * (len(words) - loop_start - 1))
     with pytest.raises(ValueError, match="Unknown policy 'best'"):
-        st.sample_summary(example, "best", rng)
-    only_clean = st.SyntheticTaskConfig(policy_weights=(("clean", 1.0),))
+        synthetic_data.sample_summary(example, "best", rng)
+    only_clean = synthetic_data.SyntheticTaskConfig(policy_weights=(("clean", 1.0),))
     with pytest.raises(ValueError, match="gave the same summary"):
-        st.preference_examples("train", 1, config=only_clean)
+        synthetic_data.preference_examples("train", 1, config=only_clean)
 
 
 def test_config_validation():
     with pytest.raises(ValueError, match="policy_weights"):
-        st.SyntheticTaskConfig(policy_weights=(("greedy", 1.0),))
+        synthetic_data.SyntheticTaskConfig(policy_weights=(("greedy", 1.0),))
     with pytest.raises(ValueError, match="label_temperature must be >= 0"):
-        st.SyntheticTaskConfig(label_temperature=-1.0)
+        synthetic_data.SyntheticTaskConfig(label_temperature=-1.0)
     with pytest.raises(ValueError, match="leaves no room"):
-        st.SyntheticTaskConfig(min_context_words=8, max_salient=4, max_mentions=2)
+        synthetic_data.SyntheticTaskConfig(min_context_words=8, max_salient=4, max_mentions=2)
     with pytest.raises(ValueError, match="drop_probability must be in"):
-        st.NoiseConfig(drop_probability=1.5)
+        synthetic_data.NoiseConfig(drop_probability=1.5)
     with pytest.raises(ValueError, match="seed must be >= 0"):
-        st.generate_examples("train", 1, seed=-1)
+        synthetic_data.generate_examples("train", 1, seed=-1)
 
 
 def test_dataset_splits():
-    dataset = st.SyntheticDataset(num_train_examples=6, num_validation_examples=3,
+    dataset = synthetic_data.SyntheticDataset(num_train_examples=6, num_validation_examples=3,
                                   num_test_examples=2, seed=4)
-    assert [len(dataset.sft_examples(s)) for s in st.SPLITS] == [6, 3, 2]
-    assert dataset.preference_examples("validation") == st.preference_examples(
+    assert [len(dataset.sft_examples(s)) for s in data_task.SPLITS] == [6, 3, 2]
+    assert dataset.preference_examples("validation") == synthetic_data.preference_examples(
         "validation", 3, seed=4)
     assert [e.context for e in dataset.examples("train")] == [
         e["context"] for e in dataset.sft_examples("train")]
 
 
 def test_vocabulary_is_small_t5_like_and_covers_the_task():
-    processor = st.vocabulary()
+    processor = vocabularies.load_sentencepiece(synthetic_task.VOCABULARY_FILE)
     assert processor.vocab_size() == 256
     assert (processor.pad_id(), processor.eos_id(), processor.unk_id(), processor.bos_id()) == (
         0, 1, 2, -1)
     ids_a, ids_b = processor.encode("A"), processor.encode("B")
     assert len(ids_a) == len(ids_b) == 1 and ids_a != ids_b
-    for word in st.ENTITY_WORDS + st.FILLER_WORDS:
+    for word in synthetic_gold.ENTITY_WORDS + synthetic_gold.FILLER_WORDS:
         assert len(processor.encode(word)) == 1, word
-    examples = st.sft_examples("test", 100)
+    examples = synthetic_data.sft_examples("test", 100)
     prompts = [e["inputs"] for e in examples]
-    for prompt, ids in zip(prompts, st.encode(prompts)):
+    for prompt, ids in zip(prompts, map(processor.encode, prompts)):
         assert processor.decode(ids) == prompt
         assert len(ids) == len(prompt.split()) + 1  # 'summarize' ':' then one id per word
         assert 2 not in ids
-    assert max(len(ids) for ids in st.encode([e["targets"] for e in examples])) <= 10
+    assert max(len(processor.encode(e["targets"])) for e in examples) <= 10
 
 
 def test_shipped_vocabulary_is_what_the_script_builds(tmp_path):
@@ -226,15 +230,16 @@ def test_shipped_vocabulary_is_what_the_script_builds(tmp_path):
     output = str(tmp_path / "spm.model")
     summary = script.train(output)
     assert summary["multi_piece_words"] == [] and summary["vocab_size"] == 256
-    with open(output, "rb") as built, open(st.VOCABULARY_FILE, "rb") as shipped:
+    with open(output, "rb") as built, open(synthetic_task.VOCABULARY_FILE, "rb") as shipped:
         assert built.read() == shipped.read()
 
 
 def test_task_and_batching_modules_do_not_import_tensorflow_or_seqio():
-    code = ("import sys; import rso_jax.synthetic_task, rso_jax.batching, rso_jax.data.readers, "
-            "rso_jax.vocabularies; from rso_jax import synthetic_task, vocabularies, batching; "
-            "batching.sft_batch(synthetic_task.sft_examples('train', 2), "
-            "vocabularies.load_sentencepiece(synthetic_task.VOCABULARY_FILE), "
+    code = ("import sys; import rso_jax.data.synthetic.task, rso_jax.batching, "
+            "rso_jax.data.readers, rso_jax.vocabularies; from rso_jax import vocabularies, "
+            "batching; from rso_jax.data.synthetic import generator, task; "
+            "batching.sft_batch(generator.sft_examples('train', 2), "
+            "vocabularies.load_sentencepiece(task.VOCABULARY_FILE), "
             "batching.SequenceLengths(48, 16)); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('tensorflow', 'seqio', 'tensorflow_text', 'tensorflow_datasets')))")

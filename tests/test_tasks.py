@@ -13,7 +13,10 @@ import pytest
 import seqio
 import sentencepiece
 
-from rso_jax import batching, synthetic_task, tasks
+from rso_jax import batching, tasks
+from rso_jax.data.synthetic import generator as synthetic_data
+from rso_jax.data.synthetic import gold as synthetic_gold
+from rso_jax.data.synthetic import task as synthetic_task
 from rso_jax.data import readers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,20 +148,20 @@ def test_synthetic_tasks_match_the_python_task():
         ["NUM_TRAIN_EXAMPLES = 6", "NUM_EVAL_EXAMPLES = 3", "SYNTHETIC_SEED = 5",
          "LABEL_TEMPERATURE = 0.0"], finalize_config=False)
     sft = examples("rso_synthetic_sft")
-    expected = synthetic_task.sft_examples("train", 6, seed=5)
+    expected = synthetic_data.sft_examples("train", 6, seed=5)
     assert len(sft) == 6
     for example, reference in zip(sft, expected):
         assert_features(example, {"inputs": reference["inputs"],
                                   "targets": reference["targets"]})
     pairs = examples("rso_synthetic_preferences", "validation")
-    config = synthetic_task.SyntheticTaskConfig(label_temperature=0.0)
-    reference = synthetic_task.preference_examples("validation", 3, seed=5, config=config)
+    config = synthetic_data.SyntheticTaskConfig(label_temperature=0.0)
+    reference = synthetic_data.preference_examples("validation", 3, seed=5, config=config)
     assert len(pairs) == 3
     for pair, ref in zip(pairs, reference):
         assert_features(pair, {key: ref[key] for key in ("inputs", "chosen", "rejected")})
-        context = synthetic_task.context_from_prompt(ref["inputs"])
-        assert (synthetic_task.gold_reward(context, ref["chosen"])
-                >= synthetic_task.gold_reward(context, ref["rejected"]))
+        context = synthetic_data.context_from_prompt(ref["inputs"])
+        assert (synthetic_gold.gold_reward(context, ref["chosen"])
+                >= synthetic_gold.gold_reward(context, ref["rejected"]))
 
 
 def test_seqio_output_batches_like_the_text(tmp_path):
@@ -168,7 +171,7 @@ def test_seqio_output_batches_like_the_text(tmp_path):
     lengths = batching.SequenceLengths(inputs=20, targets=4)
     from_seqio = batching.sft_batch(examples("rso_synthetic_sft"), None, lengths, batch_size=6)
     counts = batching.TruncationCounts()
-    from_text = batching.sft_batch(synthetic_task.sft_examples("train", 5), PROCESSOR, lengths,
+    from_text = batching.sft_batch(synthetic_data.sft_examples("train", 5), PROCESSOR, lengths,
                                    batch_size=6, counts=counts)
     for field in ("inputs", "targets", "loss_weights"):
         np.testing.assert_array_equal(getattr(from_seqio, field), getattr(from_text, field))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rso_jax import synthetic_task
+from rso_jax.data.synthetic import task as synthetic_task
 from rso_jax.data import text_codec
 
 EOS, UNK = 1, 2

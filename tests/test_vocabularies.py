@@ -9,7 +9,8 @@ import seqio
 import sentencepiece
 import tensorflow as tf
 
-from rso_jax import synthetic_task, vocabularies
+from rso_jax import vocabularies
+from rso_jax.data.synthetic import task as synthetic_task
 
 SYNTHETIC = synthetic_task.VOCABULARY_FILE
 # seqio's own 26-piece test model: T5's special ids, but 'A' encodes as two tokens.

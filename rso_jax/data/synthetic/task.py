@@ -1,4 +1,4 @@
-"""The built-in synthetic summarisation task (rso_jax/synthetic_task.py) as a `Task`.
+"""The built-in synthetic summarisation task as a `Task`.
 
 Generated from a seed (no files), with a program as gold reward and its own 256-piece
 vocabulary shipped in the package.
@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Optional, Sequence
 
 import numpy as np
 
-from rso_jax import synthetic_task
 from rso_jax.data import task
+from rso_jax.data.synthetic import generator, gold
+
+# The task's SentencePiece model, shipped in rso_jax/assets/ (scripts/make_synthetic_vocab.py).
+VOCABULARY_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "assets", "synthetic_spm.model")
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticTask:
     """The synthetic task's splits (sizes, seed, shape), read through the task interface."""
 
-    dataset: synthetic_task.SyntheticDataset = synthetic_task.SyntheticDataset()
+    dataset: generator.SyntheticDataset = generator.SyntheticDataset()
     name: str = "synthetic"
     ranker_template: str = "summary"
 
     def vocabulary_file(self) -> str:
-        return synthetic_task.VOCABULARY_FILE
+        return VOCABULARY_FILE
 
     @functools.lru_cache(maxsize=None)
     def sft_examples(self, split: str) -> tuple:
@@ -43,7 +48,7 @@ class SyntheticTask:
         return True
 
     def gold_rewards(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        return synthetic_task.gold_rewards(list(contexts), list(responses))
+        return gold.gold_rewards(list(contexts), list(responses))
 
     def gold_reward_optimum(self, contexts: Sequence[str]) -> Optional[float]:
-        return float(np.mean([synthetic_task.max_gold_reward(c) for c in contexts]))
+        return float(np.mean([gold.max_gold_reward(c) for c in contexts]))

@@ -1,102 +1,25 @@
-"""The built-in synthetic summarisation task, whose gold reward is a program.
-
-Every example is generated deterministically from `(seed, split, index)`, so any slice of any
-split can be regenerated anywhere (no files, no TensorFlow, no seqio: this module needs only
-numpy and `sentencepiece`). `tasks.py` wraps it as seqio tasks; the RSO pipeline can use it
-directly on machines without TensorFlow.
-
-The task
-  A context is 20-32 lowercase words (by default): filler words (`FILLER_WORDS`) with 2-4
-  distinct entity words (`ENTITY_WORDS`) mixed in, each mentioned 1-2 times. The entities of a
-  context are its *salient* words. The policy sees the prompt `summarize: {context}` and should
-  answer with a summary that names every salient word once, e.g. (shortened)
-
-    context:   "the owl and a near the fox of owl with then"
-    reference: "owl fox"       (salient words in order of first mention)
-
-Gold reward (`gold_reward(context, summary)`), exactly
-  The summary is split on whitespace into words w_1 .. w_m; words are compared exactly
-  (case-sensitive). Going left to right, each word scores
-    +1.0  if it is a salient word of the context not named earlier in the summary (coverage);
-    -0.5  if it already occurred earlier in the summary (redundancy);
-    -0.5  if it is a non-salient word of the context, i.e. a filler word (concision);
-    -1.0  otherwise: a word not in the context (hallucination).
-  The empty summary scores 0. The maximum, `max_gold_reward(context)`, is the number of
-  salient words, reached exactly by summaries that name each salient word once and nothing
-  else (in any order); `reference_summary` names them in order of first mention.
-
-Policies (how summaries are sampled; `sample_summary`)
-  clean      the reference summary.
-  reference  the noisy reference policy that writes the SFT targets: walking the reference
-             summary, each salient word is dropped with `drop_probability`; a kept word is
-             followed by a repeat of itself with `repeat_probability`, by a filler word of the
-             context with `filler_probability` and by an entity absent from the context with
-             `hallucination_probability` (`SyntheticTaskConfig.reference_noise`). If every word
-             was dropped the first salient word is kept; the result is cut to
-             `max_summary_words`.
-  sloppy     the same program with higher noise (`SyntheticTaskConfig.sloppy_noise`).
-  random     1-5 words drawn uniformly, with replacement, from the context.
-  looping    the degenerate output of an over-optimised policy: a reference-policy summary
-             whose last word is repeated until the summary is `max_summary_words` long. Not in
-             the default comparison mix; the demo adds it so that its ranker sees repetition.
-
-Preference pairs (`preference_examples`) pair two different summaries of one context from two
-policies drawn from `policy_weights`, and label them the way human raters disagree: the first
-is preferred with the Bradley-Terry probability
-
-    P(first ≻ second) = σ((r(first) - r(second)) / label_temperature)
-
-under the gold reward r (`label_temperature` = 0: always the higher reward, ties by a fair
-coin). The expected agreement of the labels with the gold reward on a pair whose rewards differ
-by Δ is therefore σ(|Δ| / label_temperature).
-
-Data and vocabulary
-  `sft_examples` / `preference_examples` give a split's SFT and comparison data as dicts
-  ('inputs', 'targets' / 'chosen', 'rejected'); `SyntheticDataset` holds the split sizes and
-  seed that gin/data/synthetic.gin binds. `vocabulary()` is the 256-piece SentencePiece model
-  shipped in rso_jax/assets/ (built by scripts/make_synthetic_vocab.py): T5's pad 0 / eos 1 /
-  unk 2, one piece per task word, single-token 'A' and 'B' for the ranker.
-"""
+"""The synthetic task's data: contexts, the policies that write summaries, SFT and comparison
+examples of a split, and the splits gin binds (`SyntheticDataset`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-import os
-from typing import Any, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from rso_jax import setting_types
-
-ENTITY_WORDS = (
-    "ant", "bat", "bee", "cat", "cod", "cow", "crab", "crow", "deer", "dog", "duck", "eel",
-    "elk", "fox", "frog", "goat", "hawk", "lion", "mole", "owl", "pig", "rat", "seal", "wolf",
-)
-FILLER_WORDS = (
-    "the", "a", "an", "of", "and", "to", "in", "on", "at", "by", "with", "from", "near", "over",
-    "under", "then",
-)
-_ENTITY_SET = frozenset(ENTITY_WORDS)
+from rso_jax.data import task
+from rso_jax.data.synthetic.gold import (ENTITY_WORDS, FILLER_WORDS, gold_reward,
+                                         preference_probability, salient_words)
 
 PROMPT_PREFIX = "summarize: "
 PROMPT_TEMPLATE = PROMPT_PREFIX + "{context}"
 
-# Scores of the gold reward program (see the module docstring).
-COVERAGE_REWARD = 1.0
-REDUNDANCY_PENALTY = 0.5
-NON_SALIENT_PENALTY = 0.5
-HALLUCINATION_PENALTY = 1.0
-
-SPLITS = ("train", "validation", "test")
 POLICIES = ("clean", "reference", "sloppy", "random", "looping")
 # Independent random streams per example: the context, its SFT target, its preference pair.
 _CONTEXT_STREAM, _SFT_STREAM, _PREFERENCE_STREAM = 0, 1, 2
 _MAX_PAIR_ATTEMPTS = 100
-
-VOCABULARY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
-                               "synthetic_spm.model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,61 +123,8 @@ def context_from_prompt(prompt: str) -> str:
     return prompt[len(PROMPT_PREFIX):]
 
 
-def salient_words(context: str) -> tuple:
-    """The distinct entity words of a context, in order of first mention."""
-    return tuple(dict.fromkeys(word for word in context.split() if word in _ENTITY_SET))
-
-
-def reference_summary(context: str) -> str:
-    """The optimal summary: each salient word once, in order of first mention."""
-    return " ".join(salient_words(context))
-
-
-def gold_reward(context: str, summary: str) -> float:
-    """The gold reward of `summary` for `context` (the program in the module docstring)."""
-    context_words = set(context.split())
-    salient = context_words & _ENTITY_SET
-    seen = set()
-    reward = 0.0
-    for word in summary.split():
-        if word in seen:
-            reward -= REDUNDANCY_PENALTY
-        elif word in salient:
-            reward += COVERAGE_REWARD
-        elif word in context_words:
-            reward -= NON_SALIENT_PENALTY
-        else:
-            reward -= HALLUCINATION_PENALTY
-        seen.add(word)
-    return reward
-
-
-def gold_rewards(contexts: Sequence[str], summaries: Sequence[str]) -> np.ndarray:
-    """`gold_reward` of each (context, summary) pair, float32 [len(contexts)]."""
-    if len(contexts) != len(summaries):
-        raise ValueError(f"Got {len(contexts)} contexts but {len(summaries)} summaries.")
-    return np.asarray([gold_reward(c, s) for c, s in zip(contexts, summaries)], np.float32)
-
-
-def max_gold_reward(context: str) -> float:
-    """The highest gold reward any summary of `context` can get (its number of salient words)."""
-    return COVERAGE_REWARD * len(salient_words(context))
-
-
-def preference_probability(reward_difference: float, temperature: float) -> float:
-    """Bradley-Terry P(first ≻ second) = σ(Δ / temperature); temperature 0 is a hard rule."""
-    if temperature == 0:
-        return 1.0 if reward_difference > 0 else 0.0 if reward_difference < 0 else 0.5
-    z = reward_difference / temperature
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    return math.exp(z) / (1.0 + math.exp(z))
-
-
 def _split_code(split: str) -> int:
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; the synthetic task has splits {SPLITS}.")
-    return SPLITS.index(split)
+    return task.SPLITS.index(task.check_split(split))
 
 
 def _rng(seed: int, split: str, stream: int, index: int) -> np.random.Generator:
@@ -441,29 +311,3 @@ class SyntheticDataset:
     def preference_examples(self, split: str) -> list:
         """Preference dicts ('inputs', 'chosen', 'rejected', ...) of a split."""
         return preference_examples(split, self.num_examples(split), self.seed, self.config)
-
-
-def ranker_input(context: str, summary_a: str, summary_b: str) -> str:
-    """The pairwise ranker's input for this task (RSO's summarisation template)."""
-    return f"[CONTEXT] {context} [SUMMARY A] {summary_a} [SUMMARY B] {summary_b}"
-
-
-@functools.lru_cache(maxsize=None)
-def vocabulary(model_file: str = VOCABULARY_FILE) -> Any:
-    """The task's SentencePiece model as a `sentencepiece.SentencePieceProcessor`.
-
-    pad = 0, eos = 1, unk = 2 as in T5; `encode(text) -> list[int]` adds no EOS.
-    """
-    import sentencepiece
-
-    if not os.path.isfile(model_file):
-        raise FileNotFoundError(f"Synthetic-task vocabulary {model_file!r} not found; it ships "
-                                "with the package (rso_jax/assets/); rebuild it with "
-                                "`python scripts/make_synthetic_vocab.py`.")
-    return sentencepiece.SentencePieceProcessor(model_file=model_file)
-
-
-def encode(texts: Sequence[str], model_file: str = VOCABULARY_FILE) -> list:
-    """Token ids of each text under the synthetic vocabulary (no EOS appended)."""
-    processor = vocabulary(model_file)
-    return [list(processor.encode(text)) for text in texts]
