@@ -32,7 +32,7 @@ def test_default_job_round_trips_the_fixture(tmp_path):
 
 
 def test_bad_binding_fails_before_any_work(tmp_path):
-    result = run_main("--gin.checkpoint_roundtrip.run_checkpoint_roundtrip.num_prompt=3",
+    result = run_main("--gin.roundtrip.run_checkpoint_roundtrip.num_prompt=3",
                       f"--gin.WORK_DIR='{tmp_path}/run'")
     assert result.returncode == 2
     assert "num_prompt" in result.stderr and "Invalid gin configuration" in result.stderr

@@ -47,47 +47,20 @@ def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts
     """
     t5x.resolve_path(checkpoint_path)  # fail before any work if it is missing
     partitioner = partitioner or partitioning.create_partitioner()
-    timings = {}
-    start = time.perf_counter()
-    params, config = formats.read(checkpoint_path, "t5x")
-    timings["read_t5x_s"] = time.perf_counter() - start
-
     hf_dir, orbax_dir = os.path.join(work_dir, "hf"), os.path.join(work_dir, "orbax")
-    start = time.perf_counter()
-    hf.save(params, config, hf_dir)
-    hf_params, hf_config = formats.read(hf_dir, "hf")
-    timings["hf_write_read_s"] = time.perf_counter() - start
-    param_shardings = partitioner.param_shardings(config)
-    start = time.perf_counter()
-    orbax.save_params(params, config, orbax_dir)
-    orbax_config = orbax.load_config(orbax_dir, t5.T5Config)
-    orbax_params = orbax.restore_params(orbax_dir, config, param_shardings)
-    timings["orbax_write_read_s"] = time.perf_counter() - start
-
+    params, config, copies, timings = _copies(checkpoint_path, hf_dir, orbax_dir, partitioner)
     flat = tree.flatten(params)
-    differing = [key for name, copy in (("hf", hf_params), ("orbax", orbax_params))
-                 for key, value in tree.flatten(copy).items()
-                 if not np.array_equal(processes.to_host(value), flat[key])]
-    if differing or hf_config != config or orbax_config != config:
-        raise RuntimeError(f"Round trip changed the model: arrays {differing[:10]}, configs "
-                           f"{hf_config} / {orbax_config} vs {config}.")
-
+    _check_identical(flat, config, copies)
     data_size = partitioner.mesh.shape["data"]
-    num_prompts = -(-num_prompts // data_size) * data_size  # whole prompts on every data shard
     prompts, targets = random_token_batch(
-        np.random.default_rng(seed), num_prompts=num_prompts,
+        np.random.default_rng(seed),
+        num_prompts=-(-num_prompts // data_size) * data_size,  # whole prompts on each shard
         targets_per_prompt=targets_per_prompt, prompt_length=prompt_length,
         target_length=target_length, vocab_size=config.vocab_size)
-    score = scoring.make_scorer(config, partitioner)
-    # This process's rows of each (all of them, with one process); a prompt's targets are
-    # consecutive rows, so they land on the prompt's data shard.
-    sharded_batch = tuple(partitioner.shard_batch(array[partitioner.host_rows(len(array))],
-                                                  len(array)) for array in (prompts, targets))
-    sequence_logps = {}
-    for name, copy in (("t5x", partitioner.shard_params(params, config)),
-                       ("hf", partitioner.shard_params(hf_params, config)),
-                       ("orbax", orbax_params)):
-        sequence_logps[name] = processes.to_host(score(copy, *sharded_batch)[1])
+    sequence_logps = _sequence_logps(
+        {"t5x": partitioner.shard_params(params, config),
+         "hf": partitioner.shard_params(copies["hf"][0], config), "orbax": copies["orbax"][0]},
+        config, prompts, targets, partitioner)
     max_difference = max(float(np.abs(sequence_logps[name] - sequence_logps["t5x"]).max())
                          for name in sequence_logps)
 
@@ -106,6 +79,50 @@ def run_checkpoint_roundtrip(checkpoint_path: str, work_dir: str, *, num_prompts
     run_info.write_result(work_dir, "results.json", results)
     print(format_table(results))
     return results
+
+
+def _copies(checkpoint_path: str, hf_dir: str, orbax_dir: str,
+            partitioner: partitioning.Partitioner) -> tuple:
+    """Reads the T5X checkpoint, writes it as HF and orbax, and reads both back (the orbax
+    copy straight onto the mesh). Returns (params, config, {'hf'|'orbax': (params, config)},
+    timings)."""
+    timings = {}
+    start = time.perf_counter()
+    params, config = formats.read(checkpoint_path, "t5x")
+    timings["read_t5x_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    hf.save(params, config, hf_dir)
+    hf_copy = formats.read(hf_dir, "hf")
+    timings["hf_write_read_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    orbax.save_params(params, config, orbax_dir)
+    orbax_copy = (orbax.restore_params(orbax_dir, config, partitioner.param_shardings(config)),
+                  orbax.load_config(orbax_dir, t5.T5Config))
+    timings["orbax_write_read_s"] = time.perf_counter() - start
+    return params, config, {"hf": hf_copy, "orbax": orbax_copy}, timings
+
+
+def _check_identical(flat: dict[str, Any], config: t5.T5Config, copies: dict) -> None:
+    """Raises RuntimeError unless every copy has the original's arrays and config."""
+    differing = [key for copy, _ in copies.values() for key, value in tree.flatten(copy).items()
+                 if not np.array_equal(processes.to_host(value), flat[key])]
+    configs = [copy_config for _, copy_config in copies.values()]
+    if differing or any(copy_config != config for copy_config in configs):
+        raise RuntimeError(f"Round trip changed the model: arrays {differing[:10]}, configs "
+                           f"{configs} vs {config}.")
+
+
+def _sequence_logps(copies: dict[str, Any], config: t5.T5Config, prompts: np.ndarray,
+                    targets: np.ndarray, partitioner: partitioning.Partitioner
+                    ) -> dict[str, np.ndarray]:
+    """Each copy's log-likelihood of every target, scored on the mesh."""
+    score = scoring.make_scorer(config, partitioner)
+    # This process's rows of each (all of them, with one process); a prompt's targets are
+    # consecutive rows, so they land on the prompt's data shard.
+    sharded_batch = tuple(partitioner.shard_batch(array[partitioner.host_rows(len(array))],
+                                                  len(array)) for array in (prompts, targets))
+    return {name: processes.to_host(score(params, *sharded_batch)[1])
+            for name, params in copies.items()}
 
 
 def format_table(results: dict[str, Any]) -> str:
