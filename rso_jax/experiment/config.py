@@ -277,6 +277,13 @@ class Experiment:
                               (self.sample_task, "SAMPLE_TASK")):
             if task is not None:
                 task_lib.check_task(task, setting)
+        self._check_method()
+        self._check_sizes()
+        self._check_judges()
+
+    def _check_method(self) -> None:
+        """The loss, the scorer, the reference policy and the rounds, and how they combine
+        with the selection."""
         if self.loss not in LOSSES:
             raise ValueError(f"LOSS={self.loss!r}; choose one of {LOSSES}.")
         if self.gamma <= 0:
@@ -310,6 +317,9 @@ class Experiment:
             raise ValueError(f"LAMBDA={self.regularization_weight} weighs a term of the "
                              f"preference loss; SELECTION={self.selection.method!r} trains on "
                              "SFT targets with no preference loss.")
+
+    def _check_sizes(self) -> None:
+        """Prompt counts, responses kept against sampled, and the response length."""
         if self.num_sample_prompts is not None and (
                 not isinstance(self.num_sample_prompts, int) or self.num_sample_prompts < 1):
             raise ValueError(f"NUM_SAMPLE_PROMPTS must be an int >= 1, or None for every train "
@@ -324,6 +334,9 @@ class Experiment:
         if self.lengths.response != self.sampling.max_decode_length:
             raise ValueError(f"Lengths.response={self.lengths.response} must equal the sampler's "
                              f"max_decode_length={self.sampling.max_decode_length}.")
+
+    def _check_judges(self) -> None:
+        """The gold ranker, the AutoSxS judge and the evaluation's output checks."""
         if (self.gold_ranker_checkpoint is None) != (self.gold_ranker_config is None):
             raise ValueError("Give both gold_ranker_checkpoint and gold_ranker_config "
                              "(GOLD_RANKER_CHECKPOINT, GOLD_RANKER_CONFIG) or neither.")
