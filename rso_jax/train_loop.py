@@ -39,7 +39,7 @@ import numpy as np
 
 from rso_jax import (atomic_io, checkpoint_checksums, checkpoint_resume, model_spec, processes,
                      run_info, stop_signals, training)
-from rso_jax.weights import orbax
+from rso_jax.weights import orbax_params
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
             value = metrics[loop.best_metric]
             if _is_better(value, None if best is None else best["value"], loop.best_mode):
                 best = {"step": step_number, "metric": loop.best_metric, "value": value}
-                orbax.save_params(state.params, model_config, best_dir)  # every process
+                orbax_params.save_params(state.params, model_config, best_dir)  # every process
                 atomic_io.write_json(best_path, best)
                 checkpoint_checksums.write(best_dir)
 

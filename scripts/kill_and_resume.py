@@ -139,10 +139,10 @@ def _params_equal(a: str, b: str) -> bool:
     import jax
     import numpy as np
     from rso_jax import t5
-    from rso_jax.weights import orbax, tree
+    from rso_jax.weights import orbax_params, tree
 
-    trees = [tree.flatten(jax.device_get(orbax.restore_params(
-        path, orbax.load_config(path, t5.T5Config)))) for path in (a, b)]
+    trees = [tree.flatten(jax.device_get(orbax_params.restore_params(
+        path, orbax_params.load_config(path, t5.T5Config)))) for path in (a, b)]
     return trees[0].keys() == trees[1].keys() and all(
         np.array_equal(trees[0][key], trees[1][key]) for key in trees[0])
 

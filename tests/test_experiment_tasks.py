@@ -140,11 +140,11 @@ def test_hh_runs_with_the_hf_export_as_sft_checkpoint_and_a_gold_ranker(hf_expor
 
 def _assert_sft_params_equal_fixture(work_dir):
     from rso_jax import t5
-    from rso_jax.weights import orbax, t5x, tree
+    from rso_jax.weights import orbax_params, t5x, tree
     expected = tree.flatten(t5x.load_params(T5X_FIXTURE))
     directory = str(work_dir / "sft" / "params")
-    installed = tree.flatten(jax.device_get(orbax.restore_params(
-        directory, orbax.load_config(directory, t5.T5Config))))
+    installed = tree.flatten(jax.device_get(orbax_params.restore_params(
+        directory, orbax_params.load_config(directory, t5.T5Config))))
     assert set(installed) == set(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(np.asarray(installed[key]), value, err_msg=key)
@@ -280,9 +280,9 @@ def test_an_own_small_vocabulary_gives_samples_of_its_pieces_and_rewards_that_di
     result = run_main(*flags, OWN_VOCABULARY_STAGES, f"--gin.WORK_DIR='{work_dir}'")
     assert result.returncode == 0, result.stderr[-3000:]
     from rso_jax import t5
-    from rso_jax.weights import orbax
+    from rso_jax.weights import orbax_params
     for stage in ("sft", "ranker"):  # rows derived from the vocabulary: pieces padded to 128
-        assert orbax.load_config(str(work_dir / stage / "params"),
+        assert orbax_params.load_config(str(work_dir / stage / "params"),
                                        t5.T5Config).vocab_size == rows
     samples = np.load(work_dir / "sample" / "samples.npz")
     tokens = samples["tokens"]
@@ -303,7 +303,7 @@ def test_an_own_small_vocabulary_gives_samples_of_its_pieces_and_rewards_that_di
     policy = build_experiment([*flags, f"--gin.WORK_DIR='{tmp_path}'"]).policy_config
     few_rows = policy.replace(vocab_size=64)
     checkpoint = str(tmp_path / "few_rows")
-    orbax.save_params(few_rows.init_params(jax.random.PRNGKey(0)), few_rows, checkpoint)
+    orbax_params.save_params(few_rows.init_params(jax.random.PRNGKey(0)), few_rows, checkpoint)
     result = run_main(*flags, f"--gin.SFT_INIT_CHECKPOINT='{checkpoint}'",
                       f"--gin.WORK_DIR='{tmp_path / 'few'}'")
     assert result.returncode == 1
@@ -316,13 +316,13 @@ def test_an_evaluation_whose_decodes_are_mostly_empty_stops_saying_why(tmp_path)
     """An SFT policy whose logits are all equal: greedy decoding takes the first drawable id,
     EOS, for every prompt, so the evaluation's SFT decodes are all empty text (its samples are
     uniform over the vocabulary, and pass)."""
-    from rso_jax.weights import orbax
+    from rso_jax.weights import orbax_params
     flags = ["--tiny", "--gin.EMPTY_OUTPUTS_LIMIT=0.5"]
     policy = build_experiment([*flags, f"--gin.WORK_DIR='{tmp_path}'"]).policy_config
     params = jax.tree_util.tree_map(np.array, policy.init_params(jax.random.PRNGKey(0)))
     params["decoder"]["logits_dense"]["kernel"][:] = 0.0
     checkpoint = str(tmp_path / "ends_at_once")
-    orbax.save_params(params, policy, checkpoint)
+    orbax_params.save_params(params, policy, checkpoint)
     work_dir = tmp_path / "run"
     result = run_main(*flags, f"--gin.SFT_CHECKPOINT='{checkpoint}'",
                       f"--gin.WORK_DIR='{work_dir}'")

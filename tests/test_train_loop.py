@@ -14,7 +14,7 @@ import pytest
 
 from rso_jax import (batching, checkpoint_checksums, file_checksums, t5, partitioning, train_loop,
                      training)
-from rso_jax.weights import orbax
+from rso_jax.weights import orbax_params
 from damage_helpers import flip_bytes
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
@@ -206,8 +206,8 @@ def test_best_checkpoint_follows_the_evaluation_metric(setup, tmp_path):
     best = json.load(open(os.path.join(work_dir, "best", "best.json")))
     assert best == {"step": 4, "metric": "win_rate", "value": 0.7}
     best_dir = os.path.join(work_dir, "best")
-    assert orbax.load_config(best_dir, t5.T5Config) == MESH_TEST_CONFIG
-    params = orbax.restore_params(best_dir, MESH_TEST_CONFIG)
+    assert orbax_params.load_config(best_dir, t5.T5Config) == MESH_TEST_CONFIG
+    params = orbax_params.restore_params(best_dir, MESH_TEST_CONFIG)
     np.testing.assert_array_equal(np.asarray(params["decoder"]["logits_dense"]["kernel"]), seen[1])
     evals = [json.loads(line) for line in open(os.path.join(work_dir, "metrics.jsonl"))
              if "eval/win_rate" in line]
@@ -460,7 +460,7 @@ def test_damaged_best_parameters_are_evaluated_again_from_a_checkpoint_before_th
                          evaluating, model_config=MESH_TEST_CONFIG, evaluate=evaluate)
     best_dir = os.path.join(work_dir, "best")
     assert json.load(open(os.path.join(best_dir, "best.json")))["step"] == 4
-    flip_bytes(os.path.join(best_dir, orbax.PARAMS_SUBDIR, "_METADATA"))
+    flip_bytes(os.path.join(best_dir, orbax_params.PARAMS_SUBDIR, "_METADATA"))
     _, summary = train_loop.train(fresh_state(), step, sharded(make_batches()), work_dir,
                                   evaluating, model_config=MESH_TEST_CONFIG, evaluate=evaluate)
     assert (f"The best parameters so far, in {best_dir}, cannot be used ({best_dir}/params/"
@@ -470,6 +470,6 @@ def test_damaged_best_parameters_are_evaluated_again_from_a_checkpoint_before_th
     assert sorted(os.listdir(os.path.join(work_dir, "checkpoints_unusable"))) == ["4", "best"]
     assert summary["best"] == straight_summary["best"]
     assert_same_state(
-        orbax.restore_params(os.path.join(straight_dir, "best"), MESH_TEST_CONFIG),
-        orbax.restore_params(best_dir, MESH_TEST_CONFIG))
+        orbax_params.restore_params(os.path.join(straight_dir, "best"), MESH_TEST_CONFIG),
+        orbax_params.restore_params(best_dir, MESH_TEST_CONFIG))
     assert checkpoint_checksums.mismatch(best_dir) is None

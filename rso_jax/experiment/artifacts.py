@@ -22,7 +22,7 @@ import numpy as np
 
 from rso_jax import (atomic_io, file_checksums, model_spec, partitioning, processes, run_info,
                      train_loop)
-from rso_jax.weights import orbax, tree
+from rso_jax.weights import orbax_params, tree
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +247,8 @@ def load_params(work_dir: str, stage: str, config: model_spec.ModelSpec,
     """A stage's parameters restored straight onto their shards on the mesh."""
     path = params_path(work_dir, stage)
     with _reading(path):
-        return orbax.restore_params(path, config, partitioner.param_shardings(config))
+        return orbax_params.restore_params(path, config, partitioner.param_shardings(config))
 
 
 def save_params(work_dir: str, stage: str, params: Any, config: model_spec.ModelSpec) -> None:
-    orbax.save_params(params, config, params_path(work_dir, stage))
+    orbax_params.save_params(params, config, params_path(work_dir, stage))

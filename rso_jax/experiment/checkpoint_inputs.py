@@ -10,7 +10,7 @@ from typing import Any, Optional
 import jax
 
 from rso_jax import model_spec, partitioning, t5, vocabularies
-from rso_jax.weights import formats, orbax, tree
+from rso_jax.weights import formats, orbax_params, tree
 from rso_jax.experiment import scorers
 from rso_jax.experiment.config import Experiment
 
@@ -83,7 +83,7 @@ def _vocabulary_rows(path: str, config: model_spec.ModelSpec) -> Optional[int]:
 def _check_scorer_kind(path: str, scorer: str) -> None:
     """Refuses, naming SCORER, a ranker checkpoint of our format saved for the other kind of
     reward model (a pointwise model's config holds its T5 under 't5')."""
-    config_file = os.path.join(path, orbax.MODEL_CONFIG_FILE)
+    config_file = os.path.join(path, orbax_params.MODEL_CONFIG_FILE)
     if not os.path.isfile(config_file):
         return  # T5X or HF: a T5, checked by check_fits
     try:

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from rso_jax import model_spec, partitioning, train_loop, training
-from rso_jax.weights import orbax
+from rso_jax.weights import orbax_params
 from rso_jax.experiment import artifacts
 from rso_jax.experiment.config import TrainingSchedule
 
@@ -66,7 +66,7 @@ def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
                                       model_config=model_config, evaluate=evaluate)
     params = state.params
     if summary["best"] is not None:
-        params = orbax.restore_params(os.path.join(directory, "best"), model_config,
+        params = orbax_params.restore_params(os.path.join(directory, "best"), model_config,
                                             partitioner.param_shardings(model_config))
     artifacts.save_params(work_dir, name, params, model_config)
     return params, summary

@@ -34,5 +34,5 @@ from rso_jax.t5.params import (T5Config, init_boxed_params, init_decode_cache, i
                                param_logical_axes, param_shapes)
 
 __all__ = ["MASKED_LOGIT", "DenseGeneral", "T5", "T5Architecture", "T5Config",
-           "dot_product_attention", "init_boxed_params", "init_decode_cache", "init_params", "param_logical_axes",
-           "param_shapes", "relative_position_bucket", "resolve_dtype"]
+           "dot_product_attention", "init_boxed_params", "init_decode_cache", "init_params",
+           "param_logical_axes", "param_shapes", "relative_position_bucket", "resolve_dtype"]

@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from rso_jax import atomic_io, t5
-from rso_jax.weights import formats, hf, orbax, t5x, tree
+from rso_jax.weights import formats, hf, orbax_params, t5x, tree
 
 WRITE_FORMATS = formats.FORMATS
 
@@ -55,7 +55,7 @@ def write(fmt: str, path: str, params: Any, config: t5.T5Config, *, step: int = 
     if fmt == "hf":
         hf.save(params, config, path)
     elif fmt == "orbax":
-        orbax.save_params(params, config, path)
+        orbax_params.save_params(params, config, path)
     elif fmt == "t5x":
         tree.check_against_config(params, config, "the parameters being saved")
         with atomic_io.directory(path) as temp_dir:

@@ -7,7 +7,7 @@ out which format it is in, then hands it to that format's reader:
            inline or in TensorStore directories beside it), or that msgpack file itself (`t5x`);
   'hf'     an HF `T5ForConditionalGeneration` directory: `config.json` and `model.safetensors`
            (or `model.safetensors.index.json` with its shards) (`hf`);
-  'orbax'  our parameter checkpoint: `model_config.json` and `params/` (`orbax`).
+  'orbax'  our parameter checkpoint: `model_config.json` and `params/` (`orbax_params`).
 
 `check_fits` compares a checkpoint's parameter shapes with a model config by reading only what
 the format needs for shapes (safetensors headers, orbax metadata, the T5X msgpack), and
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from rso_jax import model_spec, t5
-from rso_jax.weights import hf, orbax, read_errors, t5x, tree
+from rso_jax.weights import hf, orbax_params, read_errors, t5x, tree
 
 if TYPE_CHECKING:  # the partitioner sits above the weights: it only gives the shardings
     from rso_jax import partitioning
@@ -35,9 +35,9 @@ if TYPE_CHECKING:  # the partitioner sits above the weights: it only gives the s
 logger = logging.getLogger(__name__)
 
 FORMATS = ("t5x", "hf", "orbax")
-_READERS = {"t5x": t5x, "hf": hf, "orbax": orbax}  # each has REQUIREMENT, shapes, restore
+_READERS = {"t5x": t5x, "hf": hf, "orbax": orbax_params}  # each has REQUIREMENT, shapes, restore
 _IS_CHECKPOINT_DIR = {"t5x": t5x.is_checkpoint_dir, "hf": hf.is_checkpoint,
-                      "orbax": orbax.is_checkpoint}
+                      "orbax": orbax_params.is_checkpoint}
 
 
 def detect_format(path: str) -> str:
@@ -63,8 +63,13 @@ def detect_format(path: str) -> str:
     if found:
         raise ValueError(f"Checkpoint {path} looks like several formats at once ({found}); "
                          "keep one checkpoint per directory.")
+    hint = ""
+    if os.path.isfile(os.path.join(path, hf.CONFIG_FILE)) and any(
+            name.endswith((".bin", ".pt", ".pth")) for name in os.listdir(path)):
+        hint = ("\nIts weights look like PyTorch files, which are not read: re-save them with "
+                "save_pretrained(..., safe_serialization=True).")
     raise ValueError(f"{path} is not a checkpoint in any known format; it contains "
-                     f"{_listing(path)}.\n{_requirements_text()}")
+                     f"{_listing(path)}.\n{_requirements_text()}{hint}")
 
 
 def param_shapes(path: str) -> dict[str, tuple[int, ...]]:
@@ -102,9 +107,11 @@ def check_fits(path: str, config: model_spec.ModelSpec, name: str) -> None:
                          "parameters (e.g. a finished ranker stage's params/). To start it "
                          "from a pretrained T5, give that T5 as its init checkpoint "
                          "(RANKER_INIT_CHECKPOINT).")
-    tree.check_shapes(tree.config_shapes(config), shapes,
-                      f"{name}: the {fmt} checkpoint {path} does not fit the model "
-                      f"config {config}.")
+    heading = f"{name}: the {fmt} checkpoint {path} does not fit the model config {config}."
+    if fmt == "hf":  # the missing tensors also by their HF names
+        hf.check_shapes(path, tree.config_shapes(config), heading)
+    else:
+        tree.check_shapes(tree.config_shapes(config), shapes, heading)
     with read_errors.named(name):
         _check_saved_config(path, fmt, config)
 
@@ -120,10 +127,10 @@ def _check_saved_config(path: str, fmt: str, config: model_spec.ModelSpec) -> No
         return
     try:
         if isinstance(config, t5.T5Config):
-            saved = (orbax.load_config(path, t5.T5Config) if fmt == "orbax"
+            saved = (orbax_params.load_config(path, t5.T5Config) if fmt == "orbax"
                      else hf.model_config(path))
         else:  # a model around a T5 (the pointwise reward model), in our orbax format only
-            saved, config = orbax.load_config(path, type(config)).t5, config.t5
+            saved, config = orbax_params.load_config(path, type(config)).t5, config.t5
     except FileNotFoundError:
         raise
     except read_errors.READ_ERRORS as error:
@@ -190,8 +197,8 @@ def read(path: str, fmt: Optional[str] = None,
         params = t5x.load_params(path)
         config = t5x.config_from_shapes(tree.flat_shapes(params), **overrides)
     else:
-        config = orbax.load_config(path, t5.T5Config, **overrides)
-        params = jax.tree_util.tree_map(np.asarray, orbax.restore_params(path, config))
+        config = orbax_params.load_config(path, t5.T5Config, **overrides)
+        params = jax.tree_util.tree_map(np.asarray, orbax_params.restore_params(path, config))
     tree.check_against_config(params, config, path)
     return params, config
 

@@ -139,6 +139,26 @@ def shapes(path: str) -> dict[str, tuple[int, ...]]:
     return _found_shapes(_layout(path))
 
 
+def check_shapes(directory: str, expected: Mapping[str, tuple[int, ...]],
+                 heading: str) -> None:
+    """`tree.check_shapes` of the directory's tensors against `expected` (our flat keys), the
+    missing ones also named as HF names them (what an HF export lacks)."""
+    _check_layout_shapes(_layout(directory), expected, heading)
+
+
+def _check_layout_shapes(layout: _Layout, expected: Mapping[str, tuple[int, ...]],
+                         heading: str) -> None:
+    try:
+        tree.check_shapes(expected, _found_shapes(layout), heading)
+    except tree.ParamTreeMismatchError as error:
+        missing = [f"    {key}: {layout.sources[key][0]}" for key in sorted(expected)
+                   if key in layout.sources and layout.sources[key][0] not in layout.shapes]
+        if not missing:
+            raise
+        raise tree.ParamTreeMismatchError("\n".join(
+            [str(error), "  missing, by their HF names:", *missing])) from None
+
+
 def _found_shapes(layout: _Layout) -> dict[str, tuple[int, ...]]:
     found = {ours: layout.shape(ours) for ours, (theirs, _) in layout.sources.items()
              if theirs in layout.shapes}
@@ -193,8 +213,8 @@ def load(directory: str, **config_overrides) -> tuple[dict[str, Any], t5.T5Confi
 
     model = model_config(directory, **config_overrides)
     layout = _layout(directory)
-    tree.check_shapes(tree.config_shapes(model), _found_shapes(layout),
-                      f"HF weights from {directory} do not match the T5 layout of {model}.")
+    _check_layout_shapes(layout, tree.config_shapes(model),
+                         f"HF weights from {directory} do not match the T5 layout of {model}.")
     flat = {}
     for file in sorted(set(layout.files.values())):
         with safe_open(file, framework="numpy") as stream:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from rso_jax import partitioning, processes, run_info, scoring, t5, vocabularies
-from rso_jax.weights import formats, hf, orbax, t5x, tree
+from rso_jax.weights import formats, hf, orbax_params, t5x, tree
 
 
 def random_token_batch(rng: np.random.Generator, *, num_prompts: int, targets_per_prompt: int,
@@ -95,9 +95,9 @@ def _copies(checkpoint_path: str, hf_dir: str, orbax_dir: str,
     hf_copy = formats.read(hf_dir, "hf")
     timings["hf_write_read_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    orbax.save_params(params, config, orbax_dir)
-    orbax_copy = (orbax.restore_params(orbax_dir, config, partitioner.param_shardings(config)),
-                  orbax.load_config(orbax_dir, t5.T5Config))
+    orbax_params.save_params(params, config, orbax_dir)
+    orbax_copy = (orbax_params.restore_params(orbax_dir, config, partitioner.param_shardings(config)),
+                  orbax_params.load_config(orbax_dir, t5.T5Config))
     timings["orbax_write_read_s"] = time.perf_counter() - start
     return params, config, {"hf": hf_copy, "orbax": orbax_copy}, timings
 

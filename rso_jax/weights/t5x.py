@@ -108,7 +108,7 @@ def _stored_state(path: str) -> tuple[dict[str, Any], str]:
     try:
         with open(msgpack_path, "rb") as stream:
             state = serialization.msgpack_restore(stream.read())
-    except Exception as error:  # msgpack raises its own errors for garbage
+    except read_errors.READ_ERRORS as error:  # msgpack's own errors are ValueErrors
         raise read_errors.unreadable(msgpack_path, "t5x", error, REMEDY) from error
     optimizer = state.get("optimizer") if isinstance(state, dict) else None
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get("target"), dict):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rso_jax import batching, partitioning, t5, training
-from rso_jax.weights import convert, formats, hf, orbax, t5x, tree
+from rso_jax.weights import convert, formats, hf, orbax_params, t5x, tree
 from rso_jax.experiment import artifacts
 from t5_helpers import MESH_TEST_CONFIG, T5X_FIXTURE, padded_tokens
 
@@ -29,7 +29,7 @@ def test_conversions_preserve_every_array(tmp_path, capsys):
     for key, value in tree.flatten(params).items():
         np.testing.assert_array_equal(value, original[key], err_msg=key)
     assert json.load(open(os.path.join(orbax_dir, "model_config.json")))["emb_dim"] == 8
-    assert config == orbax.load_config(orbax_dir, t5.T5Config)
+    assert config == orbax_params.load_config(orbax_dir, t5.T5Config)
 
 
 def test_bfloat16_cast_and_overwrite(tmp_path):
@@ -39,8 +39,8 @@ def test_bfloat16_cast_and_overwrite(tmp_path):
     assert convert.main(["--from=t5x", f"--input={T5X_FIXTURE}", "--to=orbax",
                          f"--output={out}", "--dtype=bfloat16", "--overwrite"]) == 0
     assert not os.path.exists(os.path.join(out, "stale_file"))  # replaced as a whole
-    config = orbax.load_config(out, t5.T5Config)
-    params = orbax.restore_params(out, config)
+    config = orbax_params.load_config(out, t5.T5Config)
+    params = orbax_params.restore_params(out, config)
     assert config.param_dtype == "bfloat16"
     kernel = params["decoder"]["logits_dense"]["kernel"]
     assert str(kernel.dtype) == "bfloat16"

@@ -68,6 +68,8 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(params, tmp_path):
     message = str(error.value)
     assert "my_dir" in message
     assert "missing (1)" in message and "decoder/layers_0/mlp/wo/kernel" in message
+    assert ("missing, by their HF names:\n    decoder/layers_0/mlp/wo/kernel: "
+            "decoder.block.0.layer.2.DenseReluDense.wo.weight") in message
     assert "unexpected (1)" in message and "encoder.block.7.layer.0.layer_norm.weight" in message
 
     state_dict = hf.params_to_hf_state_dict(params, CONFIG)

@@ -168,7 +168,7 @@ def generate_examples(split: str, num_examples: int, seed: int = 0,
 
 def noisy_summary(example: Example, noise: NoiseConfig, rng: np.random.Generator,
                   max_summary_words: int = 10) -> str:
-    """A summary from the noisy-reference program with the given noise (module docstring)."""
+    """A summary from the noisy-reference program with the given noise (the package docstring)."""
     context_words = example.context.split()
     fillers = sorted(set(context_words) - set(example.salient))
     absent = [word for word in ENTITY_WORDS if word not in example.salient]
@@ -190,7 +190,7 @@ def noisy_summary(example: Example, noise: NoiseConfig, rng: np.random.Generator
 
 def sample_summary(example: Example, policy: str, rng: np.random.Generator,
                    config: Optional[SyntheticTaskConfig] = None) -> str:
-    """One summary of `example` from a named policy (`POLICIES`; see the module docstring)."""
+    """One summary of `example` from a named policy (`POLICIES`; see the package docstring)."""
     config = config or SyntheticTaskConfig()
     if policy == "clean":
         return example.reference

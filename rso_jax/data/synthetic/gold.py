@@ -36,7 +36,7 @@ def reference_summary(context: str) -> str:
 
 
 def gold_reward(context: str, summary: str) -> float:
-    """The gold reward of `summary` for `context` (the program in the module docstring)."""
+    """The gold reward of `summary` for `context` (the program in the package docstring)."""
     context_words = set(context.split())
     salient = context_words & _ENTITY_SET
     seen = set()

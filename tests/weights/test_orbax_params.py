@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rso_jax import t5, partitioning, reward_models
-from rso_jax.weights import orbax, tree
+from rso_jax.weights import orbax_params, tree
 from t5_helpers import MESH_TEST_CONFIG
 
 POINTWISE = reward_models.PointwiseRewardConfig(MESH_TEST_CONFIG)
@@ -15,12 +15,12 @@ def test_pointwise_reward_model_round_trips_onto_its_shardings(tmp_path):
     params = jax.device_get(POINTWISE.init_params(jax.random.PRNGKey(0)))
     params["reward_head"]["kernel"] = np.full_like(params["reward_head"]["kernel"], 0.5)
     directory = str(tmp_path / "pointwise")
-    orbax.save_params(params, POINTWISE, directory)
-    assert orbax.load_config(directory, reward_models.PointwiseRewardConfig) == POINTWISE
+    orbax_params.save_params(params, POINTWISE, directory)
+    assert orbax_params.load_config(directory, reward_models.PointwiseRewardConfig) == POINTWISE
 
     partitioner = partitioning.create_partitioner(data_parallelism=2, model_parallelism=4)
     shardings = partitioner.param_shardings(POINTWISE)
-    restored = orbax.restore_params(directory, POINTWISE, shardings)
+    restored = orbax_params.restore_params(directory, POINTWISE, shardings)
     flat_shardings = tree.flatten(shardings)
     expected = tree.flatten(params)
     for key, value in tree.flatten(restored).items():
@@ -30,17 +30,17 @@ def test_pointwise_reward_model_round_trips_onto_its_shardings(tmp_path):
 
 def test_restoring_as_another_model_fails_clearly(tmp_path):
     directory = str(tmp_path / "pointwise")
-    orbax.save_params(jax.device_get(POINTWISE.init_params(jax.random.PRNGKey(0))),
+    orbax_params.save_params(jax.device_get(POINTWISE.init_params(jax.random.PRNGKey(0))),
                             POINTWISE, directory)
     with pytest.raises(ValueError, match=r"Unknown T5Config fields \['t5'\]"):
-        orbax.restore_params(directory, MESH_TEST_CONFIG)
+        orbax_params.restore_params(directory, MESH_TEST_CONFIG)
     smaller = reward_models.PointwiseRewardConfig(MESH_TEST_CONFIG.replace(mlp_dim=16))
     with pytest.raises(tree.ParamTreeMismatchError,
                        match=r"(?s)does not fit.*mlp/wi_0/kernel: found \(16, 32\), expected "
                              r"\(16, 16\)"):
-        orbax.restore_params(directory, smaller)
+        orbax_params.restore_params(directory, smaller)
     with pytest.raises(tree.ParamTreeMismatchError, match="the parameters being saved"):
-        orbax.save_params({"t5": {}}, POINTWISE, str(tmp_path / "bad"))
+        orbax_params.save_params({"t5": {}}, POINTWISE, str(tmp_path / "bad"))
 
 
 def test_t5_config_is_a_model_spec():

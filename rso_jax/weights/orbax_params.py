@@ -24,7 +24,7 @@ PARAMS_SUBDIR = "params"
 MODEL_CONFIG_FILE = "model_config.json"
 # What a path of this format must be, and how to get a readable copy again, for messages.
 REQUIREMENT = (f"a directory with {MODEL_CONFIG_FILE} and {PARAMS_SUBDIR}/ (written by "
-               "weights.orbax.save_params)")
+               "weights.orbax_params.save_params)")
 REMEDY = "Write it again with `python -m rso_jax.weights.convert --to=orbax`."
 
 
