@@ -315,11 +315,10 @@ def make_sampler(model_config: t5.T5Config, sampling: SamplingConfig,
     """A jitted `(params, prompt_tokens, rng) -> SampleOutput` on the partitioner's mesh.
 
     Prompts (and so their candidates) are sharded over 'data'; parameters as the rules say.
-    Without a partitioner the function is plainly jitted.
+    Without a partitioner, on one device (`partitioning.single_device_partitioner`).
     """
     fn = functools.partial(sample, model_config, sampling=sampling)
-    if partitioner is None:
-        return jax.jit(fn)
+    partitioner = partitioner or partitioning.single_device_partitioner()
     batch_2d, batch_3d = partitioner.batch_sharding(2), partitioner.batch_sharding(3)
     out_shardings = SampleOutput(tokens=batch_3d, token_logps=batch_3d, sequence_logps=batch_2d,
                                  lengths=batch_2d)

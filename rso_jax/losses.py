@@ -29,6 +29,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from rso_jax import scoring
+
 Array = jax.Array
 Metrics = dict[str, Array]
 
@@ -238,8 +240,7 @@ def token_cross_entropy(logits_btv: Array, target_tokens_bt: Array,
     """
     if loss_weights_bt is None:
         loss_weights_bt = (target_tokens_bt > 0).astype(jnp.float32)
-    log_probs = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
-    target_logps = jnp.take_along_axis(log_probs, target_tokens_bt[..., None], axis=-1)[..., 0]
+    target_logps = scoring.token_log_probs(logits_btv, target_tokens_bt)
     weights = loss_weights_bt.astype(jnp.float32)
     total = jnp.maximum(weights.sum(), 1.0)
     loss = -(target_logps * weights).sum() / total

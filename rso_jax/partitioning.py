@@ -292,6 +292,12 @@ class Partitioner:
         return call
 
 
+def single_device_partitioner() -> Partitioner:
+    """A Partitioner over the first device alone: what a jitted model call uses when it is
+    given no mesh (tests and one-device benchmarks)."""
+    return Partitioner(mesh=create_mesh(1, 1, devices=jax.devices()[:1]))
+
+
 def create_partitioner(data_parallelism: int = -1, model_parallelism: int = 1,
                        fsdp: bool = False) -> Partitioner:
     """A Partitioner over all devices (the gin entry point for mesh settings)."""

@@ -178,11 +178,11 @@ def pointwise_rewards_vs_baseline(model_config: t5.T5Config, params: Any,
 
 def make_pair_scorer(model_config: t5.T5Config, a_token: int, b_token: int,
                      partitioner: Optional[partitioning.Partitioner] = None):
-    """Jitted `(params, inputs) -> P(A)` for batches of ranker inputs, sharded over 'data'."""
+    """Jitted `(params, inputs) -> P(A)` for batches of ranker inputs, sharded over 'data'
+    (without a partitioner, on one device)."""
     fn = functools.partial(preference_probability, model_config, a_token=a_token,
                            b_token=b_token)
-    if partitioner is None:
-        return jax.jit(fn)
+    partitioner = partitioner or partitioning.single_device_partitioner()
     return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(model_config),
                                              partitioner.batch_sharding(2)),
                            out_shardings=partitioner.batch_sharding(1))
@@ -305,10 +305,9 @@ def bradley_terry_loss(params: Any, batch: PointwisePairBatch, dropout_rng: Arra
 def make_pointwise_scorer(config: t5.T5Config,
                           partitioner: Optional[partitioning.Partitioner] = None
                           ) -> Callable[[Any, Array], Array]:
-    """Jitted `(params, inputs) -> rewards [batch]`."""
+    """Jitted `(params, inputs) -> rewards [batch]` (without a partitioner, on one device)."""
     fn = lambda params, inputs: PointwiseRewardModel(config).apply({"params": params}, inputs)
-    if partitioner is None:
-        return jax.jit(fn)
+    partitioner = partitioner or partitioning.single_device_partitioner()
     return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(
                                PointwiseRewardConfig(config)), partitioner.batch_sharding(2)),
                            out_shardings=partitioner.batch_sharding(1))

@@ -41,12 +41,12 @@ def score_targets(config: t5.T5Config, params: Any, encoder_input_tokens: jax.Ar
 def make_scorer(config: t5.T5Config, partitioner: Optional[partitioning.Partitioner] = None):
     """A jitted `(params, prompts, targets) -> (token_logps, sequence_logps)`.
 
-    With a partitioner, prompts and targets are sharded over 'data' and parameters as the
-    rules say; targets hold G rows per prompt (e.g. chosen and rejected: G = 2).
+    Prompts and targets are sharded over 'data' and parameters as the rules say (without a
+    partitioner, on one device); targets hold G rows per prompt (e.g. chosen and rejected:
+    G = 2).
     """
     fn = functools.partial(score_targets, config)
-    if partitioner is None:
-        return jax.jit(fn)
+    partitioner = partitioner or partitioning.single_device_partitioner()
     batch_2d = partitioner.batch_sharding(2)
     return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(config), batch_2d, batch_2d),
                            out_shardings=(batch_2d, partitioner.batch_sharding(1)))

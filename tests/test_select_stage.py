@@ -129,7 +129,7 @@ def test_raft_takes_the_winner_of_a_tournament_decided_by_the_ranker(setting):
     pairs = pair_rules.tournament_rank_pairs(
         everyone, np.ones_like(everyone, bool),
         preference_fn=select._RankerPreference(setting.context, setting.samples))
-    winners = select.tournament_winners(pairs, (NUM_PROMPTS, NUM_CANDIDATES))
+    winners = pair_rules.tournament_winners(pairs, NUM_CANDIDATES)
     for p in range(NUM_PROMPTS):
         matches = knockout(list(range(NUM_CANDIDATES)),
                            lambda a, b: setting.strength[p, a] >= setting.strength[p, b])

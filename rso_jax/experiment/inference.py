@@ -113,11 +113,8 @@ def rewards_vs_baseline(config: t5.T5Config, params: Any, ab_tokens: tuple[int, 
 
 @functools.lru_cache(maxsize=None)
 def one_order_scorer(config, a_token, b_token, partitioner):
-    fn = functools.partial(reward_models.preference_probability, config, a_token=a_token,
-                           b_token=b_token)
-    return partitioner.jit(fn, in_shardings=(partitioner.param_shardings(config),
-                                             partitioner.batch_sharding(2)),
-                           out_shardings=partitioner.batch_sharding(1))
+    """`reward_models.make_pair_scorer`, compiled once per model, tokens and mesh."""
+    return reward_models.make_pair_scorer(config, a_token, b_token, partitioner)
 
 
 def ordered_preference_probabilities(config: t5.T5Config, params: Any,

@@ -20,6 +20,8 @@ indices then cost O(P * W) rather than O(P * N). Shape suffixes: `p` prompts, `n
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -42,6 +44,15 @@ class Selection:
 
     indices_pk: Array
     valid_pk: Array
+
+
+def best_index(rewards: Array, mask: Optional[Array] = None) -> Array:
+    """int32, the rewards' shape without its last axis: the index along the last axis of the
+    highest reward among those `mask` keeps (all when None); the lowest index among ties, 0
+    where the mask keeps none."""
+    if mask is not None:
+        rewards = jnp.where(mask, rewards, -jnp.inf)
+    return jnp.argmax(rewards, axis=-1).astype(jnp.int32)
 
 
 def shuffled(selection: Selection, key: Array) -> Selection:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from rso_jax.selection.candidate_sets import INVALID_INDEX
+from rso_jax.selection.candidate_sets import INVALID_INDEX, best_index
 
 Array = jax.Array
 
@@ -211,12 +211,6 @@ def rs_dpo_pairs(rewards_pn: Array, candidate_mask_pn: Array, eta: float | Array
                        valid_pm)
 
 
-def _best_index(rewards_pn: Array, candidate_mask_pn: Array) -> Array:
-    """int32 [P]: the highest-reward valid candidate (lowest index among ties; 0 if none)."""
-    return jnp.argmax(jnp.where(candidate_mask_pn, rewards_pn, -jnp.inf), axis=1).astype(
-        jnp.int32)
-
-
 def best_vs_worst_pairs(rewards_pn: Array, candidate_mask_pn: Array) -> Pairs:
     """One pair per prompt: the highest-reward candidate over the lowest-reward one.
 
@@ -233,7 +227,7 @@ def best_vs_worst_pairs(rewards_pn: Array, candidate_mask_pn: Array) -> Pairs:
     """
     rewards_pn = jnp.asarray(rewards_pn, jnp.float32)
     candidate_mask_pn = jnp.asarray(candidate_mask_pn, bool)
-    best_p = _best_index(rewards_pn, candidate_mask_pn)
+    best_p = best_index(rewards_pn, candidate_mask_pn)
     others_pn = candidate_mask_pn & (jnp.arange(rewards_pn.shape[1]) != best_p[:, None])
     worst_p = jnp.argmin(jnp.where(others_pn, rewards_pn, jnp.inf), axis=1)
     return _make_pairs(best_p[:, None], worst_p[:, None], others_pn.any(axis=1)[:, None])
@@ -253,8 +247,22 @@ def best_vs_random_pairs(rewards_pn: Array, candidate_mask_pn: Array, key: Array
     """
     rewards_pn = jnp.asarray(rewards_pn, jnp.float32)
     candidate_mask_pn = jnp.asarray(candidate_mask_pn, bool)
-    best_p = _best_index(rewards_pn, candidate_mask_pn)
+    best_p = best_index(rewards_pn, candidate_mask_pn)
     others_pn = candidate_mask_pn & (jnp.arange(rewards_pn.shape[1]) != best_p[:, None])
     scores_pn = jnp.where(others_pn, jax.random.uniform(key, rewards_pn.shape), -1.0)
     random_p = jnp.argmax(scores_pn, axis=1)
     return _make_pairs(best_p[:, None], random_p[:, None], others_pn.any(axis=1)[:, None])
+
+
+def tournament_winners(pairs: Pairs, num_candidates: int) -> Array:
+    """int32 [P]: each prompt's candidate that no valid match of a knock-out tournament
+    rejected (RAFT's target, RSO appendix A.10); the lowest index if several (0 if none
+    played).
+
+    Args:
+      pairs: the tournament's matches (`tournament_rank_pairs`), [P, M].
+      num_candidates: N, the candidates per prompt the indices point into (static).
+    """
+    played_pmn = (pairs.rejected_index_pm[..., None] == jnp.arange(num_candidates)) & (
+        pairs.valid_pm[..., None])
+    return jnp.argmin(played_pmn.any(axis=1), axis=1).astype(jnp.int32)

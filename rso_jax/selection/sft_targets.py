@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rso_jax.selection.candidate_sets import best_index
+
 Array = jax.Array
 
 
@@ -26,8 +28,7 @@ def raft_targets(rewards_pn: Array, candidate_mask_pn: Array) -> tuple[Array, Ar
     """
     rewards_pn = jnp.asarray(rewards_pn, jnp.float32)
     candidate_mask_pn = jnp.asarray(candidate_mask_pn, bool)
-    best_index_p = jnp.argmax(jnp.where(candidate_mask_pn, rewards_pn, -jnp.inf), axis=1)
-    return best_index_p.astype(jnp.int32), candidate_mask_pn.any(axis=1)
+    return best_index(rewards_pn, candidate_mask_pn), candidate_mask_pn.any(axis=1)
 
 
 def rest_normalized_rewards(rewards_pn: Array, candidate_mask_pn: Array) -> Array:

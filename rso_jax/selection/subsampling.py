@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rso_jax.selection.candidate_sets import Selection, selection_from_mask
+from rso_jax.selection.candidate_sets import Selection, best_index, selection_from_mask
 
 Array = jax.Array
 
@@ -96,5 +96,5 @@ def best_in_groups(rewards_pm: Array, group_size: int) -> Array:
     num_groups = num_samples // group_size
     grouped_pgn = rewards_pm[:, :num_groups * group_size].reshape(
         num_prompts, num_groups, group_size)
-    best_pg = jnp.argmax(grouped_pgn, axis=-1).astype(jnp.int32)
+    best_pg = best_index(grouped_pgn)
     return best_pg + jnp.arange(num_groups, dtype=jnp.int32) * group_size
