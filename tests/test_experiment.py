@@ -284,6 +284,32 @@ def test_ranker_inputs_drop_the_context_only_when_told():
         "[CONTEXT] [SUMMARY A] owl fox [SUMMARY B] owl owl")
 
 
+def test_a_running_stage_loads_only_what_its_record_reads(tmp_path):
+    """The Stage records are the one declaration of the graph: a stage that loads another
+    stage's outputs without its record reading them fails, naming both."""
+    from rso_jax import t5, partitioning
+    from rso_jax.data.synthetic import task as synthetic_task
+    from rso_jax.experiment import config, context, fingerprints, stages
+    import jax
+    model = t5.T5Config(vocab_size=256, emb_dim=8, num_heads=1, head_dim=8, mlp_dim=8,
+                        num_encoder_layers=1, num_decoder_layers=1)
+    experiment = config.Experiment(work_dir=str(tmp_path), task=synthetic_task.SyntheticTask(),
+                                   policy_config=model, ranker_config=model,
+                                   sampling=decoding_config(), lengths=config.Lengths(
+                                       response=8, ranker_input=48))
+    partitioner = partitioning.Partitioner(
+        mesh=partitioning.create_mesh(1, 1, devices=jax.devices()[:1]))
+    reads = fingerprints.upstream(experiment, "score")
+    assert reads == list(stages.record("score").reads(experiment)) == ["sample", "ranker"]
+    running = context.StageContext(experiment, partitioner).for_stage("score", reads)
+    with pytest.raises(RuntimeError, match="Stage score loaded the outputs of stage select"):
+        running.load_arrays("select", "pairs.npz")
+    with pytest.raises(RuntimeError, match="stage preference, which its Stage record"):
+        running.params("preference")
+    with pytest.raises(FileNotFoundError):  # declared: read (and here missing)
+        running.load_arrays("sample", "samples.npz")
+
+
 def decoding_config():
     from rso_jax import decoding
     return decoding.SamplingConfig(num_candidates=8, max_decode_length=8)

@@ -31,6 +31,9 @@ class StageContext:
     experiment: Experiment
     partitioner: partitioning.Partitioner
     round: int = 1
+    # While a stage runs: its name, and the stages whose outputs it may load (its record's).
+    running: Optional[str] = None
+    reads: Optional[frozenset] = None
 
     @functools.cached_property
     def codec(self) -> text_codec.TextCodec:
@@ -41,6 +44,21 @@ class StageContext:
         if "codec" in self.__dict__:
             other.codec = self.codec
         return other
+
+    def for_stage(self, name: str, reads: Sequence[str]) -> "StageContext":
+        """This context for running the stage `name`, which reads the stages `reads` (the
+        work directory's names, as its `stage.Stage` record resolves them)."""
+        other = dataclasses.replace(self, running=name, reads=frozenset(reads))
+        if "codec" in self.__dict__:
+            other.codec = self.codec
+        return other
+
+    def _check_read(self, name: str) -> None:
+        if self.reads is not None and name not in self.reads:
+            raise RuntimeError(f"Stage {self.running} loaded the outputs of stage {name}, which "
+                               f"its Stage record does not read ({sorted(self.reads)}); add it "
+                               "to the record's `reads` so that fingerprints and input checks "
+                               "know of it.")
 
     # Stages and files --------------------------------------------------------------------
 
@@ -74,6 +92,8 @@ class StageContext:
         artifacts.save_arrays(os.path.join(self.directory(stage), name), **arrays)
 
     def load_arrays(self, stage: str, name: str) -> dict[str, np.ndarray]:
+        """A file of this round's `stage`, which the running stage must read."""
+        self._check_read(self.stage_name(stage))
         return artifacts.load_arrays(os.path.join(self.directory(stage), name))
 
     def model_config(self, stage: str) -> Any:
@@ -91,6 +111,7 @@ class StageContext:
 
     def stage_params(self, name: str) -> Any:
         """The parameters of the stage called `name` in the work directory, on their shards."""
+        self._check_read(name)
         return artifacts.load_params(self.experiment.work_dir, name, self.model_config(name),
                                      self.partitioner)
 

@@ -19,7 +19,8 @@ from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, infe
                                 rounds, shared_stages, stage_records)
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.context import StageContext
-from rso_jax.experiment.stages import STAGES, run_stage, stage_names
+from rso_jax.experiment import stages as stage_graph
+from rso_jax.experiment.stages import STAGES, stage_names
 
 logger = logging.getLogger(__name__)
 
@@ -92,28 +93,24 @@ def check_stage_inputs(experiment: Experiment, stages: Sequence[str],
 
 def check_task_data(experiment: Experiment, stages: Sequence[str],
                     damaged: stage_records.Damaged) -> None:
-    """Reads, before any work, the data the stages still to run will ask for (a missing file or
-    a malformed record fails now, not hours in). Tasks cache what they read: stages reuse it."""
+    """Reads, before any work, the data the stages still to run will ask for (their records'
+    `task_data`: a missing file or a malformed record fails now, not hours in). Tasks cache
+    what they read: stages reuse it."""
     pending = {rounds.base_stage(stage) for stage in stages
                if stage_records.reason_to_run(experiment, stage, damaged) is not None}
-    if experiment.sft_checkpoint:
-        pending.discard("sft")
-    if experiment.ranker_checkpoint:
-        pending.discard("ranker")
-    task, eval_task = experiment.task, experiment.evaluation_task
-    prompts = experiment.sampling_task.sft_examples
-    reads = {"sft": [(task.sft_examples, "train")],
-             "ranker": [(task.comparisons, "train"), (task.comparisons, "validation")],
-             "sample": [(prompts, "train")],
-             "select": [(prompts, "train")] if experiment.needs_samples
-             else [(task.comparisons, "train")],
-             "preference": [(task.sft_examples, "validation")],
-             "evaluate": [(eval_task.sft_examples, "test")]}
     for stage in sorted(pending):
-        for read, split in reads.get(stage, []):
+        for read, split in stage_graph.record(stage).task_data(experiment):
             if not read(split):
                 raise ValueError(f"Stage {stage} needs the {split} split of "
                                  f"{read.__name__} but the task gives none; check its files.")
+
+
+def run_stage(context: StageContext, name: str) -> dict:
+    """Runs the work directory's stage `name` in its round, allowed to load the outputs of the
+    stages its record reads and no others."""
+    reads = fingerprints.upstream(context.experiment, name)
+    return stage_graph.record(name).run(
+        context.for_round(rounds.round_of(name)).for_stage(name, reads))
 
 
 def install_checkpoint(context: StageContext, stage: str, name: str, path: str) -> None:
@@ -126,13 +123,16 @@ def install_checkpoint(context: StageContext, stage: str, name: str, path: str) 
 
 
 def checked_stages(stages: Any) -> tuple[str, ...]:
-    """STAGES as a tuple of stage names; a single name (--gin.STAGES="'sft'") is that stage.
+    """STAGES as a tuple of stage names; a single name (--gin.STAGES="'sft'") is that stage,
+    None every stage.
 
     Raises:
       ValueError: naming STAGES, the unknown names and the closest stages, and the tuple
         syntax for several stages.
     """
     several = "several are a tuple: --gin.STAGES=\"('sft', 'ranker')\""
+    if stages is None:
+        return STAGES
     if isinstance(stages, str):
         stages = (stages,)
     if not isinstance(stages, (tuple, list)) or not all(isinstance(s, str) for s in stages):
@@ -148,7 +148,7 @@ def checked_stages(stages: Any) -> tuple[str, ...]:
 
 
 def run(experiment: Experiment, partitioner: Optional[partitioning.Partitioner] = None,
-        stages: Sequence[str] = STAGES) -> dict:
+        stages: Optional[Sequence[str]] = None) -> dict:
     """Runs the stages in order, skipping finished ones; returns the evaluation results."""
     stages = checked_stages(stages)
     context = StageContext(experiment, partitioner or partitioning.create_partitioner())

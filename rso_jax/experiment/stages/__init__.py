@@ -1,4 +1,5 @@
-"""The experiment's stages, in the order they run; each `run(context) -> summary dict`.
+"""The experiment's stages, in the order they run; each module's `STAGE` record (`stage.Stage`)
+declares what it reads, its settings and how it runs.
 
   sft         train the policy on SFT targets                    -> sft/params
   ranker      train the pairwise reward-ranker (flipped pairs)   -> ranker/params
@@ -20,24 +21,24 @@ With ROUNDS > 1, sample to evaluate run again in each later round, in round_<r>/
 """
 
 from rso_jax.experiment import rounds
+from rso_jax.experiment.stage import Stage
 from rso_jax.experiment.stages import (evaluate, preference, rank, reference, sample, score,
                                        select, sft)
 
-STAGES = ("sft", "ranker", "sample", "score", "select", "reference", "preference", "evaluate")
-RUN = {"sft": sft.run, "ranker": rank.run, "sample": sample.run, "score": score.run,
-       "select": select.run, "reference": reference.run, "preference": preference.run,
-       "evaluate": evaluate.run}
+RECORDS: tuple[Stage, ...] = tuple(module.STAGE for module in (
+    sft, rank, sample, score, select, reference, preference, evaluate))
+STAGES = tuple(record.name for record in RECORDS)
+_BY_NAME = {record.name: record for record in RECORDS}
+
+
+def record(name: str) -> Stage:
+    """The record of the work directory's stage `name` (of any round)."""
+    return _BY_NAME[rounds.base_stage(name)]
 
 
 def applies(experiment, stage: str) -> bool:
-    """Whether `stage` (of any round) is part of this experiment's method: sampling and
-    scoring only for selections from samples, reference log-probs only for preference pairs."""
-    stage = rounds.base_stage(stage)
-    if stage in ("sample", "score"):
-        return experiment.needs_samples
-    if stage == "reference":
-        return experiment.selection.makes_pairs
-    return True
+    """Whether `stage` (of any round) is part of this experiment's method."""
+    return record(stage).applies(experiment)
 
 
 def stage_names(experiment, stages=STAGES) -> list[str]:
@@ -47,8 +48,3 @@ def stage_names(experiment, stages=STAGES) -> list[str]:
             for round_index in range(1, experiment.rounds + 1) for stage in stages
             if (round_index == 1 or stage in rounds.ROUND_STAGES)
             and applies(experiment, stage)]
-
-
-def run_stage(context, name: str) -> dict:
-    """Runs the work directory's stage `name` in its round."""
-    return RUN[rounds.base_stage(name)](context.for_round(rounds.round_of(name)))

@@ -24,6 +24,8 @@ import numpy as np
 from rso_jax import atomic_io, autosxs, run_info
 from rso_jax.experiment import artifacts, best_of_n, checkpoint_inputs, metrics, report
 from rso_jax.experiment.context import StageContext
+from rso_jax.experiment import described_settings as described
+from rso_jax.experiment.stage import Stage
 
 NUM_EXAMPLES_SHOWN = 5
 
@@ -157,3 +159,22 @@ def run(context: StageContext) -> dict:
     return {"trained_proxy_win_rate_vs_sft_policy":
             rows["trained"]["proxy_win_rate_vs_sft_policy"],
             "trained_gold_win_rate_vs_sft_policy": rows["trained"]["gold_win_rate_vs_sft_policy"]}
+
+
+def settings(e) -> dict:
+    # Its results.json lives in WORK_DIR: with shared stages each WORK_DIR evaluates.
+    own = {"work_dir": described.absolute_path(e.work_dir)} if e.shared_stages_dir else {}
+    return {**own, "eval_task": described.describe(e.evaluation_task),
+            "num_eval_prompts": e.num_eval_prompts, "sampling": described.sampling(e),
+            "gold_ranker_checkpoint": described.absolute_path(e.gold_ranker_checkpoint),
+            "gold_ranker": described.describe(e.gold_ranker_config),
+            "autosxs_judge_checkpoint": described.absolute_path(e.autosxs_judge_checkpoint),
+            "autosxs_judge": described.describe(e.autosxs_judge_config),
+            **described.unless_default(autosxs_gold_temperature=e.autosxs_gold_temperature),
+            **({} if e.eval_best_of_n is None else {  # its samples' draws depend on these
+                "eval_best_of_n": e.eval_best_of_n, "seed": e.seed,
+                "sample_batch_size": e.inference_batch_sizes.sample})}
+
+
+STAGE = Stage("evaluate", run, settings, reads=lambda e: ("preference", "sft", "ranker"),
+              task_data=lambda e: ((e.evaluation_task.sft_examples, "test"),))

@@ -12,6 +12,8 @@ from rso_jax import batching, training
 from rso_jax.experiment import metrics, training_runs
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import reference, select
+from rso_jax.experiment import described_settings as described
+from rso_jax.experiment.stage import POLICY, Stage
 
 BEST_METRIC = "proxy_win_rate_vs_sft_target"
 
@@ -75,3 +77,18 @@ def run(context: StageContext) -> dict:
     return {"started_from": context.previous_policy,
             "final_metrics": summary["last_metrics"], "best": summary["best"],
             **training_runs.resume_summary(summary)}
+
+
+def settings(e) -> dict:
+    common = {"schedule": described.describe(e.preference), "task": described.describe(e.task),
+              "num_eval_prompts": e.num_eval_prompts, "sampling": described.sampling(e)}
+    if not e.selection.makes_pairs:  # SFT on the selected responses: no loss settings
+        return common
+    return {**common, "loss": e.loss, "gamma": e.gamma, "label_smoothing": e.label_smoothing,
+            **described.unless_default(regularization_weight=e.regularization_weight)}
+
+
+STAGE = Stage("preference", run, settings,
+              reads=lambda e: (("select", "reference", POLICY, "ranker")
+                               if e.selection.makes_pairs else ("select", POLICY, "ranker")),
+              task_data=lambda e: ((e.task.sft_examples, "validation"),))

@@ -20,6 +20,8 @@ import numpy as np
 from rso_jax import batching, reward_models, training
 from rso_jax.weights import tree
 from rso_jax.experiment import checkpoint_inputs, scorers, training_runs
+from rso_jax.experiment import described_settings as described
+from rso_jax.experiment.stage import Stage
 from rso_jax.experiment.context import StageContext
 
 
@@ -106,3 +108,20 @@ def run(context: StageContext) -> dict:
     return {"scorer": experiment.scorer,
             "validation_accuracy": accuracy(context, params, validation),
             **training_runs.resume_summary(summary)}
+
+
+def settings(e) -> dict:
+    scorer = described.unless_default(scorer=e.scorer)
+    if e.ranker_checkpoint:
+        return {"checkpoint": described.absolute_path(e.ranker_checkpoint),
+                "ranker": described.describe(e.ranker_config), **scorer}
+    return {"task": described.describe(e.task), "ranker": described.describe(e.ranker_config),
+            "schedule": described.describe(e.ranker),
+            "init_checkpoint": described.absolute_path(e.ranker_init_checkpoint),
+            "ranker_input_length": e.lengths.ranker_input, "response_length": e.lengths.response,
+            "ranker_sees_context": e.ranker_sees_context, **scorer}
+
+
+STAGE = Stage("ranker", run, settings,
+              task_data=lambda e: () if e.ranker_checkpoint else (
+                  (e.task.comparisons, "train"), (e.task.comparisons, "validation")))

@@ -8,6 +8,7 @@ import numpy as np
 
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import select
+from rso_jax.experiment.stage import REFERENCE_POLICY, Stage
 
 LOGPS_FILE = "logps.npz"
 
@@ -20,3 +21,7 @@ def run(context: StageContext) -> dict:
     context.save_arrays("reference", LOGPS_FILE, **logps)
     return {"policy": context.reference_policy, "pairs": int(len(logps["chosen"])),
             "mean_chosen_minus_rejected": float(np.mean(logps["chosen"] - logps["rejected"]))}
+
+
+STAGE = Stage("reference", run, lambda e: {}, reads=lambda e: ("select", REFERENCE_POLICY),
+              applies=lambda e: e.selection.makes_pairs)

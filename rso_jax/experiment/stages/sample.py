@@ -10,6 +10,8 @@ import time
 import jax
 
 from rso_jax.experiment.context import StageContext
+from rso_jax.experiment import described_settings as described
+from rso_jax.experiment.stage import POLICY, Stage
 
 SAMPLES_FILE = "samples.npz"
 
@@ -38,3 +40,15 @@ def run(context: StageContext) -> dict:
                         baseline=baseline.tokens[:, 0])
     return {"policy": context.previous_policy, "prompts": len(prompts), "candidates_per_prompt": experiment.sampling.num_candidates,
             "sampling_seconds": round(elapsed, 2)}
+
+
+def settings(e) -> dict:
+    return {"task": described.describe(e.task), "sampling": described.sampling(e),
+            **described.unless_default(sample_task=described.describe(e.sample_task)),
+            "num_sample_prompts": e.num_sample_prompts, "prompt_length": e.lengths.prompt,
+            "sample_batch_size": e.inference_batch_sizes.sample, "seed": e.seed}
+
+
+STAGE = Stage("sample", run, settings, reads=lambda e: (POLICY, "sft"),
+              task_data=lambda e: ((e.sampling_task.sft_examples, "train"),),
+              applies=lambda e: e.needs_samples)

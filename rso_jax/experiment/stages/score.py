@@ -9,6 +9,7 @@ import numpy as np
 
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import sample
+from rso_jax.experiment.stage import Stage
 
 REWARDS_FILE = "rewards.npz"
 
@@ -46,3 +47,9 @@ def run(context: StageContext) -> dict:
             rewards, gold.reshape(num_prompts, num_candidates))
     context.save_arrays("score", REWARDS_FILE, **arrays)
     return summary
+
+
+STAGE = Stage("score", run,
+              lambda e: {"ranker_input_length": e.lengths.ranker_input,
+                         "ranker_sees_context": e.ranker_sees_context},
+              reads=lambda e: ("sample", "ranker"), applies=lambda e: e.needs_samples)

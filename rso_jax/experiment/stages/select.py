@@ -30,6 +30,8 @@ import jax
 import numpy as np
 
 from rso_jax.experiment.context import StageContext
+from rso_jax.experiment import described_settings as described
+from rso_jax.experiment.stage import Stage
 from rso_jax.experiment.stages import sample, score
 from rso_jax.selection import (candidate_sets, pair_rules, rejection_sampling, sft_targets,
                                subsampling)
@@ -123,7 +125,7 @@ def _save_sft_targets(context: StageContext, config, samples, rewards, mask, key
         pairs = pair_rules.tournament_rank_pairs(everyone.indices_pk, everyone.valid_pk,
                                                  preference_fn=preference)
         prompt_index = np.arange(rewards.shape[0])
-        candidate_index = tournament_winners(pairs, rewards.shape)
+        candidate_index = np.asarray(pair_rules.tournament_winners(pairs, rewards.shape[1]))
         extra = {"ranker_comparisons": preference.comparisons}
     elif config.method == "best_of_n":
         best, has_candidates = sft_targets.raft_targets(rewards, mask)
@@ -151,14 +153,6 @@ def _save_kept(context: StageContext, shape, prompt_index, candidate_index) -> N
     mask = np.zeros(shape, bool)
     mask[prompt_index, candidate_index] = True
     context.save_arrays("select", KEPT_FILE, mask=mask)
-
-
-def tournament_winners(pairs: pair_rules.Pairs, shape: tuple[int, int]) -> np.ndarray:
-    """int [P]: the candidate of each prompt that no valid match of a tournament rejected."""
-    rejected = np.zeros(shape, bool)
-    prompts, slots = np.nonzero(np.asarray(pairs.valid_pm))
-    rejected[prompts, np.asarray(pairs.rejected_index_pm)[prompts, slots]] = True
-    return np.argmin(rejected, axis=1)
 
 
 class _RankerPreference:
@@ -189,3 +183,17 @@ class _RankerPreference:
             self.table[rows, seconds, firsts] = 1.0 - probability
             self.comparisons += int(rows.size)
         return self.table[prompts, first, second]
+
+
+def settings(e) -> dict:
+    if not e.needs_samples:  # the task's comparisons, as they are
+        return {"task": described.describe(e.task), "selection": described.describe(e.selection),
+                "num_sample_prompts": e.num_sample_prompts, "prompt_length": e.lengths.prompt,
+                "response_length": e.lengths.response}
+    return {"selection": described.describe(e.selection)}
+
+
+STAGE = Stage("select", run, settings,
+              reads=lambda e: ("sample", "score", "ranker") if e.needs_samples else (),
+              task_data=lambda e: (((e.sampling_task.sft_examples, "train"),) if e.needs_samples
+                                   else ((e.task.comparisons, "train"),)))

@@ -6,6 +6,8 @@ import functools
 
 from rso_jax import batching, training
 from rso_jax.experiment import checkpoint_inputs, training_runs
+from rso_jax.experiment import described_settings as described
+from rso_jax.experiment.stage import Stage
 from rso_jax.experiment.context import StageContext
 
 
@@ -24,3 +26,17 @@ def run(context: StageContext) -> dict:
         batching.sft_batch_from_tokens, context.partitioner)
     return {"final_loss": summary["last_metrics"].get("loss"), "examples": len(data),
             **training_runs.resume_summary(summary)}
+
+
+def settings(e) -> dict:
+    if e.sft_checkpoint:
+        return {"checkpoint": described.absolute_path(e.sft_checkpoint),
+                "policy": described.describe(e.policy_config)}
+    return {"task": described.describe(e.task), "policy": described.describe(e.policy_config),
+            "schedule": described.describe(e.sft),
+            "init_checkpoint": described.absolute_path(e.sft_init_checkpoint),
+            "prompt_length": e.lengths.prompt, "response_length": e.lengths.response}
+
+
+STAGE = Stage("sft", run, settings,
+              task_data=lambda e: () if e.sft_checkpoint else ((e.task.sft_examples, "train"),))
