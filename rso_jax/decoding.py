@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -237,7 +237,6 @@ def sample(model_config: t5.T5Config, params: Any, prompt_tokens: Array, rng: Ar
     variables = {"params": params}
     num_prompts = prompt_tokens.shape[0]
     num_candidates, max_length = sampling.num_candidates, sampling.max_decode_length
-    batch = num_prompts * num_candidates
 
     encoded = model.apply(variables, prompt_tokens, method=model.encode)
     cross_key_values = model.apply(variables, encoded,
@@ -247,6 +246,21 @@ def sample(model_config: t5.T5Config, params: Any, prompt_tokens: Array, rng: Ar
         return model.apply(variables, cross_key_values, prompt_tokens, tokens, position, caches,
                            method=model.decode_step)
 
+    logits, caches = _first_position(decode, model_config, num_prompts, sampling)
+    tokens, token_logps = _draw_until_done(decode, logits, caches, rng, sampling)
+    tokens = tokens.reshape(num_prompts, num_candidates, max_length)
+    token_logps = token_logps.reshape(num_prompts, num_candidates, max_length)
+    return SampleOutput(tokens=tokens, token_logps=token_logps,
+                        sequence_logps=token_logps.sum(axis=-1),
+                        lengths=response_lengths(tokens, sampling.eos_id))
+
+
+def _first_position(decode: Callable, model_config: t5.T5Config, num_prompts: int,
+                    sampling: SamplingConfig) -> tuple[Array, Any]:
+    """The logits and self-attention caches after the start token, decoded once per prompt and
+    repeated for its N candidates: ([P*N, V], caches for P*N rows)."""
+    num_candidates, max_length = sampling.num_candidates, sampling.max_decode_length
+    batch = num_prompts * num_candidates
     start_tokens = jnp.full((num_prompts,), vocabularies.DECODER_START_ID, jnp.int32)
     first_logits, first_caches = decode(
         start_tokens, jnp.zeros((), jnp.int32),
@@ -263,10 +277,17 @@ def sample(model_config: t5.T5Config, params: Any, prompt_tokens: Array, rng: Ar
         return jax.lax.dynamic_update_slice(empty_cache, per_candidate(first_cache[:, :, :1]),
                                             (0, 0, 0, 0))
 
-    logits = per_candidate(first_logits)
     caches = jax.tree_util.tree_map(with_first_position,
                                     t5.init_decode_cache(model_config, batch, max_length),
                                     first_caches)
+    return per_candidate(first_logits), caches
+
+
+def _draw_until_done(decode: Callable, logits: Array, caches: Any, rng: Array,
+                     sampling: SamplingConfig) -> tuple[Array, Array]:
+    """The loop: draw a token for every row, decode it, until every row has ended or the
+    length is reached. Returns (tokens int32 [rows, L], their log-probs float32 [rows, L])."""
+    batch, max_length = logits.shape[0], sampling.max_decode_length
 
     def draw(position, logits, tokens, token_logps, done):
         chosen, row_max = next_tokens(logits, jax.random.fold_in(rng, position), sampling)
@@ -295,12 +316,7 @@ def sample(model_config: t5.T5Config, params: Any, prompt_tokens: Array, rng: Ar
     # The last drawn position (max_length - 1; or, if every candidate has ended, a position
     # whose draws are all masked to padding).
     _, tokens, token_logps, _ = draw(position, logits, tokens, token_logps, done)
-
-    tokens = tokens.reshape(num_prompts, num_candidates, max_length)
-    token_logps = token_logps.reshape(num_prompts, num_candidates, max_length)
-    return SampleOutput(tokens=tokens, token_logps=token_logps,
-                        sequence_logps=token_logps.sum(axis=-1),
-                        lengths=response_lengths(tokens, sampling.eos_id))
+    return tokens, token_logps
 
 
 def response_lengths(tokens: Array, eos_id: int = vocabularies.EOS_ID) -> Array:
