@@ -248,9 +248,26 @@ def statistical_rejection_sampling(rewards_pn: Array, candidate_mask_pn: Array, 
     Returns:
       (selection: `indices_pk` [P, K] increasing, `valid_pk` [P, K]; per-prompt statistics).
     """
+    inv_beta = 1.0 / jnp.asarray(beta, jnp.float32)  # inf for beta = 0, 0 for beta = inf.
+    initial = _initial_rows(rewards_pn, candidate_mask_pn, key, num_samples)
+    num_valid_p = initial.num_valid_p
+    rows = _finish(initial, jnp.int32(0), _compaction_capacities(num_valid_p.shape[0]),
+                   inv_beta, num_samples)
+    stats = RejectionSamplingStats(
+        num_accepted=rows.count_p, num_rounds=rows.rounds_p,
+        acceptance_rate=jnp.where(num_valid_p > 0,
+                                  rows.passed_first_p / jnp.maximum(num_valid_p, 1),
+                                  jnp.nan).astype(jnp.float32),
+        num_trials=rows.trials_p)
+    return selection_from_words(rows.accepted_pw, num_samples), stats
+
+
+def _initial_rows(rewards_pn: Array, candidate_mask_pn: Array, key: Array,
+                  num_samples: int) -> "_Rows":
+    """Every prompt's state before the first round: all its valid candidates remaining
+    (padded to whole 32-bit words), none accepted."""
     rewards_pn = jnp.asarray(rewards_pn, jnp.float32)
     candidate_mask_pn = jnp.asarray(candidate_mask_pn, bool)
-    inv_beta = 1.0 / jnp.asarray(beta, jnp.float32)  # inf for beta = 0, 0 for beta = inf.
     num_prompts, num_candidates = rewards_pn.shape
     num_words = -(-num_candidates // WORD_BITS)
     if num_words * WORD_BITS > num_candidates:
@@ -263,24 +280,19 @@ def statistical_rejection_sampling(rewards_pn: Array, candidate_mask_pn: Array, 
     max_p = _row_max(jnp.where(unpack_bits(mask_pw), rewards_pn, -jnp.inf))
     zeros_p = jnp.zeros((num_prompts,), jnp.int32)
     seed_a_p, seed_b_p = _prompt_seeds(key, num_prompts)
-    rows = _Rows(rewards_pn=rewards_pn, seed_a_p=seed_a_p, seed_b_p=seed_b_p,
+    return _Rows(rewards_pn=rewards_pn, seed_a_p=seed_a_p, seed_b_p=seed_b_p,
                  remaining_pw=mask_pw, max_p=max_p, count_p=zeros_p,
                  num_valid_p=num_valid_p, target_p=jnp.minimum(num_valid_p, num_samples),
                  rounds_p=zeros_p, passed_first_p=zeros_p, trials_p=zeros_p,
                  accepted_pw=jnp.zeros((num_prompts, num_words), jnp.uint32))
+
+
+def _compaction_capacities(num_prompts: int) -> tuple[int, ...]:
+    """The batch sizes the last rounds shrink to, each `_COMPACTION_FACTOR` times smaller."""
     capacities = [num_prompts // _COMPACTION_FACTOR]
     while capacities[-1] // _COMPACTION_FACTOR >= _MIN_ROWS:
         capacities.append(capacities[-1] // _COMPACTION_FACTOR)
-    capacities = tuple(c for c in capacities if c >= _MIN_ROWS)
-    rows = _finish(rows, jnp.int32(0), capacities, inv_beta, num_samples)
-
-    stats = RejectionSamplingStats(
-        num_accepted=rows.count_p, num_rounds=rows.rounds_p,
-        acceptance_rate=jnp.where(num_valid_p > 0,
-                                  rows.passed_first_p / jnp.maximum(num_valid_p, 1),
-                                  jnp.nan).astype(jnp.float32),
-        num_trials=rows.trials_p)
-    return selection_from_words(rows.accepted_pw, num_samples), stats
+    return tuple(c for c in capacities if c >= _MIN_ROWS)
 
 
 def check_rewards(rewards_pn, candidate_mask_pn, name: str = "rewards_pn") -> None:
