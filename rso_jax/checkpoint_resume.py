@@ -149,36 +149,16 @@ def restore_newest_usable(checkpoint_dir: str, state: training.TrainState, max_t
     best_dir = os.path.join(run_dir, BEST_DIR)
     best_damaged, evaluate_again = _check_best(
         best_dir, unrecorded_ok=not checkpoint_checksums.keeps_checksums(checkpoint_dir))
-    unusable = []
-    restored, step = None, None
-    for candidate in sorted(manager.all_steps(), reverse=True):
-        path = os.path.join(checkpoint_dir, str(candidate))
-        if evaluate_again is not None and candidate >= evaluate_again:
-            problem = f"it was saved after the evaluation of step {evaluate_again}"
-        else:
-            restored, problem = _restore_checked(manager, path, candidate, state)
-        if problem is None:
-            step = candidate
-            break
-        logger.warning("Checkpoint %s cannot be restored (%s).", path, problem)
-        unusable.append(candidate)
+    restored, step, unusable = _newest_restorable(manager, checkpoint_dir, state, evaluate_again)
     best_unusable = best_damaged or (step is None and os.path.isdir(best_dir))
     if not unusable and not best_unusable:
         return manager, restored, step, False
     manager.close()
-    aside = os.path.join(run_dir, UNUSABLE_CHECKPOINTS_DIR)
     moves = [(os.path.join(checkpoint_dir, str(candidate)), str(candidate))
              for candidate in unusable]
     if best_unusable:
         moves.append((best_dir, BEST_DIR))
-    if processes.is_writer():
-        os.makedirs(aside, exist_ok=True)
-        for source, name in moves:
-            target, suffix = os.path.join(aside, name), 1
-            while os.path.exists(target):
-                target, suffix = os.path.join(aside, f"{name}.{suffix}"), suffix + 1
-            os.replace(source, target)
-    processes.barrier(f"unusable checkpoints of {checkpoint_dir} moved")
+    aside = _set_aside(run_dir, moves, checkpoint_dir)
     logger.warning("Moved %s to %s; %s.",
                    " and ".join(([f"the unusable checkpoints (steps "
                                   f"{', '.join(map(str, unusable))})"] if unusable else [])
@@ -188,6 +168,40 @@ def restore_newest_usable(checkpoint_dir: str, state: training.TrainState, max_t
                    else "no valid checkpoint is left, so training starts from step 0")
     return (checkpoint_manager(checkpoint_dir, max_to_keep, asynchronous), restored, step,
             step is None)
+
+
+def _newest_restorable(manager: Any, checkpoint_dir: str, state: training.TrainState,
+                       evaluate_again: Optional[int]) -> tuple[Any, Optional[int], list[int]]:
+    """(the restored items or None, their step or None, the newer steps that cannot be used),
+    newest first; a step saved after `evaluate_again` (a step whose evaluation is redone) is
+    not used."""
+    unusable = []
+    for candidate in sorted(manager.all_steps(), reverse=True):
+        path = os.path.join(checkpoint_dir, str(candidate))
+        if evaluate_again is not None and candidate >= evaluate_again:
+            problem = f"it was saved after the evaluation of step {evaluate_again}"
+        else:
+            restored, problem = _restore_checked(manager, path, candidate, state)
+        if problem is None:
+            return restored, candidate, unusable
+        logger.warning("Checkpoint %s cannot be restored (%s).", path, problem)
+        unusable.append(candidate)
+    return None, None, unusable
+
+
+def _set_aside(run_dir: str, moves: list[tuple[str, str]], checkpoint_dir: str) -> str:
+    """Moves each (source, name) into the run's UNUSABLE_CHECKPOINTS_DIR (a name taken gets a
+    numbered suffix); returns that directory."""
+    aside = os.path.join(run_dir, UNUSABLE_CHECKPOINTS_DIR)
+    if processes.is_writer():
+        os.makedirs(aside, exist_ok=True)
+        for source, name in moves:
+            target, suffix = os.path.join(aside, name), 1
+            while os.path.exists(target):
+                target, suffix = os.path.join(aside, f"{name}.{suffix}"), suffix + 1
+            os.replace(source, target)
+    processes.barrier(f"unusable checkpoints of {checkpoint_dir} moved")
+    return aside
 
 
 @jax.jit
