@@ -112,18 +112,42 @@ def draw_pairs(problem: Problem, key: Array, beta: float | Array, *, source: str
     Returns:
       `PreferencePairs` of B pairs.
     """
+    _check_source(source, pair_rule, num_candidates, num_samples)
+    num_visits = -(-num_pairs // pairs_per_visit(pair_rule, num_samples))
+    prompt_key, draw_key, select_key, label_key = jax.random.split(key, 4)
+    prompt_v = jax.random.randint(prompt_key, (num_visits,), 0, problem.sft_logps_pm.shape[0])
+    responses_vn, kept_indices_vk, kept_valid_vk, acceptance_rate = _kept_responses(
+        problem, prompt_v, draw_key, select_key, beta, source, num_candidates, num_samples)
+    rewards_vn = jnp.take_along_axis(problem.ranker_rewards_pm[prompt_v], responses_vn, axis=1)
+    pairs = PAIR_RULES[pair_rule](kept_indices_vk, kept_valid_vk,
+                                  preference_fn=_bradley_terry_labels(rewards_vn, label_key))
+    # Every slot is valid: K <= N responses per visit, all real.
+    chosen_vm = jnp.take_along_axis(responses_vn, pairs.chosen_index_pm, axis=1)
+    rejected_vm = jnp.take_along_axis(responses_vn, pairs.rejected_index_pm, axis=1)
+    prompt_vm = jnp.broadcast_to(prompt_v[:, None], chosen_vm.shape)
+    return PreferencePairs(prompt_b=prompt_vm.reshape(-1)[:num_pairs],
+                           chosen_b=chosen_vm.reshape(-1)[:num_pairs],
+                           rejected_b=rejected_vm.reshape(-1)[:num_pairs],
+                           acceptance_rate=acceptance_rate)
+
+
+def _check_source(source: str, pair_rule: str, num_candidates: int, num_samples: int) -> None:
     if source not in SOURCES:
         raise ValueError(f"Unknown pair source {source!r}; choose one of {SOURCES}.")
     if source in CANDIDATE_SOURCES and num_samples > num_candidates:
         raise ValueError(f"{source} keeps num_samples={num_samples} of num_candidates="
                          f"{num_candidates}: keep at most as many as are drawn.")
-    per_visit = pairs_per_visit(pair_rule, num_samples)
-    if per_visit < 1:
+    if pairs_per_visit(pair_rule, num_samples) < 1:
         raise ValueError(f"num_samples={num_samples} responses per visit make no "
                          f"{pair_rule} pair; keep at least 2.")
-    num_visits = -(-num_pairs // per_visit)
-    prompt_key, draw_key, select_key, label_key = jax.random.split(key, 4)
-    prompt_v = jax.random.randint(prompt_key, (num_visits,), 0, problem.sft_logps_pm.shape[0])
+
+
+def _kept_responses(problem: Problem, prompt_v: Array, draw_key: Array, select_key: Array,
+                    beta: float | Array, source: str, num_candidates: int,
+                    num_samples: int) -> tuple[Array, Array, Array, Array]:
+    """Each visit's responses drawn from the source's policy, and which of them are kept:
+    (responses [V, N or K], kept indices [V, K], kept valid [V, K], the mean acceptance rate
+    of rejection sampling, nan for the other sources)."""
     acceptance_rate = jnp.float32(jnp.nan)
     if source in CANDIDATE_SOURCES:
         responses_vn = _draw(problem.sft_logps_pm[prompt_v], draw_key, num_candidates)
@@ -138,23 +162,10 @@ def draw_pairs(problem: Problem, key: Array, beta: float | Array, *, source: str
             selection, stats = rejection_sampling.statistical_rejection_sampling(
                 rewards_vn, mask_vn, select_key, beta, num_samples)
             acceptance_rate = stats.acceptance_rate.mean()
-        kept_indices_vk, kept_valid_vk = selection.indices_pk, selection.valid_pk
-    else:
-        logps_pm = (problem.other_logps_pm if source == "direct"
-                    else optimal_policy_logps(problem, beta)[0])
-        responses_vn = _draw(logps_pm[prompt_v], draw_key, num_samples)
-        rewards_vn = jnp.take_along_axis(problem.ranker_rewards_pm[prompt_v], responses_vn,
-                                         axis=1)
-        kept_indices_vk = jnp.broadcast_to(jnp.arange(num_samples, dtype=jnp.int32),
-                                           responses_vn.shape)
-        kept_valid_vk = jnp.ones(responses_vn.shape, bool)
-    pairs = PAIR_RULES[pair_rule](kept_indices_vk, kept_valid_vk,
-                                  preference_fn=_bradley_terry_labels(rewards_vn, label_key))
-    # Every slot is valid: K <= N responses per visit, all real.
-    chosen_vm = jnp.take_along_axis(responses_vn, pairs.chosen_index_pm, axis=1)
-    rejected_vm = jnp.take_along_axis(responses_vn, pairs.rejected_index_pm, axis=1)
-    prompt_vm = jnp.broadcast_to(prompt_v[:, None], chosen_vm.shape)
-    return PreferencePairs(prompt_b=prompt_vm.reshape(-1)[:num_pairs],
-                           chosen_b=chosen_vm.reshape(-1)[:num_pairs],
-                           rejected_b=rejected_vm.reshape(-1)[:num_pairs],
-                           acceptance_rate=acceptance_rate)
+        return responses_vn, selection.indices_pk, selection.valid_pk, acceptance_rate
+    logps_pm = (problem.other_logps_pm if source == "direct"
+                else optimal_policy_logps(problem, beta)[0])
+    responses_vn = _draw(logps_pm[prompt_v], draw_key, num_samples)
+    kept_indices_vk = jnp.broadcast_to(jnp.arange(num_samples, dtype=jnp.int32),
+                                       responses_vn.shape)
+    return responses_vn, kept_indices_vk, jnp.ones(responses_vn.shape, bool), acceptance_rate
