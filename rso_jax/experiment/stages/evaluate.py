@@ -95,6 +95,26 @@ def held_out(context: StageContext) -> tuple[Any, list, list, np.ndarray]:
     return task, contexts, targets, context.encode_prompts([d.prompt for d in data])
 
 
+def _policy_rows(context: StageContext, decodes: dict[str, list[str]], contexts: list[str],
+                 targets: list[str], task: Any, gold: "GoldJudge", judge: Optional[Any],
+                 proxy) -> dict[str, dict]:
+    """Each policy's gold reward and win rates against the SFT targets (gold, proxy, AutoSxS),
+    and the trained policy's against the SFT policy."""
+    rows = {}
+    for name, texts in decodes.items():
+        rewards = gold.rewards(contexts, texts)
+        rows[name] = {"gold_reward": None if rewards is None else float(rewards.mean()),
+                      "gold_win_rate_vs_sft_target": gold.win_rate(contexts, texts, targets),
+                      "proxy_win_rate_vs_sft_target": proxy(texts, targets),
+                      "autosxs_win_rate_vs_sft_target": autosxs_win_rate(
+                          context, judge, task, contexts, texts, targets,
+                          context.experiment.seed)}
+    rows["trained"]["gold_win_rate_vs_sft_policy"] = gold.win_rate(contexts, decodes["trained"],
+                                                                   decodes["sft"])
+    rows["trained"]["proxy_win_rate_vs_sft_policy"] = proxy(decodes["trained"], decodes["sft"])
+    return rows
+
+
 def run(context: StageContext) -> dict:
     experiment = context.experiment
     task, contexts, targets, prompts = held_out(context)
@@ -117,17 +137,7 @@ def run(context: StageContext) -> dict:
     def proxy(first, second):
         return float(np.mean(proxy_outcomes(contexts, first, second)))
 
-    rows = {}
-    for name, texts in decodes.items():
-        rewards = gold.rewards(contexts, texts)
-        rows[name] = {"gold_reward": None if rewards is None else float(rewards.mean()),
-                      "gold_win_rate_vs_sft_target": gold.win_rate(contexts, texts, targets),
-                      "proxy_win_rate_vs_sft_target": proxy(texts, targets),
-                      "autosxs_win_rate_vs_sft_target": autosxs_win_rate(
-                          context, judge, task, contexts, texts, targets, experiment.seed)}
-    rows["trained"]["gold_win_rate_vs_sft_policy"] = gold.win_rate(contexts, decodes["trained"],
-                                                                   decodes["sft"])
-    rows["trained"]["proxy_win_rate_vs_sft_policy"] = proxy(decodes["trained"], decodes["sft"])
+    rows = _policy_rows(context, decodes, contexts, targets, task, gold, judge, proxy)
     target_rewards = gold.rewards(contexts, targets)
     results = {
         "task": experiment.task.name, "eval_task": task.name, "scorer": experiment.scorer,
