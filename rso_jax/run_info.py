@@ -12,12 +12,16 @@ from rso_jax import atomic_io
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 
 
-def write_gin_config(directory: str) -> None:
-    """Writes the operative gin config (or, before any configurable ran, the full config)."""
+def gin_config_text() -> str:
+    """The operative gin config (or, before any configurable ran, the full config)."""
     import gin
 
-    text = gin.operative_config_str() or gin.config_str()
-    atomic_io.write_text(os.path.join(directory, OPERATIVE_CONFIG_FILE), text)
+    return gin.operative_config_str() or gin.config_str()
+
+
+def write_gin_config(directory: str) -> None:
+    """Writes `gin_config_text()` into `directory`."""
+    atomic_io.write_text(os.path.join(directory, OPERATIVE_CONFIG_FILE), gin_config_text())
 
 
 def write_result(directory: str, name: str, value: Any) -> str:

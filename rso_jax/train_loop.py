@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -166,116 +167,160 @@ def train(state: training.TrainState, train_step: Callable, batches: BatchSource
       Preempted: Ctrl-C or SIGTERM arrived; a checkpoint of the step it ended was saved (and
         waited for).
     """
-    import orbax.checkpoint as ocp
-
     os.makedirs(work_dir, exist_ok=True)
     checkpoint_dir = os.path.join(work_dir, checkpoint_resume.CHECKPOINTS_DIR)
     manager, restored, resumed_from, started_over = checkpoint_resume.restore_newest_usable(
         checkpoint_dir, state, loop.keep_checkpoints, loop.async_checkpointing)
     run_info.write_gin_config(checkpoint_dir)
-    data_position = 0
-    seconds_before_resume = 0.0  # training time of earlier attempts, up to their checkpoint
-    last_metrics: dict[str, float] = {}
-    if restored is not None:
-        state, data_position = restored.state, int(restored.progress["data_position"])
-        seconds_before_resume = float(restored.progress.get("elapsed_seconds", 0.0))
-        last_metrics = dict(restored.progress.get("last_metrics", {}))
-        logger.info("Resumed from step %d (data position %d) in %s", resumed_from,
-                    data_position, checkpoint_dir)
-    best_dir = os.path.join(work_dir, checkpoint_resume.BEST_DIR)
-    best_path = os.path.join(best_dir, checkpoint_resume.BEST_FILE)
-    best = checkpoint_resume.read_best(best_path)
+    run = _Run.resumed(state, restored, resumed_from, checkpoint_dir,
+                       checkpoint_resume.read_best(_best_path(work_dir)))
     log = MetricsLog(work_dir, 0 if started_over else resumed_from)
-    step = int(jax.device_get(state.step))
-
-    def save(step_number: int) -> None:
-        progress = {"step": step_number, "data_position": data_position,
-                    "gin_config": _gin_config_text(), "last_metrics": last_metrics,
-                    "elapsed_seconds": seconds_before_resume + time.perf_counter() - start_time}
-        manager.save(step_number, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
-
-    def run_evaluation(step_number: int) -> None:
-        nonlocal best
-        metrics = {k: float(v) for k, v in evaluate(state.params).items()}
-        log.write(step_number, metrics, prefix="eval/")
-        logger.info("step %d eval %s", step_number, metrics)
-        if loop.best_metric:
-            if loop.best_metric not in metrics:
-                raise KeyError(f"LoopConfig.best_metric={loop.best_metric!r} is not among the "
-                               f"evaluation metrics {sorted(metrics)}.")
-            value = metrics[loop.best_metric]
-            if _is_better(value, None if best is None else best["value"], loop.best_mode):
-                best = {"step": step_number, "metric": loop.best_metric, "value": value}
-                orbax_params.save_params(state.params, model_config, best_dir)  # every process
-                atomic_io.write_json(best_path, best)
-                checkpoint_checksums.write(best_dir)
-
-    progress = _progress(loop, start=step)
-    iterator = batches(data_position)
-    start_time = time.perf_counter()
-    saved_step = resumed_from
+    progress = _progress(loop, start=run.step)
     signals = contextlib.ExitStack()
     signals.enter_context(stop_signals.listening())
     signals.enter_context(stop_signals.deferred())  # evaluations stop only at a step's end
-    stopping = None
     try:
-        while step < loop.num_steps:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                raise ValueError(f"The data ran out at position {data_position} before step "
-                                 f"{loop.num_steps}; make the batch source repeat.") from None
-            state, metrics = train_step(state, batch)
-            loss = float(jax.device_get(metrics["loss"]))
-            if not math.isfinite(loss):
-                manager.wait_until_finished()
-                raise NonFiniteLossError(
-                    f"Loss is {loss} at step {step + 1} (data position {data_position}); "
-                    f"training stopped and nothing was saved for this step. "
-                    + checkpoint_resume.last_good_checkpoint(manager, checkpoint_dir)
-                    + "Lower the learning rate or inspect that batch.")
-            step += 1
-            data_position += 1
-            if step % loop.log_every == 0 or step == loop.num_steps:
-                last_metrics = _to_floats(metrics)
-                last_metrics["steps_per_second"] = (step - (resumed_from or 0)) / (
-                    time.perf_counter() - start_time)
-                log.write(step, last_metrics, prefix="train/")
-                progress.set_postfix(step, loss)
-            progress.update(1)
-            if evaluate is not None and loop.eval_every and step % loop.eval_every == 0:
-                run_evaluation(step)
-            if step % loop.checkpoint_every == 0 or step == loop.num_steps:
-                save(step)
-                saved_step = step
-            stopping = stop_signals.agreed()  # every process: all stop here
-            if stopping is not None:
-                break
-        if stopping is not None:
-            if saved_step != step:
-                save(step)
-            manager.wait_until_finished()
-            raise Preempted(f"{stop_signals.describe(stopping)}; saved a checkpoint at step "
-                            f"{step} of {loop.num_steps} in {checkpoint_dir} and stopped. Run "
-                            "the same command again to resume from it.", stopping)
-        if evaluate is not None and (not loop.eval_every or step % loop.eval_every):
-            run_evaluation(step)
-        manager.wait_until_finished()
+        _train_steps(run, train_step, batches(run.data_position), loop, manager, checkpoint_dir,
+                     resumed_from, progress, log,
+                     None if evaluate is None else functools.partial(
+                         _evaluate, run, evaluate, loop, log, work_dir, model_config))
     finally:
         signals.close()
         progress.close()
         log.close()
         manager.close()
-    return state, {"step": step, "resumed_from": resumed_from, "last_metrics": last_metrics,
-                   "best": best, "checkpoint_dir": checkpoint_dir,
-                   "seconds_before_resume": round(seconds_before_resume, 2)}
+    return run.state, {"step": run.step, "resumed_from": resumed_from,
+                       "last_metrics": run.last_metrics, "best": run.best,
+                       "checkpoint_dir": checkpoint_dir,
+                       "seconds_before_resume": round(run.seconds_before_resume, 2)}
 
 
-def _gin_config_text() -> str:
-    import gin
+def _train_steps(run: "_Run", train_step: Callable, iterator: Iterator, loop: LoopConfig,
+                 manager: Any, checkpoint_dir: str, resumed_from: Optional[int], progress: Any,
+                 log: "MetricsLog", run_evaluation: Optional[Callable[[], None]]) -> None:
+    """The steps from `run.step` to `loop.num_steps`, logging, evaluating and saving on their
+    schedules; a stop signal saves the step reached and raises Preempted."""
+    run.start_time = time.perf_counter()
+    saved_step = resumed_from
+    stopping = None
+    while run.step < loop.num_steps:
+        loss = _one_step(run, train_step, iterator, loop, manager, checkpoint_dir)
+        if run.step % loop.log_every == 0 or run.step == loop.num_steps:
+            run.log_metrics(log, resumed_from)
+            progress.set_postfix(run.step, loss)
+        progress.update(1)
+        if run_evaluation is not None and loop.eval_every and run.step % loop.eval_every == 0:
+            run_evaluation()
+        if run.step % loop.checkpoint_every == 0 or run.step == loop.num_steps:
+            run.save(manager)
+            saved_step = run.step
+        stopping = stop_signals.agreed()  # every process: all stop here
+        if stopping is not None:
+            break
+    if stopping is not None:
+        if saved_step != run.step:
+            run.save(manager)
+        manager.wait_until_finished()
+        raise Preempted(f"{stop_signals.describe(stopping)}; saved a checkpoint at step "
+                        f"{run.step} of {loop.num_steps} in {checkpoint_dir} and stopped. "
+                        "Run the same command again to resume from it.", stopping)
+    if run_evaluation is not None and (not loop.eval_every or run.step % loop.eval_every):
+        run_evaluation()
+    manager.wait_until_finished()
 
-    return gin.operative_config_str() or gin.config_str()
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop carries from step to step, and writes into each checkpoint."""
+
+    state: training.TrainState
+    step: int
+    data_position: int = 0
+    seconds_before_resume: float = 0.0  # training time of earlier attempts, to their checkpoint
+    last_metrics: dict = dataclasses.field(default_factory=dict)
+    best: Optional[dict] = None
+    start_time: float = 0.0
+    metrics: dict = dataclasses.field(default_factory=dict)  # the last step's, on the device
+
+    @classmethod
+    def resumed(cls, state: training.TrainState, restored: Any, resumed_from: Optional[int],
+                checkpoint_dir: str, best: Optional[dict]) -> "_Run":
+        """The run from the initial `state`, or from the `restored` checkpoint's items."""
+        if restored is None:
+            return cls(state, int(jax.device_get(state.step)), best=best)
+        run = cls(restored.state, int(jax.device_get(restored.state.step)),
+                  data_position=int(restored.progress["data_position"]),
+                  seconds_before_resume=float(restored.progress.get("elapsed_seconds", 0.0)),
+                  last_metrics=dict(restored.progress.get("last_metrics", {})), best=best)
+        logger.info("Resumed from step %d (data position %d) in %s", resumed_from,
+                    run.data_position, checkpoint_dir)
+        return run
+
+    def save(self, manager: Any) -> None:
+        """A checkpoint of this step: the train state and the loop's progress."""
+        import orbax.checkpoint as ocp
+
+        progress = {"step": self.step, "data_position": self.data_position,
+                    "gin_config": run_info.gin_config_text(), "last_metrics": self.last_metrics,
+                    "elapsed_seconds": self.seconds_before_resume + time.perf_counter()
+                    - self.start_time}
+        manager.save(self.step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(self.state), progress=ocp.args.JsonSave(progress)))
+
+    def log_metrics(self, log: "MetricsLog", resumed_from: Optional[int]) -> None:
+        self.last_metrics = _to_floats(self.metrics)
+        self.last_metrics["steps_per_second"] = (self.step - (resumed_from or 0)) / (
+            time.perf_counter() - self.start_time)
+        log.write(self.step, self.last_metrics, prefix="train/")
+
+
+def _one_step(run: _Run, train_step: Callable, iterator: Iterator, loop: LoopConfig,
+              manager: Any, checkpoint_dir: str) -> float:
+    """Trains on the next batch; returns its loss. Raises NonFiniteLossError (saving nothing
+    for the step) when the loss is NaN or infinite."""
+    try:
+        batch = next(iterator)
+    except StopIteration:
+        raise ValueError(f"The data ran out at position {run.data_position} before step "
+                         f"{loop.num_steps}; make the batch source repeat.") from None
+    state, run.metrics = train_step(run.state, batch)
+    loss = float(jax.device_get(run.metrics["loss"]))
+    if not math.isfinite(loss):
+        manager.wait_until_finished()
+        raise NonFiniteLossError(
+            f"Loss is {loss} at step {run.step + 1} (data position {run.data_position}); "
+            f"training stopped and nothing was saved for this step. "
+            + checkpoint_resume.last_good_checkpoint(manager, checkpoint_dir)
+            + "Lower the learning rate or inspect that batch.")
+    run.state = state
+    run.step += 1
+    run.data_position += 1
+    return loss
+
+
+def _best_path(work_dir: str) -> str:
+    return os.path.join(work_dir, checkpoint_resume.BEST_DIR, checkpoint_resume.BEST_FILE)
+
+
+def _evaluate(run: _Run, evaluate: Evaluator, loop: LoopConfig, log: "MetricsLog",
+              work_dir: str, model_config: model_spec.ModelSpec) -> None:
+    """Evaluates the current parameters; keeps them in best/ when they are the best so far
+    by `loop.best_metric`."""
+    metrics = {k: float(v) for k, v in evaluate(run.state.params).items()}
+    log.write(run.step, metrics, prefix="eval/")
+    logger.info("step %d eval %s", run.step, metrics)
+    if not loop.best_metric:
+        return
+    if loop.best_metric not in metrics:
+        raise KeyError(f"LoopConfig.best_metric={loop.best_metric!r} is not among the "
+                       f"evaluation metrics {sorted(metrics)}.")
+    value = metrics[loop.best_metric]
+    if _is_better(value, None if run.best is None else run.best["value"], loop.best_mode):
+        run.best = {"step": run.step, "metric": loop.best_metric, "value": value}
+        best_dir = os.path.join(work_dir, checkpoint_resume.BEST_DIR)
+        orbax_params.save_params(run.state.params, model_config, best_dir)  # every process
+        atomic_io.write_json(_best_path(work_dir), run.best)
+        checkpoint_checksums.write(best_dir)
 
 
 class _LoggedProgress:
