@@ -38,7 +38,7 @@ import os
 import threading
 from typing import Any, Iterable, Optional, Sequence
 
-from rso_jax import atomic_io, file_checksums, processes
+from rso_jax.runtime import atomic_io, file_checksums, processes
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from typing import Any, Optional
 
 import jax
 
-from rso_jax import checkpoint_checksums, processes, training
+from rso_jax import checkpoint_checksums, training
+from rso_jax.runtime import processes
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rso_jax import atomic_io
+from rso_jax.runtime import atomic_io
 from rso_jax import main as entry_point
 from rso_jax import sweep as sweep_lib
 from rso_jax.sweep_tables import to_csv, to_markdown
@@ -141,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bindings, unknown = entry_point.gin_flag_bindings(rest)
     if unknown:
         parser.error(f"unrecognised argument {unknown[0]!r}; bindings are --gin.NAME=VALUE")
-    from rso_jax import cpu_tuning
+    from rso_jax.runtime import cpu_tuning
 
     cpu_tuning.restrict_ynnpack_to_dots()  # before any JAX computation; CPU backend only
     import jax

@@ -24,7 +24,8 @@ import re
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from rso_jax import cpu_tuning, gin_macros
+from rso_jax import gin_macros
+from rso_jax.runtime import cpu_tuning
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "configs/demo_rso.gin"
@@ -205,7 +206,8 @@ def check_required_settings(gin_files: Sequence[str], required: Sequence[str]) -
 def run(job: Callable[[], Any], initialize_distributed: str | bool = "auto") -> Any:
     """Starts multi-host JAX when asked for (the log lines then name their process), then runs
     the gin-bound job."""
-    from rso_jax import partitioning, processes
+    from rso_jax import partitioning
+    from rso_jax.runtime import processes
 
     if partitioning.maybe_initialize_distributed(initialize_distributed):
         processes.tag_log_lines()
@@ -224,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     number after Ctrl-C (130) or SIGTERM (143) stopped the run at a safe point."""
     import gin
 
-    from rso_jax import run_log, stop_signals
+    from rso_jax.runtime import run_log, stop_signals
 
     run_log.configure_console()
     with stop_signals.listening():  # from here on Ctrl-C raises nothing where it lands
@@ -262,7 +264,7 @@ def _configured_work_dir() -> Optional[str]:
 def stopped_line(stopped: Exception) -> str:
     """What a run stopped by a signal says: 'interrupted: sample: Ctrl-C (SIGINT) received;
     ...' (`stop_signals.Stopped`, with the stage it stopped in)."""
-    from rso_jax import failures
+    from rso_jax.runtime import failures
 
     stage = failures.stage_of(stopped)
     return f"{stopped.kind}: {f'{stage}: ' if stage else ''}{without_gin_notes(stopped)}"
@@ -273,7 +275,7 @@ def _failure_exit_code(error: Exception, log: Optional[Any]) -> int:
     the path; the traceback goes to the run's log file `log`, a `run_log.RunLog`, only) and
     returns the exit status; re-raises an error of no known kind (a bug), whose traceback the
     console shows too."""
-    from rso_jax import failures, stop_signals
+    from rso_jax.runtime import failures, stop_signals
 
     if isinstance(error, stop_signals.Stopped):  # not a failure: one line, here and in the log
         line = stopped_line(error)

@@ -23,7 +23,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rso_jax import model_spec, processes
+from rso_jax import model_spec
+from rso_jax.runtime import processes
 from rso_jax.weights import tree
 
 logger = logging.getLogger(__name__)

@@ -439,7 +439,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan["gin_files"], plan["bindings"] = list(gin_files), list(bindings)
     print(markdown_table(plan))
     if args.output:
-        from rso_jax import atomic_io
+        from rso_jax.runtime import atomic_io
         atomic_io.write_json(args.output, plan)
     return 0
 

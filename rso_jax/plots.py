@@ -53,7 +53,7 @@ def save_figure(figure, path: str) -> str:
     """Writes `figure` as a PNG at `path` atomically, closes it and returns the path."""
     import io
 
-    from rso_jax import atomic_io
+    from rso_jax.runtime import atomic_io
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")

@@ -51,7 +51,7 @@ import shlex
 import sys
 from typing import Any, Optional, Sequence
 
-from rso_jax import atomic_io
+from rso_jax.runtime import atomic_io
 from rso_jax import main as entry_point
 from rso_jax.sweep_tables import (SEED_AXIS, point_results, summary_rows, table_rows, to_csv,
                                   to_markdown)
@@ -266,7 +266,7 @@ def run_points(sweep: Sweep, points: Sequence[Point], sweep_dir: str,
     has their shapes); returns the names of those that failed (each is logged and the sweep
     goes on). Ctrl-C or SIGTERM stops the sweep (`stop_signals`): run it again to resume."""
     import gin
-    from rso_jax import stop_signals
+    from rso_jax.runtime import stop_signals
 
     failed = []
     for index, point in enumerate(points):
@@ -360,7 +360,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bindings, unknown = entry_point.gin_flag_bindings(rest)
     if unknown:
         parser.error(f"unrecognised argument {unknown[0]!r}; bindings are --gin.NAME=VALUE")
-    from rso_jax import cpu_tuning
+    from rso_jax.runtime import cpu_tuning
 
     cpu_tuning.restrict_ynnpack_to_dots()  # before any JAX computation; CPU backend only
     try:
@@ -380,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = []
     if not args.report:
         import jax
-        from rso_jax import stop_signals
+        from rso_jax.runtime import stop_signals
 
         if not jax.config.jax_compilation_cache_dir:  # points recompile the same functions
             jax.config.update("jax_compilation_cache_dir",

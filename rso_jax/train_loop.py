@@ -38,8 +38,8 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import numpy as np
 
-from rso_jax import (atomic_io, checkpoint_checksums, checkpoint_resume, model_spec, processes,
-                     run_info, stop_signals, training)
+from rso_jax import checkpoint_checksums, checkpoint_resume, model_spec, training
+from rso_jax.runtime import atomic_io, processes, run_info, stop_signals
 from rso_jax.weights import orbax_params
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rso_jax import model_sizes, partitioning, reward_models  # noqa: E402
-from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
+from rso_jax.runtime.run_info import machine_description, report_benchmark  # noqa: E402
 
 A_TOKEN, B_TOKEN = 71, 272  # T5's '▁A' and '▁B'; any two ids cost the same
 

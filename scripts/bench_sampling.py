@@ -22,9 +22,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import cpu_tuning, decoding, model_sizes, t5  # noqa: E402
+from rso_jax import decoding, model_sizes, t5  # noqa: E402
+from rso_jax.runtime import cpu_tuning
 from rso_jax.weights import hf  # noqa: E402
-from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
+from rso_jax.runtime.run_info import machine_description, report_benchmark  # noqa: E402
 
 NEVER = -1  # an EOS id no token can equal: every candidate runs the full length
 
@@ -103,7 +104,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip_hf", action="store_true", help="only time our sampler")
     parser.add_argument("--output", default="bench_results/bench_sampling.json")
     parser.add_argument("--no_cpu_tuning", action="store_true",
-                        help="leave XLA:CPU's YNNPACK fusions as they are (rso_jax.cpu_tuning)")
+                        help="leave XLA:CPU's YNNPACK fusions as they are "
+                             "(rso_jax.runtime.cpu_tuning)")
     args = parser.parse_args(argv)
     if not args.no_cpu_tuning:
         cpu_tuning.restrict_ynnpack_to_dots()  # what rso_jax.main does

@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     import numpy as np
     from jax.sharding import PartitionSpec
 
-    from rso_jax.run_info import report_benchmark
+    from rso_jax.runtime.run_info import report_benchmark
     from rso_jax.selection.rejection_sampling import statistical_rejection_sampling
 
     rng = np.random.default_rng(args.seed)

@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f"--only: unknown benchmarks {unknown}; they are {list(settings)}.")
 
-    from rso_jax import atomic_io  # (no JAX in this process: the benchmarks own the devices)
+    from rso_jax.runtime import atomic_io  # (no JAX here: the benchmarks own the devices)
 
     suite = {"suite": "tiny" if args.tiny else "accelerator", "benchmarks": {}}
     for name in names:

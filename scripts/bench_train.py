@@ -29,10 +29,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import (batching, cpu_tuning, model_sizes, partitioning, scoring,  # noqa: E402
-                     t5, training)
+from rso_jax import batching, model_sizes, partitioning, scoring, t5, training  # noqa: E402
+from rso_jax.runtime import cpu_tuning
 from rso_jax.weights import hf  # noqa: E402
-from rso_jax.run_info import machine_description, report_benchmark  # noqa: E402
+from rso_jax.runtime.run_info import machine_description, report_benchmark  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
@@ -155,7 +155,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip_torch", action="store_true")
     parser.add_argument("--output", default="bench_results/bench_train.json")
     parser.add_argument("--no_cpu_tuning", action="store_true",
-                        help="leave XLA:CPU's YNNPACK fusions as they are (rso_jax.cpu_tuning)")
+                        help="leave XLA:CPU's YNNPACK fusions as they are "
+                             "(rso_jax.runtime.cpu_tuning)")
     args = parser.parse_args(argv)
     if not args.no_cpu_tuning:
         cpu_tuning.restrict_ynnpack_to_dots()  # what rso_jax.main does

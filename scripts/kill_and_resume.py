@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     import shutil
 
     sys.path.insert(0, REPO_ROOT)
-    from rso_jax import run_info
+    from rso_jax.runtime import run_info
     from rso_jax.experiment.stages import STAGES
 
     args = parse_args(argv)

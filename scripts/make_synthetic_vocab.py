@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import sentencepiece
 
-from rso_jax import atomic_io
+from rso_jax.runtime import atomic_io
 from rso_jax.data.synthetic import generator as synthetic_data
 from rso_jax.data.synthetic import gold as synthetic_gold
 from rso_jax.data.synthetic import task as synthetic_task

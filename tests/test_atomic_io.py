@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from experiment_helpers import with_file_size_limit
-from rso_jax import atomic_io
+from rso_jax.runtime import atomic_io
 from t5_helpers import REPO_ROOT
 
 

@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-from rso_jax import failures
+from rso_jax.runtime import failures
 
 # What orbax raised when TensorStore could not write a checkpoint's array past a file size limit.
 TENSORSTORE_MESSAGE = (

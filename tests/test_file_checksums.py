@@ -3,7 +3,7 @@
 import hashlib
 import os
 
-from rso_jax import atomic_io, file_checksums
+from rso_jax.runtime import atomic_io, file_checksums
 
 
 def make_files(root):

@@ -53,7 +53,7 @@ def test_missing_gin_file_is_named(tmp_path):
 
 
 def test_cpu_tuning_adds_its_flag_once_and_respects_the_users_choice():
-    from rso_jax import cpu_tuning
+    from rso_jax.runtime import cpu_tuning
     environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     assert cpu_tuning.restrict_ynnpack_to_dots(environ)
     assert environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=8 "

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import experiment_helpers
-from rso_jax import atomic_io
+from rso_jax.runtime import atomic_io
 from t5_helpers import REPO_ROOT
 
 MESH_FLAGS = ["--gin.DATA_PARALLELISM=4", "--gin.MODEL_PARALLELISM=2"]

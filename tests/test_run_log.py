@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from rso_jax import run_log
+from rso_jax.runtime import run_log
 
 
 def record(message, error=None):

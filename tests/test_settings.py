@@ -196,7 +196,7 @@ def test_a_damaged_stage_and_unrecorded_work_start_afresh(recorded_stages, caplo
 
 
 def test_a_deletion_cut_short_leaves_a_leftover_that_the_next_run_removes(tmp_path):
-    from rso_jax import atomic_io
+    from rso_jax.runtime import atomic_io
     stage = tmp_path / "preference"
     (stage / "checkpoints" / "10").mkdir(parents=True)
     real_rmtree = atomic_io.shutil.rmtree

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rso_jax import stop_signals
+from rso_jax.runtime import stop_signals
 from t5_helpers import REPO_ROOT
 
 
@@ -60,7 +60,7 @@ def test_sigterm_stops_with_143_though_a_library_took_it_meanwhile():
 # it blocks SIGINT (which then lands on another thread) and waits for a read that never comes.
 STUCK = """
 import os, signal
-from rso_jax import stop_signals
+from rso_jax.runtime import stop_signals
 with stop_signals.listening():
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     never_written, _ = os.pipe()

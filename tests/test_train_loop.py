@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import (batching, checkpoint_checksums, file_checksums, t5, partitioning, train_loop,
-                     training)
+from rso_jax import batching, checkpoint_checksums, t5, partitioning, train_loop, training
+from rso_jax.runtime import file_checksums
 from rso_jax.weights import orbax_params
 from damage_helpers import flip_bytes
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens

@@ -205,7 +205,7 @@ def summary(rows: Rows, seeds: int) -> str:
 
 def write_report(results_path: str, work_dir: str) -> str:
     """Writes summary.md and the figures from results.csv; returns summary.md's path."""
-    from rso_jax import atomic_io
+    from rso_jax.runtime import atomic_io
     from rso_jax.exact import figures
 
     rows = read_rows(results_path)

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rso_jax import atomic_io
+from rso_jax.runtime import atomic_io
 from rso_jax.exact import pair_sources, problems
 from rso_jax.exact.fit import FitConfig, fit_policy
 

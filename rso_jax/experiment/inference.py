@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from rso_jax import (decoding, t5, partitioning, processes, reward_models, scoring,
-                     stop_signals)
+from rso_jax import decoding, t5, partitioning, reward_models, scoring
+from rso_jax.runtime import processes, stop_signals
 
 
 def check_batch_size(name: str, batch_size: int, partitioner: partitioning.Partitioner) -> None:

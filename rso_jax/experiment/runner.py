@@ -13,8 +13,8 @@ import os
 import time
 from typing import Any, Optional, Sequence
 
-from rso_jax import (atomic_io, failures, partitioning, processes, reward_models,
-                     stop_signals, vocabularies)
+from rso_jax import partitioning, reward_models, vocabularies
+from rso_jax.runtime import atomic_io, failures, processes, stop_signals
 from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, inference,
                                 rounds, shared_stages, stage_records)
 from rso_jax.experiment.config import Experiment

@@ -20,7 +20,7 @@ import os
 import time
 from typing import Iterator, Sequence
 
-from rso_jax import atomic_io, processes
+from rso_jax.runtime import atomic_io, processes
 from rso_jax.experiment import artifacts, fingerprints
 from rso_jax.experiment.config import Experiment
 

@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Optional, Sequence
 
-from rso_jax import atomic_io, processes
+from rso_jax.runtime import atomic_io, processes
 from rso_jax.experiment import artifacts, fingerprints
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.stages import STAGES, stage_names

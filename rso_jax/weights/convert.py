@@ -31,7 +31,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from rso_jax import atomic_io, t5
+from rso_jax import t5
+from rso_jax.runtime import atomic_io
 from rso_jax.weights import formats, hf, orbax_params, t5x, tree
 
 WRITE_FORMATS = formats.FORMATS

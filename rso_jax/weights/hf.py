@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from rso_jax import atomic_io, processes, t5
+from rso_jax import t5
+from rso_jax.runtime import atomic_io, processes
 from rso_jax.weights import hf_keys, read_errors, tree
 
 CONFIG_FILE = "config.json"

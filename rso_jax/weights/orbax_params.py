@@ -17,7 +17,8 @@ from typing import Any, Mapping, Optional
 
 import jax
 
-from rso_jax import atomic_io, model_spec
+from rso_jax import model_spec
+from rso_jax.runtime import atomic_io
 from rso_jax.weights import read_errors, tree
 
 PARAMS_SUBDIR = "params"

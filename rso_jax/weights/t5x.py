@@ -25,7 +25,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from rso_jax import atomic_io, t5
+from rso_jax import t5
+from rso_jax.runtime import atomic_io
 from rso_jax.weights import read_errors, t5x_adafactor, tree
 
 MSGPACK_FILE = "checkpoint"

@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from rso_jax import atomic_io, autosxs, run_info
+from rso_jax import autosxs
+from rso_jax.runtime import atomic_io, run_info
 from rso_jax.experiment import artifacts, best_of_n, checkpoint_inputs, metrics, report
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment import described_settings as described

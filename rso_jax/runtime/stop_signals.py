@@ -30,7 +30,7 @@ import signal
 import threading
 from typing import Iterator, Optional
 
-from rso_jax import processes
+from rso_jax.runtime import processes
 
 logger = logging.getLogger(__name__)
 

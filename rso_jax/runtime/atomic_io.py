@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from typing import Any, Iterator
 
-from rso_jax import processes
+from rso_jax.runtime import processes
 
 _TEMPORARY_MARK = ".partial-"  # in the name of every temporary file or directory written here
 

@@ -100,7 +100,7 @@ class RunLog(logging.Handler):
         """sys.unraisablehook while the run goes: an error Python ignores goes to the file."""
         where = f" in {unraisable.object!r}" if unraisable.object is not None else ""
         self.handle(logging.LogRecord(
-            "rso_jax.run_log", logging.WARNING, __file__, 0,
+            "rso_jax.runtime.run_log", logging.WARNING, __file__, 0,
             f"{unraisable.err_msg or 'Exception ignored'}{where}:", None,
             (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)))
 

@@ -11,7 +11,7 @@ import hashlib
 import os
 from typing import Collection, Iterable, Iterator, Optional
 
-from rso_jax import atomic_io
+from rso_jax.runtime import atomic_io
 
 Record = dict[str, dict]  # relative path -> {'bytes': int, 'sha256': str}
 

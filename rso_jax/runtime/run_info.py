@@ -7,7 +7,7 @@ import os
 import platform
 from typing import Any
 
-from rso_jax import atomic_io
+from rso_jax.runtime import atomic_io
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 
