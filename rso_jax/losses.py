@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from rso_jax import scoring
+from rso_jax.sampling import scoring
 
 Array = jax.Array
 Metrics = dict[str, Array]

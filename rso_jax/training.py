@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rso_jax import batching, losses, model_spec, t5, partitioning, scoring, vocabularies
+from rso_jax import batching, losses, model_spec, t5, partitioning, vocabularies
+from rso_jax.sampling import scoring
 from rso_jax.weights import tree
 
 Array = jax.Array

@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import batching, model_sizes, partitioning, scoring, t5, training  # noqa: E402
+from rso_jax import batching, model_sizes, partitioning, t5, training  # noqa: E402
+from rso_jax.sampling import scoring
 from rso_jax.runtime import cpu_tuning
 from rso_jax.weights import hf  # noqa: E402
 from rso_jax.runtime.run_info import machine_description, report_benchmark  # noqa: E402

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rso_jax import decoding, t5, partitioning, scoring
+from rso_jax import t5, partitioning
+from rso_jax.sampling import decoding, scoring
 from rso_jax.weights import hf
 from t5_helpers import padded_tokens, random_hf_t5
 

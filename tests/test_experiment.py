@@ -311,7 +311,7 @@ def test_a_running_stage_loads_only_what_its_record_reads(tmp_path):
 
 
 def decoding_config():
-    from rso_jax import decoding
+    from rso_jax.sampling import decoding
     return decoding.SamplingConfig(num_candidates=8, max_decode_length=8)
 
 

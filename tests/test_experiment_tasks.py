@@ -189,7 +189,8 @@ def test_a_checkpoint_of_the_wrong_size_fails_before_any_stage(tldr_flags, tmp_p
 
 
 def test_paper_tldr_configuration_builds_at_abstract_shapes():
-    from rso_jax import decoding, t5, partitioning, reward_models
+    from rso_jax import t5, partitioning, reward_models
+    from rso_jax.sampling import decoding
     tldr_files = os.path.join(REPO_ROOT, "tests", "data")
     experiment = build_experiment([
         "--gin_file=configs/tldr_rso.gin",

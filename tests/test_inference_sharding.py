@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rso_jax import decoding, t5, partitioning, reward_models, scoring
+from rso_jax import t5, partitioning, reward_models
+from rso_jax.sampling import decoding, scoring
 from rso_jax.weights import tree
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, t5, partitioning, scoring, training
+from rso_jax import batching, t5, partitioning, training
+from rso_jax.sampling import scoring
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
 A_TOKEN, B_TOKEN = 65, 66

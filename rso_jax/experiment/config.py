@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 import optax
 
-from rso_jax import decoding, losses, setting_types, t5, training
+from rso_jax import losses, setting_types, t5, training
+from rso_jax.sampling import decoding
 from rso_jax.data import task as task_lib
 
 # Which responses are kept (NUM_SAMPLES of NUM_CANDIDATES): rso-sample-rank, sft-sample-rank,

@@ -14,7 +14,8 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from rso_jax import decoding, t5, partitioning
+from rso_jax import t5, partitioning
+from rso_jax.sampling import decoding
 from rso_jax.data import task as task_lib
 from rso_jax.data import text_codec
 from rso_jax.experiment import artifacts, inference, rounds, scorers

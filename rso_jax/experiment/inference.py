@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from rso_jax import decoding, t5, partitioning, reward_models, scoring
+from rso_jax import t5, partitioning, reward_models
+from rso_jax.sampling import decoding, scoring
 from rso_jax.runtime import processes, stop_signals
 
 
