@@ -30,8 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from rso_jax.runtime import atomic_io
-from rso_jax import main as entry_point
-from rso_jax import sweep as sweep_lib
+from rso_jax import main as entry_point, sweep as sweep_lib
 from rso_jax.sweep_tables import to_csv, to_markdown
 
 logger = logging.getLogger("rso_jax.gold_by_step")
@@ -46,7 +45,7 @@ def checkpoint_params(context, step: int):
     """The policy parameters of preference training's checkpoint at `step` (checked against
     its checksums, `checkpoint_resume.step_params`), on their shards."""
     import jax
-    from rso_jax import checkpoint_resume
+    from rso_jax.training import checkpoint_resume
 
     directory = os.path.join(context.directory("preference"), checkpoint_resume.CHECKPOINTS_DIR)
     try:

@@ -130,7 +130,8 @@ def preference_train_step(experiment: Any) -> StageFunction:
     import jax
     import numpy as np
 
-    from rso_jax import batching, training
+    from rso_jax import batching
+    from rso_jax.training import train_steps
     from rso_jax.experiment.stages import preference
 
     config, lengths = experiment.policy_config, experiment.lengths
@@ -153,12 +154,12 @@ def preference_train_step(experiment: Any) -> StageFunction:
             batch = batching.SftBatch(**abstract_batch(
                 partitioner, inputs=(rows, prompt), targets=(rows, response),
                 loss_weights=(rows, response)))
-        step = training.make_train_step(partitioner, config, optimizer,
+        step = train_steps.make_train_step(partitioner, config, optimizer,
                                         preference.loss_function(experiment), batch,
                                         grad_accum_steps=schedule.grad_accum_steps)
-        shardings = training.state_shardings(partitioner, config, optimizer)
+        shardings = train_steps.state_shardings(partitioner, config, optimizer)
         shapes = jax.eval_shape(
-            lambda params: training.create_train_state(params, optimizer, jax.random.PRNGKey(0)),
+            lambda params: train_steps.create_train_state(params, optimizer, jax.random.PRNGKey(0)),
             config.param_shapes())
         state = jax.tree_util.tree_map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes,
                                        shardings)

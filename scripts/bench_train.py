@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import batching, model_sizes, partitioning, t5, training  # noqa: E402
+from rso_jax import batching, model_sizes, partitioning, t5  # noqa: E402
+from rso_jax.training import optimizers, train_steps
 from rso_jax.sampling import scoring
 from rso_jax.runtime import cpu_tuning
 from rso_jax.weights import hf  # noqa: E402
@@ -71,11 +72,11 @@ def bench_ours(config, params, prompts, chosen, rejected, args):
     batch = batching.preference_batch_from_tokens(
         prompts, chosen, rejected, reference_chosen_logps=np.asarray(reference_chosen),
         reference_rejected_logps=np.asarray(reference_rejected))
-    optimizer = training.adafactor(learning_rate=1e-5)
-    loss_fn = functools.partial(training.preference_loss, model_config=config,
+    optimizer = optimizers.adafactor(learning_rate=1e-5)
+    loss_fn = functools.partial(train_steps.preference_loss, model_config=config,
                                 loss_name="sigmoid_norm", gamma=0.05)
-    step = training.make_train_step(partitioner, config, optimizer, loss_fn, batch)
-    state = training.place_state(partitioner, config, optimizer, sharded_params,
+    step = train_steps.make_train_step(partitioner, config, optimizer, loss_fn, batch)
+    state = train_steps.place_state(partitioner, config, optimizer, sharded_params,
                                  jax.random.PRNGKey(0))
     batch = partitioner.shard_batch(batch)
     start = time.perf_counter()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rso_jax import checkpoint_checksums
+from rso_jax.training import checkpoint_checksums
 
 
 def make_step_dir(root):
@@ -113,7 +113,7 @@ def test_one_kept_steps_parameters_are_read_only_as_saved(tmp_path):
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from rso_jax import checkpoint_resume
+    from rso_jax.training import checkpoint_resume
 
     checkpoint_dir = tmp_path / checkpoint_resume.CHECKPOINTS_DIR
     step_dir = checkpoint_dir / "4"

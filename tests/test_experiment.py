@@ -50,7 +50,7 @@ def test_every_stage_runs_and_writes_results(finished_run):
     select = json.load(open(work_dir / "select" / "DONE.json"))
     assert select["pairs"] > 0 and 0 < select["acceptance_rate"] <= 1
     assert "\r" not in result.stderr  # no progress bar in a redirected log; lines instead:
-    assert "rso_jax.train_loop: sft step 12/12 loss" in result.stderr
+    assert "rso_jax.training.train_loop: sft step 12/12 loss" in result.stderr
 
 
 def test_what_the_experiment_writes_gets_the_modes_of_the_umask(finished_run, tmp_path):

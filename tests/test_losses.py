@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rso_jax import losses
+from rso_jax.training import losses
 
 
 def log_sigmoid(x):

@@ -12,7 +12,8 @@ import pytest
 
 import experiment_helpers
 from t5_helpers import REPO_ROOT
-from rso_jax import batching, partitioning, plan, training
+from rso_jax import batching, partitioning, plan
+from rso_jax.training import train_steps
 
 FLAGS = [*experiment_helpers.DEMO_TINY_FLAGS, "--gin.DATA_PARALLELISM=4",
          "--gin.MODEL_PARALLELISM=2"]
@@ -66,9 +67,9 @@ def real_lowered(name, experiment, partitioner):
             tokens(rows, lengths.response), np.zeros(rows, np.float32),
             np.zeros(rows, np.float32))
         optimizer = experiment.preference.make_optimizer()
-        step = training.make_train_step(partitioner, experiment.policy_config, optimizer,
+        step = train_steps.make_train_step(partitioner, experiment.policy_config, optimizer,
                                         preference.loss_function(experiment), batch)
-        state = training.place_state(partitioner, experiment.policy_config, optimizer,
+        state = train_steps.place_state(partitioner, experiment.policy_config, optimizer,
                                      params, key)
         return step.lower(state, partitioner.shard_batch(batch))
     if name == "sampler":

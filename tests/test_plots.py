@@ -85,7 +85,7 @@ def test_reward_distributions_best_of_n_and_training_curves_are_drawn(tmp_path):
     lines += [json.dumps({"step": 10, "eval/accuracy": 0.7}), '{"step": 11, "train/lo']
     (work_dir / "sft" / "metrics.jsonl").write_text("\n".join(lines))  # a torn last line
     assert len(plots.read_metrics(str(work_dir / "sft" / "metrics.jsonl"))) == 20
-    _read(plots.training_curves(str(work_dir), str(tmp_path / "training.png")))
+    _read(plots.training_curves(str(work_dir), str(tmp_path / "steps.png")))
 
 
 def test_best_of_n_has_a_line_per_setting_and_policy_averaged_over_seeds(tmp_path, drawn):

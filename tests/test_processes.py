@@ -201,7 +201,7 @@ from rso_jax import partitioning
 partitioning.maybe_initialize_distributed()
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
-from rso_jax import checkpoint_resume
+from rso_jax.training import checkpoint_resume
 mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
 sharding = NamedSharding(mesh, PartitionSpec(None, "model"))
 leaf = np.ones((8, 16), np.float32)
@@ -231,11 +231,12 @@ from rso_jax import partitioning
 partitioning.maybe_initialize_distributed()
 import jax
 sys.path.insert(0, "tests")
-from rso_jax import train_loop
+from rso_jax.training import train_loop
 from test_train_loop import loop, make_batches
 from t5_helpers import MESH_TEST_CONFIG
 import functools
-from rso_jax import t5, training
+from rso_jax import t5
+from rso_jax.training import optimizers, train_steps
 work_dir, num_steps = sys.argv[1], int(sys.argv[2])
 partitioner = partitioning.create_partitioner(data_parallelism=4, model_parallelism=2)
 rows = partitioner.host_rows(4)
@@ -246,11 +247,11 @@ def batches(position):
         yield partitioner.shard_batch(jax.tree_util.tree_map(lambda x: x[rows], batch), 4)
 
 
-optimizer = training.adafactor(learning_rate=1e-2)
-step = training.make_train_step(
+optimizer = optimizers.adafactor(learning_rate=1e-2)
+step = train_steps.make_train_step(
     partitioner, MESH_TEST_CONFIG, optimizer,
-    functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG), next(batches(0)))
-state = training.place_state(partitioner, MESH_TEST_CONFIG, optimizer,
+    functools.partial(train_steps.sft_loss, model_config=MESH_TEST_CONFIG), next(batches(0)))
+state = train_steps.place_state(partitioner, MESH_TEST_CONFIG, optimizer,
                              t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)),
                              jax.random.PRNGKey(7))
 _, summary = train_loop.train(state, step, batches, work_dir, loop(num_steps),

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, t5, partitioning, reward_models, train_loop, training
+from rso_jax import batching, t5, partitioning, reward_models
+from rso_jax.training import optimizers, train_loop, train_steps
 
 CONFIG = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                           num_encoder_layers=2, num_decoder_layers=1,
@@ -96,15 +97,15 @@ def accuracy_of_ranker(params, validation):
 
 @pytest.fixture(scope="module")
 def trained_ranker(partitioner, validation, tmp_path_factory):
-    # Adam with warm-up and cosine decay (training.adam_warmup_cosine's intended use: a tiny
+    # Adam with warm-up and cosine decay (optimizers.adam_warmup_cosine's intended use: a tiny
     # ranker from scratch) ends settled rather than still moving at a constant learning rate.
     num_steps = 800
-    optimizer = training.adam_warmup_cosine(3e-3, num_steps, warmup_steps=50)
+    optimizer = optimizers.adam_warmup_cosine(3e-3, num_steps, warmup_steps=50)
     params = t5.init_params(CONFIG, jax.random.PRNGKey(0))
-    loss_fn = functools.partial(training.sft_loss, model_config=CONFIG)
+    loss_fn = functools.partial(train_steps.sft_loss, model_config=CONFIG)
     example = next(batch_source("ranker")(0))
-    step = training.make_train_step(partitioner, CONFIG, optimizer, loss_fn, example)
-    state = training.place_state(partitioner, CONFIG, optimizer, params, jax.random.PRNGKey(1))
+    step = train_steps.make_train_step(partitioner, CONFIG, optimizer, loss_fn, example)
+    state = train_steps.place_state(partitioner, CONFIG, optimizer, params, jax.random.PRNGKey(1))
 
     def evaluate(params):
         forward, backward = accuracy_of_ranker(jax.device_get(params), validation)
@@ -155,16 +156,16 @@ def test_eq_7_baseline_scores_zero_and_rewards_follow_the_ranker(trained_ranker,
 
 
 def test_pointwise_model_learns_with_bradley_terry(partitioner, validation, tmp_path):
-    optimizer = training.adafactor(learning_rate=3e-3)
+    optimizer = optimizers.adafactor(learning_rate=3e-3)
     params = reward_models.init_pointwise_params(CONFIG, jax.random.PRNGKey(0))
     model = reward_models.PointwiseRewardConfig(CONFIG)
     loss_fn = functools.partial(reward_models.bradley_terry_loss, model_config=CONFIG)
     example = next(batch_source("pointwise")(0))
-    step = training.make_train_step(partitioner, model, optimizer, loss_fn, example)
-    state = training.place_state(partitioner, model, optimizer, params, jax.random.PRNGKey(1))
+    step = train_steps.make_train_step(partitioner, model, optimizer, loss_fn, example)
+    state = train_steps.place_state(partitioner, model, optimizer, params, jax.random.PRNGKey(1))
     _, first = step(state, partitioner.shard_batch(example))
     assert float(first["loss"]) == pytest.approx(np.log(2), abs=1e-6)  # zero head: all rewards 0
-    state = training.place_state(partitioner, model, optimizer, params, jax.random.PRNGKey(1))
+    state = train_steps.place_state(partitioner, model, optimizer, params, jax.random.PRNGKey(1))
     state, _ = train_loop.train(state, step, batch_source("pointwise"), str(tmp_path),
                                 train_loop.LoopConfig(num_steps=300, checkpoint_every=300,
                                                       progress_bar=False),

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, checkpoint_checksums, t5, partitioning, train_loop, training
+from rso_jax import batching, t5, partitioning
+from rso_jax.training import checkpoint_checksums, optimizers, train_loop, train_steps
 from rso_jax.runtime import file_checksums
 from rso_jax.weights import orbax_params
 from damage_helpers import flip_bytes
@@ -46,14 +47,14 @@ def make_batches(num_batches=50, nan_at=None, interrupt_at=None):
 @pytest.fixture(scope="module")
 def setup():
     partitioner = partitioning.create_partitioner(data_parallelism=4, model_parallelism=2)
-    optimizer = training.adafactor(learning_rate=1e-2)
+    optimizer = optimizers.adafactor(learning_rate=1e-2)
     params = jax.device_get(t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
-    loss_fn = functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG)
+    loss_fn = functools.partial(train_steps.sft_loss, model_config=MESH_TEST_CONFIG)
     example = next(make_batches()(0))
-    step = training.make_train_step(partitioner, MESH_TEST_CONFIG, optimizer, loss_fn, example)
+    step = train_steps.make_train_step(partitioner, MESH_TEST_CONFIG, optimizer, loss_fn, example)
 
     def fresh_state():
-        return training.place_state(partitioner, MESH_TEST_CONFIG, optimizer, params,
+        return train_steps.place_state(partitioner, MESH_TEST_CONFIG, optimizer, params,
                                     jax.random.PRNGKey(7))
 
     def sharded(source):
@@ -151,12 +152,12 @@ def test_a_run_saved_on_8_devices_resumes_on_4(setup, straight, tmp_path):
     interrupted_at_step_5(setup, work_dir)
     partitioner = partitioning.Partitioner(
         mesh=partitioning.create_mesh(2, 2, devices=jax.devices()[4:]))
-    optimizer = training.adafactor(learning_rate=1e-2)
-    loss_fn = functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG)
-    step = training.make_train_step(partitioner, MESH_TEST_CONFIG, optimizer, loss_fn,
+    optimizer = optimizers.adafactor(learning_rate=1e-2)
+    loss_fn = functools.partial(train_steps.sft_loss, model_config=MESH_TEST_CONFIG)
+    step = train_steps.make_train_step(partitioner, MESH_TEST_CONFIG, optimizer, loss_fn,
                                     next(make_batches()(0)))
     params = jax.device_get(t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
-    state = training.place_state(partitioner, MESH_TEST_CONFIG, optimizer, params,
+    state = train_steps.place_state(partitioner, MESH_TEST_CONFIG, optimizer, params,
                                  jax.random.PRNGKey(7))
 
     def batches(position):

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, t5, partitioning, training
+from rso_jax import batching, t5, partitioning
+from rso_jax.training import optimizers, train_steps
 from rso_jax.sampling import scoring
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
 
@@ -38,10 +39,10 @@ def single_device_partitioner():
 
 def run_steps(partitioner, loss_fn, batch, params, steps, *, grad_accum_steps=1,
               config=MESH_TEST_CONFIG, learning_rate=1e-2):
-    optimizer = training.adafactor(learning_rate=learning_rate)
-    step = training.make_train_step(partitioner, config, optimizer, loss_fn, batch,
+    optimizer = optimizers.adafactor(learning_rate=learning_rate)
+    step = train_steps.make_train_step(partitioner, config, optimizer, loss_fn, batch,
                                     grad_accum_steps=grad_accum_steps)
-    state = training.place_state(partitioner, config, optimizer, params, jax.random.PRNGKey(1))
+    state = train_steps.place_state(partitioner, config, optimizer, params, jax.random.PRNGKey(1))
     losses = []
     for _ in range(steps):
         state, metrics = step(state, partitioner.shard_batch(batch))
@@ -50,12 +51,12 @@ def run_steps(partitioner, loss_fn, batch, params, steps, *, grad_accum_steps=1,
 
 
 def test_preference_step_learns_and_prefers_chosen(params, preference_batch):
-    loss_fn = functools.partial(training.preference_loss, model_config=MESH_TEST_CONFIG,
+    loss_fn = functools.partial(train_steps.preference_loss, model_config=MESH_TEST_CONFIG,
                                 loss_name="sigmoid_norm", gamma=0.5)
     state, losses = run_steps(single_device_partitioner(), loss_fn, preference_batch, params, 4)
     assert losses[0] == pytest.approx(np.log(2), abs=1e-5)  # policy == reference at the start
     assert losses[-1] < 0.5 * losses[0]
-    chosen, rejected = training.policy_pair_logps(jax.device_get(state.params), preference_batch,
+    chosen, rejected = train_steps.policy_pair_logps(jax.device_get(state.params), preference_batch,
                                                   jax.random.PRNGKey(0),
                                                   model_config=MESH_TEST_CONFIG)
     ratio = (np.asarray(chosen) - preference_batch.reference_chosen_logps) - (
@@ -64,7 +65,7 @@ def test_preference_step_learns_and_prefers_chosen(params, preference_batch):
 
 
 def test_pair_logps_encode_once_and_equal_separate_scoring(params, preference_batch):
-    chosen, rejected = training.policy_pair_logps(params, preference_batch, jax.random.PRNGKey(0),
+    chosen, rejected = train_steps.policy_pair_logps(params, preference_batch, jax.random.PRNGKey(0),
                                                   model_config=MESH_TEST_CONFIG)
     np.testing.assert_allclose(np.asarray(chosen), preference_batch.reference_chosen_logps,
                                atol=1e-5)
@@ -85,7 +86,7 @@ def test_slic_regularization_adds_minus_lambda_times_the_sft_targets_mean_logp(
         pair_mask=mask, sft_targets=targets)
 
     def loss(weight, batch):
-        value, metrics = training.preference_loss(
+        value, metrics = train_steps.preference_loss(
             params, batch, jax.random.PRNGKey(0), model_config=MESH_TEST_CONFIG,
             loss_name="hinge", gamma=0.5, regularization_weight=weight)
         return float(value), metrics
@@ -106,7 +107,7 @@ def test_preference_loss_needs_reference_logps(params, preference_batch):
                                                   preference_batch.chosen,
                                                   preference_batch.rejected)
     with pytest.raises(ValueError, match="no reference log-probabilities"):
-        training.preference_loss(params, batch, jax.random.PRNGKey(0),
+        train_steps.preference_loss(params, batch, jax.random.PRNGKey(0),
                                  model_config=MESH_TEST_CONFIG)
 
 
@@ -120,13 +121,13 @@ def test_supervised_steps_learn(kind, params):
         labels = rng.choice([A_TOKEN, B_TOKEN], size=8)
         targets = np.stack([labels, np.ones(8, int)], axis=1).astype(np.int32)
     batch = batching.sft_batch_from_tokens(inputs, targets)
-    loss_fn = functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG)
+    loss_fn = functools.partial(train_steps.sft_loss, model_config=MESH_TEST_CONFIG)
     _, losses = run_steps(single_device_partitioner(), loss_fn, batch, params, 5)
     assert losses[-1] < 0.8 * losses[0]
 
 
 def test_gradient_accumulation_equals_one_big_batch(params, preference_batch):
-    loss_fn = functools.partial(training.preference_loss, model_config=MESH_TEST_CONFIG,
+    loss_fn = functools.partial(train_steps.preference_loss, model_config=MESH_TEST_CONFIG,
                                 loss_name="hinge_norm", gamma=0.5)
     whole, _ = run_steps(single_device_partitioner(), loss_fn, preference_batch, params, 2)
     accumulated, _ = run_steps(single_device_partitioner(), loss_fn, preference_batch, params, 2,
@@ -137,7 +138,7 @@ def test_gradient_accumulation_equals_one_big_batch(params, preference_batch):
 
 
 def test_sharded_step_equals_single_device(params, preference_batch):
-    loss_fn = functools.partial(training.preference_loss, model_config=MESH_TEST_CONFIG,
+    loss_fn = functools.partial(train_steps.preference_loss, model_config=MESH_TEST_CONFIG,
                                 loss_name="sigmoid_norm", gamma=0.5)
     single, single_losses = run_steps(single_device_partitioner(), loss_fn, preference_batch,
                                       params, 3)
@@ -153,7 +154,7 @@ def test_sharded_step_equals_single_device(params, preference_batch):
 
 def test_bfloat16_compute_keeps_float32_master_weights(params, preference_batch):
     config = MESH_TEST_CONFIG.replace(dtype="bfloat16")
-    loss_fn = functools.partial(training.preference_loss, model_config=config, gamma=0.5)
+    loss_fn = functools.partial(train_steps.preference_loss, model_config=config, gamma=0.5)
     state, losses = run_steps(single_device_partitioner(), loss_fn, preference_batch, params, 3,
                               config=config)
     assert all(leaf.dtype == np.float32 for leaf in jax.tree_util.tree_leaves(state.params))
@@ -164,7 +165,7 @@ def test_adam_warmup_cosine_follows_its_schedule():
     """Applied to f(w) = w (gradient 1), Adam's step sizes are exactly the learning rates: 0 at
     step 0, rising linearly to the peak at the end of warm-up, then cosine down to 10%."""
     peak, steps, warmup = 0.02, 40, 8
-    optimizer = training.adam_warmup_cosine(peak, steps, warmup, max_grad_norm=None)
+    optimizer = optimizers.adam_warmup_cosine(peak, steps, warmup, max_grad_norm=None)
     params = {"w": np.zeros((3,), np.float32)}
     state = optimizer.init(params)
     sizes = []
@@ -176,4 +177,4 @@ def test_adam_warmup_cosine_follows_its_schedule():
                 for step in range(steps)]
     np.testing.assert_allclose(sizes, expected, rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="warmup_steps"):
-        training.adam_warmup_cosine(peak, 10, 10)
+        optimizers.adam_warmup_cosine(peak, 10, 10)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rso_jax import losses
+from rso_jax.training import losses
 from rso_jax.exact.pair_sources import PreferencePairs
 from rso_jax.exact.problems import Problem
 

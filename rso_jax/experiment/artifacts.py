@@ -20,7 +20,8 @@ from typing import IO, Any, Iterator, Optional
 
 import numpy as np
 
-from rso_jax import model_spec, partitioning, train_loop
+from rso_jax import model_spec, partitioning
+from rso_jax.training import train_loop
 from rso_jax.runtime import atomic_io, file_checksums, processes, run_info
 from rso_jax.weights import orbax_params, tree
 

@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 import optax
 
-from rso_jax import losses, setting_types, t5, training
+from rso_jax import setting_types, t5
+from rso_jax.training import losses, optimizers
 from rso_jax.sampling import decoding
 from rso_jax.data import task as task_lib
 
@@ -141,11 +142,11 @@ class TrainingSchedule:
 
     def make_optimizer(self) -> optax.GradientTransformation:
         if self.optimizer == "adam":
-            return training.adam_warmup_cosine(self.learning_rate, self.steps, self.warmup_steps)
+            return optimizers.adam_warmup_cosine(self.learning_rate, self.steps, self.warmup_steps)
         if self.warmup_steps:
-            return training.adafactor(learning_rate=optax.linear_schedule(
+            return optimizers.adafactor(learning_rate=optax.linear_schedule(
                 0.0, self.learning_rate, self.warmup_steps))
-        return training.adafactor(learning_rate=self.learning_rate)
+        return optimizers.adafactor(learning_rate=self.learning_rate)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from rso_jax import model_spec, partitioning, train_loop, training
+from rso_jax import model_spec, partitioning
+from rso_jax.training import train_loop, train_steps
 from rso_jax.weights import orbax_params
 from rso_jax.experiment import artifacts
 from rso_jax.experiment.config import TrainingSchedule
@@ -52,9 +53,9 @@ def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
     directory = artifacts.stage_dir(work_dir, name)
     optimizer = schedule.make_optimizer()
     example = make_batch(**{k: v[: schedule.batch_size] for k, v in arrays.items()})
-    step = training.make_train_step(partitioner, model_config, optimizer, loss_fn, example,
+    step = train_steps.make_train_step(partitioner, model_config, optimizer, loss_fn, example,
                                     grad_accum_steps=schedule.grad_accum_steps)
-    state = training.place_state(partitioner, model_config, optimizer, params,
+    state = train_steps.place_state(partitioner, model_config, optimizer, params,
                                  jax.random.PRNGKey(schedule.seed))
     loop = train_loop.LoopConfig(
         num_steps=schedule.steps, checkpoint_every=schedule.checkpoint_every,

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, partitioning, t5, training
+from rso_jax import batching, partitioning, t5
+from rso_jax.training import optimizers, train_steps
 from rso_jax.weights import convert, formats, hf, orbax_params, t5x, tree
 from rso_jax.experiment import artifacts
 from t5_helpers import MESH_TEST_CONFIG, T5X_FIXTURE, padded_tokens
@@ -120,12 +121,12 @@ def trained_policy(tmp_path_factory):
     batch = batching.sft_batch_from_tokens(
         padded_tokens(rng, [12, 5, 9, 12], 12, MESH_TEST_CONFIG.vocab_size),
         padded_tokens(rng, [7, 2, 5, 7], 7, MESH_TEST_CONFIG.vocab_size))
-    optimizer = training.adafactor(learning_rate=1e-2)
-    step = training.make_train_step(
+    optimizer = optimizers.adafactor(learning_rate=1e-2)
+    step = train_steps.make_train_step(
         partitioner, MESH_TEST_CONFIG, optimizer,
-        functools.partial(training.sft_loss, model_config=MESH_TEST_CONFIG), batch)
+        functools.partial(train_steps.sft_loss, model_config=MESH_TEST_CONFIG), batch)
     initial = jax.device_get(t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)))
-    state = training.place_state(partitioner, MESH_TEST_CONFIG, optimizer, initial,
+    state = train_steps.place_state(partitioner, MESH_TEST_CONFIG, optimizer, initial,
                                  jax.random.PRNGKey(1))
     for _ in range(2):
         state, _ = step(state, partitioner.shard_batch(batch))

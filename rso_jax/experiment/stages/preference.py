@@ -8,7 +8,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from rso_jax import batching, training
+from rso_jax import batching
+from rso_jax.training import train_steps
 from rso_jax.experiment import metrics, training_runs
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment.stages import reference, select
@@ -39,8 +40,8 @@ def loss_function(experiment) -> Callable:
     (with SLiC's regularisation), or token cross-entropy on selected responses."""
     config = experiment.policy_config
     if not experiment.selection.makes_pairs:
-        return functools.partial(training.sft_loss, model_config=config)
-    return functools.partial(training.preference_loss, model_config=config,
+        return functools.partial(train_steps.sft_loss, model_config=config)
+    return functools.partial(train_steps.preference_loss, model_config=config,
                              loss_name=experiment.loss, gamma=experiment.gamma,
                              label_smoothing=experiment.label_smoothing,
                              regularization_weight=experiment.regularization_weight)

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rso_jax import batching, reward_models, training
+from rso_jax import batching, reward_models
+from rso_jax.training import train_steps
 from rso_jax.weights import tree
 from rso_jax.experiment import checkpoint_inputs, scorers, training_runs
 from rso_jax.experiment import described_settings as described
@@ -98,7 +99,7 @@ def run(context: StageContext) -> dict:
         params = checkpoint_inputs.initial_params(
             experiment.ranker_init_checkpoint, "RANKER_INIT_CHECKPOINT", config,
             context.partitioner, schedule.seed + 1)
-        loss_fn = functools.partial(training.sft_loss, model_config=config)
+        loss_fn = functools.partial(train_steps.sft_loss, model_config=config)
         make_batch = batching.sft_batch_from_tokens
     params, summary = training_runs.run_training(
         "ranker", schedule, experiment.work_dir, scorers.ranker_spec(experiment), params,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 
-from rso_jax import batching, training
-from rso_jax.experiment import checkpoint_inputs, training_runs
-from rso_jax.experiment import described_settings as described
+from rso_jax import batching
+from rso_jax.training import train_steps
+from rso_jax.experiment import checkpoint_inputs, described_settings as described, training_runs
 from rso_jax.experiment.stage import Stage
 from rso_jax.experiment.context import StageContext
 
@@ -22,7 +22,7 @@ def run(context: StageContext) -> dict:
         context.partitioner, schedule.seed)
     _, summary = training_runs.run_training(
         "sft", schedule, experiment.work_dir, config, params,
-        functools.partial(training.sft_loss, model_config=config), arrays,
+        functools.partial(train_steps.sft_loss, model_config=config), arrays,
         batching.sft_batch_from_tokens, context.partitioner)
     return {"final_loss": summary["last_metrics"].get("loss"), "examples": len(data),
             **training_runs.resume_summary(summary)}

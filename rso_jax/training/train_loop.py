@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import numpy as np
 
-from rso_jax import checkpoint_checksums, checkpoint_resume, model_spec, training
+from rso_jax import model_spec
+from rso_jax.training import checkpoint_checksums, checkpoint_resume, train_steps
 from rso_jax.runtime import atomic_io, processes, run_info, stop_signals
 from rso_jax.weights import orbax_params
 
@@ -142,9 +143,9 @@ def _is_better(value: float, best: Optional[float], mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def train(state: training.TrainState, train_step: Callable, batches: BatchSource, work_dir: str,
+def train(state: train_steps.TrainState, train_step: Callable, batches: BatchSource, work_dir: str,
           loop: LoopConfig, *, model_config: model_spec.ModelSpec,
-          evaluate: Optional[Evaluator] = None) -> tuple[training.TrainState, dict[str, Any]]:
+          evaluate: Optional[Evaluator] = None) -> tuple[train_steps.TrainState, dict[str, Any]]:
     """Trains from the latest checkpoint in `work_dir` (or from `state`) up to loop.num_steps.
 
     Args:
@@ -233,7 +234,7 @@ def _train_steps(run: "_Run", train_step: Callable, iterator: Iterator, loop: Lo
 class _Run:
     """What the loop carries from step to step, and writes into each checkpoint."""
 
-    state: training.TrainState
+    state: train_steps.TrainState
     step: int
     data_position: int = 0
     seconds_before_resume: float = 0.0  # training time of earlier attempts, to their checkpoint
@@ -243,7 +244,7 @@ class _Run:
     metrics: dict = dataclasses.field(default_factory=dict)  # the last step's, on the device
 
     @classmethod
-    def resumed(cls, state: training.TrainState, restored: Any, resumed_from: Optional[int],
+    def resumed(cls, state: train_steps.TrainState, restored: Any, resumed_from: Optional[int],
                 checkpoint_dir: str, best: Optional[dict]) -> "_Run":
         """The run from the initial `state`, or from the `restored` checkpoint's items."""
         if restored is None:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import jax
 
-from rso_jax import checkpoint_checksums, training
+from rso_jax.training import checkpoint_checksums, train_steps
 from rso_jax.runtime import processes
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def checkpoint_manager(directory: str, max_to_keep: int,
 
 
 def _restore_checked(manager: checkpoint_checksums.ChecksummedCheckpointManager, path: str,
-                     step: int, state: training.TrainState) -> tuple[Any, Optional[str]]:
+                     step: int, state: train_steps.TrainState) -> tuple[Any, Optional[str]]:
     """(restored items, None), or (None, why `step` is unusable): its files must match their
     checksums (compared before orbax reads them), restore, and hold finite parameters. Every
     process gets the same answer (and runs the same collectives)."""
@@ -122,7 +122,7 @@ def _check_best(best_dir: str, unrecorded_ok: bool) -> tuple[bool, Optional[int]
     return True, None if best is None else int(best["step"])
 
 
-def restore_newest_usable(checkpoint_dir: str, state: training.TrainState, max_to_keep: int,
+def restore_newest_usable(checkpoint_dir: str, state: train_steps.TrainState, max_to_keep: int,
                           asynchronous: bool):
     """The run's checkpoints and the newest one that can be used.
 
@@ -171,7 +171,7 @@ def restore_newest_usable(checkpoint_dir: str, state: training.TrainState, max_t
             step is None)
 
 
-def _newest_restorable(manager: Any, checkpoint_dir: str, state: training.TrainState,
+def _newest_restorable(manager: Any, checkpoint_dir: str, state: train_steps.TrainState,
                        evaluate_again: Optional[int]) -> tuple[Any, Optional[int], list[int]]:
     """(the restored items or None, their step or None, the newer steps that cannot be used),
     newest first; a step saved after `evaluate_again` (a step whose evaluation is redone) is
@@ -219,7 +219,7 @@ def _all_finite(tree: Any) -> bool:
     return bool(jax.device_get(_all_finite_on_devices(tree)))
 
 
-def _abstract_state(state: training.TrainState) -> Any:
+def _abstract_state(state: train_steps.TrainState) -> Any:
     return jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
