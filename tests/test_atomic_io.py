@@ -72,7 +72,7 @@ def test_a_write_that_fails_names_the_file_and_leaves_nothing(tmp_path):
     no file) raises an OSError naming the destination; neither it nor a temporary file is
     left."""
     path = tmp_path / "results.json"
-    script = ("import sys\nfrom rso_jax import atomic_io\ntry:\n"
+    script = ("import sys\nfrom rso_jax.runtime import atomic_io\ntry:\n"
               f"    atomic_io.write_text({str(path)!r}, 'x' * 10000)\n"
               "except OSError as error:\n    print(error.errno, error.filename)\n")
     result = subprocess.run(with_file_size_limit([sys.executable, "-c", script], 4),

@@ -72,7 +72,8 @@ def facts(path: str) -> Facts:
         is_experiment = configurable is not None and configurable.wrapped is runner.run
         required = tuple(sorted(gin_macros.required_macros()))
         work_dir = gin_macros.macro_values().get("WORK_DIR")
-        stages = gin.query_parameter("%STAGES") if is_experiment else None
+        # the stages the runner runs (STAGES = None: every stage)
+        stages = runner.checked_stages(gin.query_parameter("%STAGES")) if is_experiment else None
     return Facts(is_experiment, required,
                  None if gin_macros.is_required(work_dir) else work_dir,
                  tuple(stages) if stages is not None else None)
