@@ -22,7 +22,7 @@ from t5_helpers import REPO_ROOT
 
 MESH_FLAGS = ["--gin.DATA_PARALLELISM=4", "--gin.MODEL_PARALLELISM=2"]
 FLAGS = [*experiment_helpers.DEMO_TINY_FLAGS, *MESH_FLAGS]
-STEP_LINE = re.compile(r"rso_jax\.train_loop: preference step (\d+)/40 loss")
+STEP_LINE = re.compile(r"rso_jax\.training\.train_loop: preference step (\d+)/40 loss")
 
 
 def free_port() -> int:
