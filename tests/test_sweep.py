@@ -424,8 +424,9 @@ def test_the_demo_sweeps_share_table_1s_stages(tmp_path, name, setting, table1_s
 def test_the_powered_demo_sweeps_share_one_sft_policy_and_ranker_across_seeds(tmp_path):
     """configs/sweeps/demo_powered*.json: MODEL_SEED alone seeds the SFT policy and the ranker,
     so every seed's points share them while each seed samples anew; the beta sweep's beta 0.5
-    and sft-sample-rank points are the core sweep's (the same preference stage), and the longer
-    training's points select as the core sweep's did."""
+    and sft-sample-rank points are the core sweep's (the same preference stage), the longer
+    training's points select as the core sweep's did, and the paired sweep's first 12 seeds are
+    the core sweep's points."""
     def experiments(sweep_name):
         spec = sweep.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps",
                                              f"{sweep_name}.json"), [], [], [])
@@ -438,15 +439,22 @@ def test_the_powered_demo_sweeps_share_one_sft_policy_and_ranker_across_seeds(tm
             for point in spec.points()}
 
     core, beta = experiments("demo_powered"), experiments("demo_powered_beta")
-    long = experiments("demo_powered_long")
+    long, paired = experiments("demo_powered_long"), experiments("demo_powered_paired")
     assert len(core) == 3 * 12 and len(beta) == 6 * 6 and len(long) == 2 * 4
+    assert len(paired) == 2 * 39
 
     def stage(experiment, name):
         return shared_stages.directory_name(experiment, name)
 
     for name in ("sft", "ranker"):
         assert len({stage(e, name) for e in [*core.values(), *beta.values(),
-                                             *long.values()]}) == 1
+                                             *long.values(), *paired.values()]}) == 1
+    # The power calculation's seeds: the core sweep's first 12 points are its own.
+    for label in ("sft_sample_rank", "rso_sample_rank"):
+        assert stage(paired[f"SEED=11.{label}"], "preference") == stage(
+            core[f"SEED=11.{label}"], "preference")
+        assert len({stage(e, "preference") for name, e in paired.items()
+                    if name.endswith(label)}) == 39
     assert len({stage(e, "sample") for e in core.values()}) == 12
     assert stage(core["SEED=0.sft_sample_rank"], "score") == stage(
         core["SEED=0.rso_tournament"], "score")

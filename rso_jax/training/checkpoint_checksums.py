@@ -130,6 +130,13 @@ def newest_verified(checkpoint_dir: str,
     return None, failures
 
 
+def saved_steps(checkpoint_dir: str) -> list[int]:
+    """The steps whose directories orbax keeps in `checkpoint_dir` (named by the step), oldest
+    first; none when the directory does not exist."""
+    names = os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
 class ChecksummedCheckpointManager:
     """An orbax CheckpointManager whose every saved step gets its checksums.json as soon as
     orbax has finished it (see the module docstring)."""
@@ -171,8 +178,7 @@ class ChecksummedCheckpointManager:
         """Checksums for what was saved before checksums were kept (restored unverified), so
         that it stays usable once the marker says every step carries them."""
         os.makedirs(self.directory, exist_ok=True)
-        saved = [os.path.join(self.directory, name) for name in os.listdir(self.directory)
-                 if name.isdigit()]  # orbax's step directories
+        saved = [os.path.join(self.directory, str(step)) for step in saved_steps(self.directory)]
         for directory in [*saved, *self.companions]:
             if (os.path.isdir(directory)
                     and not os.path.isfile(os.path.join(directory, CHECKSUMS_FILE))):

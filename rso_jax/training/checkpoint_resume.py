@@ -75,12 +75,6 @@ def _restore_checked(manager: checkpoint_checksums.ChecksummedCheckpointManager,
     return restored, None
 
 
-def kept_steps(checkpoint_dir: str) -> list[int]:
-    """The steps of the checkpoints kept in `checkpoint_dir`, oldest first."""
-    names = os.listdir(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []
-    return sorted(int(name) for name in names if name.isdigit())
-
-
 def step_params(checkpoint_dir: str, step: int) -> Any:
     """The parameters (host arrays) of the checkpoint of `step` in `checkpoint_dir`, after its
     files were compared with their checksums as a resumed run compares them; ValueError naming
@@ -90,7 +84,7 @@ def step_params(checkpoint_dir: str, step: int) -> Any:
     path = os.path.join(checkpoint_dir, str(step))
     if not os.path.isdir(os.path.join(path, STATE_ITEM)):
         raise ValueError(f"no checkpoint of step {step} ({path} does not exist; kept: "
-                         f"{kept_steps(checkpoint_dir) or 'none'})")
+                         f"{checkpoint_checksums.saved_steps(checkpoint_dir) or 'none'})")
     problem = checkpoint_checksums.mismatch(
         path, unrecorded_ok=not checkpoint_checksums.keeps_checksums(checkpoint_dir))
     if problem is not None:
