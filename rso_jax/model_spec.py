@@ -3,7 +3,7 @@
 A `ModelSpec` describes a model's parameter tree without allocating it: abstract shapes,
 logical axis names per dimension (mapped onto the mesh by `partitioning`'s one rule table),
 how to initialise it, and the config written beside a checkpoint of it. Model configs
-provide it: `t5.T5Config` for T5 and `reward_models.PointwiseRewardConfig` for the
+provide it: `t5.T5Config` for T5 and `rewards.pointwise.PointwiseRewardConfig` for the
 pointwise reward model, so no code below the models has a special case for either.
 """
 

@@ -130,7 +130,7 @@ def preference_train_step(experiment: Any) -> StageFunction:
     import jax
     import numpy as np
 
-    from rso_jax import batching
+    from rso_jax.data import batching
     from rso_jax.training import train_steps
     from rso_jax.experiment.stages import preference
 
@@ -189,24 +189,18 @@ def sampler(experiment: Any) -> StageFunction:
 
 
 def ranker_scorer(experiment: Any) -> StageFunction:
-    from rso_jax import reward_models
-    from rso_jax.experiment import inference, scorers
+    from rso_jax.experiment import scorers
 
-    model = scorers.ranker_spec(experiment)
+    reward_model = scorers.kind(experiment)
+    model = reward_model.model_spec(experiment)
     rows, length = experiment.inference_batch_sizes.ranker, experiment.lengths.ranker_input
 
     def lower(partitioner):
         inputs = abstract_batch(partitioner, inputs=(rows, length))["inputs"]
         params = abstract_params(model, partitioner)
-        if experiment.scorer == "pointwise":  # the scorer adds the head to the T5 config
-            return inference.pointwise_scorer(experiment.ranker_config,
-                                              partitioner).lower(params, inputs)
-        # The ids of 'A' and 'B' change no shape; the score stage's function, both orders.
-        scorer = inference.both_orders_scorer(reward_models.pointwise_rewards_vs_baseline,
-                                              model, 71, 272, partitioner)
-        return scorer.lower(params, inputs, inputs)
-    orders = "" if experiment.scorer == "pointwise" else ", both orders"
-    return StageFunction("ranker scorer", f"{rows} inputs of {length} tokens{orders}", rows,
+        return reward_model.lower_scorer(experiment, partitioner, params, inputs)
+    return StageFunction("ranker scorer",
+                         f"{rows} inputs of {length} tokens{reward_model.orders_note}", rows,
                          model, lower)
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import model_sizes, partitioning, reward_models  # noqa: E402
+from rso_jax import model_sizes, partitioning  # noqa: E402
+from rso_jax.rewards import pairwise  # noqa: E402
 from rso_jax.runtime.run_info import machine_description, report_benchmark  # noqa: E402
 
 A_TOKEN, B_TOKEN = 71, 272  # T5's '▁A' and '▁B'; any two ids cost the same
@@ -43,7 +44,7 @@ def main(argv=None) -> dict:
     inputs = np.random.default_rng(0).integers(2, config.vocab_size,
                                                size=(args.batch, args.input_length))
     inputs = partitioner.shard_batch(inputs.astype(np.int32))
-    scorer = reward_models.make_pair_scorer(config, A_TOKEN, B_TOKEN, partitioner)
+    scorer = pairwise.make_pair_scorer(config, A_TOKEN, B_TOKEN, partitioner)
     start = time.perf_counter()
     jax.block_until_ready(scorer(params, inputs))
     compile_s = time.perf_counter() - start

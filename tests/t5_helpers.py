@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from rso_jax import t5, vocabularies
+from rso_jax import t5
+from rso_jax.data import vocabularies
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T5X_FIXTURE = os.path.join(REPO_ROOT, "..", "shared", "fixtures", "t5x",

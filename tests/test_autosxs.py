@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rso_jax import autosxs
+from rso_jax.rewards import autosxs
 
 
 def reference_outcome(scores):

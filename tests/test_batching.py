@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rso_jax import batching
+from rso_jax.data import batching
 
 
 class LetterVocabulary:
@@ -118,7 +118,7 @@ def test_truncation_counts_log(caplog):
     other.add("inputs", 5, 1)
     other.add("targets", 5, 0)
     counts.merge(other)
-    with caplog.at_level(logging.INFO, logger="rso_jax.batching"):
+    with caplog.at_level(logging.INFO, logger="rso_jax.data.batching"):
         counts.log("train")
     [record] = caplog.records
     assert record.levelno == logging.WARNING

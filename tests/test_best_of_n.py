@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from rso_jax import autosxs
+from rso_jax.rewards import autosxs
 from rso_jax.experiment import best_of_n, metrics
 from rso_jax.selection import subsampling, theory
 

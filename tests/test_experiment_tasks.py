@@ -189,7 +189,8 @@ def test_a_checkpoint_of_the_wrong_size_fails_before_any_stage(tldr_flags, tmp_p
 
 
 def test_paper_tldr_configuration_builds_at_abstract_shapes():
-    from rso_jax import t5, partitioning, reward_models
+    from rso_jax import t5, partitioning
+    from rso_jax.rewards import pairwise
     from rso_jax.sampling import decoding
     tldr_files = os.path.join(REPO_ROOT, "tests", "data")
     experiment = build_experiment([
@@ -228,7 +229,7 @@ def test_paper_tldr_configuration_builds_at_abstract_shapes():
     assert out.tokens.shape == (8, 64, 64)
     inputs = jax.ShapeDtypeStruct((4, experiment.lengths.ranker_input), np.int32)
     probability = jax.eval_shape(
-        lambda p, x: reward_models.preference_probability(ranker, p, x, a_token=3, b_token=4),
+        lambda p, x: pairwise.preference_probability(ranker, p, x, a_token=3, b_token=4),
         t5.param_shapes(ranker), inputs)
     assert probability.shape == (4,)
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rso_jax import t5, partitioning, reward_models
+from rso_jax import t5, partitioning
+from rso_jax.rewards import pairwise, pointwise
 from rso_jax.sampling import decoding, scoring
 from rso_jax.weights import tree
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens
@@ -186,7 +187,7 @@ def test_pairwise_ranker_equals_single_device(host_params, mesh_partitioner,
         params = partitioner.shard_params(host_params, CONFIG)
         if name == "mesh":
             assert_t5_params_split_over_model(params)
-        scorer = reward_models.make_pair_scorer(CONFIG, A_TOKEN, B_TOKEN, partitioner)
+        scorer = pairwise.make_pair_scorer(CONFIG, A_TOKEN, B_TOKEN, partitioner)
         outputs[name] = scorer(params, partitioner.shard_batch(inputs))
     assert_sharded_over_data(outputs["mesh"], mesh_partitioner.mesh)
     assert_on_one_device(outputs["single"])
@@ -199,7 +200,7 @@ def test_pairwise_ranker_equals_single_device(host_params, mesh_partitioner,
 
 def test_pointwise_reward_model_equals_single_device(host_params, mesh_partitioner,
                                                      single_partitioner):
-    params = reward_models.init_pointwise_params(CONFIG, jax.random.PRNGKey(1), host_params)
+    params = pointwise.init_pointwise_params(CONFIG, jax.random.PRNGKey(1), host_params)
     params = jax.device_get(params)
     # The head starts at zero (every reward 0); give it random weights so rewards vary.
     kernel = params["reward_head"]["kernel"]
@@ -208,11 +209,11 @@ def test_pointwise_reward_model_equals_single_device(host_params, mesh_partition
     inputs = ranker_inputs(np.random.default_rng(4), NUM_PROMPTS)
     outputs = {}
     for name, partitioner in (("mesh", mesh_partitioner), ("single", single_partitioner)):
-        placed = partitioner.shard_params(params, reward_models.PointwiseRewardConfig(CONFIG))
+        placed = partitioner.shard_params(params, pointwise.PointwiseRewardConfig(CONFIG))
         if name == "mesh":
             assert_t5_params_split_over_model(placed["t5"])
             assert placed["reward_head"]["kernel"].sharding.is_fully_replicated
-        score = reward_models.make_pointwise_scorer(CONFIG, partitioner)
+        score = pointwise.make_pointwise_scorer(CONFIG, partitioner)
         outputs[name] = score(placed, partitioner.shard_batch(inputs))
     assert_sharded_over_data(outputs["mesh"], mesh_partitioner.mesh)
     assert_on_one_device(outputs["single"])

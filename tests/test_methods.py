@@ -79,7 +79,8 @@ def test_pointwise_scorer_top_k_rs_dpo_pairs_and_ipo(shared, tmp_path, partition
     R(x, y) - R(x, y_baseline) checked against the model applied directly; the top 3 of 4 by
     reward kept; RS-DPO's pairs checked against numpy; the IPO loss."""
     import jax
-    from rso_jax import reward_models
+    from rso_jax.data import ranker_inputs, task
+    from rso_jax.rewards import pointwise
     from rso_jax.experiment import artifacts, scorers
     from rso_jax.experiment.context import StageContext
 
@@ -91,7 +92,7 @@ def test_pointwise_scorer_top_k_rs_dpo_pairs_and_ipo(shared, tmp_path, partition
     ranker = done(work_dir, "ranker")
     assert ranker["scorer"] == "pointwise" and 0 <= ranker["validation_accuracy"] <= 1
     spec = scorers.ranker_spec(experiment)
-    assert isinstance(spec, reward_models.PointwiseRewardConfig)
+    assert isinstance(spec, pointwise.PointwiseRewardConfig)
     params = jax.device_get(artifacts.load_params(str(work_dir), "ranker", spec, partitioner))
 
     samples = np.load(work_dir / "sample" / "samples.npz")
@@ -100,13 +101,13 @@ def test_pointwise_scorer_top_k_rs_dpo_pairs_and_ipo(shared, tmp_path, partition
     codec = context.codec
     for p in (0, 7):  # the model applied directly to inputs packed here
         texts = codec.decode(samples["tokens"][p]) + codec.decode(samples["baseline"][p:p + 1])
-        inputs = [reward_models.pack_ranker_input(
-            codec.processor, "", [text], reward_models.POINTWISE_TEMPLATE,
+        inputs = [ranker_inputs.pack_ranker_input(
+            codec.processor, "", [text], task.POINTWISE_TEMPLATE,
             experiment.lengths.ranker_input, max_response_tokens=experiment.lengths.response)
             for text in texts]  # the demo's ranker sees no context
         width = max(map(len, inputs))
         padded = np.array([row + [0] * (width - len(row)) for row in inputs], np.int32)
-        direct = np.asarray(reward_models.PointwiseRewardModel(spec.t5).apply(
+        direct = np.asarray(pointwise.PointwiseRewardModel(spec.t5).apply(
             {"params": params}, padded))
         np.testing.assert_allclose(rewards[p], direct[:-1] - direct[-1], rtol=1e-4, atol=1e-4)
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rso_jax import batching, t5, partitioning
+from rso_jax import t5, partitioning
+from rso_jax.data import batching
 from rso_jax.sampling import scoring
 from rso_jax.weights import tree
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens

@@ -12,7 +12,8 @@ import pytest
 
 import experiment_helpers
 from t5_helpers import REPO_ROOT
-from rso_jax import batching, partitioning, plan
+from rso_jax import partitioning, plan
+from rso_jax.data import batching
 from rso_jax.training import train_steps
 
 FLAGS = [*experiment_helpers.DEMO_TINY_FLAGS, "--gin.DATA_PARALLELISM=4",
@@ -57,7 +58,7 @@ def real_lowered(name, experiment, partitioner):
     function = {f.name: f for f in (make(experiment) for make in plan.STAGE_FUNCTIONS)}[name]
     params = partitioner.init_params(function.model, key)
     tokens = lambda rows, length: np.ones((rows, length), np.int32)
-    from rso_jax import reward_models
+    from rso_jax.rewards import pairwise
     from rso_jax.experiment import inference
     from rso_jax.experiment.stages import preference
     if name == "preference train step":
@@ -78,7 +79,7 @@ def real_lowered(name, experiment, partitioner):
             tokens(sizes.sample, lengths.prompt)), key)
     if name == "ranker scorer":
         inputs = partitioner.shard_batch(tokens(sizes.ranker, lengths.ranker_input))
-        return inference.both_orders_scorer(reward_models.pointwise_rewards_vs_baseline,
+        return inference.both_orders_scorer(pairwise.rewards_vs_baseline,
                                             experiment.ranker_config, 71, 272,
                                             partitioner).lower(params, inputs, inputs)
     prompts, responses = partitioner.shard_batch((tokens(sizes.reference, lengths.prompt),

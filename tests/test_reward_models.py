@@ -6,8 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, t5, partitioning, reward_models
-from rso_jax.training import optimizers, train_loop, train_steps
+from rso_jax import t5, partitioning
+from rso_jax.data import batching, ranker_inputs, task
+from rso_jax.rewards import pairwise, pointwise
+from rso_jax.training import losses, optimizers, train_loop, train_steps
 
 CONFIG = t5.T5Config(vocab_size=64, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                           num_encoder_layers=2, num_decoder_layers=1,
@@ -33,7 +35,7 @@ def preference_pairs(rng, count):
     return contexts, np.array(chosen), np.array(rejected)
 
 
-def ranker_inputs(contexts, first, second):
+def token_ranker_inputs(contexts, first, second):
     n = len(contexts)
     return np.concatenate([np.full((n, 1), CONTEXT), contexts, np.full((n, 1), MARK_A), first,
                            np.full((n, 1), MARK_B), second, np.ones((n, 1))], 1).astype(np.int32)
@@ -56,20 +58,20 @@ def batch_source(kind, batch_size=32):
                 # rather than only on average over pairs (which left it at the edge of its
                 # bound on some CPUs).
                 contexts, chosen, rejected = preference_pairs(rng, batch_size // 2)
-                flipped = reward_models.flip_pairs(rng, batch_size // 2)
+                flipped = pairwise.flip_pairs(rng, batch_size // 2)
                 contexts = np.concatenate([contexts, contexts])
                 chosen, rejected = np.concatenate([chosen, chosen]), np.concatenate([rejected,
                                                                                      rejected])
                 flipped = np.concatenate([flipped, ~flipped])
                 first = np.where(flipped[:, None], rejected, chosen)
                 second = np.where(flipped[:, None], chosen, rejected)
-                targets = reward_models.ranker_targets(flipped, A_TOKEN, B_TOKEN)
-                yield batching.SftBatch(inputs=ranker_inputs(contexts, first, second),
+                targets = pairwise.ranker_targets(flipped, A_TOKEN, B_TOKEN)
+                yield batching.SftBatch(inputs=token_ranker_inputs(contexts, first, second),
                                         targets=targets,
                                         loss_weights=np.ones(targets.shape, np.float32))
             else:
                 contexts, chosen, rejected = preference_pairs(rng, batch_size)
-                yield reward_models.PointwisePairBatch(
+                yield batching.PointwisePairBatch(
                     chosen_inputs=pointwise_inputs(contexts, chosen),
                     rejected_inputs=pointwise_inputs(contexts, rejected),
                     pair_mask=np.ones(batch_size, bool))
@@ -89,9 +91,9 @@ def partitioner():
 
 def accuracy_of_ranker(params, validation):
     contexts, chosen, rejected = validation
-    scorer = reward_models.make_pair_scorer(CONFIG, A_TOKEN, B_TOKEN)
-    forward = np.asarray(scorer(params, ranker_inputs(contexts, chosen, rejected)))
-    backward = np.asarray(scorer(params, ranker_inputs(contexts, rejected, chosen)))
+    scorer = pairwise.make_pair_scorer(CONFIG, A_TOKEN, B_TOKEN)
+    forward = np.asarray(scorer(params, token_ranker_inputs(contexts, chosen, rejected)))
+    backward = np.asarray(scorer(params, token_ranker_inputs(contexts, rejected, chosen)))
     return forward, backward
 
 
@@ -135,31 +137,31 @@ def test_eq_7_baseline_scores_zero_and_rewards_follow_the_ranker(trained_ranker,
     context = np.repeat(contexts[:1], 6, axis=0)
     candidates = np.concatenate([chosen[:3], rejected[:3]])
     baseline = np.repeat(candidates[:1], 6, axis=0)  # candidate 0 is the baseline itself
-    rewards = np.asarray(reward_models.pointwise_rewards_vs_baseline(
-        CONFIG, params, ranker_inputs(context, candidates, baseline),
-        ranker_inputs(context, baseline, candidates), a_token=A_TOKEN, b_token=B_TOKEN))
+    rewards = np.asarray(pairwise.rewards_vs_baseline(
+        CONFIG, params, token_ranker_inputs(context, candidates, baseline),
+        token_ranker_inputs(context, baseline, candidates), a_token=A_TOKEN, b_token=B_TOKEN))
     assert rewards[0] == 0.0
     # hand check: logit of the order-averaged probability, from the raw A/B logits
-    logits_ab = np.asarray(reward_models.first_step_logits(
-        CONFIG, params, ranker_inputs(context, candidates, baseline), (A_TOKEN, B_TOKEN)))
-    logits_ba = np.asarray(reward_models.first_step_logits(
-        CONFIG, params, ranker_inputs(context, baseline, candidates), (A_TOKEN, B_TOKEN)))
+    logits_ab = np.asarray(pairwise.first_step_logits(
+        CONFIG, params, token_ranker_inputs(context, candidates, baseline), (A_TOKEN, B_TOKEN)))
+    logits_ba = np.asarray(pairwise.first_step_logits(
+        CONFIG, params, token_ranker_inputs(context, baseline, candidates), (A_TOKEN, B_TOKEN)))
     sigmoid = lambda z: 1 / (1 + np.exp(-z))
     probability = 0.5 * (sigmoid(logits_ab[:, 0] - logits_ab[:, 1])
                          + 1 - sigmoid(logits_ba[:, 0] - logits_ba[:, 1]))
     np.testing.assert_allclose(rewards, np.log(probability / (1 - probability)), atol=1e-4)
     assert (np.argsort(rewards) == np.argsort(probability)).all()
-    one_order = np.asarray(reward_models.pointwise_rewards_vs_baseline(
-        CONFIG, params, ranker_inputs(context, candidates, baseline), None, a_token=A_TOKEN,
+    one_order = np.asarray(pairwise.rewards_vs_baseline(
+        CONFIG, params, token_ranker_inputs(context, candidates, baseline), None, a_token=A_TOKEN,
         b_token=B_TOKEN))
     np.testing.assert_allclose(one_order, logits_ab[:, 0] - logits_ab[:, 1], rtol=1e-5)
 
 
 def test_pointwise_model_learns_with_bradley_terry(partitioner, validation, tmp_path):
     optimizer = optimizers.adafactor(learning_rate=3e-3)
-    params = reward_models.init_pointwise_params(CONFIG, jax.random.PRNGKey(0))
-    model = reward_models.PointwiseRewardConfig(CONFIG)
-    loss_fn = functools.partial(reward_models.bradley_terry_loss, model_config=CONFIG)
+    params = pointwise.init_pointwise_params(CONFIG, jax.random.PRNGKey(0))
+    model = pointwise.PointwiseRewardConfig(CONFIG)
+    loss_fn = functools.partial(losses.bradley_terry_loss, model_config=CONFIG)
     example = next(batch_source("pointwise")(0))
     step = train_steps.make_train_step(partitioner, model, optimizer, loss_fn, example)
     state = train_steps.place_state(partitioner, model, optimizer, params, jax.random.PRNGKey(1))
@@ -171,10 +173,10 @@ def test_pointwise_model_learns_with_bradley_terry(partitioner, validation, tmp_
                                                       progress_bar=False),
                                 model_config=model)
     contexts, chosen, rejected = validation
-    score = reward_models.make_pointwise_scorer(CONFIG)
+    score = pointwise.make_pointwise_scorer(CONFIG)
     params = jax.device_get(state.params)
-    accuracy = reward_models.pairwise_accuracy(score(params, pointwise_inputs(contexts, chosen)),
-                                               score(params, pointwise_inputs(contexts, rejected)))
+    accuracy = np.mean(np.asarray(score(params, pointwise_inputs(contexts, chosen)))
+                       > np.asarray(score(params, pointwise_inputs(contexts, rejected))))
     assert accuracy > 0.8
 
 
@@ -190,12 +192,12 @@ class WordVocabulary:
 
 def test_packing_truncates_only_the_context_and_reports_it():
     vocabulary = WordVocabulary()
-    report = reward_models.TruncationReport()
+    report = ranker_inputs.TruncationReport()
     context = " ".join(f"w{i}" for i in range(30))
-    ids = reward_models.pack_ranker_input(vocabulary, context, ["good summary here", "bad one"],
-                                          reward_models.SUMMARY_TEMPLATE, max_length=20,
+    ids = ranker_inputs.pack_ranker_input(vocabulary, context, ["good summary here", "bad one"],
+                                          task.RANKER_TEMPLATES["summary"], max_length=20,
                                           report=report)
-    markers = [vocabulary.encode(m.strip()) for m in reward_models.SUMMARY_TEMPLATE]
+    markers = [vocabulary.encode(m.strip()) for m in task.RANKER_TEMPLATES["summary"]]
     assert [len(m) for m in markers] == [1, 2, 2]  # '[CONTEXT]', '[SUMMARY A]', '[SUMMARY B]'
     assert len(ids) == 20 and ids[-1] == 1
     assert ids[:1] == markers[0]
@@ -205,17 +207,17 @@ def test_packing_truncates_only_the_context_and_reports_it():
     kept = 20 - len(tail) - 1
     assert kept == 9 and ids[1: 1 + kept] == vocabulary.encode(context)[:kept]
     assert (report.truncated_contexts, report.context_tokens_removed) == (1, 30 - kept)
-    assert reward_models.pack_ranker_input(vocabulary, "short", ["a b c d e f g h"] * 2,
-                                           reward_models.SUMMARY_TEMPLATE, max_length=12,
+    assert ranker_inputs.pack_ranker_input(vocabulary, "short", ["a b c d e f g h"] * 2,
+                                           task.RANKER_TEMPLATES["summary"], max_length=12,
                                            report=report) is None
     assert report.too_long == 1 and report.examples == 2
     assert "1/2 contexts truncated" in str(report)
 
 
 def test_logit_is_exact_at_one_half_and_accurate_towards_both_ends():
-    assert float(reward_models.logit(np.float32(0.5))) == 0.0
+    assert float(pairwise.logit(np.float32(0.5))) == 0.0
     probabilities = np.array([1e-6, 1e-3, 0.1, 0.3, 0.5 + 2 ** -20, 0.7, 0.9, 1 - 1e-3,
                               1 - 2 ** -20], np.float32)
     expected = np.log(probabilities.astype(np.float64) / (1 - probabilities.astype(np.float64)))
-    np.testing.assert_allclose(np.asarray(reward_models.logit(probabilities)), expected,
+    np.testing.assert_allclose(np.asarray(pairwise.logit(probabilities)), expected,
                                rtol=1e-6, atol=1e-6)

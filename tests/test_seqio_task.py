@@ -200,15 +200,15 @@ def test_a_split_or_comparisons_the_tasks_lack_fail_at_start_up(user_tasks):
 
 
 def test_rso_jax_tasks_are_named_like_any_other():
-    """The synthetic tasks rso_jax.tasks registers, configured by gin/data/synthetic.gin."""
+    """The synthetic tasks rso_jax.data.seqio_tasks registers, configured by gin/data/synthetic.gin."""
     names = ["--gin_file=gin/runs/rso.gin", "--gin_file=gin/data/synthetic.gin",
-             "--gin_file=gin/data/seqio.gin", "--tiny", "--gin.SEQIO_MODULES=['rso_jax.tasks']",
+             "--gin_file=gin/data/seqio.gin", "--tiny", "--gin.SEQIO_MODULES=['rso_jax.data.seqio_tasks']",
              "--gin.SEQIO_TASK='rso_synthetic_sft'",
              "--gin.SEQIO_COMPARISON_TASK='rso_synthetic_preferences'",
              "--gin.SEQIO_RANKER_TEMPLATE='summary'", "--gin.NUM_TRAIN_EXAMPLES=12",
              "--gin.NUM_EVAL_EXAMPLES=4", "--gin.LABEL_TEMPERATURE=0.0",
              "--gin.WORK_DIR='unused'"]
-    with gin_config(names):  # rso_jax.tasks reads the synthetic dataset's settings from gin
+    with gin_config(names):  # rso_jax.data.seqio_tasks reads the synthetic dataset's settings from gin
         task = gin.get_configurable(config.Experiment)().task
         sft, comparisons = task.sft_examples("train"), task.comparisons("validation")
     assert task.vocabulary_file() == synthetic_task.VOCABULARY_FILE

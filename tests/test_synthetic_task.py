@@ -12,7 +12,7 @@ import pytest
 from rso_jax.data.synthetic import generator as synthetic_data
 from rso_jax.data.synthetic import gold as synthetic_gold
 from rso_jax.data.synthetic import task as synthetic_task
-from rso_jax import vocabularies
+from rso_jax.data import vocabularies
 from rso_jax.data import task as data_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -235,8 +235,8 @@ def test_shipped_vocabulary_is_what_the_script_builds(tmp_path):
 
 
 def test_task_and_batching_modules_do_not_import_tensorflow_or_seqio():
-    code = ("import sys; import rso_jax.data.synthetic.task, rso_jax.batching, "
-            "rso_jax.data.readers, rso_jax.vocabularies; from rso_jax import vocabularies, "
+    code = ("import sys; import rso_jax.data.synthetic.task, rso_jax.data.batching, "
+            "rso_jax.data.readers, rso_jax.data.vocabularies; from rso_jax.data import vocabularies, "
             "batching; from rso_jax.data.synthetic import generator, task; "
             "batching.sft_batch(generator.sft_examples('train', 2), "
             "vocabularies.load_sentencepiece(task.VOCABULARY_FILE), "

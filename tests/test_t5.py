@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rso_jax import batching, t5
+from rso_jax import t5
+from rso_jax.data import batching
 from rso_jax.weights import hf, t5x, tree
 from t5_helpers import T5X_FIXTURE, hf_logits, hf_state_dict_numpy, padded_tokens, random_hf_t5
 

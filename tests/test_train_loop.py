@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, t5, partitioning
+from rso_jax import t5, partitioning
+from rso_jax.data import batching
 from rso_jax.training import checkpoint_checksums, optimizers, train_loop, train_steps
 from rso_jax.runtime import file_checksums
 from rso_jax.weights import orbax_params

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, t5, partitioning
+from rso_jax import t5, partitioning
+from rso_jax.data import batching
 from rso_jax.training import optimizers, train_steps
 from rso_jax.sampling import scoring
 from t5_helpers import MESH_TEST_CONFIG, padded_tokens

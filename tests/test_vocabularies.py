@@ -9,7 +9,7 @@ import seqio
 import sentencepiece
 import tensorflow as tf
 
-from rso_jax import vocabularies
+from rso_jax.data import vocabularies
 from rso_jax.data.synthetic import task as synthetic_task
 
 SYNTHETIC = synthetic_task.VOCABULARY_FILE

@@ -2,7 +2,7 @@
 
 `read_split(dataset, split)` reads one split of a dataset in `DATASETS` from the files that gin
 binds to `data_files` (gin/data/*.gin), with the options bound to `read_options`, through the
-readers of `summaries` and `dialogues`. No TensorFlow or seqio here: `tasks.py` wraps the
+readers of `summaries` and `dialogues`. No TensorFlow or seqio here: `seqio_tasks.py` wraps the
 datasets as seqio tasks, and a pipeline without seqio (`file_tasks.FileTask`) reads the same
 data through `read_split`.
 """

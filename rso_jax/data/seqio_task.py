@@ -28,7 +28,7 @@ import functools
 import importlib
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from rso_jax import vocabularies
+from rso_jax.data import vocabularies
 from rso_jax.data import task
 
 SFT_FEATURES = ("inputs", "targets")
@@ -189,7 +189,7 @@ class SeqioTask(task.WithoutGoldReward):
 
     def __hash__(self):
         # The caches key on the instance, not on the names: a registered task may read gin
-        # (rso_jax.tasks' do), which each point of a sweep configures anew.
+        # (rso_jax.data.seqio_tasks' do), which each point of a sweep configures anew.
         return id(self)
 
     @property

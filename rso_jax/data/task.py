@@ -25,6 +25,8 @@ RANKER_TEMPLATES = {
     "summary": ("[CONTEXT] ", " [SUMMARY A] ", " [SUMMARY B] "),
     "dialogue": ("[CONTEXT] ", " [RESPONSE A] ", " [RESPONSE B] "),
 }
+# The pointwise reward model's layout, whatever the task: (before the context, before the response).
+POINTWISE_TEMPLATE = ("[CONTEXT] ", " [RESPONSE] ")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rso_jax import batching, reward_models, vocabularies
+from rso_jax.data import batching, ranker_inputs, vocabularies
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +121,10 @@ class TextCodec:
         if len(responses) != len(template) - 1:
             raise ValueError(f"The template {tuple(template)} has {len(template) - 1} response "
                              f"slot(s); {len(responses)} response lists were given.")
-        report = reward_models.TruncationReport()
+        report = ranker_inputs.TruncationReport()
         rows = []
         for context, *texts in zip(contexts, *responses):
-            ids = reward_models.pack_ranker_input(self.processor, context, texts, template,
+            ids = ranker_inputs.pack_ranker_input(self.processor, context, texts, template,
                                                   length, report=report,
                                                   max_response_tokens=max_response_tokens)
             if ids is None:

@@ -76,8 +76,7 @@ def _bradley_terry_labels(rewards_vn: Array, key: Array) -> pair_rules.Preferenc
         pair_id_vm = (jnp.minimum(first_vm, second_vm) * num_candidates
                       + jnp.maximum(first_vm, second_vm))
         uniform_vm = jax.vmap(jax.vmap(uniform, in_axes=(None, 0)))(visit_keys_v, pair_id_vm)
-        first_wins_vm = jax.nn.sigmoid(jnp.take_along_axis(rewards_vn, first_vm, axis=1)
-                                       - jnp.take_along_axis(rewards_vn, second_vm, axis=1))
+        first_wins_vm = pair_rules.reward_preference_fn(rewards_vn)(first_vm, second_vm)
         # The lower-indexed response of the pair wins when the uniform is below its probability.
         wins_vm = jnp.where(first_vm <= second_vm, uniform_vm < first_wins_vm,
                             uniform_vm >= 1.0 - first_wins_vm)

@@ -16,6 +16,7 @@ from rso_jax import setting_types, t5
 from rso_jax.training import losses, optimizers
 from rso_jax.sampling import decoding
 from rso_jax.data import task as task_lib
+from rso_jax.experiment import scorers
 
 # Which responses are kept (NUM_SAMPLES of NUM_CANDIDATES): rso-sample-rank, sft-sample-rank,
 # best-of-N (the top NUM_SAMPLES by reward), or the task's own comparisons (no samples); or
@@ -28,7 +29,6 @@ SFT_SELECTIONS = ("raft", "rest", "best_of_n")  # the policy is fine-tuned on th
 # The reward model: RSO's pairwise T5 ranker (rewards by eq. 7 against a baseline decode), or a
 # pointwise T5 reward model trained with the Bradley-Terry loss (RS-DPO); both trained from the
 # task's comparisons by the ranker stage, or loaded from RANKER_CHECKPOINT.
-SCORERS = ("pairwise", "pointwise")
 # Where the reference log-probabilities of rounds after the first come from.
 REFERENCE_POLICIES = ("sft", "previous_round")
 # How the kept responses (in a random order) become pairs: RSO's first-round and tournament
@@ -227,7 +227,7 @@ class Experiment:
     # SLiC's regularisation (eq. 1): the loss gains -LAMBDA * log pi(y_ref | x), y_ref the
     # prompt's SFT target (for direct pairs, the chosen response). RSO drops it (0).
     regularization_weight: float = 0.0
-    scorer: str = "pairwise"  # one of SCORERS
+    scorer: str = "pairwise"  # a key of scorers.KINDS
     # Iterative rounds: round r > 1 samples from round r - 1's policy, selects and trains from
     # it again (Llama 2: SELECTION 'best_of_n'; Llama 3: PAIR_RULE 'best_vs_worst' and a DPO
     # loss), each round in its own directory (round_<r>/).
@@ -246,7 +246,7 @@ class Experiment:
     # The "stronger ranker" that judges gold win rates on tasks without a gold program.
     gold_ranker_checkpoint: Optional[str] = None
     gold_ranker_config: Optional[t5.T5Config] = None
-    # The AutoSxS judge: any pairwise ranker checkpoint (e.g. the gold ranker); `rso_jax.autosxs`.
+    # The AutoSxS judge: any pairwise ranker checkpoint (e.g. the gold ranker); `rso_jax.rewards.autosxs`.
     autosxs_judge_checkpoint: Optional[str] = None
     autosxs_judge_config: Optional[t5.T5Config] = None
     # AutoSxS on a task with a gold reward program and no judge checkpoint: a judge that draws
@@ -296,8 +296,8 @@ class Experiment:
         if self.label_smoothing and self.loss not in losses.SMOOTHED_LOSSES:
             raise ValueError(f"LABEL_SMOOTHING={self.label_smoothing} is for LOSS in "
                              f"{losses.SMOOTHED_LOSSES}, not LOSS={self.loss!r}.")
-        if self.scorer not in SCORERS:
-            raise ValueError(f"SCORER={self.scorer!r}; choose one of {SCORERS}.")
+        if self.scorer not in scorers.KINDS:
+            raise ValueError(f"SCORER={self.scorer!r}; choose one of {tuple(scorers.KINDS)}.")
         if self.reference_policy not in REFERENCE_POLICIES:
             raise ValueError(f"REFERENCE_POLICY={self.reference_policy!r}; choose one of "
                              f"{REFERENCE_POLICIES}.")

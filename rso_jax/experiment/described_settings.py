@@ -7,7 +7,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-from rso_jax import vocabularies
+from rso_jax.data import vocabularies
 from rso_jax.sampling import decoding
 from rso_jax.experiment.config import Experiment
 

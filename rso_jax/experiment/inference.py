@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from rso_jax import t5, partitioning, reward_models
+from rso_jax import t5, partitioning
+from rso_jax.rewards import pairwise, pointwise
 from rso_jax.sampling import decoding, scoring
 from rso_jax.runtime import processes, stop_signals
 
@@ -106,16 +107,15 @@ def rewards_vs_baseline(config: t5.T5Config, params: Any, ab_tokens: tuple[int, 
                         inputs_candidate_first: np.ndarray, inputs_baseline_first: np.ndarray,
                         batch_size: int, partitioner: partitioning.Partitioner) -> np.ndarray:
     """Eq. 7 rewards logit P(candidate > baseline), both presentation orders averaged."""
-    scorer = both_orders_scorer(reward_models.pointwise_rewards_vs_baseline, config,
-                                  *ab_tokens, partitioner)
+    scorer = both_orders_scorer(pairwise.rewards_vs_baseline, config, *ab_tokens, partitioner)
     return map_chunks(lambda _, cb, bc: scorer(params, cb, bc),
                       [inputs_candidate_first, inputs_baseline_first], batch_size, partitioner)
 
 
 @functools.lru_cache(maxsize=None)
 def one_order_scorer(config, a_token, b_token, partitioner):
-    """`reward_models.make_pair_scorer`, compiled once per model, tokens and mesh."""
-    return reward_models.make_pair_scorer(config, a_token, b_token, partitioner)
+    """`pairwise.make_pair_scorer`, compiled once per model, tokens and mesh."""
+    return pairwise.make_pair_scorer(config, a_token, b_token, partitioner)
 
 
 def ordered_preference_probabilities(config: t5.T5Config, params: Any,
@@ -133,7 +133,7 @@ def preference_probabilities(config: t5.T5Config, params: Any, ab_tokens: tuple[
                              batch_size: int, partitioner: partitioning.Partitioner
                              ) -> np.ndarray:
     """P(first > second) from the pairwise ranker, both presentation orders averaged."""
-    scorer = both_orders_scorer(reward_models.symmetric_preference_probability, config,
+    scorer = both_orders_scorer(pairwise.symmetric_preference_probability, config,
                                   *ab_tokens, partitioner)
     return map_chunks(lambda _, ab, ba: scorer(params, ab, ba), [inputs_first, inputs_second],
                       batch_size, partitioner)
@@ -141,7 +141,7 @@ def preference_probabilities(config: t5.T5Config, params: Any, ab_tokens: tuple[
 
 @functools.lru_cache(maxsize=None)
 def pointwise_scorer(config, partitioner):
-    return reward_models.make_pointwise_scorer(config, partitioner)
+    return pointwise.make_pointwise_scorer(config, partitioner)
 
 
 def pointwise_rewards(config: t5.T5Config, params: Any, inputs: np.ndarray, batch_size: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from rso_jax.experiment import scorers
 from rso_jax.experiment.config import SFT_SELECTIONS, Experiment
 
 METHOD_NAMES = {"rso": "rso-sample-rank", "sft": "sft-sample-rank",
@@ -12,8 +13,6 @@ METHOD_NAMES = {"rso": "rso-sample-rank", "sft": "sft-sample-rank",
                 "raft": "RAFT (SFT on each prompt's best candidate by a ranker tournament)",
                 "rest": "ReST (SFT on candidates above the normalised eq. 7 reward threshold)",
                 "best_of_n": "best-of-N SFT (each prompt's candidate of highest reward)"}
-SCORER_NAMES = {"pairwise": "pairwise T5 ranker", "pointwise": "pointwise Bradley-Terry reward "
-                "model"}
 PAIR_RULE_NAMES = {"first_round": "first-round pairs by the ranker",
                    "tournament": "tournament pairs by the ranker",
                    "tournament_by_reward": "tournament pairs by eq. 7 rewards",
@@ -38,7 +37,7 @@ def method_title(results: dict) -> str:
             SFT_SELECTIONS):
         parts.append("reference: the previous round's policy")
     if selection["method"] != "direct" and results.get("scorer"):
-        parts.append(f"scored by the {SCORER_NAMES[results['scorer']]}")
+        parts.append(f"scored by the {scorers.KINDS[results['scorer']].description}")
     if selection["method"] in SFT_SELECTIONS:
         if selection["method"] == "rest":
             parts.append(f"threshold {selection['rest_threshold']}")

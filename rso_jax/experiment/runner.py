@@ -13,10 +13,11 @@ import os
 import time
 from typing import Any, Optional, Sequence
 
-from rso_jax import partitioning, reward_models, vocabularies
+from rso_jax import partitioning
+from rso_jax.data import vocabularies
 from rso_jax.runtime import atomic_io, failures, processes, stop_signals
-from rso_jax.experiment import (artifacts, checkpoint_inputs, fingerprints, inference,
-                                rounds, shared_stages, stage_records)
+from rso_jax.experiment import (artifacts, checkpoint_checks, checkpoint_inputs, fingerprints,
+                                inference, rounds, scorers, shared_stages, stage_records)
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment import stages as stage_graph
@@ -32,7 +33,7 @@ def check_inputs(context: StageContext) -> None:
     artifacts.check_work_dir(experiment.work_dir)
     codec = context.codec
     codec.ab_tokens  # loads and checks the vocabulary (T5 ids, single-token 'A' and 'B')
-    checkpoint_inputs.check_all(experiment, codec.size)
+    checkpoint_checks.check_all(experiment, codec.size)
     eval_task = experiment.evaluation_task
     for role, other in (("evaluation task (EVAL_TASK)", eval_task),
                         ("sampling task (SAMPLE_TASK)", experiment.sampling_task)):
@@ -58,9 +59,9 @@ def check_inputs(context: StageContext) -> None:
         inference.check_batch_size(name, getattr(sizes, field), context.partitioner)
     lengths = experiment.lengths
     for task in {id(t): t for t in (experiment.task, eval_task)}.values():
-        template, count = context.ranker_template(task), 2
-        if experiment.scorer == "pointwise":
-            template, count = reward_models.POINTWISE_TEMPLATE, 1
+        reward_model = scorers.kind(experiment)
+        template = reward_model.input_template(context.ranker_template(task))
+        count = reward_model.responses_per_input
         needed = count * lengths.response + codec.ranker_input_overhead(template)
         if lengths.ranker_input < needed:
             raise ValueError(f"RANKER_INPUT_LENGTH={lengths.ranker_input} cannot hold {count} "

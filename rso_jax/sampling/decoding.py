@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from rso_jax import t5, partitioning, setting_types, vocabularies
+from rso_jax import t5, partitioning, setting_types
+from rso_jax.data import vocabularies
 
 Array = jax.Array
 

@@ -8,7 +8,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from rso_jax import batching, t5, partitioning, vocabularies
+from rso_jax import t5, partitioning
+from rso_jax.data import batching, vocabularies
 
 
 def token_log_probs(logits_btv: jax.Array, target_tokens_bt: jax.Array) -> jax.Array:

@@ -9,6 +9,7 @@ Beyond the paper, as other preference libraries offer them:
   ipo (Azar et al., IPO):      (h - 1 / (2 gamma))^2, h = (logp_w - ref_w) - (logp_l - ref_l)
   conservative sigmoid-norm (cDPO, labels flipped with probability epsilon):
                                -(1 - epsilon) log sigma(gamma h) - epsilon log sigma(-gamma h)
+The pointwise reward model's Bradley-Terry loss (RS-DPO): -log sigma(R(x, y_w) - R(x, y_l)).
 
 `logp_*` are sequence log-probabilities under the policy being trained, `ref_*` under the
 frozen SFT policy (computed once for the pair dataset). Every loss returns the mean loss over
@@ -24,11 +25,14 @@ TRL use:
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
+from rso_jax import t5
+from rso_jax.data import batching
+from rso_jax.rewards import pointwise
 from rso_jax.sampling import scoring
 
 Array = jax.Array
@@ -247,3 +251,22 @@ def token_cross_entropy(logits_btv: Array, target_tokens_bt: Array,
     correct = (jnp.argmax(logits_btv, axis=-1) == target_tokens_bt).astype(jnp.float32)
     return loss, {"loss/token_nll": loss, "accuracy/token": (correct * weights).sum() / total,
                   "tokens": weights.sum()}
+
+
+def bradley_terry_loss(params: Any, batch: batching.PointwisePairBatch, dropout_rng: Array, *,
+                       model_config: t5.T5Config) -> tuple[Array, dict[str, Array]]:
+    """-log sigma(R(x, y_w) - R(x, y_l)), averaged over valid pairs; a train_step loss_fn."""
+    model = pointwise.PointwiseRewardModel(model_config)
+    dropout = model_config.dropout_rate > 0
+    both = jnp.concatenate([batch.chosen_inputs, batch.rejected_inputs], axis=0)
+    rewards = model.apply({"params": params}, both, enable_dropout=dropout,
+                          rngs={"dropout": dropout_rng})
+    chosen, rejected = jnp.split(rewards, 2)
+    mask = batch.pair_mask.astype(jnp.float32)
+    count = jnp.maximum(mask.sum(), 1.0)
+    margin = chosen - rejected
+    loss = -(jax.nn.log_sigmoid(margin) * mask).sum() / count
+    return loss, {"loss": loss, "rewards/chosen": (chosen * mask).sum() / count,
+                  "rewards/rejected": (rejected * mask).sum() / count,
+                  "rewards/margin": (margin * mask).sum() / count,
+                  "rewards/accuracy": ((margin > 0) * mask).sum() / count}

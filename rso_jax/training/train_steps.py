@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rso_jax import batching, model_spec, t5, partitioning, vocabularies
+from rso_jax import model_spec, t5, partitioning
+from rso_jax.data import batching, vocabularies
 from rso_jax.training import losses
 from rso_jax.sampling import scoring
 from rso_jax.weights import tree

@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from rso_jax import partitioning, t5, vocabularies
+from rso_jax import partitioning, t5
+from rso_jax.data import vocabularies
 from rso_jax.sampling import scoring
 from rso_jax.runtime import processes, run_info
 from rso_jax.weights import formats, hf, orbax_params, t5x, tree

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import batching, partitioning, t5
+from rso_jax import partitioning, t5
+from rso_jax.data import batching
 from rso_jax.training import optimizers, train_steps
 from rso_jax.weights import convert, formats, hf, orbax_params, t5x, tree
 from rso_jax.experiment import artifacts

@@ -197,11 +197,11 @@ def test_a_pointwise_reward_model_loads_only_from_its_own_orbax_checkpoint(
     RANKER_INIT_CHECKPOINT, and a checkpoint of the other kind than SCORER names SCORER."""
     import types
 
-    from rso_jax import reward_models
-    from rso_jax.experiment import checkpoint_inputs
+    from rso_jax.rewards import pointwise
+    from rso_jax.experiment import checkpoint_checks
 
-    spec = reward_models.PointwiseRewardConfig(config)
-    params = jax.device_get(reward_models.init_pointwise_params(
+    spec = pointwise.PointwiseRewardConfig(config)
+    params = jax.device_get(pointwise.init_pointwise_params(
         config, jax.random.PRNGKey(0), fixture_params))
     params["reward_head"]["kernel"] = np.full_like(params["reward_head"]["kernel"], 0.5)
     path = str(tmp_path / "pointwise")
@@ -221,10 +221,10 @@ def test_a_pointwise_reward_model_loads_only_from_its_own_orbax_checkpoint(
             ranker_init_checkpoint=None, gold_ranker_checkpoint=None, gold_ranker_config=None,
             autosxs_judge_checkpoint=None, autosxs_judge_config=None)
 
-    checkpoint_inputs.check_all(experiment("pointwise", path), vocabulary_pieces=256)
-    with pytest.raises(ValueError, match=r"holds a pointwise reward model, but "
+    checkpoint_checks.check_all(experiment("pointwise", path), vocabulary_pieces=256)
+    with pytest.raises(ValueError, match=r"holds a pointwise Bradley-Terry reward model, but "
                                          r"SCORER='pairwise'"):
-        checkpoint_inputs.check_all(experiment("pairwise", path), vocabulary_pieces=256)
+        checkpoint_checks.check_all(experiment("pairwise", path), vocabulary_pieces=256)
     with pytest.raises(ValueError, match=r"holds a pairwise T5 ranker, but SCORER='pointwise'"):
-        checkpoint_inputs.check_all(experiment("pointwise", paths["orbax"]),
+        checkpoint_checks.check_all(experiment("pointwise", paths["orbax"]),
                                     vocabulary_pieces=256)

@@ -4,11 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from rso_jax import t5, partitioning, reward_models
+from rso_jax import t5, partitioning
+from rso_jax.rewards import pointwise
 from rso_jax.weights import orbax_params, tree
 from t5_helpers import MESH_TEST_CONFIG
 
-POINTWISE = reward_models.PointwiseRewardConfig(MESH_TEST_CONFIG)
+POINTWISE = pointwise.PointwiseRewardConfig(MESH_TEST_CONFIG)
 
 
 def test_pointwise_reward_model_round_trips_onto_its_shardings(tmp_path):
@@ -16,7 +17,7 @@ def test_pointwise_reward_model_round_trips_onto_its_shardings(tmp_path):
     params["reward_head"]["kernel"] = np.full_like(params["reward_head"]["kernel"], 0.5)
     directory = str(tmp_path / "pointwise")
     orbax_params.save_params(params, POINTWISE, directory)
-    assert orbax_params.load_config(directory, reward_models.PointwiseRewardConfig) == POINTWISE
+    assert orbax_params.load_config(directory, pointwise.PointwiseRewardConfig) == POINTWISE
 
     partitioner = partitioning.create_partitioner(data_parallelism=2, model_parallelism=4)
     shardings = partitioner.param_shardings(POINTWISE)
@@ -34,7 +35,7 @@ def test_restoring_as_another_model_fails_clearly(tmp_path):
                             POINTWISE, directory)
     with pytest.raises(ValueError, match=r"Unknown T5Config fields \['t5'\]"):
         orbax_params.restore_params(directory, MESH_TEST_CONFIG)
-    smaller = reward_models.PointwiseRewardConfig(MESH_TEST_CONFIG.replace(mlp_dim=16))
+    smaller = pointwise.PointwiseRewardConfig(MESH_TEST_CONFIG.replace(mlp_dim=16))
     with pytest.raises(tree.ParamTreeMismatchError,
                        match=r"(?s)does not fit.*mlp/wi_0/kernel: found \(16, 32\), expected "
                              r"\(16, 16\)"):

@@ -7,7 +7,7 @@
 
 Every example is generated deterministically from `(seed, split, index)`, so any slice of any
 split can be regenerated anywhere (no files, no TensorFlow, no seqio: numpy only, and
-`sentencepiece` for its vocabulary). `tasks.py` wraps it as seqio tasks.
+`sentencepiece` for its vocabulary). `seqio_tasks.py` wraps it as seqio tasks.
 
 The task
   A context is 20-32 lowercase words (by default): filler words (`FILLER_WORDS`) with 2-4

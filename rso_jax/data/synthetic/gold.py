@@ -3,10 +3,11 @@ program is spelled out in the package docstring)."""
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
+
+from rso_jax.rewards import bradley_terry
 
 ENTITY_WORDS = (
     "ant", "bat", "bee", "cat", "cod", "cow", "crab", "crow", "deer", "dog", "duck", "eel",
@@ -68,9 +69,4 @@ def max_gold_reward(context: str) -> float:
 
 def preference_probability(reward_difference: float, temperature: float) -> float:
     """Bradley-Terry P(first ≻ second) = σ(Δ / temperature); temperature 0 is a hard rule."""
-    if temperature == 0:
-        return 1.0 if reward_difference > 0 else 0.0 if reward_difference < 0 else 0.5
-    z = reward_difference / temperature
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    return math.exp(z) / (1.0 + math.exp(z))
+    return float(bradley_terry.preference_probability(reward_difference, temperature))

@@ -3,7 +3,7 @@ against the SFT targets and each other.
 
 Proxy win rates come from the trained ranker. Gold figures come from the task's gold reward
 program where it has one, otherwise from a separate gold ranker checkpoint (RSO's "stronger
-ranker"); with neither, only proxy figures are reported. AutoSxS win rates (`rso_jax.autosxs`:
+ranker"); with neither, only proxy figures are reported. AutoSxS win rates (`rso_jax.rewards.autosxs`:
 8 judgements, 4 flipped) come from AUTOSXS_JUDGE_CHECKPOINT when one is given, or from the
 gold program as a judge (AUTOSXS_GOLD_TEMPERATURE). With EVAL_BEST_OF_N, best-of-N at
 inference of both policies (`experiment.best_of_n`). The prompts may
@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from rso_jax import autosxs
+from rso_jax.rewards import autosxs
 from rso_jax.runtime import atomic_io, run_info
 from rso_jax.experiment import artifacts, best_of_n, checkpoint_inputs, metrics, report
 from rso_jax.experiment.context import StageContext

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from rso_jax import batching
+from rso_jax.data import batching
 from rso_jax.training import train_steps
 from rso_jax.experiment import metrics, training_runs
 from rso_jax.experiment.context import StageContext

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from rso_jax import batching
+from rso_jax.data import batching
 from rso_jax.training import train_steps
 from rso_jax.experiment import checkpoint_inputs, described_settings as described, training_runs
 from rso_jax.experiment.stage import Stage

@@ -13,7 +13,7 @@ import pytest
 import seqio
 import sentencepiece
 
-from rso_jax import batching, tasks
+from rso_jax.data import batching, seqio_tasks
 from rso_jax.data.synthetic import generator as synthetic_data
 from rso_jax.data.synthetic import gold as synthetic_gold
 from rso_jax.data.synthetic import task as synthetic_task
@@ -188,7 +188,7 @@ def test_shards_split_a_task():
         for i in range(2)]
     assert sorted(shards[0] + shards[1]) == sorted(whole)
     assert not set(shards[0]) & set(shards[1])
-    assert tasks.host_shard_info() == seqio.ShardInfo(index=0, num_shards=1)  # one host here
+    assert seqio_tasks.host_shard_info() == seqio.ShardInfo(index=0, num_shards=1)  # one host here
 
 
 def test_unconfigured_vocabulary_and_files_are_clear_errors():
@@ -196,13 +196,13 @@ def test_unconfigured_vocabulary_and_files_are_clear_errors():
         examples("rso_tldr_sft")
     gin.parse_config(f"""
         from __gin__ import dynamic_registration
-        from rso_jax import vocabularies
+        from rso_jax.data import vocabularies
         vocabularies.vocabulary_settings.model_file = {SPM!r}
     """)
     with pytest.raises(ValueError, match=r"No files configured for 'tldr_sft'.*TLDR_SFT_FILES"):
         examples("rso_tldr_sft")
     with pytest.raises(ValueError, match="Unknown split 'dev'"):
-        tasks.load_examples("rso_tldr_sft", "dev")
+        seqio_tasks.load_examples("rso_tldr_sft", "dev")
 
 
 def test_required_macros_must_be_set():
@@ -221,7 +221,7 @@ def test_vocabulary_without_single_token_ranker_targets_fails_at_first_use():
                                                                           "cnn_dailymail.jsonl")})
     gin.parse_config(f"""
         from __gin__ import dynamic_registration
-        from rso_jax import vocabularies
+        from rso_jax.data import vocabularies
         vocabularies.vocabulary_settings.model_file = {SEQIO_TEST_MODEL!r}
     """)
     with pytest.raises(ValueError, match="encodes 'A' as 2 tokens"):

@@ -25,7 +25,7 @@ TensorFlow-free functions (a pipeline without seqio reads the same data through 
 The synthetic tasks use the SentencePiece model shipped in `rso_jax/assets/` and the splits of
 `synthetic_data.SyntheticDataset` as gin configures it. `load_examples` returns a task's texts
 before seqio tokenizes them. An experiment can read any of them, as any registered seqio task,
-through gin/data/seqio.gin (`data.seqio_task`) with SEQIO_MODULES = ['rso_jax.tasks'].
+through gin/data/seqio.gin (`data.seqio_task`) with SEQIO_MODULES = ['rso_jax.data.seqio_tasks'].
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Callable, Optional
 import seqio
 import tensorflow as tf
 
-from rso_jax import vocabularies
+from rso_jax.data import vocabularies
 from rso_jax.data.synthetic import generator as synthetic_data
 from rso_jax.data.synthetic import task as synthetic_task
 from rso_jax.data import readers

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from rso_jax import vocabularies
+from rso_jax.data import vocabularies
 
 logger = logging.getLogger(__name__)
 
@@ -157,10 +157,31 @@ def grouped_responses(batch: PreferenceBatch) -> Array:
     return grouped.reshape((-1,) + tuple(batch.chosen.shape[1:]))
 
 
+@struct.dataclass
+class PointwisePairBatch:
+    """Preference pairs for the pointwise model.
+
+    Attributes:
+      chosen_inputs, rejected_inputs: int32 [pairs, len], `[CONTEXT] x [RESPONSE] y` + EOS.
+      pair_mask: bool [pairs].
+    """
+
+    chosen_inputs: Array
+    rejected_inputs: Array
+    pair_mask: Array
+
+
+
 def sft_batch_from_tokens(inputs: np.ndarray, targets: np.ndarray) -> SftBatch:
     """An SftBatch of token arrays; loss weights on every non-padding target token."""
     return SftBatch(inputs=inputs, targets=targets,
                     loss_weights=(targets != vocabularies.PAD_ID).astype(np.float32))
+
+
+def pointwise_pair_batch_from_tokens(chosen_inputs: np.ndarray,
+                                     rejected_inputs: np.ndarray) -> PointwisePairBatch:
+    """A PointwisePairBatch of token arrays; every pair real."""
+    return PointwisePairBatch(chosen_inputs, rejected_inputs, np.ones(len(chosen_inputs), bool))
 
 
 def preference_batch_from_tokens(inputs: np.ndarray, chosen: np.ndarray, rejected: np.ndarray,

@@ -19,6 +19,8 @@ import dataclasses
 
 import numpy as np
 
+from rso_jax.rewards import bradley_terry
+
 JUDGEMENTS = 8  # per example
 FLIPPED = 4  # of which the policy's response is shown second
 DECISION_MARGIN = 0.35  # a win or a loss only when the mean score is this far from 0.5
@@ -54,7 +56,7 @@ def gold_program_probabilities(policy_gold: np.ndarray, baseline_gold: np.ndarra
     whichever side each response is shown on (no position bias). Returns the two orders'
     probabilities for `judgement_scores`: the policy's response as A, then the baseline's."""
     margin = (np.asarray(policy_gold, np.float64) - np.asarray(baseline_gold, np.float64))
-    policy_first = 0.5 * (1.0 + np.tanh(0.5 * margin / temperature))  # sigma, no overflow
+    policy_first = bradley_terry.preference_probability(margin, temperature)
     return policy_first, 1.0 - policy_first
 
 
