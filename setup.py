@@ -25,7 +25,7 @@ setup(
         "pyarrow>=14",
         "tqdm>=4.60",
         "tensorboardX>=2.6",
-        "matplotlib>=3.7",  # the plots of sweeps (rso_jax.plots); imported only there
+        "matplotlib>=3.7",  # the plots of sweeps (rso_jax.tools.plots); imported only there
     ],
     extras_require={
         # torch first and pinned to the CPU build these machines carry; transformers (which

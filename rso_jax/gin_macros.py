@@ -12,7 +12,9 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterator, Sequence
 
-LIBRARY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+import rso_jax
+
+LIBRARY_DIR = os.path.join(rso_jax.REPO_ROOT, "gin")
 _REQUIRED_KEY = ("gin.REQUIRED", "gin.constant")  # what `%gin.REQUIRED` refers to
 
 
@@ -118,7 +120,7 @@ class MacroUses:
     def known(self) -> set[str]:
         """Macros that are read: referred to anywhere, or set by a block under gin/ (blocks
         define some for other gin files or code to read: SEQUENCE_LENGTHS and SFT_TASK for a
-        T5X run over the seqio tasks, T5_1_1_LARGE for `rso_jax.model_sizes`)."""
+        T5X run over the seqio tasks, T5_1_1_LARGE for `rso_jax.t5.model_sizes`)."""
         return set(self.references) | {s.name for s in self.settings if s.in_library}
 
 

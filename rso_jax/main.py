@@ -24,10 +24,11 @@ import re
 import sys
 from typing import Any, Callable, Optional, Sequence
 
+import rso_jax
 from rso_jax import gin_macros
 from rso_jax.runtime import cpu_tuning
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = rso_jax.REPO_ROOT
 DEFAULT_GIN_FILE = "configs/demo_rso.gin"
 TINY_GIN_FILE = "gin/tiny.gin"
 BUILTIN_TASK_GIN_FILE = "gin/builtin_task.gin"
@@ -168,6 +169,23 @@ def configure_gin(gin_files: Sequence[str], bindings: Sequence[str],
                              f"gin files: {list(gin_files)}\nbindings: {list(bindings)}") from error
     if not allow_required:
         check_required_settings(gin_files, gin_macros.required_reads(run))
+
+
+def experiment_from_gin(gin_files: Sequence[str], bindings: Sequence[str],
+                        fill_required: Optional[Callable[[list], list]] = None) -> Any:
+    """The `config.Experiment` that gin files and bindings build, with gin cleared first and
+    left configured (the caller reads its macros, then clears it). With `fill_required`,
+    settings left REQUIRED are allowed and bound to `fill_required(their names)`'s bindings
+    (the plan's placeholders)."""
+    import gin
+
+    from rso_jax.experiment import config
+
+    gin.clear_config()
+    configure_gin(gin_files, bindings, allow_required=fill_required is not None)
+    if fill_required is not None:
+        gin.parse_config(fill_required(gin_macros.required_macros()))
+    return gin.get_configurable(config.Experiment)()
 
 
 def check_every_macro_is_read(uses: gin_macros.MacroUses) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import model_sizes, partitioning  # noqa: E402
+from rso_jax import partitioning  # noqa: E402
+from rso_jax.t5 import model_sizes
 from rso_jax.rewards import pairwise  # noqa: E402
 from rso_jax.runtime.run_info import machine_description, report_benchmark  # noqa: E402
 

@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import model_sizes, t5  # noqa: E402
+from rso_jax import t5  # noqa: E402
+from rso_jax.t5 import model_sizes
 from rso_jax.sampling import decoding
 from rso_jax.runtime import cpu_tuning
 from rso_jax.weights import hf  # noqa: E402

@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rso_jax import model_sizes, partitioning, t5  # noqa: E402
+from rso_jax import partitioning, t5  # noqa: E402
+from rso_jax.t5 import model_sizes
 from rso_jax.data import batching
 from rso_jax.training import optimizers, train_steps
 from rso_jax.sampling import scoring

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 SWEEPS="table1 table2 beta gamma rs_dpo iterative best_of_n"
 failed=""
 for name in $SWEEPS; do
-  python -m rso_jax.sweep --sweep_file="configs/sweeps/demo_$name.json" \
+  python -m rso_jax.tools.sweep --sweep_file="configs/sweeps/demo_$name.json" \
     --sweep_dir="runs/demo/$name" "${REPORT[@]}" > /dev/null || failed="$failed $name"
 done
 mkdir -p docs/figures

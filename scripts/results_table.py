@@ -4,7 +4,7 @@ each metric as mean ± standard deviation over seeds (in %, for rates).
   python scripts/results_table.py runs/demo/table1 [--metric COLUMN=HEADING ...]
   python scripts/results_table.py runs/demo/table1 --paired A:B [--paired C:D ...]
 
-Reads <sweep_dir>/summary.csv (written by `python -m rso_jax.sweep`) and prints the table; with
+Reads <sweep_dir>/summary.csv (written by `python -m rso_jax.tools.sweep`) and prints the table; with
 --paired, reads results.csv and prints, for each metric, setting A minus setting B seed by seed:
 the mean difference with its 95 % interval, the paired t-test's p and the seeds where A is
 ahead; then, on the first metric, whether "A > B" held, was reversed, showed no effect as large
@@ -19,7 +19,7 @@ import csv
 import os
 import sys
 
-from rso_jax import seed_statistics
+from rso_jax.tools import seed_statistics
 
 DEFAULT_METRICS = {
     "trained.gold_win_rate_vs_sft_target": "gold win rate",

@@ -108,7 +108,7 @@ def test_a_failure_to_write_the_checksums_is_raised_by_the_next_wait(tmp_path):
 
 
 def test_one_kept_steps_parameters_are_read_only_as_saved(tmp_path):
-    """checkpoint_resume.step_params (python -m rso_jax.gold_by_step): the parameters of one
+    """checkpoint_resume.step_params (python -m rso_jax.tools.gold_by_step): the parameters of one
     kept step, refused when the step was not kept (naming the kept ones) or its files changed."""
     import numpy as np
     import orbax.checkpoint as ocp

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from experiment_helpers import build_experiment, gin_config
-from rso_jax.model_sizes import T5_VOCAB_SIZE
+from rso_jax.t5.model_sizes import T5_VOCAB_SIZE
 from t5_helpers import REPO_ROOT
 from test_model_sizes import PUBLISHED_COUNTS
 

@@ -4,7 +4,8 @@ import numpy as np
 import jax
 import pytest
 
-from rso_jax import model_sizes, t5
+from rso_jax import t5
+from rso_jax.t5 import model_sizes
 
 # Parameter counts of google/t5-v1_1-{small,base,large,xl,xxl}; tiny is T5X's test model.
 PUBLISHED_COUNTS = {"tiny": 518_240, "small": 76_961_152, "base": 247_577_856,

@@ -12,7 +12,8 @@ import pytest
 
 import experiment_helpers
 from t5_helpers import REPO_ROOT
-from rso_jax import partitioning, plan
+from rso_jax import partitioning
+from rso_jax.tools import plan, stage_functions
 from rso_jax.data import batching
 from rso_jax.training import train_steps
 
@@ -118,7 +119,7 @@ def test_the_reference_scorers_arguments_are_the_shards_one_device_holds(experim
     batch = partitioner.batch_sharding(2)
     expected += shard_bytes((rows, lengths.prompt), np.int32, batch)
     expected += shard_bytes((rows, lengths.response), np.int32, batch)
-    function = plan.reference_scorer(experiment)
+    function = stage_functions.reference_scorer(experiment)
     assert plan.compile_on(function, 8, 2, False)["argument_bytes"] == expected
     # one device holds every row and all parameters: more bytes than a shard of eight
     assert plan.compile_on(function, 1, 1, False)["argument_bytes"] > expected
@@ -127,12 +128,12 @@ def test_the_reference_scorers_arguments_are_the_shards_one_device_holds(experim
 
 def test_a_pointwise_experiments_ranker_scorer_is_planned(experiment):
     pointwise = dataclasses.replace(experiment, scorer="pointwise")
-    planned = plan.compile_on(plan.ranker_scorer(pointwise), 8, 2, False)
+    planned = plan.compile_on(stage_functions.ranker_scorer(pointwise), 8, 2, False)
     assert planned["argument_bytes"] > 0 and planned["flops"] > 0
 
 
 def test_the_smallest_fitting_mesh_is_the_first_whose_peak_fits(experiment):
-    function = plan.reference_scorer(experiment)
+    function = stage_functions.reference_scorer(experiment)
     peaks = {n: plan.compile_on(function, n, 1, False)["peak_bytes"] for n in (1, 2, 4, 8)}
     assert peaks[1] > peaks[2] > peaks[4] > peaks[8]
     tight = plan.Accelerator("test device", memory_bytes=(peaks[2] + peaks[4]) // 2,
@@ -148,12 +149,12 @@ def test_the_smallest_fitting_mesh_is_the_first_whose_peak_fits(experiment):
 
 
 def test_a_batch_the_data_axis_cannot_split_is_reported_not_compiled(experiment):
-    function = dataclasses.replace(plan.reference_scorer(experiment), rows=12)
+    function = dataclasses.replace(stage_functions.reference_scorer(experiment), rows=12)
     assert "do not split over data=8" in plan.compile_on(function, 8, 1, False)["error"]
 
 
 def test_the_command_refuses_an_unknown_mesh_naming_the_kinds():
-    result = subprocess.run([sys.executable, "-m", "rso_jax.plan", "--mesh=v99-8",
+    result = subprocess.run([sys.executable, "-m", "rso_jax.tools.plan", "--mesh=v99-8",
                              *experiment_helpers.DEMO_TINY_FLAGS], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
@@ -169,7 +170,7 @@ def test_a_paper_config_is_planned_without_its_checkpoints_or_data():
             ["configs/rso_table1/tldr_rso_sample_rank_sigmoid_norm.gin"], [])
     finally:
         gin.clear_config()
-    train = plan.preference_train_step(experiment)
+    train = stage_functions.preference_train_step(experiment)
     assert train.shapes == "32 pairs, 512-token prompts, 64-token responses"
     assert experiment.policy_config.emb_dim == 1024 and experiment.ranker_config.emb_dim == 4096
-    assert plan.ranker_scorer(experiment).shapes == "64 inputs of 1024 tokens, both orders"
+    assert stage_functions.ranker_scorer(experiment).shapes == "64 inputs of 1024 tokens, both orders"

@@ -1,4 +1,4 @@
-"""The sweep's plots (`rso_jax.plots`) from rows and files written here: each is a PNG that
+"""The sweep's plots (`rso_jax.tools.plots`) from rows and files written here: each is a PNG that
 matplotlib reads back; a plot with nothing to show is not drawn; a numeric axis is a line
 whose points sit at the rows' values, named settings are bars."""
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rso_jax import plots
+from rso_jax.tools import plots
 
 image = pytest.importorskip("matplotlib.image")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rso_jax import seed_statistics
+from rso_jax.tools import seed_statistics
 
 
 def test_interval_is_the_student_t_interval():

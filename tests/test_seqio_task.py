@@ -135,7 +135,7 @@ def test_named_tasks_give_the_written_records(user_tasks):
 
 
 def test_records_are_read_once_per_task_and_forgotten_between_sweep_points(user_tasks):
-    from rso_jax import sweep
+    from rso_jax.tools import sweep
 
     task = build_experiment(flags(WORK_DIR="unused")).task
     assert task.sft_examples("train") is task.sft_examples("train")

@@ -1,4 +1,4 @@
-"""Sweeps (`rso_jax.sweep`) and the stages they share (SHARED_STAGES_DIR): a sweep over GAMMA
+"""Sweeps (`rso_jax.tools.sweep`) and the stages they share (SHARED_STAGES_DIR): a sweep over GAMMA
 shares every stage before the preference stage between its points; a new SFT learning rate
 makes new directories for the SFT stage and everything downstream of it, and reuses the ranker
 (which does not read the SFT policy); the sweep's table holds each point's results."""
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import experiment_helpers
-from rso_jax import sweep, sweep_tables
+from rso_jax.tools import sweep, sweep_points, sweep_tables
 from rso_jax.experiment import fingerprints, shared_stages
 from t5_helpers import REPO_ROOT
 
@@ -31,7 +31,7 @@ def flags(work_dir, store, *extra):
 
 
 def run_sweep(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "rso_jax.sweep", *args], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "rso_jax.tools.sweep", *args], cwd=REPO_ROOT,
                           env=experiment_helpers.ONE_DEVICE_ENV, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -42,11 +42,11 @@ def three_runs(tmp_path_factory):
     the first point's settings with another SFT learning rate, in a WORK_DIR of its own with
     the sweep's shared stages."""
     root = tmp_path_factory.mktemp("sweep")
-    sweep_dir, store = root / "gamma", root / "gamma" / sweep.STAGES_DIR
+    sweep_dir, store = root / "gamma", root / "gamma" / sweep_points.STAGES_DIR
     result = run_sweep(f"--sweep_dir={sweep_dir}", "--sweep", "GAMMA=0.05,0.5",
                        *experiment_helpers.DEMO_TINY_FLAGS, "--gin.EVAL_BEST_OF_N=4")
     assert result.returncode == 0, result.stderr[-3000:]
-    points = sweep_dir / sweep.POINTS_DIR
+    points = sweep_dir / sweep_points.POINTS_DIR
     runs = {"first": (points / "GAMMA=0.05", result.stderr),
             "gamma": (points / "GAMMA=0.5", result.stderr.split("Point 2/2")[1])}
     work_dir = root / "sft_learning_rate"
@@ -151,7 +151,7 @@ def test_the_sweep_table_holds_each_points_results(three_runs):
 
 
 def test_gold_by_step_judges_the_best_checkpoint_as_the_evaluate_stage_did(three_runs):
-    """python -m rso_jax.gold_by_step, given the sweep's own arguments: at the step preference
+    """python -m rso_jax.tools.gold_by_step, given the sweep's own arguments: at the step preference
     training kept, the figures are the evaluate stage's; a step it did not keep is an error
     naming the kept ones, and nothing is written."""
     _, runs, sweep_dir, _ = three_runs
@@ -163,7 +163,7 @@ def test_gold_by_step_judges_the_best_checkpoint_as_the_evaluate_stage_did(three
                  "--gin.EVAL_BEST_OF_N=4"]
 
     def gold_by_step(*extra):
-        return subprocess.run([sys.executable, "-m", "rso_jax.gold_by_step", *arguments,
+        return subprocess.run([sys.executable, "-m", "rso_jax.tools.gold_by_step", *arguments,
                                *extra], cwd=REPO_ROOT, env=experiment_helpers.ONE_DEVICE_ENV,
                               capture_output=True, text=True, timeout=600)
 
@@ -220,7 +220,7 @@ def test_a_sweep_files_stages_dir_is_where_its_points_share(tmp_path):
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({"stages_dir": "common", "axes": [{"name": "GAMMA",
                                                                   "values": [0.1, 1.0]}]}))
-    spec = sweep.read_sweep(str(path), ["configs/demo_rso.gin"], [], [])
+    spec = sweep_points.read_sweep(str(path), ["configs/demo_rso.gin"], [], [])
     assert spec.stages_dir == "common"
     result = run_sweep(f"--sweep_file={path}", f"--sweep_dir={tmp_path}/g", "--print_commands",
                        timeout=120)
@@ -233,8 +233,8 @@ def test_a_sweep_files_stages_dir_is_where_its_points_share(tmp_path):
     first = shlex.split(result.stdout.splitlines()[0])
     assert f"--gin_bindings=SHARED_STAGES_DIR = '{tmp_path}/mine'" in first
     path.write_text(json.dumps({"stages_dir": 3, "axes": [{"name": "GAMMA", "values": [1.0]}]}))
-    with pytest.raises(sweep.SweepError, match="stages_dir must be a directory path, got 3"):
-        sweep.read_sweep(str(path), [], [], [])
+    with pytest.raises(sweep_points.SweepError, match="stages_dir must be a directory path, got 3"):
+        sweep_points.read_sweep(str(path), [], [], [])
 
 
 def test_printed_commands_run_the_same_points(tmp_path):
@@ -295,7 +295,7 @@ def test_a_sweep_file_gives_named_settings_and_gin_strings(tmp_path):
         "axes": [{"name": "setting", "values": {"raft": {"SELECTION": "raft"},
                                                  "rso": {"SELECTION": "rso", "BETA": 0.5}}},
                  {"name": "SEED", "values": [0, 1]}]}))
-    spec = sweep.read_sweep(str(path), [], ["NUM_EVAL_PROMPTS = 8"], ["TOP_K=10,40"])
+    spec = sweep_points.read_sweep(str(path), [], ["NUM_EVAL_PROMPTS = 8"], ["TOP_K=10,40"])
     points = spec.points()
     assert [p.name for p in points][:3] == ["raft.SEED=0.TOP_K=10", "raft.SEED=0.TOP_K=40",
                                             "raft.SEED=1.TOP_K=10"]
@@ -308,7 +308,7 @@ def test_a_sweep_file_gives_named_settings_and_gin_strings(tmp_path):
     ("0.1,0.5", ["0.1", "0.5"]), ("'a,b','c'", ["'a,b'", "'c'"]),
     ("(1, 2),[3, 4]", ["(1, 2)", "[3, 4]"]), ("{'a': 1, 'b': 2}", ["{'a': 1, 'b': 2}"])])
 def test_axis_values_split_on_top_level_commas(text, parts):
-    assert sweep.split_top_level(text) == parts
+    assert sweep_points.split_top_level(text) == parts
 
 
 @pytest.mark.parametrize("value, literal", [
@@ -316,20 +316,20 @@ def test_axis_values_split_on_top_level_commas(text, parts):
     ("", "''"), (0.5, "0.5"), (True, "True"), (None, "None"), ([1, "a"], "(1, 'a', )"),
     ({"a": 1}, "{'a': 1}")])
 def test_json_values_become_gin_literals(value, literal):
-    assert sweep.gin_literal(value) == literal
+    assert sweep_points.gin_literal(value) == literal
 
 
 @pytest.mark.parametrize("axes, message", [
     (["beta=0.1"], "NAME a gin"), (["BETA"], "NAME a gin"), (["BETA="], "gives no values"),
     (["BETA=1", "BETA=2"], "repeat a name"), ([], "no axes")])
 def test_bad_axes_are_refused(axes, message):
-    with pytest.raises(sweep.SweepError, match=message):
-        sweep.read_sweep(None, [], [], axes)
+    with pytest.raises(sweep_points.SweepError, match=message):
+        sweep_points.read_sweep(None, [], [], axes)
 
 
 def test_points_that_would_share_a_directory_are_refused():
-    spec = sweep.read_sweep(None, [], [], ["TASK_NAME='a/b','a_b'"])
-    with pytest.raises(sweep.SweepError, match="share the directory"):
+    spec = sweep_points.read_sweep(None, [], [], ["TASK_NAME='a/b','a_b'"])
+    with pytest.raises(sweep_points.SweepError, match="share the directory"):
         spec.points()
 
 
@@ -337,8 +337,8 @@ def test_a_point_named_like_a_parent_directory_is_refused(tmp_path):
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({"axes": [{"name": "setting",
                                           "values": {"..": {"GAMMA": 1.0}}}]}))
-    with pytest.raises(sweep.SweepError, match="start with '.'"):
-        sweep.read_sweep(str(path), [], [], []).points()
+    with pytest.raises(sweep_points.SweepError, match="start with '.'"):
+        sweep_points.read_sweep(str(path), [], [], []).points()
 
 
 def test_the_table_reads_the_last_rounds_results(tmp_path):
@@ -380,7 +380,7 @@ def test_the_summary_is_the_mean_and_spread_over_seeds():
                                           ("demo_gamma", 15), ("demo_rs_dpo", 15),
                                           ("demo_iterative", 6), ("demo_best_of_n", 3)])
 def test_each_demo_sweep_file_builds_its_points(tmp_path, name, points):
-    spec = sweep.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps", f"{name}.json"),
+    spec = sweep_points.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps", f"{name}.json"),
                             [], [], [])
     assert len(spec.points()) == points and spec.stages_dir == "runs/demo/stages"
     sweep.check_points(spec, spec.points(), str(tmp_path))
@@ -400,13 +400,13 @@ def test_the_demo_sweeps_share_table_1s_stages(tmp_path, name, setting, table1_s
     """What a demo sweep file says it shares with Table 1's rows (seed 1) has the same
     fingerprint, so the sweeps after Table 1's run only what is new."""
     def experiment(sweep_name, label):
-        spec = sweep.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps",
+        spec = sweep_points.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps",
                                              f"{sweep_name}.json"), [], [], [])
         point = next(p for p in spec.points()
                      if p.name == f"{label}.SEED=1")
         return experiment_helpers.build_experiment(
             [*(f"--gin_file={f}" for f in spec.gin_files),
-             *(f"--gin_bindings={b}" for b in sweep.point_bindings(spec, point, str(tmp_path),
+             *(f"--gin_bindings={b}" for b in sweep_points.point_bindings(spec, point, str(tmp_path),
                                                                    spec.stages_dir))])
     ours, table1 = experiment(name, setting), experiment("demo_table1", table1_setting)
     assert (shared_stages.directory_name(ours, shared)
@@ -428,13 +428,13 @@ def test_the_powered_demo_sweeps_share_one_sft_policy_and_ranker_across_seeds(tm
     training's points select as the core sweep's did, and the paired sweep's first 12 seeds are
     the core sweep's points."""
     def experiments(sweep_name):
-        spec = sweep.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps",
+        spec = sweep_points.read_sweep(os.path.join(REPO_ROOT, "configs", "sweeps",
                                              f"{sweep_name}.json"), [], [], [])
         assert spec.stages_dir == "runs/demo_powered/stages"
         assert spec.axes[0][0] == "SEED"  # seed by seed: a cut-short sweep has whole seeds
         return {point.name: experiment_helpers.build_experiment(
             [*(f"--gin_file={f}" for f in spec.gin_files),
-             *(f"--gin_bindings={b}" for b in sweep.point_bindings(spec, point, str(tmp_path),
+             *(f"--gin_bindings={b}" for b in sweep_points.point_bindings(spec, point, str(tmp_path),
                                                                    spec.stages_dir))])
             for point in spec.points()}
 
@@ -481,7 +481,7 @@ def test_the_powered_demo_sweeps_share_one_sft_policy_and_ranker_across_seeds(tm
 
 def test_the_demo_table_1_sweep_file_builds_its_33_points(tmp_path):
     path = os.path.join(REPO_ROOT, "configs", "sweeps", "demo_table1.json")
-    spec = sweep.read_sweep(path, [], [], [])
+    spec = sweep_points.read_sweep(path, [], [], [])
     points = spec.points()
     assert len(points) == 11 * 3
     sweep.check_points(spec, points, str(tmp_path))  # every point's experiment builds
@@ -494,7 +494,7 @@ def test_the_demo_table_1_sweep_file_builds_its_33_points(tmp_path):
     for point in points[::3]:  # the first seed of each setting
         experiment = experiment_helpers.build_experiment(
             [*(f"--gin_file={f}" for f in spec.gin_files),
-             *(f"--gin_bindings={b}" for b in sweep.point_bindings(spec, point, str(tmp_path)))])
+             *(f"--gin_bindings={b}" for b in sweep_points.point_bindings(spec, point, str(tmp_path)))])
         want = expected[point.labels[0][1]]
         if isinstance(want, str):
             assert experiment.selection.method == want
@@ -556,7 +556,7 @@ def test_a_beta_sweep_at_tiny_scale_keeps_fewer_than_it_samples_and_beta_matters
     result = run_sweep(f"--sweep_dir={tmp_path}", "--tiny", "--sweep", f"BETA={','.join(betas)}",
                        "--gin.STAGES=('sft', 'ranker', 'sample', 'score', 'select')")
     assert result.returncode == 0, result.stderr[-3000:]
-    points = tmp_path / sweep.POINTS_DIR
+    points = tmp_path / sweep_points.POINTS_DIR
     rates, kept = [], []
     for beta in betas:
         done = json.load(open(points / f"BETA={beta}" / "select" / "DONE.json"))

@@ -9,8 +9,8 @@ import os
 
 import numpy as np
 
-from rso_jax import seed_statistics
-from rso_jax.plots import pyplot, save_figure
+from rso_jax.tools import seed_statistics
+from rso_jax.tools.plots import pyplot, save_figure
 
 SOURCE_STYLES = {"direct": ("direct", "tab:gray"), "sft_sample_rank": ("sft-sample-rank",
                                                                          "tab:blue"),

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rso_jax import seed_statistics
+from rso_jax.tools import seed_statistics
 
 SUMMARY_FILE = "summary.md"
 FIGURES_DIR = "figures"

@@ -13,12 +13,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+import rso_jax
 from rso_jax.data import task
 from rso_jax.data.synthetic import generator, gold
 
 # The task's SentencePiece model, shipped in rso_jax/assets/ (scripts/make_synthetic_vocab.py).
-VOCABULARY_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "assets", "synthetic_spm.model")
+VOCABULARY_FILE = os.path.join(rso_jax.PACKAGE_DIR, "assets", "synthetic_spm.model")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Plots of a sweep (PNG, matplotlib): what a researcher looks at after one. The sweep
-(`rso_jax.sweep`, also with --report) draws them at its end into <sweep_dir>/plots/:
+(`rso_jax.tools.sweep`, also with --report) draws them at its end into <sweep_dir>/plots/:
 
   <AXIS>.png              the trained policy's win rates against the SFT targets (gold, proxy,
                           AutoSxS; mean and standard deviation over seeds) against each axis of

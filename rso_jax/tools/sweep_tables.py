@@ -1,6 +1,6 @@
 """The tables of a sweep: each point's metrics as one flat row (`flat_metrics`), and the mean
 and standard deviation over seeds of every other setting (`summary_rows`), as CSV or Markdown.
-`rso_jax.sweep` writes them; `scripts/results_table.py` prints their compact form."""
+`rso_jax.tools.sweep` writes them; `scripts/results_table.py` prints their compact form."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def last_round_results(work_dir: str) -> str:
 
 def point_results(points: Sequence[Any], points_dir: str) -> list[tuple]:
     """(point, work directory <points_dir>/<point.name>, its last round's results.json or None,
-    that round's select summary or None) of each point (`sweep.Point`)."""
+    that round's select summary or None) of each point (`sweep_points.Point`)."""
     found = []
     for point in points:
         work_dir = os.path.join(points_dir, point.name)

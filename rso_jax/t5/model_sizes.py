@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 
+import rso_jax
 from rso_jax import t5
 
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 T5_VOCAB_SIZE = t5.T5Config.vocab_size  # T5's 32,100 SentencePiece pieces padded to 32,128
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = rso_jax.REPO_ROOT
 GIN_DIR = os.path.join(REPO_ROOT, "gin", "models", "t5_1_1")
 
 

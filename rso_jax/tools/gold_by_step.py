@@ -1,7 +1,7 @@
 """Gold figures of every kept preference checkpoint of a sweep's points, not only of the one
 kept for its proxy win rate:
 
-  python -m rso_jax.gold_by_step --sweep_file=configs/sweeps/demo_powered.json \\
+  python -m rso_jax.tools.gold_by_step --sweep_file=configs/sweeps/demo_powered.json \\
       --sweep_dir=runs/demo_powered/core --steps=200,300,400
   python scripts/results_table.py runs/demo_powered/core/gold_by_step/step_300 --paired=A:B
 
@@ -15,7 +15,7 @@ win rate against the SFT targets and the mean gold reward. It writes
 <sweep_dir>/gold_by_step/step_<N>/results.csv (and .md), one row per point with the sweep
 table's axes and columns, so that `scripts/results_table.py` reads it as a sweep's.
 
-The sweep is given as to `python -m rso_jax.sweep` (--sweep_file, --gin_file, --sweep,
+The sweep is given as to `python -m rso_jax.tools.sweep` (--sweep_file, --gin_file, --sweep,
 --gin.NAME=VALUE); its points must have finished their preference stage.
 """
 
@@ -30,10 +30,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from rso_jax.runtime import atomic_io
-from rso_jax import main as entry_point, sweep as sweep_lib
-from rso_jax.sweep_tables import to_csv, to_markdown
+from rso_jax import main as entry_point
+from rso_jax.tools import sweep as sweep_lib, sweep_points
+from rso_jax.tools.sweep_tables import to_csv, to_markdown
 
-logger = logging.getLogger("rso_jax.gold_by_step")
+logger = logging.getLogger("rso_jax.tools.gold_by_step")
 OUTPUT_DIR = "gold_by_step"
 
 
@@ -84,7 +85,7 @@ class HeldOutGold:
                 "trained.gold_reward": None if rewards is None else float(np.mean(rewards))}
 
 
-def point_rows(sweep: sweep_lib.Sweep, point: sweep_lib.Point, sweep_dir: str,
+def point_rows(sweep: sweep_points.Sweep, point: sweep_points.Point, sweep_dir: str,
                stages_dir: Optional[str], steps: Sequence[int]) -> dict[int, dict]:
     """Per step, the point's row: its axes' labels and the gold figures of that checkpoint."""
     from rso_jax import partitioning
@@ -127,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rso_jax").setLevel(logging.INFO)
-    parser = argparse.ArgumentParser(prog="python -m rso_jax.gold_by_step", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m rso_jax.tools.gold_by_step", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep_dir", required=True)
     parser.add_argument("--stages_dir", help="as given to the sweep (default: its file's)")
@@ -150,14 +151,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             os.path.join(args.sweep_dir, "compilation_cache")))
     rows_by_step: dict[int, list[dict]] = {step: [] for step in args.steps}
     try:
-        sweep = sweep_lib.read_sweep(args.sweep_file, args.gin_file, bindings, args.sweep)
+        sweep = sweep_points.read_sweep(args.sweep_file, args.gin_file, bindings, args.sweep)
         for point in sweep.points():
             rows = point_rows(sweep, point, args.sweep_dir, args.stages_dir or sweep.stages_dir,
                               args.steps)
             for step, row in rows.items():
                 rows_by_step[step].append(row)
-    except (sweep_lib.SweepError, entry_point.GinConfigError, GoldByStepError) as error:
-        print(f"rso_jax.gold_by_step: {error}", file=sys.stderr)
+    except (sweep_points.SweepError, entry_point.GinConfigError, GoldByStepError) as error:
+        print(f"rso_jax.tools.gold_by_step: {error}", file=sys.stderr)
         return 2
     for path in write_tables(args.sweep_dir, rows_by_step):
         print(f"Wrote {path}")

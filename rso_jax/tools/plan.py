@@ -1,7 +1,7 @@
 """A memory plan: does an experiment fit a mesh of accelerators, and what is the smallest that does?
 
-  python -m rso_jax.plan --gin_file=configs/tldr_rso.gin --mesh=v4-8
-  python -m rso_jax.plan --gin_file=configs/rso_table3/tldr_rso_sample_rank.gin \\
+  python -m rso_jax.tools.plan --gin_file=configs/tldr_rso.gin --mesh=v4-8
+  python -m rso_jax.tools.plan --gin_file=configs/rso_table3/tldr_rso_sample_rank.gin \\
       --mesh=8xh100-80gb --fsdp --output=plan.json
 
 Each stage's jitted function (the preference train step, the sampler, the ranker's scorer, the
@@ -30,6 +30,13 @@ import os
 import re
 import sys
 from typing import Any, Callable, Optional, Sequence
+
+import jax
+
+from rso_jax import gin_macros, main as entry_point, partitioning
+from rso_jax.runtime import atomic_io
+from rso_jax.t5 import model_sizes
+from rso_jax.tools.stage_functions import FUNCTION_FLAGS, STAGE_FUNCTIONS, StageFunction
 
 GiB = 1024 ** 3
 
@@ -89,142 +96,6 @@ def parse_mesh(text: str) -> MeshSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# The stages' functions at abstract shapes.
-
-@dataclasses.dataclass(frozen=True)
-class StageFunction:
-    """A stage's jitted function and how to lower it on a mesh at the experiment's shapes."""
-
-    name: str
-    shapes: str  # the shapes it is compiled at, in words
-    rows: int  # batch rows, which the mesh's data axis must divide
-    model: Any  # the model (`model_spec.ModelSpec`) whose parameters it takes
-    lower: Callable[[Any], Any]  # partitioner -> jax.stages.Lowered
-
-
-def _abstract(shape: Sequence[int], dtype: Any, sharding: Any) -> Any:
-    import jax
-    return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
-
-
-def abstract_params(model: Any, partitioner: Any) -> Any:
-    """The model's parameters as shape-dtype-shardings on the mesh (nothing allocated)."""
-    import jax
-    return jax.tree_util.tree_map(lambda shape, sharding: _abstract(shape.shape, shape.dtype,
-                                                                       sharding),
-                                  model.param_shapes(), partitioner.param_shardings(model))
-
-
-def abstract_batch(partitioner: Any, **shapes: tuple) -> dict:
-    """int32 token arrays (float32 log-probs and weights) of the given shapes, rows over 'data'."""
-    import numpy as np
-    return {name: _abstract(shape, np.float32 if name.endswith(("_logps", "weights"))
-                            else np.int32,
-                            partitioner.batch_sharding(len(shape)))
-            for name, shape in shapes.items()}
-
-
-def preference_train_step(experiment: Any) -> StageFunction:
-    """The preference stage's train step: a pair loss, or cross-entropy on selected responses
-    (RAFT, ReST, best-of-N)."""
-    import jax
-    import numpy as np
-
-    from rso_jax.data import batching
-    from rso_jax.training import train_steps
-    from rso_jax.experiment.stages import preference
-
-    config, lengths = experiment.policy_config, experiment.lengths
-    schedule = experiment.preference
-    rows, prompt, response = schedule.batch_size, lengths.prompt, lengths.response
-    pairs = experiment.selection.makes_pairs
-
-    def lower(partitioner):
-        optimizer = schedule.make_optimizer()
-        if pairs:
-            arrays = abstract_batch(partitioner, inputs=(rows, prompt), chosen=(rows, response),
-                                    rejected=(rows, response),
-                                    reference_chosen_logps=(rows,),
-                                    reference_rejected_logps=(rows,))
-            if experiment.regularization_weight:
-                arrays.update(abstract_batch(partitioner, sft_targets=(rows, response)))
-            batch = batching.preference_batch_from_tokens(
-                **arrays, pair_mask=_abstract((rows,), np.bool_, partitioner.batch_sharding(1)))
-        else:
-            batch = batching.SftBatch(**abstract_batch(
-                partitioner, inputs=(rows, prompt), targets=(rows, response),
-                loss_weights=(rows, response)))
-        step = train_steps.make_train_step(partitioner, config, optimizer,
-                                        preference.loss_function(experiment), batch,
-                                        grad_accum_steps=schedule.grad_accum_steps)
-        shardings = train_steps.state_shardings(partitioner, config, optimizer)
-        shapes = jax.eval_shape(
-            lambda params: train_steps.create_train_state(params, optimizer, jax.random.PRNGKey(0)),
-            config.param_shapes())
-        state = jax.tree_util.tree_map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes,
-                                       shardings)
-        return step.lower(state, batch)
-    what = "pairs" if pairs else "selected responses"
-    return StageFunction("preference train step",
-                         f"{rows} {what}, {prompt}-token prompts, {response}-token responses",
-                         rows, config, lower)
-
-
-def sampler(experiment: Any) -> StageFunction:
-    import jax
-
-    from rso_jax.experiment import inference
-
-    config, sampling = experiment.policy_config, experiment.sampling
-    prompts, length = experiment.inference_batch_sizes.sample, experiment.lengths.prompt
-
-    def lower(partitioner):
-        key = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=partitioner.replicated)
-        tokens = abstract_batch(partitioner, prompts=(prompts, length))["prompts"]
-        return inference.sampler(config, sampling, partitioner).lower(
-            abstract_params(config, partitioner), tokens, key)
-    return StageFunction("sampler", f"{prompts} prompts of {length} tokens x "
-                         f"{sampling.num_candidates} candidates x {sampling.max_decode_length} "
-                         "new tokens", prompts, config, lower)
-
-
-def ranker_scorer(experiment: Any) -> StageFunction:
-    from rso_jax.experiment import scorers
-
-    reward_model = scorers.kind(experiment)
-    model = reward_model.model_spec(experiment)
-    rows, length = experiment.inference_batch_sizes.ranker, experiment.lengths.ranker_input
-
-    def lower(partitioner):
-        inputs = abstract_batch(partitioner, inputs=(rows, length))["inputs"]
-        params = abstract_params(model, partitioner)
-        return reward_model.lower_scorer(experiment, partitioner, params, inputs)
-    return StageFunction("ranker scorer",
-                         f"{rows} inputs of {length} tokens{reward_model.orders_note}", rows,
-                         model, lower)
-
-
-def reference_scorer(experiment: Any) -> StageFunction:
-    from rso_jax.experiment import inference
-
-    config, lengths = experiment.policy_config, experiment.lengths
-    rows = experiment.inference_batch_sizes.reference
-
-    def lower(partitioner):
-        batch = abstract_batch(partitioner, prompts=(rows, lengths.prompt),
-                               responses=(rows, lengths.response))
-        return inference.sequence_scorer(config, partitioner).lower(
-            abstract_params(config, partitioner), batch["prompts"], batch["responses"])
-    return StageFunction("reference scorer", f"{rows} responses of {lengths.response} tokens to "
-                         f"{lengths.prompt}-token prompts", rows, config, lower)
-
-
-STAGE_FUNCTIONS = (preference_train_step, sampler, ranker_scorer, reference_scorer)
-FUNCTION_FLAGS = {"train_step": preference_train_step, "sampler": sampler,
-                  "ranker_scorer": ranker_scorer, "reference_scorer": reference_scorer}
-
-
-# ---------------------------------------------------------------------------------------------
 # Compiling and measuring.
 
 def memory_figures(compiled: Any) -> dict:
@@ -247,9 +118,7 @@ def compile_on(function: StageFunction, num_devices: int, model_parallelism: int
                fsdp: bool) -> dict:
     """The function compiled for a (data, model) mesh of `num_devices` simulated devices;
     figures, or why it cannot be laid out on that mesh."""
-    import jax
 
-    from rso_jax import partitioning
 
     model = model_parallelism
     if model < 1 or num_devices % model:
@@ -307,12 +176,11 @@ def plan_function(function: StageFunction, mesh: MeshSpec, model_parallelism: in
 
 def make_plan(experiment: Any, mesh: MeshSpec, model_parallelism: int, fsdp: bool,
               max_devices: int, functions: Sequence[Callable] = STAGE_FUNCTIONS) -> dict:
-    import jax
 
     if jax.device_count() < max(mesh.num_devices, max_devices):
         raise ValueError(f"The plan needs {max(mesh.num_devices, max_devices)} simulated "
                          f"devices but JAX has {jax.device_count()}; run it as "
-                         "`python -m rso_jax.plan` (which sets XLA_FLAGS before JAX starts).")
+                         "`python -m rso_jax.tools.plan` (which sets XLA_FLAGS before JAX starts).")
     return {"mesh": mesh.describe(), "accelerator": dataclasses.asdict(mesh.accelerator),
             "usable_bytes_per_device": int(mesh.accelerator.memory_bytes
                                            * mesh.accelerator.usable_fraction),
@@ -355,7 +223,7 @@ def markdown_table(plan: dict) -> str:
 # The command.
 
 def _argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rso_jax.plan", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m rso_jax.tools.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gin_file", action="append", default=[],
                         help="the experiment's gin files, as for rso_jax.main")
@@ -378,22 +246,17 @@ def _argument_parser() -> argparse.ArgumentParser:
 
 
 def build_experiment(gin_files: Sequence[str], bindings: Sequence[str]) -> Any:
-    """The experiment of the gin files and bindings, REQUIRED macros given placeholders."""
-    import gin
+    """The experiment of the gin files and bindings, REQUIRED macros given placeholders (gin
+    is left configured: `main` reads its macros)."""
 
-    from rso_jax import gin_macros, main, model_sizes
-    from rso_jax.experiment import config
-
-    gin.clear_config()
-    main.configure_gin(gin_files, bindings, allow_required=True)
-    required = gin_macros.required_macros()
-    placeholders = [f"{name} = 'not read by the plan'" for name in required]
-    derived = "padded_vocab_size" in repr(gin_macros.macro_values().get("VOCAB_SIZE"))
-    if "VOCABULARY_FILE" in required and derived:
-        # No vocabulary to derive the rows from: T5's (the paper's models).
-        placeholders.append(f"VOCAB_SIZE = {model_sizes.T5_VOCAB_SIZE}")
-    gin.parse_config(placeholders)
-    return gin.get_configurable(config.Experiment)()
+    def placeholders(required: list) -> list:
+        bindings = [f"{name} = 'not read by the plan'" for name in required]
+        derived = "padded_vocab_size" in repr(gin_macros.macro_values().get("VOCAB_SIZE"))
+        if "VOCABULARY_FILE" in required and derived:
+            # No vocabulary to derive the rows from: T5's (the paper's models).
+            bindings.append(f"VOCAB_SIZE = {model_sizes.T5_VOCAB_SIZE}")
+        return bindings
+    return entry_point.experiment_from_gin(gin_files, bindings, fill_required=placeholders)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -417,13 +280,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                + f" --xla_force_host_platform_device_count={devices}").strip()
     os.environ["JAX_PLATFORMS"] = "cpu"  # the simulated mesh, whatever this machine has
 
-    from rso_jax import gin_macros, main as entry_point
     gin_files, bindings = entry_point.parse_flags(
         [f"--gin_file={f}" for f in args.gin_file] + rest)
     try:
         experiment = build_experiment(gin_files, bindings)
     except (entry_point.GinConfigError, ValueError) as error:
-        print(f"rso_jax.plan: {error}", file=sys.stderr)
+        print(f"rso_jax.tools.plan: {error}", file=sys.stderr)
         return 2
     macros = gin_macros.macro_values()
     model_parallelism = (args.model_parallelism if args.model_parallelism is not None
@@ -434,7 +296,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan["gin_files"], plan["bindings"] = list(gin_files), list(bindings)
     print(markdown_table(plan))
     if args.output:
-        from rso_jax.runtime import atomic_io
         atomic_io.write_json(args.output, plan)
     return 0
 
