@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import jax
-from flax import linen as nn
 
 
 class ModelSpec(Protocol):
@@ -33,14 +32,3 @@ class ModelSpec(Protocol):
     @classmethod
     def from_json(cls, fields: dict[str, Any], **overrides) -> "ModelSpec":
         """The config from `to_json`'s fields, with `overrides` replacing some of them."""
-
-
-def abstract_params(boxed_init: Any, *args) -> tuple[Any, Any]:
-    """(shapes, logical axes) of a Flax init returning `nn.LogicallyPartitioned` leaves.
-
-    Args:
-      boxed_init: `(*args) -> boxed params`, e.g. `lambda rng: Model(config).init(rng, x)`.
-      *args: its arguments (arrays or `jax.ShapeDtypeStruct`s; nothing is computed).
-    """
-    boxed = jax.eval_shape(boxed_init, *args)
-    return nn.unbox(boxed), nn.get_partition_spec(boxed)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from rso_jax import model_spec, t5, partitioning
+from rso_jax import t5, partitioning
 from rso_jax.rewards import pairwise
 from rso_jax.weights import tree
 
@@ -68,6 +68,18 @@ def with_t5(spec: "PointwiseRewardConfig", t5_params: Any, head: Any, what: str)
     return params
 
 
+@functools.lru_cache(maxsize=16)
+def _abstract_boxed_pointwise(config: t5.T5Config) -> Any:
+    """The boxed parameter tree at abstract shapes, traced once per T5 config."""
+    return jax.eval_shape(functools.partial(_init_boxed_pointwise, config), jax.random.PRNGKey(0))
+
+
+def _abstract_pointwise(config: t5.T5Config) -> tuple[Any, Any]:
+    """(shapes, logical axes), new containers on each call."""
+    boxed = _abstract_boxed_pointwise(config)
+    return nn.unbox(boxed), nn.get_partition_spec(boxed)
+
+
 @dataclasses.dataclass(frozen=True)
 class PointwiseRewardConfig:
     """The pointwise reward model's `model_spec.ModelSpec`: its T5 (less the output projection)
@@ -77,8 +89,7 @@ class PointwiseRewardConfig:
     t5: t5.T5Config
 
     def _abstract(self) -> tuple[Any, Any]:
-        return model_spec.abstract_params(functools.partial(_init_boxed_pointwise, self.t5),
-                                          jax.random.PRNGKey(0))
+        return _abstract_pointwise(self.t5)
 
     def param_shapes(self) -> Any:
         return self._abstract()[0]

@@ -46,14 +46,22 @@ def init_params(config: T5Architecture, rng: Array):
     return nn.unbox(jax.jit(functools.partial(init_boxed_params, config))(rng))
 
 
+@functools.lru_cache(maxsize=64)
+def _abstract_boxed_params(config: T5Architecture):
+    """The boxed parameter tree at abstract shapes, traced once per config (a run asks for it
+    at every sharding, restore and save)."""
+    return jax.eval_shape(functools.partial(init_boxed_params, config), jax.random.PRNGKey(0))
+
+
 def param_shapes(config: T5Architecture):
-    """The parameter tree as `jax.ShapeDtypeStruct`s, computed without allocating."""
-    return nn.unbox(jax.eval_shape(functools.partial(init_boxed_params, config), jax.random.PRNGKey(0)))
+    """The parameter tree as `jax.ShapeDtypeStruct`s, computed without allocating (a new tree
+    of containers on each call: callers may change it)."""
+    return nn.unbox(_abstract_boxed_params(config))
 
 
 def param_logical_axes(config: T5Architecture):
     """The parameter tree with a `PartitionSpec` of logical axis names at each leaf."""
-    return nn.get_partition_spec(jax.eval_shape(functools.partial(init_boxed_params, config), jax.random.PRNGKey(0)))
+    return nn.get_partition_spec(_abstract_boxed_params(config))
 
 
 def init_decode_cache(config: T5Architecture, batch_size: int, max_length: int
