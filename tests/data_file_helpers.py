@@ -1,4 +1,4 @@
-"""Shared by the data-file tests: the fixtures in tests/data and files written from them."""
+"""Shared by the data-file tests: the fixtures in tests/fixtures and files written from them."""
 
 import gzip
 import json
@@ -11,7 +11,7 @@ import pytest
 
 from rso_jax.data.records import DataFormatError
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 def fixture(name):

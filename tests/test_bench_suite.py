@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from t5_helpers import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # runs every benchmark script
 
 SUITE = os.path.join(REPO_ROOT, "scripts", "bench_suite.py")
 

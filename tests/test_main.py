@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from t5_helpers import REPO_ROOT, T5X_FIXTURE
 
 
@@ -16,6 +18,7 @@ def run_main(*flags, cwd=REPO_ROOT, gin_file=ROUNDTRIP):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_default_job_round_trips_the_fixture(tmp_path):
     work_dir = tmp_path / "run"
     result = run_main(f"--gin.WORK_DIR='{work_dir}'", f"--gin.T5X_CHECKPOINT='{T5X_FIXTURE}'",
@@ -114,6 +117,7 @@ def test_help_lists_every_setting_of_the_experiment_with_its_value():
                         "  --gin.TLDR_SFT_FILES=...", "  --gin.TLDR_COMPARISON_FILES=..."]
 
 
+@pytest.mark.slow
 def test_a_macro_that_nothing_reads_is_refused_naming_the_closest(tmp_path):
     experiment = tmp_path / "typo.gin"
     experiment.write_text("include 'configs/demo_rso.gin'\nBEAT = 0.1\nFOO_BAR = 3\n")

@@ -65,6 +65,7 @@ def test_fsdp_shards_embed_over_data():
     assert partitioner.mesh_axes(("batch", "length", "embed")) == P("data", None, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data,model", [(2, 4), (8, 1)])
 def test_sharded_forward_equals_single_device(data, model, single_device_params, batch):
     prompts, targets = batch

@@ -136,6 +136,7 @@ def trained_policy(tmp_path_factory):
     return work_dir, initial, jax.device_get(state.params)
 
 
+@pytest.mark.slow
 def test_a_trained_policy_exports_to_t5x(trained_policy, tmp_path, capsys):
     work_dir, initial, trained = trained_policy
     out = str(tmp_path / "t5x")

@@ -91,6 +91,7 @@ def interrupted_at_step_5(setup, work_dir, train_step=None):
                          model_config=MESH_TEST_CONFIG)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(setup, straight, tmp_path):
     fresh_state, step, sharded = setup
     work_dir = str(tmp_path / "interrupted")
@@ -113,6 +114,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(setup, straight, tmp_p
     assert all(np.isfinite(line["train/loss"]) for line in lines)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_the_rerun_ends_as_uninterrupted(setup, straight,
                                                                            tmp_path):
     """SIGTERM while step 3 trains (checkpoints every 2 steps): step 3 ends, is saved, waited
@@ -145,6 +147,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_as_uninterrupted(setu
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_run_saved_on_8_devices_resumes_on_4(setup, straight, tmp_path):
     """Checkpoints of a (data 4, model 2) mesh restored onto a (data 2, model 2) mesh of 4 other
     devices: the state takes the new shardings and training continues to the uninterrupted
@@ -176,6 +179,7 @@ def test_a_run_saved_on_8_devices_resumes_on_4(setup, straight, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
     fresh_state, step, sharded = setup
     work_dir = str(tmp_path / "nan")
@@ -192,6 +196,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_pat
                for leaf in jax.tree_util.tree_leaves(jax.device_get(restored.params)))
 
 
+@pytest.mark.slow
 def test_best_checkpoint_follows_the_evaluation_metric(setup, tmp_path):
     fresh_state, step, sharded = setup
     scores = iter([0.2, 0.7, 0.5])
@@ -217,6 +222,7 @@ def test_best_checkpoint_follows_the_evaluation_metric(setup, tmp_path):
     assert os.listdir(os.path.join(work_dir, "tensorboard"))
 
 
+@pytest.mark.slow
 def test_unusable_newest_checkpoints_fall_back_to_the_newest_valid_one(setup, straight, tmp_path,
                                                                       caplog):
     fresh_state, step, sharded = setup
@@ -240,6 +246,7 @@ def test_unusable_newest_checkpoints_fall_back_to_the_newest_valid_one(setup, st
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_counts_the_training_time_before_the_interruption(setup, tmp_path):
     import time
     fresh_state, step, sharded = setup
@@ -257,6 +264,7 @@ def test_a_resumed_run_counts_the_training_time_before_the_interruption(setup, t
     assert summary["last_metrics"]["loss"] > 0
 
 
+@pytest.mark.slow
 def test_with_no_usable_checkpoint_training_starts_over_and_sets_the_old_best_aside(
         setup, straight, tmp_path, caplog):
     fresh_state, step, sharded = setup
@@ -318,6 +326,7 @@ def assert_same_state(expected, actual):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's, as
 def test_a_checkpoint_changed_in_place_is_set_aside_and_the_run_ends_as_uninterrupted(  # it fails
 
@@ -341,6 +350,7 @@ def test_a_checkpoint_changed_in_place_is_set_aside_and_the_run_ends_as_uninterr
     assert_same_state(straight, resumed)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_checksums_is_set_aside_whole(setup, straight, tmp_path, caplog):
     """A kill after orbax finished step 4 and before its checksums were written: nothing can
     tell its files are as saved, so it is moved, whole, to checkpoints_unusable/ and the run
@@ -364,6 +374,7 @@ def test_a_checkpoint_without_checksums_is_set_aside_whole(setup, straight, tmp_
         assert checkpoint_checksums.mismatch(os.path.join(checkpoint_dir, saved)) is None
 
 
+@pytest.mark.slow
 def test_checkpoints_saved_before_checksums_were_kept_resume_unverified(setup, straight,
                                                                          tmp_path, caplog):
     """A run started by a version without checksums: no step has any, and the directory lacks
@@ -440,6 +451,7 @@ def closeness_to(target_params):
     return lambda params: {"closeness": -float(distance(params))}
 
 
+@pytest.mark.slow
 def test_damaged_best_parameters_are_evaluated_again_from_a_checkpoint_before_them(
         setup, tmp_path, caplog):
     """best/ (the evaluation of step 4) changed after it was saved: it and checkpoint 4 are

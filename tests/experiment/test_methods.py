@@ -16,6 +16,8 @@ import pytest
 
 import experiment_helpers
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the experiment
+
 SHARED_STAGES = ("sft", "ranker", "sample", "score")
 NUM_PROMPTS, NUM_CANDIDATES = 32, 4  # DEMO_TINY_FLAGS
 FAST = ["--gin.PREFERENCE_STEPS=10", "--gin.PREFERENCE_EVAL_EVERY=10",

@@ -122,6 +122,7 @@ def trained_ranker(partitioner, validation, tmp_path_factory):
     return jax.device_get(state.params), summary
 
 
+@pytest.mark.slow
 def test_ranker_learns_the_preference_and_is_order_symmetric(trained_ranker, validation):
     params, summary = trained_ranker
     forward, backward = accuracy_of_ranker(params, validation)
@@ -131,6 +132,7 @@ def test_ranker_learns_the_preference_and_is_order_symmetric(trained_ranker, val
     assert np.mean(np.abs(forward + backward - 1.0)) < 0.1
 
 
+@pytest.mark.slow
 def test_eq_7_baseline_scores_zero_and_rewards_follow_the_ranker(trained_ranker, validation):
     params, _ = trained_ranker
     contexts, chosen, rejected = validation
@@ -157,6 +159,7 @@ def test_eq_7_baseline_scores_zero_and_rewards_follow_the_ranker(trained_ranker,
     np.testing.assert_allclose(one_order, logits_ab[:, 0] - logits_ab[:, 1], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_pointwise_model_learns_with_bradley_terry(partitioner, validation, tmp_path):
     optimizer = optimizers.adafactor(learning_rate=3e-3)
     params = pointwise.init_pointwise_params(CONFIG, jax.random.PRNGKey(0))

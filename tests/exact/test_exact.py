@@ -24,6 +24,7 @@ def _small_problem(misspecification=0.0, num_prompts=3, num_responses=5, seed=0)
     return problems.make_problem(config, jax.random.PRNGKey(seed))
 
 
+@pytest.mark.slow
 def test_the_tilted_distribution_its_normaliser_kl_reward_and_win_rate_by_enumeration():
     problem = _small_problem(misspecification=0.3)
     theta = jnp.array([0.4, -1.1, 0.7])
@@ -223,6 +224,7 @@ def small_study(tmp_path_factory):
         return work_dir, list(csv.DictReader(stream))
 
 
+@pytest.mark.slow
 def test_the_study_runs_every_panel_from_its_gin_file(small_study):
     work_dir, rows = small_study
     expected = {  # (panel, number of rows): sources x values x budgets x seeds

@@ -110,6 +110,7 @@ def check_sample_outputs(mesh_out, single_out, mesh):
     assert_close(mesh_out.sequence_logps, single_out.sequence_logps)
 
 
+@pytest.mark.slow
 def test_sampling_candidates_equal_single_device(host_params, prompts, mesh_partitioner,
                                                  single_partitioner):
     sampling = decoding.SamplingConfig(num_candidates=4, max_decode_length=MAX_DECODE,
@@ -198,6 +199,7 @@ def test_pairwise_ranker_equals_single_device(host_params, mesh_partitioner,
     assert np.ptp(probabilities) > 1e-3  # the inputs really are told apart
 
 
+@pytest.mark.slow
 def test_pointwise_reward_model_equals_single_device(host_params, mesh_partitioner,
                                                      single_partitioner):
     params = pointwise.init_pointwise_params(CONFIG, jax.random.PRNGKey(1), host_params)

@@ -36,6 +36,7 @@ def sampled(config, params, prompts, key, **settings):
     return decoding.make_sampler(config, sampling)(params, prompts, jax.random.PRNGKey(key))
 
 
+@pytest.mark.slow
 def test_greedy_equals_hf_generate(hf_and_ours, prompts):
     import torch
 
@@ -101,6 +102,7 @@ def test_nothing_follows_eos(hf_and_ours, prompts):
     np.testing.assert_allclose(np.asarray(out.sequence_logps), logps.sum(-1), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_key_same_samples_and_candidates_differ(hf_and_ours, prompts):
     _, params, config = hf_and_ours
     a = sampled(config, params, prompts, 3, num_candidates=6, max_decode_length=10)

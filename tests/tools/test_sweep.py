@@ -20,6 +20,8 @@ from rso_jax.tools import sweep, sweep_points, sweep_tables
 from rso_jax.experiment import fingerprints, shared_stages
 from t5_helpers import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the experiment
+
 BEFORE_PREFERENCE = ("sft", "ranker", "sample", "score", "select", "reference")
 AFTER_SFT = ("sft", "sample", "score", "select", "reference", "preference", "evaluate")
 STAGES = ("sft", "ranker", "sample", "score", "select", "reference", "preference", "evaluate")

@@ -16,6 +16,8 @@ import public_format_data
 from experiment_helpers import SYNTHETIC_VOCABULARY, build_experiment, run_main
 from t5_helpers import REPO_ROOT, T5X_FIXTURE
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the experiment
+
 TLDR = ["--gin_file=configs/tldr_rso.gin", "--tiny",
         f"--gin.VOCABULARY_FILE='{SYNTHETIC_VOCABULARY}'"]
 HH = ["--gin_file=configs/hh_rso.gin", "--tiny", f"--gin.VOCABULARY_FILE='{SYNTHETIC_VOCABULARY}'"]
@@ -72,7 +74,7 @@ def test_tldr_policy_transferred_to_cnn_dailymail(tldr_run, tldr_flags, tmp_path
                   "results.json", "results.md"):
         path = work_dir / later
         shutil.rmtree(path) if path.is_dir() else os.remove(path)
-    articles = os.path.join(REPO_ROOT, "tests", "data", "cnn_dailymail.jsonl")
+    articles = os.path.join(REPO_ROOT, "tests", "fixtures", "cnn_dailymail.jsonl")
     flags = [f.replace("configs/tldr_rso.gin", "configs/tldr_to_cnn_dailymail.gin")
              for f in tldr_flags]
     result = run_main(*flags, f"--gin.CNN_DAILYMAIL_FILES={{'train': '{articles}', "
@@ -192,7 +194,7 @@ def test_paper_tldr_configuration_builds_at_abstract_shapes():
     from rso_jax import t5, partitioning
     from rso_jax.rewards import pairwise
     from rso_jax.sampling import decoding
-    tldr_files = os.path.join(REPO_ROOT, "tests", "data")
+    tldr_files = os.path.join(REPO_ROOT, "tests", "fixtures")
     experiment = build_experiment([
         "--gin_file=configs/tldr_rso.gin",
         f"--gin.TLDR_SFT_FILES={{'train': '{tldr_files}/tldr_sft.jsonl'}}",

@@ -89,6 +89,7 @@ def real_lowered(name, experiment, partitioner):
         params, prompts, responses)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["preference train step", "sampler", "ranker scorer",
                                   "reference scorer"])
 def test_the_plans_figures_are_what_xla_reports_for_the_real_compile(name, experiment,
@@ -132,6 +133,7 @@ def test_a_pointwise_experiments_ranker_scorer_is_planned(experiment):
     assert planned["argument_bytes"] > 0 and planned["flops"] > 0
 
 
+@pytest.mark.slow
 def test_the_smallest_fitting_mesh_is_the_first_whose_peak_fits(experiment):
     function = stage_functions.reference_scorer(experiment)
     peaks = {n: plan.compile_on(function, n, 1, False)["peak_bytes"] for n in (1, 2, 4, 8)}

@@ -51,6 +51,7 @@ def run_steps(partitioner, loss_fn, batch, params, steps, *, grad_accum_steps=1,
     return state, losses
 
 
+@pytest.mark.slow
 def test_preference_step_learns_and_prefers_chosen(params, preference_batch):
     loss_fn = functools.partial(train_steps.preference_loss, model_config=MESH_TEST_CONFIG,
                                 loss_name="sigmoid_norm", gamma=0.5)
@@ -74,6 +75,7 @@ def test_pair_logps_encode_once_and_equal_separate_scoring(params, preference_ba
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_slic_regularization_adds_minus_lambda_times_the_sft_targets_mean_logp(
         params, preference_batch):
     """LAMBDA: the loss grows by -lambda * mean log pi(y_ref | x) over the valid pairs, each
@@ -127,6 +129,7 @@ def test_supervised_steps_learn(kind, params):
     assert losses[-1] < 0.8 * losses[0]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(params, preference_batch):
     loss_fn = functools.partial(train_steps.preference_loss, model_config=MESH_TEST_CONFIG,
                                 loss_name="hinge_norm", gamma=0.5)
@@ -138,6 +141,7 @@ def test_gradient_accumulation_equals_one_big_batch(params, preference_batch):
         np.testing.assert_allclose(a, b, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(params, preference_batch):
     loss_fn = functools.partial(train_steps.preference_loss, model_config=MESH_TEST_CONFIG,
                                 loss_name="sigmoid_norm", gamma=0.5)

@@ -38,6 +38,7 @@ def test_every_parameter_has_logical_axes():
     assert tuple(axes["decoder/relpos_bias/rel_embedding"]) == ("heads", "relpos_buckets")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 20)])
 def test_relative_position_buckets_match_hf(bidirectional, num_buckets, max_distance):
@@ -52,6 +53,7 @@ def test_relative_position_buckets_match_hf(bidirectional, num_buckets, max_dist
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_t5x_fixture_logits_match_hf(fixture_params, tmp_path):
     import transformers
 
@@ -70,6 +72,7 @@ def test_t5x_fixture_logits_match_hf(fixture_params, tmp_path):
     np.testing.assert_allclose(ours[valid], theirs[valid], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_hf_to_ours_to_hf_on_random_config_longer_than_bucket_distance(tmp_path):
     import transformers
 

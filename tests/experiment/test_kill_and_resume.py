@@ -10,6 +10,8 @@ import pytest
 
 from experiment_helpers import kill_and_resume_script
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the experiment
+
 script = kill_and_resume_script()
 
 

@@ -20,6 +20,8 @@ import experiment_helpers
 from rso_jax.runtime import atomic_io
 from t5_helpers import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the experiment
+
 MESH_FLAGS = ["--gin.DATA_PARALLELISM=4", "--gin.MODEL_PARALLELISM=2"]
 FLAGS = [*experiment_helpers.DEMO_TINY_FLAGS, *MESH_FLAGS]
 STEP_LINE = re.compile(r"rso_jax\.training\.train_loop: preference step (\d+)/40 loss")

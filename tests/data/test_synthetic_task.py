@@ -15,7 +15,7 @@ from rso_jax.data.synthetic import task as synthetic_task
 from rso_jax.data import vocabularies
 from rso_jax.data import task as data_task
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from t5_helpers import REPO_ROOT as REPO
 CONTEXT = "the owl and a fox near the owl"  # salient: owl, fox; fillers: the, and, a, near
 
 

@@ -11,6 +11,8 @@ import pytest
 import experiment_helpers
 from damage_helpers import flip_bytes
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the experiment
+
 TINY = experiment_helpers.DEMO_TINY_FLAGS
 
 

@@ -19,8 +19,8 @@ from rso_jax.data.synthetic import gold as synthetic_gold
 from rso_jax.data.synthetic import task as synthetic_task
 from rso_jax.data import readers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(REPO, "tests", "data")
+from t5_helpers import REPO_ROOT as REPO
+DATA = os.path.join(REPO, "tests", "fixtures")
 SPM = synthetic_task.VOCABULARY_FILE
 PROCESSOR = sentencepiece.SentencePieceProcessor(model_file=SPM)
 SEQIO_TEST_MODEL = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
@@ -64,6 +64,7 @@ def test_importing_registers_every_task():
     assert sorted(task.output_features) == ["chosen", "inputs", "rejected"]
 
 
+@pytest.mark.slow
 def test_tldr_tasks_read_jsonl_through_gin(tmp_path):
     validation = str(tmp_path / "valid.jsonl.gz")
     with open(os.path.join(DATA, "tldr_sft.jsonl"), "rb") as source, \
@@ -97,6 +98,7 @@ def test_tldr_tasks_read_jsonl_through_gin(tmp_path):
     assert (lengths.inputs, lengths.targets) == (1024, 128)
 
 
+@pytest.mark.slow
 def test_hh_webgpt_oasst_and_cnn_tasks_read_parquet_and_gzip(tmp_path):
     def parquet(name):
         with open(os.path.join(DATA, name)) as stream:

@@ -1,4 +1,4 @@
-"""The public datasets through the task interface, from the small files in tests/data."""
+"""The public datasets through the task interface, from the small files in tests/fixtures."""
 
 import os
 
@@ -7,7 +7,7 @@ import pytest
 from rso_jax.data import file_tasks, task
 from t5_helpers import REPO_ROOT
 
-DATA = os.path.join(REPO_ROOT, "tests", "data")
+DATA = os.path.join(REPO_ROOT, "tests", "fixtures")
 VOCABULARY = os.path.join(REPO_ROOT, "rso_jax", "assets", "synthetic_spm.model")
 
 

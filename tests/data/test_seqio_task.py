@@ -250,6 +250,7 @@ def seqio_run(user_tasks, tmp_path_factory):
     return work_dir, records
 
 
+@pytest.mark.slow
 def test_experiment_runs_on_a_named_seqio_task(seqio_run):
     work_dir, records = seqio_run
     for stage in ("sft", "ranker", "sample", "score", "select", "reference", "preference",
