@@ -162,29 +162,6 @@ def hinge_loss(chosen_logps: Array, rejected_logps: Array, reference_chosen_logp
                                                      chosen_logps, rejected_logps, mask)
 
 
-def slic_loss(chosen_logps: Array, rejected_logps: Array, regularization_target_logps: Array, *,
-              delta: float = 1.0, regularization_weight: float = 0.0,
-              mask: Optional[Array] = None) -> tuple[Array, Metrics]:
-    """SLiC with its regularisation term, eq. (1).
-
-    max(0, delta - logp_w + logp_l) - lambda * logp(y_ref | x), where y_ref is the SFT target
-    of the prompt (RSO drops the term: lambda = 0).
-
-    Args:
-      chosen_logps, rejected_logps: [pairs] policy sequence log-probabilities.
-      regularization_target_logps: [pairs] policy log-probability of the SFT target y_ref.
-      delta: the margin.
-      regularization_weight: lambda.
-      mask: optional [pairs] bool.
-    """
-    chosen_logps, rejected_logps = _zero_padding(mask, chosen_logps, rejected_logps)
-    losses = jax.nn.relu(delta - chosen_logps + rejected_logps)
-    metrics = _pair_metrics(chosen_logps, rejected_logps, chosen_logps, rejected_logps, mask)
-    term, term_metrics = target_regularization(regularization_target_logps,
-                                               regularization_weight, mask)
-    return _masked_mean(losses, mask) + term, {**metrics, **term_metrics}
-
-
 def target_regularization(target_logps: Array, weight: float,
                           mask: Optional[Array] = None) -> tuple[Array, Metrics]:
     """SLiC's regularisation term, eq. (1): -lambda * log pi(y_ref | x), averaged over the

@@ -81,13 +81,6 @@ def policy_response_logps(params: Any, batch: batching.PreferenceBatch, dropout_
     return token_logps.sum(axis=-1).reshape(batch.inputs.shape[0], -1)
 
 
-def policy_pair_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
-                      model_config: t5.T5Config) -> tuple[Array, Array]:
-    """Sequence log-probs of chosen and rejected under the policy, prompt encoded once."""
-    logps = policy_response_logps(params, batch, dropout_rng, model_config=model_config)
-    return logps[:, 0], logps[:, 1]
-
-
 def preference_loss(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
                     model_config: t5.T5Config, loss_name: str = "sigmoid_norm",
                     gamma: float = 0.05, label_smoothing: float = 0.0,

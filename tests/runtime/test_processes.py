@@ -101,13 +101,6 @@ def one_process_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    """Two processes, end to end."""
-    work_dir = tmp_path_factory.mktemp("two_processes") / "run"
-    return work_dir, run_processes(work_dir)
-
-
-@pytest.fixture(scope="module")
 def preempted_run(tmp_path_factory):
     """Two processes, SIGTERM to the second during preference training."""
     work_dir = tmp_path_factory.mktemp("preempted") / "run"
@@ -155,19 +148,28 @@ def assert_same_results(work_dir, one_process_run):
     assert not leftovers  # no temporary file or directory of a write is left
 
 
-def test_two_processes_end_as_one_process_of_eight_devices(two_process_run, one_process_run):
-    work_dir, results = two_process_run
-    both = "\n".join(f"--- process {i} ---\n{err[-3000:]}" for i, (_, _, err) in enumerate(results))
-    assert [code for code, _, _ in results] == [0, 0], both
-    assert "| trained |" in results[0][1] and "| trained |" not in results[1][1]  # one prints
-    assert_same_results(work_dir, one_process_run)
-
-
 def resume_copy(preempted_run, tmp_path):
     """A copy of the preempted run's directory (each resuming test changes its own)."""
     work_dir = tmp_path / "run"
     shutil.copytree(preempted_run[0], work_dir, symlinks=True)
     return work_dir
+
+
+@pytest.fixture(scope="module")
+def resumed_in_two(preempted_run, tmp_path_factory):
+    """The preempted run resumed in two processes: a whole experiment in two processes (every
+    stage before preference ran uninterrupted in them, preference resumed), so one run serves
+    both the end-to-end and the resume checks."""
+    work_dir = resume_copy(preempted_run, tmp_path_factory.mktemp("resumed_in_two"))
+    return work_dir, run_processes(work_dir, timeout=400)
+
+
+def test_two_processes_end_as_one_process_of_eight_devices(resumed_in_two, one_process_run):
+    work_dir, results = resumed_in_two
+    both = "\n".join(f"--- process {i} ---\n{err[-3000:]}" for i, (_, _, err) in enumerate(results))
+    assert [code for code, _, _ in results] == [0, 0], both
+    assert "| trained |" in results[0][1] and "| trained |" not in results[1][1]  # one prints
+    assert_same_results(work_dir, one_process_run)
 
 
 def assert_resumed(work_dir, log, one_process_run):
@@ -178,10 +180,8 @@ def assert_resumed(work_dir, log, one_process_run):
         "resumed_from_step"] >= 8
 
 
-def test_a_run_preempted_in_two_processes_resumes_in_two(preempted_run, one_process_run,
-                                                         tmp_path):
-    work_dir = resume_copy(preempted_run, tmp_path)
-    results = run_processes(work_dir, timeout=400)
+def test_a_run_preempted_in_two_processes_resumes_in_two(resumed_in_two, one_process_run):
+    work_dir, results = resumed_in_two
     both = "\n".join(f"--- process {i} ---\n{err[-3000:]}" for i, (_, _, err) in enumerate(results))
     assert [code for code, _, _ in results] == [0, 0], both
     assert_resumed(work_dir, results[1][2], one_process_run)
@@ -232,7 +232,7 @@ import sys
 from rso_jax import partitioning
 partitioning.maybe_initialize_distributed()
 import jax
-sys.path.insert(0, "tests")
+sys.path[:0] = ["tests", "tests/training"]
 from rso_jax.training import train_loop
 from test_train_loop import loop, make_batches
 from t5_helpers import MESH_TEST_CONFIG

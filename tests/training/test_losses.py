@@ -45,10 +45,14 @@ def test_hinge_is_eq_9_and_hinge_norm_is_eq_10(logps, gamma):
 
 
 def test_slic_is_eq_1(logps):
+    """LOSS='hinge' with GAMMA=1/delta and LAMBDA: eq. (1) divided by delta (the margin sets
+    the scale only), as the preference loss adds the two terms."""
     w, l, y_ref, _ = logps
-    loss, _ = losses.slic_loss(w, l, y_ref, delta=2.0, regularization_weight=0.3)
-    expected = (np.maximum(0, 2.0 - w + l) - 0.3 * y_ref).mean()
-    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    delta, weight = 2.0, 0.3
+    hinge, _ = losses.hinge_loss(w, l, gamma=1 / delta)
+    term, _ = losses.target_regularization(y_ref, weight * 1 / delta)
+    expected = (np.maximum(0, delta - w + l) - weight * y_ref).mean() / delta
+    np.testing.assert_allclose(float(hinge + term), expected, rtol=1e-5)
 
 
 def test_mask_excludes_padding_pairs(logps):

@@ -51,6 +51,14 @@ def run_steps(partitioner, loss_fn, batch, params, steps, *, grad_accum_steps=1,
     return state, losses
 
 
+def pair_logps(params, batch):
+    """The policy's sequence log-probs of chosen and rejected, the prompt encoded once (as the
+    preference loss computes them)."""
+    logps = train_steps.policy_response_logps(params, batch, jax.random.PRNGKey(0),
+                                              model_config=MESH_TEST_CONFIG)
+    return logps[:, 0], logps[:, 1]
+
+
 @pytest.mark.slow
 def test_preference_step_learns_and_prefers_chosen(params, preference_batch):
     loss_fn = functools.partial(train_steps.preference_loss, model_config=MESH_TEST_CONFIG,
@@ -58,17 +66,14 @@ def test_preference_step_learns_and_prefers_chosen(params, preference_batch):
     state, losses = run_steps(single_device_partitioner(), loss_fn, preference_batch, params, 4)
     assert losses[0] == pytest.approx(np.log(2), abs=1e-5)  # policy == reference at the start
     assert losses[-1] < 0.5 * losses[0]
-    chosen, rejected = train_steps.policy_pair_logps(jax.device_get(state.params), preference_batch,
-                                                  jax.random.PRNGKey(0),
-                                                  model_config=MESH_TEST_CONFIG)
+    chosen, rejected = pair_logps(jax.device_get(state.params), preference_batch)
     ratio = (np.asarray(chosen) - preference_batch.reference_chosen_logps) - (
         np.asarray(rejected) - preference_batch.reference_rejected_logps)
     assert (ratio > 0).all()
 
 
 def test_pair_logps_encode_once_and_equal_separate_scoring(params, preference_batch):
-    chosen, rejected = train_steps.policy_pair_logps(params, preference_batch, jax.random.PRNGKey(0),
-                                                  model_config=MESH_TEST_CONFIG)
+    chosen, rejected = pair_logps(params, preference_batch)
     np.testing.assert_allclose(np.asarray(chosen), preference_batch.reference_chosen_logps,
                                atol=1e-5)
     np.testing.assert_allclose(np.asarray(rejected), preference_batch.reference_rejected_logps,
