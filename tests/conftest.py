@@ -14,8 +14,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024 ** 3))
 
 # The files that run the experiment end to end, longest first: pytest-xdist hands files to its
 # workers in collection order, and a long file started last would run alone at the end.
-LONGEST_FIRST = ("test_processes.py", "test_methods.py", "test_experiment.py",
-                 "test_experiment_tasks.py", "test_configs.py", "test_plan.py")
+LONGEST_FIRST = ("test_processes.py", "test_experiment_tasks.py", "test_methods.py",
+                 "test_experiment.py", "test_sweep.py", "test_train_loop.py",
+                 "test_reward_models.py", "test_bench_suite.py", "test_seqio_task.py",
+                 "test_training.py", "test_plan.py", "test_configs.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
