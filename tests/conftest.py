@@ -12,7 +12,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"rso_jax_tests_xla_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024 ** 3))
 
-# The files that run the experiment end to end, longest first: pytest-xdist hands files to its
+# The longest test files (end-to-end runs, training to convergence), longest first: pytest-xdist hands files to its
 # workers in collection order, and a long file started last would run alone at the end.
 LONGEST_FIRST = ("test_processes.py", "test_experiment_tasks.py", "test_methods.py",
                  "test_experiment.py", "test_sweep.py", "test_train_loop.py",

@@ -57,9 +57,8 @@ def check_inputs(context: StageContext) -> None:
     for name, field in (("SAMPLE_BATCH_SIZE", "sample"), ("RANKER_INFERENCE_BATCH_SIZE", "ranker"),
                         ("REFERENCE_BATCH_SIZE", "reference"), ("EVAL_BATCH_SIZE", "eval")):
         inference.check_batch_size(name, getattr(sizes, field), context.partitioner)
-    lengths = experiment.lengths
+    lengths, reward_model = experiment.lengths, scorers.kind(experiment)
     for task in {id(t): t for t in (experiment.task, eval_task)}.values():
-        reward_model = scorers.kind(experiment)
         template = reward_model.input_template(context.ranker_template(task))
         count = reward_model.responses_per_input
         needed = count * lengths.response + codec.ranker_input_overhead(template)

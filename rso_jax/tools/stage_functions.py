@@ -54,7 +54,6 @@ def abstract_batch(partitioner: Any, **shapes: tuple) -> dict:
 def preference_train_step(experiment: Any) -> StageFunction:
     """The preference stage's train step: a pair loss, or cross-entropy on selected responses
     (RAFT, ReST, best-of-N)."""
-
     config, lengths = experiment.policy_config, experiment.lengths
     schedule = experiment.preference
     rows, prompt, response = schedule.batch_size, lengths.prompt, lengths.response
@@ -76,12 +75,11 @@ def preference_train_step(experiment: Any) -> StageFunction:
                 partitioner, inputs=(rows, prompt), targets=(rows, response),
                 loss_weights=(rows, response)))
         step = train_steps.make_train_step(partitioner, config, optimizer,
-                                        preference.loss_function(experiment), batch,
-                                        grad_accum_steps=schedule.grad_accum_steps)
+                                           preference.loss_function(experiment), batch,
+                                           grad_accum_steps=schedule.grad_accum_steps)
         shardings = train_steps.state_shardings(partitioner, config, optimizer)
-        shapes = jax.eval_shape(
-            lambda params: train_steps.create_train_state(params, optimizer, jax.random.PRNGKey(0)),
-            config.param_shapes())
+        shapes = jax.eval_shape(lambda params: train_steps.create_train_state(
+            params, optimizer, jax.random.PRNGKey(0)), config.param_shapes())
         state = jax.tree_util.tree_map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes,
                                        shardings)
         return step.lower(state, batch)
@@ -92,8 +90,6 @@ def preference_train_step(experiment: Any) -> StageFunction:
 
 
 def sampler(experiment: Any) -> StageFunction:
-
-
     config, sampling = experiment.policy_config, experiment.sampling
     prompts, length = experiment.inference_batch_sizes.sample, experiment.lengths.prompt
 
