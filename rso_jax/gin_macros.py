@@ -119,7 +119,7 @@ class MacroUses:
 
     def known(self) -> set[str]:
         """Macros that are read: referred to anywhere, or set by a block under gin/ (blocks
-        define some for other gin files or code to read: SEQUENCE_LENGTHS and SFT_TASK for a
+        define some for other gin files or code to read: SFT_TASK and PREFERENCE_TASK for a
         T5X run over the seqio tasks, T5_1_1_LARGE for `rso_jax.t5.model_sizes`)."""
         return set(self.references) | {s.name for s in self.settings if s.in_library}
 

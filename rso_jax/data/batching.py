@@ -7,23 +7,20 @@ dataset, EOS included) are taken as they are.
 
 Conventions (T5X's; PAD_ID, EOS_ID and DECODER_START_ID are `vocabularies`'):
   * int32 token ids, padded with PAD_ID on the right; EOS_ID ends every sequence.
-  * a sequence longer than its fixed length keeps its first length - 1 tokens and then EOS;
-    every such cut is counted in `TruncationCounts`, per feature, and can be logged.
+  * a sequence longer than its fixed length keeps its first length - 1 tokens and then EOS
+    (`pad_batch` counts the cuts; `text_codec.TextCodec.encode` logs them).
   * a batch holds only what cannot be derived: decoder inputs are `shift_right(targets)` and
     padding masks are `tokens != PAD_ID`, both computed where they are used.
   * a batch may hold fewer examples than rows: the rest are all-padding rows with zero loss
     weights (`SftBatch`) or a False `pair_mask` (`PreferenceBatch`).
 
-Lengths come from gin (`SequenceLengths`). With several processes each one places its own rows
-of every batch on its devices (`partitioning.Partitioner.host_rows`).
+Lengths are the experiment's (`experiment.config.Lengths`). With several processes each one
+places its own rows of every batch on its devices (`partitioning.Partitioner.host_rows`).
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import logging
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,56 +28,7 @@ from flax import struct
 
 from rso_jax.data import vocabularies
 
-logger = logging.getLogger(__name__)
-
 Array = Any  # a numpy array on the host, a jax.Array on the mesh (or a tracer in a step)
-
-
-@dataclasses.dataclass(frozen=True)
-class SequenceLengths:
-    """Fixed token lengths, EOS included (bound in gin, e.g. gin/data/tldr.gin)."""
-
-    inputs: int = 512  # encoder length: the prompt.
-    targets: int = 128  # decoder length: SFT targets and both responses of a pair.
-
-    def __post_init__(self):
-        for field in ("inputs", "targets"):
-            if int(getattr(self, field)) < 1:
-                raise ValueError(f"SequenceLengths.{field} must be >= 1 (room for EOS), got "
-                                 f"{getattr(self, field)}.")
-
-
-@dataclasses.dataclass
-class TruncationCounts:
-    """How many sequences of each feature were batched and how many of them were cut."""
-
-    sequences: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    truncated: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-
-    def add(self, feature: str, num_sequences: int, num_truncated: int) -> None:
-        self.sequences[feature] += int(num_sequences)
-        self.truncated[feature] += int(num_truncated)
-
-    def merge(self, other: "TruncationCounts") -> None:
-        self.sequences.update(other.sequences)
-        self.truncated.update(other.truncated)
-
-    def as_dict(self) -> dict:
-        """Metrics: 'truncated/{feature}' (count) and 'truncated_fraction/{feature}'."""
-        metrics = {}
-        for feature in sorted(self.sequences):
-            metrics[f"truncated/{feature}"] = self.truncated[feature]
-            metrics[f"truncated_fraction/{feature}"] = (
-                self.truncated[feature] / self.sequences[feature] if self.sequences[feature]
-                else 0.0)
-        return metrics
-
-    def log(self, what: str = "batches") -> None:
-        """Logs the counts; at WARNING level if anything was cut."""
-        parts = [f"{feature}: {self.truncated[feature]}/{self.sequences[feature]}"
-                 for feature in sorted(self.sequences)]
-        level = logging.WARNING if sum(self.truncated.values()) else logging.INFO
-        logger.log(level, "Truncated sequences in %s: %s", what, ", ".join(parts) or "none")
 
 
 @struct.dataclass
@@ -171,7 +119,6 @@ class PointwisePairBatch:
     pair_mask: Array
 
 
-
 def sft_batch_from_tokens(inputs: np.ndarray, targets: np.ndarray) -> SftBatch:
     """An SftBatch of token arrays; loss weights on every non-padding target token."""
     return SftBatch(inputs=inputs, targets=targets,
@@ -247,85 +194,3 @@ def pad_batch(sequences: Sequence[Sequence[int]], length: int, batch_size: Optio
             num_truncated += 1
         tokens[row, :len(ids)] = ids
     return tokens, num_truncated
-
-
-def _field(example: Any, key: str, index: int) -> Any:
-    try:
-        return example[key]
-    except (KeyError, TypeError, IndexError):
-        raise KeyError(f"Example {index} of the batch has no field {key!r} (it has "
-                       f"{sorted(example) if isinstance(example, dict) else type(example)}).") \
-            from None
-
-
-def _feature(examples: Sequence[Any], key: str, vocabulary: Any, length: int, batch_size: int,
-             counts: Optional[TruncationCounts], eos_id: int) -> np.ndarray:
-    sequences = [ids_with_eos(_field(example, key, i), vocabulary, eos_id)
-                 for i, example in enumerate(examples)]
-    tokens, num_truncated = pad_batch(sequences, length, batch_size, eos_id)
-    if counts is not None:
-        counts.add(key, len(sequences), num_truncated)
-    return tokens
-
-
-def sft_batch(examples: Sequence[Any], vocabulary: Any, lengths: SequenceLengths,
-              batch_size: Optional[int] = None, counts: Optional[TruncationCounts] = None,
-              eos_id: int = vocabularies.EOS_ID) -> SftBatch:
-    """Batches examples with 'inputs' and 'targets' (text or token ids).
-
-    Args:
-      examples: dicts with 'inputs' and 'targets'.
-      vocabulary: encodes text fields (`encode(str) -> list[int]`).
-      lengths: the fixed lengths.
-      batch_size: rows (>= len(examples)); extra rows are padding with zero loss weights.
-      counts: if given, truncations are added to it under 'inputs' and 'targets'.
-      eos_id: the EOS id.
-    """
-    batch_size = len(examples) if batch_size is None else batch_size
-    inputs = _feature(examples, "inputs", vocabulary, lengths.inputs, batch_size, counts, eos_id)
-    targets = _feature(examples, "targets", vocabulary, lengths.targets, batch_size, counts,
-                       eos_id)
-    return sft_batch_from_tokens(inputs, targets)
-
-
-def preference_batch(examples: Sequence[Any], vocabulary: Any, lengths: SequenceLengths,
-                     batch_size: Optional[int] = None, counts: Optional[TruncationCounts] = None,
-                     eos_id: int = vocabularies.EOS_ID) -> PreferenceBatch:
-    """Batches examples with 'inputs', 'chosen' and 'rejected' (text or token ids).
-
-    Both responses use `lengths.targets`; truncations are counted under 'inputs', 'chosen'
-    and 'rejected'; padding rows have a False pair_mask; the reference log-probabilities
-    stay None. Other arguments as in `sft_batch`.
-    """
-    batch_size = len(examples) if batch_size is None else batch_size
-    inputs = _feature(examples, "inputs", vocabulary, lengths.inputs, batch_size, counts, eos_id)
-    chosen = _feature(examples, "chosen", vocabulary, lengths.targets, batch_size, counts, eos_id)
-    rejected = _feature(examples, "rejected", vocabulary, lengths.targets, batch_size, counts,
-                        eos_id)
-    return preference_batch_from_tokens(inputs, chosen, rejected,
-                                        pair_mask=np.arange(batch_size) < len(examples))
-
-
-def iterate_batches(examples: Sequence[Any], batch_size: int,
-                    make_batch: Callable[[Sequence[Any], int], Any],
-                    drop_remainder: bool = False) -> Iterator[Any]:
-    """Fixed-size batches over `examples`, in order.
-
-    Args:
-      examples: the examples (e.g. this host's shard).
-      batch_size: rows per batch.
-      make_batch: `(examples, batch_size) -> batch`, e.g.
-        `functools.partial(sft_batch, vocabulary=v, lengths=l, counts=c)` called as
-        `make_batch(chunk, batch_size=batch_size)`.
-      drop_remainder: drop a last, incomplete batch (the number dropped is logged) instead of
-        padding it with all-padding rows.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        if len(chunk) < batch_size and drop_remainder:
-            logger.info("Dropped the last %d of %d examples (drop_remainder, batch size %d).",
-                        len(chunk), len(examples), batch_size)
-            return
-        yield make_batch(chunk, batch_size=batch_size)

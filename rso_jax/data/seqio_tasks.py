@@ -12,8 +12,8 @@
   rso_synthetic_sft             inputs, targets             `data.synthetic` (no files)
   rso_synthetic_preferences     inputs, chosen, rejected    `data.synthetic` (no files)
 
-Every feature is tokenized and gets EOS; nothing is trimmed here (`batching.py` cuts to the
-fixed lengths and counts what it cuts), so pass `sequence_length=None` to `get_dataset`.
+Every feature is tokenized and gets EOS; nothing is trimmed here (the experiment cuts to its
+own lengths and counts what it cuts), so pass `sequence_length=None` to `get_dataset`.
 
 Files and vocabulary come from gin when a dataset is built, not at import, so the tasks exist
 as soon as this module is imported; the gin files (`gin/data/*.gin`) say what they read, through

@@ -1,8 +1,9 @@
 """One record per stage: the only declaration of the experiment's stage graph.
 
 A `Stage` says what the stage reads (other stages' outputs and the task's data), which settings
-its outputs depend on, whether an experiment's method uses it, and how it runs. Everything else
-derives from the records (`stages.STAGES`, in the order they run): the fingerprints that decide
+its outputs depend on, and how it runs. Everything else derives from the records
+(`stages.STAGES`, in the order they run): which stages a method has (those its last stage reads,
+directly or through others), the fingerprints that decide
 when a finished stage may be reused (`fingerprints`), the checks the runner makes before any
 work (a stage read but not finished, a task split a stage will ask for), the stages a STAGES
 subset may name, and which outputs a running stage may load (`StageContext.for_stage`).
@@ -22,10 +23,6 @@ POLICY, REFERENCE_POLICY = "policy", "reference_policy"
 
 def _nothing(experiment: Experiment) -> tuple:
     return ()
-
-
-def _always(experiment: Experiment) -> bool:
-    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,4 +46,3 @@ class Stage:
     settings: Callable[[Experiment], dict]
     reads: Callable[[Experiment], tuple] = _nothing
     task_data: Callable[[Experiment], tuple] = _nothing
-    applies: Callable[[Experiment], bool] = _always

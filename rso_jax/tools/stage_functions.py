@@ -15,7 +15,6 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from rso_jax.data import batching
 from rso_jax.training import train_steps
 from rso_jax.experiment import inference, scorers
 from rso_jax.experiment.stages import preference
@@ -57,25 +56,17 @@ def preference_train_step(experiment: Any) -> StageFunction:
     config, lengths = experiment.policy_config, experiment.lengths
     schedule = experiment.preference
     rows, prompt, response = schedule.batch_size, lengths.prompt, lengths.response
-    pairs = experiment.selection.makes_pairs
+    data = preference.training_data(experiment)
 
     def lower(partitioner):
         optimizer = schedule.make_optimizer()
-        if pairs:
-            arrays = abstract_batch(partitioner, inputs=(rows, prompt), chosen=(rows, response),
-                                    rejected=(rows, response),
-                                    reference_chosen_logps=(rows,),
-                                    reference_rejected_logps=(rows,))
-            if experiment.regularization_weight:
-                arrays.update(abstract_batch(partitioner, sft_targets=(rows, response)))
-            batch = batching.preference_batch_from_tokens(
-                **arrays, pair_mask=_abstract((rows,), np.bool_, partitioner.batch_sharding(1)))
-        else:
-            batch = batching.SftBatch(**abstract_batch(
-                partitioner, inputs=(rows, prompt), targets=(rows, response),
-                loss_weights=(rows, response)))
+        arrays = abstract_batch(partitioner, **data.array_shapes(experiment, rows))
+        batch = jax.tree_util.tree_map(
+            lambda array: _abstract(array.shape, array.dtype,
+                                    partitioner.batch_sharding(array.ndim)),
+            jax.eval_shape(lambda arrays: data.make_batch(**arrays), arrays))
         step = train_steps.make_train_step(partitioner, config, optimizer,
-                                           preference.loss_function(experiment), batch,
+                                           data.loss_function(experiment), batch,
                                            grad_accum_steps=schedule.grad_accum_steps)
         shardings = train_steps.state_shardings(partitioner, config, optimizer)
         shapes = jax.eval_shape(lambda params: train_steps.create_train_state(
@@ -83,9 +74,8 @@ def preference_train_step(experiment: Any) -> StageFunction:
         state = jax.tree_util.tree_map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes,
                                        shardings)
         return step.lower(state, batch)
-    what = "pairs" if pairs else "selected responses"
     return StageFunction("preference train step",
-                         f"{rows} {what}, {prompt}-token prompts, {response}-token responses",
+                         f"{rows} {data.what}, {prompt}-token prompts, {response}-token responses",
                          rows, config, lower)
 
 

@@ -13,11 +13,10 @@ import pytest
 import seqio
 import sentencepiece
 
-from rso_jax.data import batching, seqio_tasks
+from rso_jax.data import batching, seqio_tasks, text_codec
 from rso_jax.data.synthetic import generator as synthetic_data
 from rso_jax.data.synthetic import gold as synthetic_gold
 from rso_jax.data.synthetic import task as synthetic_task
-from rso_jax.data import readers
 
 from t5_helpers import REPO_ROOT as REPO
 DATA = os.path.join(REPO, "tests", "fixtures")
@@ -93,9 +92,7 @@ def test_tldr_tasks_read_jsonl_through_gin(tmp_path):
         "chosen": "Should I pay off my car loan early?", "rejected": "car loan money"})
     [test] = examples("rso_tldr_preferences", "test")  # the 'valid2' record
     assert test["rejected_pretokenized"] == b"Rain closed roads."
-    assert gin.query_parameter("%SEQUENCE_LENGTHS") is not None
-    lengths = readers.gin_configured(batching.SequenceLengths)()
-    assert (lengths.inputs, lengths.targets) == (1024, 128)
+    assert gin.query_parameter("%SFT_TASK") == "rso_tldr_sft"
 
 
 @pytest.mark.slow
@@ -170,14 +167,16 @@ def test_seqio_output_batches_like_the_text(tmp_path):
     gin.parse_config_files_and_bindings(
         [os.path.join(REPO, "gin", "data", "synthetic.gin")], ["NUM_TRAIN_EXAMPLES = 5"],
         finalize_config=False)
-    lengths = batching.SequenceLengths(inputs=20, targets=4)
-    from_seqio = batching.sft_batch(examples("rso_synthetic_sft"), None, lengths, batch_size=6)
-    counts = batching.TruncationCounts()
-    from_text = batching.sft_batch(synthetic_data.sft_examples("train", 5), PROCESSOR, lengths,
-                                   batch_size=6, counts=counts)
-    for field in ("inputs", "targets", "loss_weights"):
-        np.testing.assert_array_equal(getattr(from_seqio, field), getattr(from_text, field))
-    assert counts.truncated["inputs"] == 5  # every prompt is longer than 20 tokens
+    codec = text_codec.TextCodec(SPM)
+    from_seqio = examples("rso_synthetic_sft")
+    from_text = synthetic_data.sft_examples("train", 5)
+    for feature, length in (("inputs", 20), ("targets", 4)):
+        ids = [batching.ids_with_eos(example[feature]) for example in from_seqio]
+        seqio_tokens, truncated = batching.pad_batch(ids, length)
+        np.testing.assert_array_equal(
+            seqio_tokens, codec.encode([example[feature] for example in from_text], length))
+        if feature == "inputs":
+            assert truncated == 5  # every prompt is longer than 20 tokens
 
 
 def test_shards_split_a_task():

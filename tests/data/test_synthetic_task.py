@@ -236,11 +236,10 @@ def test_shipped_vocabulary_is_what_the_script_builds(tmp_path):
 
 def test_task_and_batching_modules_do_not_import_tensorflow_or_seqio():
     code = ("import sys; import rso_jax.data.synthetic.task, rso_jax.data.batching, "
-            "rso_jax.data.readers, rso_jax.data.vocabularies; from rso_jax.data import vocabularies, "
-            "batching; from rso_jax.data.synthetic import generator, task; "
-            "batching.sft_batch(generator.sft_examples('train', 2), "
-            "vocabularies.load_sentencepiece(task.VOCABULARY_FILE), "
-            "batching.SequenceLengths(48, 16)); "
+            "rso_jax.data.readers, rso_jax.data.vocabularies; from rso_jax.data import "
+            "text_codec; from rso_jax.data.synthetic import generator, task; "
+            "text_codec.TextCodec(task.VOCABULARY_FILE).encode("
+            "[e['inputs'] for e in generator.sft_examples('train', 2)], 48); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('tensorflow', 'seqio', 'tensorflow_text', 'tensorflow_datasets')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -20,6 +20,7 @@ DEMO = ["--gin_file=configs/demo_rso.gin"]
     ("PREFERENCE_BATCH_SIZE=0", "PREFERENCE_BATCH_SIZE must be >= 1"),
     ("SELECTION='best'", "SELECTION='best'; choose one of"),
     ("PROMPT_LENGTH=1.5", "PROMPT_LENGTH must be of type int"),
+    ("PROMPT_LENGTH=1", "PROMPT_LENGTH must be >= 2 tokens, got 1"),
     ("RANKER_SEES_CONTEXT=1", "RANKER_SEES_CONTEXT must be of type bool"),
     ("ETA=1.2", "ETA must be in (0, 1)"),
     ("TAU=0.0", "TAU must be > 0"),

@@ -70,7 +70,7 @@ def real_lowered(name, experiment, partitioner):
             np.zeros(rows, np.float32))
         optimizer = experiment.preference.make_optimizer()
         step = train_steps.make_train_step(partitioner, experiment.policy_config, optimizer,
-                                        preference.loss_function(experiment), batch)
+                                        preference.training_data(experiment).loss_function(experiment), batch)
         state = train_steps.place_state(partitioner, experiment.policy_config, optimizer,
                                      params, key)
         return step.lower(state, partitioner.shard_batch(batch))

@@ -37,8 +37,14 @@ def record(name: str) -> Stage:
 
 
 def applies(experiment, stage: str) -> bool:
-    """Whether `stage` (of any round) is part of this experiment's method."""
-    return record(stage).applies(experiment)
+    """Whether `stage` (of any round) is part of this experiment's method: the last stage is,
+    and so is every stage that a stage of the method reads (the records' `reads` are the one
+    declaration of the graph: `direct` reads no samples, response training no reference)."""
+    needed = {RECORDS[-1].name}
+    for later in reversed(RECORDS):
+        if later.name in needed:
+            needed.update(later.reads(experiment))
+    return rounds.base_stage(stage) in needed
 
 
 def stage_names(experiment, stages=STAGES) -> list[str]:

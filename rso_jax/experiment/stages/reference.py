@@ -23,5 +23,4 @@ def run(context: StageContext) -> dict:
             "mean_chosen_minus_rejected": float(np.mean(logps["chosen"] - logps["rejected"]))}
 
 
-STAGE = Stage("reference", run, lambda e: {}, reads=lambda e: ("select", REFERENCE_POLICY),
-              applies=lambda e: e.selection.makes_pairs)
+STAGE = Stage("reference", run, lambda e: {}, reads=lambda e: ("select", REFERENCE_POLICY))

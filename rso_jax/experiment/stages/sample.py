@@ -50,5 +50,4 @@ def settings(e) -> dict:
 
 
 STAGE = Stage("sample", run, settings, reads=lambda e: (POLICY, "sft"),
-              task_data=lambda e: ((e.sampling_task.sft_examples, "train"),),
-              applies=lambda e: e.needs_samples)
+              task_data=lambda e: ((e.sampling_task.sft_examples, "train"),))

@@ -52,4 +52,4 @@ def run(context: StageContext) -> dict:
 STAGE = Stage("score", run,
               lambda e: {"ranker_input_length": e.lengths.ranker_input,
                          "ranker_sees_context": e.ranker_sees_context},
-              reads=lambda e: ("sample", "ranker"), applies=lambda e: e.needs_samples)
+              reads=lambda e: ("sample", "ranker"))
