@@ -1,6 +1,10 @@
 """What a gin configuration says about its macros (the settings: BETA, WORK_DIR, ...): their
-values, where the gin files and bindings set them and which of them anything reads, and which
-settings left `%gin.REQUIRED` a job would read.
+values, where the gin files and bindings set them and which of them anything reads, which
+settings left `%gin.REQUIRED` a job would read, and which macro sets each parameter.
+
+`macro_setting` is the one table of which macro sets which parameter (`config.Lengths.prompt`
+-> PROMPT_LENGTH), read from the blocks under gin/ that bind them, so that no code repeats the
+gin bindings: error messages name the macro a user sets, also when a config is built without gin.
 
 The one module that reads gin's internals (`gin.config._CONFIG`, `_LOCATION_PREFIXES`,
 `ConfigurableReference`); `rso_jax.main` turns what it finds into start-up errors.
@@ -9,8 +13,10 @@ The one module that reads gin's internals (`gin.config._CONFIG`, `_LOCATION_PREF
 from __future__ import annotations
 
 import dataclasses
+import functools
+import glob
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import rso_jax
 
@@ -181,3 +187,53 @@ def _find_gin_file(gin_file: str) -> str:
         if os.path.isfile(os.path.join(prefix, gin_file)):
             return os.path.join(prefix, gin_file)
     raise FileNotFoundError(f"Gin file {gin_file!r} not found (searched {prefixes}).")
+
+
+def macro_setting(configurable: str, param: str, scope: str = "") -> Optional[str]:
+    """The macro that the blocks under gin/ bind `configurable`'s `param` to, in gin `scope`.
+
+    Args:
+      configurable: as gin files write it, '<module>.<name>' ('config.Lengths',
+        'readers.data_files').
+      param: the parameter ('prompt').
+      scope: the gin scope of the binding ('sft' for `sft/config.TrainingSchedule`).
+
+    Returns:
+      the macro's name ('PROMPT_LENGTH', 'SFT_STEPS'), or None when no block binds it to one.
+    """
+    return library_bindings().get((scope, configurable, param))
+
+
+@functools.lru_cache(maxsize=None)
+def library_bindings() -> dict[tuple[str, str, str], str]:
+    """{(scope, configurable, param): macro} for every parameter bound to a macro (`x = %NAME`)
+    by a gin file under gin/, read as gin parses them, without binding anything. A parameter
+    that two blocks bind to different macros is a ValueError naming both files."""
+    from gin import config_parser
+
+    class Macro(str):
+        pass
+
+    class Reader(config_parser.ParserDelegate):
+        def configurable_reference(self, scoped_configurable_name, evaluate):
+            return None
+
+        def macro(self, macro_name):
+            return Macro(macro_name)
+
+    found: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for path in sorted(glob.glob(os.path.join(LIBRARY_DIR, "**", "*.gin"), recursive=True)):
+        with open(path) as stream:
+            for statement in config_parser.ConfigParser(stream, Reader()):
+                if (not isinstance(statement, config_parser.BindingStatement)
+                        or not statement.arg_name or not isinstance(statement.value, Macro)):
+                    continue
+                key = (statement.scope or "", _short(statement.selector), statement.arg_name)
+                where = f"{os.path.relpath(path, LIBRARY_DIR)}:{statement.location.line_num}"
+                if key in found and found[key][0] != statement.value:
+                    raise ValueError(
+                        f"{'/'.join(filter(None, key[:2]))}.{key[2]} is bound to "
+                        f"%{found[key][0]} in gin/{found[key][1]} and to %{statement.value} in "
+                        f"gin/{where}; bind each parameter to one macro.")
+                found.setdefault(key, (str(statement.value), where))
+    return {key: macro for key, (macro, _) in found.items()}

@@ -49,3 +49,43 @@ def test_required_settings_are_those_the_run_reads():
         with gin_config(["--gin_file=configs/hh_rso.gin", "--builtin_task", "--tiny"]):
             pass
     assert not gin.config_str().strip()
+
+
+def test_each_parameter_names_the_macro_the_gin_blocks_bind_it_to():
+    assert gin_macros.macro_setting("config.Lengths", "prompt") == "PROMPT_LENGTH"
+    assert gin_macros.macro_setting("config.Lengths", "response") == "MAX_DECODE_LENGTH"
+    assert gin_macros.macro_setting("config.TrainingSchedule", "steps", "ranker") == \
+        "RANKER_STEPS"
+    assert gin_macros.macro_setting("config.TrainingSchedule", "steps") is None  # no scope
+    assert gin_macros.macro_setting("readers.data_files", "tldr_sft") == "TLDR_SFT_FILES"
+    assert gin_macros.macro_setting("config.Experiment", "no_such_field") is None
+
+
+def test_configs_built_without_gin_name_their_macros():
+    from rso_jax.data.synthetic import generator
+    from rso_jax.experiment import config
+    from rso_jax.sampling import decoding
+
+    with pytest.raises(ValueError, match="^RANKER_STEPS must be >= 1, got 0"):
+        config.TrainingSchedule(steps=0, stage="ranker")
+    with pytest.raises(ValueError, match="^TrainingSchedule.steps must be >= 1"):
+        config.TrainingSchedule(steps=0)
+    with pytest.raises(ValueError, match="^TOP_K must be of type int, got str 'x'"):
+        decoding.SamplingConfig(top_k="x")
+    with pytest.raises(ValueError, match="^SYNTHETIC_SEED must be >= 0, got -1"):
+        generator.SyntheticDataset(seed=-1)
+    with pytest.raises(ValueError, match="^RANKER_INPUT_LENGTH must be >= 2 tokens"):
+        config.Lengths(ranker_input=1)
+
+
+def test_a_parameter_bound_to_two_macros_under_gin_is_named(tmp_path, monkeypatch):
+    (tmp_path / "a.gin").write_text("config.Lengths.prompt = %PROMPT_LENGTH\n")
+    (tmp_path / "b.gin").write_text("config.Lengths:\n  prompt = %INPUT_LENGTH\n")
+    monkeypatch.setattr(gin_macros, "LIBRARY_DIR", str(tmp_path))
+    gin_macros.library_bindings.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"config.Lengths.prompt is bound to %PROMPT_LENGTH "
+                                             r"in gin/a.gin:1 and to %INPUT_LENGTH in gin/b.gin:2"):
+            gin_macros.library_bindings()
+    finally:
+        gin_macros.library_bindings.cache_clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+from rso_jax import setting_types
 from rso_jax.data import dialogues, summaries
 from rso_jax.data.records import ReadResult
 
@@ -34,10 +35,6 @@ DATASETS = {
 # Which `split` values of the summarize-from-feedback comparisons make each split.
 DEFAULT_TLDR_COMPARISON_SPLITS = {"train": ("train",), "validation": ("valid1",),
                                   "test": ("valid2",)}
-# The gin macro that sets each group of files in gin/data/*.gin, for error messages.
-FILES_MACROS = {"tldr_sft": "TLDR_SFT_FILES", "tldr_comparisons": "TLDR_COMPARISON_FILES",
-                "hh_helpful": "HH_HELPFUL_FILES", "cnn_dailymail": "CNN_DAILYMAIL_FILES",
-                "webgpt_comparisons": "WEBGPT_COMPARISON_FILES", "oasst1": "OASST1_FILES"}
 
 
 def data_files(tldr_sft=None, tldr_comparisons=None, hh_helpful=None, cnn_dailymail=None,
@@ -86,7 +83,8 @@ def _record_splits(options: dict, split: str) -> tuple:
 def _split_files(files: Mapping, group: str, split: str) -> Any:
     import gin
 
-    patterns, macro = files.get(group), FILES_MACROS[group]
+    patterns = files.get(group)
+    macro = setting_types.setting_name("readers.data_files", group)
     if patterns is None or patterns is gin.REQUIRED:
         raise ValueError(f"No files configured for {group!r}: bind "
                          f"`readers.data_files.{group}` in gin, e.g. set {macro} = "

@@ -28,15 +28,17 @@ import functools
 import importlib
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from rso_jax import setting_types
 from rso_jax.data import vocabularies
 from rso_jax.data import task
 
 SFT_FEATURES = ("inputs", "targets")
 COMPARISON_FEATURES = ("inputs", "chosen", "rejected")
-# The gin macro that sets each field (gin/data/seqio.gin), named in error messages.
-_MACROS = {"sft_task": "SEQIO_TASK", "ranker_template": "SEQIO_RANKER_TEMPLATE",
-           "comparison_task": "SEQIO_COMPARISON_TASK", "modules": "SEQIO_MODULES",
-           "splits": "SEQIO_SPLITS"}
+
+
+def _macro(field: str) -> str:
+    """The gin macro that sets SeqioTask's `field` (gin/data/seqio.gin), for messages."""
+    return setting_types.setting_name("seqio_task.SeqioTask", field)
 
 
 def import_seqio() -> Any:
@@ -89,7 +91,7 @@ def split_names(splits: Optional[Mapping[str, str]]) -> dict:
 
 def registered_task(seqio: Any, name: str, field: str, modules: Sequence[str]) -> Any:
     """The registered seqio task `name`, or a ValueError naming the tasks that look close."""
-    macro = _MACROS[field]
+    macro = _macro(field)
     if not isinstance(name, str) or not name:
         raise ValueError(f"{macro} must name a registered seqio task, got {name!r}.")
     if name in seqio.TaskRegistry.names():
@@ -113,13 +115,13 @@ def vocabulary_file(seqio_task: Any, features: Sequence[str], field: str) -> str
         vocabulary = seqio_task.output_features[feature].vocabulary
         model_file = getattr(vocabulary, "sentencepiece_model_file", None)
         if model_file is None:
-            raise ValueError(f"{_MACROS[field]}={seqio_task.name!r}: feature {feature!r} has "
+            raise ValueError(f"{_macro(field)}={seqio_task.name!r}: feature {feature!r} has "
                              f"the vocabulary {vocabulary!r}, which names no SentencePiece "
                              "model file; the experiment needs one (give the feature a "
                              "seqio.SentencePieceVocabulary).")
         files[feature] = model_file
     if len(set(files.values())) > 1:
-        raise ValueError(f"{_MACROS[field]}={seqio_task.name!r}: its features use different "
+        raise ValueError(f"{_macro(field)}={seqio_task.name!r}: its features use different "
                          f"vocabularies {files}; the policy and the ranker read one.")
     return files[features[0]]
 
@@ -172,7 +174,7 @@ class SeqioTask(task.WithoutGoldReward):
             found = registered_task(seqio, name, field, self.modules)
             missing = [key for key in features if key not in found.output_features]
             if missing:
-                raise ValueError(f"{_MACROS[field]}={name!r} has the output features "
+                raise ValueError(f"{_macro(field)}={name!r} has the output features "
                                  f"{sorted(found.output_features)}, not {missing}; the "
                                  f"experiment reads {list(features)}.")
             files.append(vocabulary_file(found, features, field))

@@ -40,53 +40,16 @@ OPTIMIZERS = ("adafactor", "adam")
 LOSSES = tuple(losses.PREFERENCE_LOSSES)
 
 
-# The gin macro that sets each field (gin/runs/rso.gin), named in error messages; {stage} is a
-# training schedule's stage ('SFT', 'RANKER', 'PREFERENCE').
-_MACROS = {
-    ("Lengths", "prompt"): "PROMPT_LENGTH", ("Lengths", "response"): "MAX_DECODE_LENGTH",
-    ("Lengths", "ranker_input"): "RANKER_INPUT_LENGTH",
-    ("SelectionConfig", "method"): "SELECTION", ("SelectionConfig", "beta"): "BETA",
-    ("SelectionConfig", "num_samples"): "NUM_SAMPLES",
-    ("SelectionConfig", "pair_rule"): "PAIR_RULE", ("SelectionConfig", "seed"): "SEED",
-    ("SelectionConfig", "eta"): "ETA", ("SelectionConfig", "tau"): "TAU",
-    ("SelectionConfig", "rest_threshold"): "REST_THRESHOLD",
-    ("Experiment", "loss"): "LOSS", ("Experiment", "gamma"): "GAMMA",
-    ("Experiment", "scorer"): "SCORER", ("Experiment", "regularization_weight"): "LAMBDA",
-    ("Experiment", "rounds"): "ROUNDS", ("Experiment", "reference_policy"): "REFERENCE_POLICY",
-    ("Experiment", "label_smoothing"): "LABEL_SMOOTHING",
-    ("Experiment", "num_sample_prompts"): "NUM_SAMPLE_PROMPTS",
-    ("Experiment", "num_eval_prompts"): "NUM_EVAL_PROMPTS", ("Experiment", "seed"): "SEED",
-    ("Experiment", "ranker_sees_context"): "RANKER_SEES_CONTEXT",
-    ("Experiment", "shared_stages_dir"): "SHARED_STAGES_DIR",
-    ("Experiment", "autosxs_gold_temperature"): "AUTOSXS_GOLD_TEMPERATURE",
-    ("Experiment", "eval_best_of_n"): "EVAL_BEST_OF_N",
-    ("Experiment", "empty_outputs_limit"): "EMPTY_OUTPUTS_LIMIT",
-    ("InferenceBatchSizes", "sample"): "SAMPLE_BATCH_SIZE",
-    ("InferenceBatchSizes", "ranker"): "RANKER_INFERENCE_BATCH_SIZE",
-    ("InferenceBatchSizes", "reference"): "REFERENCE_BATCH_SIZE",
-    ("InferenceBatchSizes", "eval"): "EVAL_BATCH_SIZE",
-    **{("TrainingSchedule", field): "{stage}_" + field.upper()
-       for field in ("steps", "batch_size", "learning_rate", "checkpoint_every", "optimizer",
-                     "warmup_steps", "eval_every", "grad_accum_steps")},
-    ("TrainingSchedule", "seed"): "SEED",
-}
-
-
 def setting(instance: Any, field: str) -> str:
-    """How a user sets `field` of a config object: its gin macro, else Class.field."""
-    owner = type(instance).__name__
-    stage = getattr(instance, "stage", "")
-    macro = _MACROS.get((owner, field))
-    if macro is None or ("{stage}" in macro and not stage):
-        return f"{owner}.{field}"
-    return macro.format(stage=stage.upper())
+    """How a user sets `field` of a config object: its gin macro (a training schedule's in its
+    stage's scope: SFT_STEPS), else Class.field (`setting_types.setting_name`)."""
+    return setting_types.setting_name(instance, field, getattr(instance, "stage", ""))
 
 
 def check_types(instance: Any) -> None:
     """Raises a ValueError naming the setting when a field of a simple type (int, float, str,
     bool) holds another type, e.g. --gin.BETA="'abc'" (`setting_types.check_types`)."""
-    setting_types.check_types(instance, {field.name: setting(instance, field.name)
-                                         for field in dataclasses.fields(instance)})
+    setting_types.check_types(instance, getattr(instance, "stage", ""))
 
 
 @dataclasses.dataclass(frozen=True)

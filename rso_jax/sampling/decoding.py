@@ -34,12 +34,6 @@ from rso_jax.data import vocabularies
 
 Array = jax.Array
 
-# The macros of gin/sampling.gin that set SamplingConfig's fields, named in type errors.
-_SAMPLING_MACROS = {"num_candidates": "NUM_CANDIDATES", "max_decode_length": "MAX_DECODE_LENGTH",
-                    "temperature": "TEMPERATURE", "top_k": "TOP_K", "top_p": "TOP_P",
-                    "eos_id": "EOS_ID"}
-
-
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     """How candidates are drawn (bound in gin: gin/sampling.gin)."""
@@ -57,7 +51,7 @@ class SamplingConfig:
     vocabulary_size: Optional[int] = None
 
     def __post_init__(self):
-        setting_types.check_types(self, _SAMPLING_MACROS)
+        setting_types.check_types(self)
         if self.num_candidates < 1:
             raise ValueError(f"SamplingConfig.num_candidates must be >= 1, got {self.num_candidates}.")
         if self.max_decode_length < 1:

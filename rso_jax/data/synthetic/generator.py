@@ -32,7 +32,7 @@ class NoiseConfig:
     hallucination_probability: float = 0.0  # an entity absent from the context follows it.
 
     def __post_init__(self):
-        setting_types.check_types(self, {})
+        setting_types.check_types(self)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if not 0.0 <= value <= 1.0:
@@ -64,7 +64,7 @@ class SyntheticTaskConfig:
     label_temperature: float = 0.5
 
     def __post_init__(self):
-        setting_types.check_types(self, {"label_temperature": "LABEL_TEMPERATURE"})
+        setting_types.check_types(self)
         if not 1 <= self.min_salient <= self.max_salient <= len(ENTITY_WORDS) // 2:
             raise ValueError(f"Need 1 <= min_salient <= max_salient <= {len(ENTITY_WORDS) // 2}, "
                              f"got {self.min_salient}, {self.max_salient}.")
@@ -274,12 +274,6 @@ def preference_examples(split: str, num_examples: int, seed: int = 0,
     return pairs
 
 
-# The macros of gin/data/synthetic.gin that set SyntheticDataset's fields, for messages.
-_DATASET_MACROS = {"num_train_examples": "NUM_TRAIN_EXAMPLES",
-                   "num_validation_examples": "NUM_VALIDATION_EXAMPLES",
-                   "num_test_examples": "NUM_TEST_EXAMPLES", "seed": "SYNTHETIC_SEED"}
-
-
 @dataclasses.dataclass(frozen=True)
 class SyntheticDataset:
     """The synthetic task's splits: sizes, seed and shape (bound in gin/data/synthetic.gin)."""
@@ -291,10 +285,12 @@ class SyntheticDataset:
     config: SyntheticTaskConfig = SyntheticTaskConfig()
 
     def __post_init__(self):
-        setting_types.check_types(self, _DATASET_MACROS)
-        for field, macro in _DATASET_MACROS.items():
+        setting_types.check_types(self)
+        for field in ("num_train_examples", "num_validation_examples", "num_test_examples",
+                      "seed"):
             if getattr(self, field) < 0:
-                raise ValueError(f"{macro} must be >= 0, got {getattr(self, field)}.")
+                raise ValueError(f"{setting_types.setting_name(self, field)} must be >= 0, "
+                                 f"got {getattr(self, field)}.")
 
     def num_examples(self, split: str) -> int:
         _split_code(split)
