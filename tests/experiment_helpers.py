@@ -12,7 +12,19 @@ from typing import Iterator, Optional, Sequence
 from t5_helpers import REPO_ROOT
 
 SYNTHETIC_VOCABULARY = os.path.join(REPO_ROOT, "rso_jax", "assets", "synthetic_spm.model")
-ONE_DEVICE_ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def devices_env(count: int, **extra: str) -> dict:
+    """The environment of a process of `count` simulated CPU devices, with the test session's
+    other XLA flags (conftest)."""
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+             if not flag.startswith(_DEVICE_COUNT_FLAG)]
+    return dict(os.environ, XLA_FLAGS=" ".join([*flags, f"{_DEVICE_COUNT_FLAG}={count}"]),
+                JAX_PLATFORMS="cpu", **extra)
+
+
+ONE_DEVICE_ENV = devices_env(1)
 # The demo (configs/demo_rso.gin) at its tiniest: every stage in seconds on one CPU device.
 DEMO_TINY_FLAGS = [
     "--gin_file=configs/demo_rso.gin", "--gin.EMPTY_OUTPUTS_LIMIT=1.0",  # greedy may end at once

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import experiment_helpers
 from t5_helpers import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # runs every benchmark script
@@ -25,7 +26,7 @@ def load_suite():
 
 def test_the_tiny_suite_runs_every_benchmark_into_one_file(tmp_path):
     output = tmp_path / "suite.json"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = experiment_helpers.ONE_DEVICE_ENV
     result = subprocess.run([sys.executable, SUITE, "--tiny", f"--output={output}"],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,10 +3,10 @@
 A `Stage` says what the stage reads (other stages' outputs and the task's data), which settings
 its outputs depend on, and how it runs. Everything else derives from the records
 (`stages.STAGES`, in the order they run): which stages a method has (those its last stage reads,
-directly or through others), the fingerprints that decide
-when a finished stage may be reused (`fingerprints`), the checks the runner makes before any
-work (a stage read but not finished, a task split a stage will ask for), the stages a STAGES
-subset may name, and which outputs a running stage may load (`StageContext.for_stage`).
+directly or through others), the fingerprints that decide when a finished stage may be reused
+(`fingerprints`), the checks the runner makes before any work (a stage read but not finished, a
+task split a stage will ask for), the stages a STAGES subset may name, and which outputs a
+running stage may load (`StageContext.for_stage`).
 """
 
 from __future__ import annotations

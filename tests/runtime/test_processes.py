@@ -1,7 +1,8 @@
 """The experiment under `jax.distributed`: two processes of four CPU devices each on localhost
 (JAX's CPU collectives) against one process of eight devices, on the same ('data' 4, 'model' 2)
 mesh; a SIGTERM that reaches one of the two processes stops both at the same step, and both two
-processes and one process resume their checkpoint."""
+processes and one process resume their checkpoint (the two processes after agreeing to set
+aside a newest checkpoint that fails its checksums)."""
 
 import json
 import os
@@ -23,19 +24,16 @@ from t5_helpers import REPO_ROOT
 pytestmark = pytest.mark.slow  # end-to-end runs of the experiment
 
 MESH_FLAGS = ["--gin.DATA_PARALLELISM=4", "--gin.MODEL_PARALLELISM=2"]
-FLAGS = [*experiment_helpers.DEMO_TINY_FLAGS, *MESH_FLAGS]
-STEP_LINE = re.compile(r"rso_jax\.training\.train_loop: preference step (\d+)/40 loss")
+STEPS, CHECKPOINT_EVERY, PREEMPT_AT = 20, 5, 6
+FLAGS = [*experiment_helpers.DEMO_TINY_FLAGS, *MESH_FLAGS, f"--gin.PREFERENCE_STEPS={STEPS}",
+         f"--gin.PREFERENCE_CHECKPOINT_EVERY={CHECKPOINT_EVERY}", "--gin.PREFERENCE_EVAL_EVERY=10"]
+STEP_LINE = re.compile(rf"rso_jax\.training\.train_loop: preference step (\d+)/{STEPS} loss")
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def devices_env(count: int, **extra) -> dict:
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
-                JAX_PLATFORMS="cpu", **extra)
 
 
 def run_processes(work_dir, count: int = 2, devices: int = 4, on_line=None,
@@ -49,7 +47,7 @@ def run_processes(work_dir, count: int = 2, devices: int = 4, on_line=None,
     command = command or experiment_helpers.main_command(*FLAGS, f"--gin.WORK_DIR='{work_dir}'")
     processes = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True,
-                                  env=devices_env(devices,
+                                  env=experiment_helpers.devices_env(devices,
                                                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                                                   JAX_NUM_PROCESSES=str(count),
                                                   JAX_PROCESS_ID=str(index)))
@@ -95,7 +93,7 @@ def sigterm_at_preference_step(target: int, step: int):
 def one_process_run(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("one_process") / "run"
     result = experiment_helpers.run_main(*FLAGS, f"--gin.WORK_DIR='{work_dir}'",
-                                         env=devices_env(8))
+                                         env=experiment_helpers.devices_env(8))
     assert result.returncode == 0, result.stderr[-3000:]
     return work_dir
 
@@ -104,7 +102,8 @@ def one_process_run(tmp_path_factory):
 def preempted_run(tmp_path_factory):
     """Two processes, SIGTERM to the second during preference training."""
     work_dir = tmp_path_factory.mktemp("preempted") / "run"
-    return work_dir, run_processes(work_dir, on_line=sigterm_at_preference_step(target=1, step=8))
+    return work_dir, run_processes(work_dir, on_line=sigterm_at_preference_step(target=1,
+                                                                                step=PREEMPT_AT))
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(preempted_run):
@@ -114,13 +113,13 @@ def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(preempted_run)
     for index, (code, _, log) in enumerate(first):
         assert code == 143, f"process {index} ended with {code}:\n{log[-3000:]}"
         match = re.search(r"preempted: preference: (SIGTERM received[^;]*); saved a checkpoint "
-                          r"at step (\d+) of 40", log)
+                          rf"at step (\d+) of {STEPS}", log)
         assert match, f"process {index}:\n{log[-3000:]}"
         stopped.append((match.group(1), int(match.group(2))))
     assert stopped[1][0] == "SIGTERM received"
     assert stopped[0][0] == "SIGTERM received by another process"
     step = stopped[0][1]
-    assert stopped[1][1] == step and 8 <= step < 40
+    assert stopped[1][1] == step and PREEMPT_AT <= step < STEPS
     assert "[process 0/2]" in logs[0] and "[process 1/2]" in logs[1]
     assert os.path.isdir(work_dir / "preference" / "checkpoints" / str(step))
 
@@ -155,46 +154,66 @@ def resume_copy(preempted_run, tmp_path):
     return work_dir
 
 
+def checkpoint_steps(work_dir):
+    return sorted(int(step) for step in os.listdir(work_dir / "preference" / "checkpoints")
+                  if step.isdigit())
+
+
 @pytest.fixture(scope="module")
 def resumed_in_two(preempted_run, tmp_path_factory):
     """The preempted run resumed in two processes: a whole experiment in two processes (every
     stage before preference ran uninterrupted in them, preference resumed), so one run serves
-    both the end-to-end and the resume checks."""
+    both the end-to-end and the resume checks. Its newest checkpoint (the one saved at the
+    SIGTERM) lost its checksums first: only the first process compares a checkpoint with its
+    checksums and the other takes its verdict, so both set it aside and resume from the one
+    before."""
     work_dir = resume_copy(preempted_run, tmp_path_factory.mktemp("resumed_in_two"))
-    return work_dir, run_processes(work_dir, timeout=400)
+    *_, before, newest = checkpoint_steps(work_dir)
+    os.remove(work_dir / "preference" / "checkpoints" / str(newest) / "checksums.json")
+    return work_dir, run_processes(work_dir, timeout=400), (before, newest)
 
 
 def test_two_processes_end_as_one_process_of_eight_devices(resumed_in_two, one_process_run):
-    work_dir, results = resumed_in_two
+    work_dir, results, _ = resumed_in_two
     both = "\n".join(f"--- process {i} ---\n{err[-3000:]}" for i, (_, _, err) in enumerate(results))
     assert [code for code, _, _ in results] == [0, 0], both
     assert "| trained |" in results[0][1] and "| trained |" not in results[1][1]  # one prints
     assert_same_results(work_dir, one_process_run)
 
 
-def assert_resumed(work_dir, log, one_process_run):
-    assert "Resumed from step" in log
+def assert_resumed(work_dir, log, one_process_run, from_step):
+    assert f"Resumed from step {from_step} (" in log
     assert "Stage sft: done before, skipped." in log
     assert_same_results(work_dir, one_process_run)
     assert json.loads((work_dir / "preference" / "DONE.json").read_text())[
-        "resumed_from_step"] >= 8
+        "resumed_from_step"] == from_step
 
 
 def test_a_run_preempted_in_two_processes_resumes_in_two(resumed_in_two, one_process_run):
-    work_dir, results = resumed_in_two
+    work_dir, results, (before, _) = resumed_in_two
     both = "\n".join(f"--- process {i} ---\n{err[-3000:]}" for i, (_, _, err) in enumerate(results))
     assert [code for code, _, _ in results] == [0, 0], both
-    assert_resumed(work_dir, results[1][2], one_process_run)
+    assert_resumed(work_dir, results[1][2], one_process_run, from_step=before)
+
+
+def test_two_processes_agree_to_set_aside_a_checkpoint_that_fails_its_checksums(resumed_in_two):
+    work_dir, results, (_, newest) = resumed_in_two
+    newest_dir = work_dir / "preference" / "checkpoints" / str(newest)
+    assert f"{newest_dir} cannot be restored (it has no checksums.json" in results[0][2]
+    assert (f"{newest_dir} cannot be restored (the first process found the files of "
+            f"{newest_dir} changed; see its log)") in results[1][2]
+    assert os.listdir(work_dir / "preference" / "checkpoints_unusable") == [str(newest)]
 
 
 def test_a_run_preempted_in_two_processes_resumes_in_one(preempted_run, one_process_run,
                                                          tmp_path):
     work_dir = resume_copy(preempted_run, tmp_path)
     result = experiment_helpers.run_main(*FLAGS, f"--gin.WORK_DIR='{work_dir}'",
-                                         env=devices_env(8))
+                                         env=experiment_helpers.devices_env(8))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[process" not in result.stderr
-    assert_resumed(work_dir, result.stderr, one_process_run)
+    assert_resumed(work_dir, result.stderr, one_process_run,
+                   from_step=checkpoint_steps(preempted_run[0])[-1])
 
 
 ALL_FINITE_SCRIPT = """
@@ -224,63 +243,3 @@ def test_the_finiteness_check_of_a_restore_does_not_deadlock_two_processes():
     for code, out, err in results:
         assert code == 0, err[-3000:]
         assert out.strip().splitlines()[-1] == "[True, True, True] False"
-
-
-TRAIN_LOOP_SCRIPT = """
-import json
-import sys
-from rso_jax import partitioning
-partitioning.maybe_initialize_distributed()
-import jax
-sys.path[:0] = ["tests", "tests/training"]
-from rso_jax.training import train_loop
-from test_train_loop import loop, make_batches
-from t5_helpers import MESH_TEST_CONFIG
-import functools
-from rso_jax import t5
-from rso_jax.training import optimizers, train_steps
-work_dir, num_steps = sys.argv[1], int(sys.argv[2])
-partitioner = partitioning.create_partitioner(data_parallelism=4, model_parallelism=2)
-rows = partitioner.host_rows(4)
-
-
-def batches(position):
-    for batch in make_batches()(position):
-        yield partitioner.shard_batch(jax.tree_util.tree_map(lambda x: x[rows], batch), 4)
-
-
-optimizer = optimizers.adafactor(learning_rate=1e-2)
-step = train_steps.make_train_step(
-    partitioner, MESH_TEST_CONFIG, optimizer,
-    functools.partial(train_steps.sft_loss, model_config=MESH_TEST_CONFIG), next(batches(0)))
-state = train_steps.place_state(partitioner, MESH_TEST_CONFIG, optimizer,
-                             t5.init_params(MESH_TEST_CONFIG, jax.random.PRNGKey(0)),
-                             jax.random.PRNGKey(7))
-_, summary = train_loop.train(state, step, batches, work_dir, loop(num_steps),
-                              model_config=MESH_TEST_CONFIG)
-print(json.dumps({"resumed_from": summary["resumed_from"]}))
-"""
-
-
-def test_two_processes_agree_to_set_aside_a_checkpoint_that_fails_its_checksums(tmp_path):
-    """Only the first process compares a checkpoint with its checksums; the other takes its
-    verdict, so both set step 4 aside and resume from step 2."""
-    work_dir = str(tmp_path / "run")
-
-    def train(num_steps):
-        results = run_processes(None, timeout=300, command=[
-            sys.executable, "-c", TRAIN_LOOP_SCRIPT, work_dir, str(num_steps)])
-        for code, _, err in results:
-            assert code == 0, err[-3000:]
-        return results
-
-    train(4)
-    os.remove(os.path.join(work_dir, "checkpoints", "4", "checksums.json"))
-    results = train(6)
-    assert [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results] == [
-        {"resumed_from": 2}, {"resumed_from": 2}]
-    step_4 = os.path.join(work_dir, "checkpoints", "4")
-    assert f"{step_4} cannot be restored (it has no checksums.json" in results[0][2]
-    assert (f"{step_4} cannot be restored (the first process found the files of {step_4} "
-            "changed; see its log)") in results[1][2]
-    assert os.listdir(os.path.join(work_dir, "checkpoints_unusable")) == ["4"]
