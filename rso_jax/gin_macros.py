@@ -201,7 +201,8 @@ def macro_setting(configurable: str, param: str, scope: str = "") -> Optional[st
     Returns:
       the macro's name ('PROMPT_LENGTH', 'SFT_STEPS'), or None when no block binds it to one.
     """
-    return library_bindings().get((scope, configurable, param))
+    bindings = library_bindings()  # an unscoped binding applies in every scope, as in gin
+    return bindings.get((scope, configurable, param)) or bindings.get(("", configurable, param))
 
 
 @functools.lru_cache(maxsize=None)
@@ -226,7 +227,8 @@ def library_bindings() -> dict[tuple[str, str, str], str]:
         with open(path) as stream:
             for statement in config_parser.ConfigParser(stream, Reader()):
                 if (not isinstance(statement, config_parser.BindingStatement)
-                        or not statement.arg_name or not isinstance(statement.value, Macro)):
+                        or not statement.arg_name or not isinstance(statement.value, Macro)
+                        or statement.value == "gin.REQUIRED"):
                     continue
                 key = (statement.scope or "", _short(statement.selector), statement.arg_name)
                 where = f"{os.path.relpath(path, LIBRARY_DIR)}:{statement.location.line_num}"

@@ -57,6 +57,7 @@ def test_each_parameter_names_the_macro_the_gin_blocks_bind_it_to():
     assert gin_macros.macro_setting("config.TrainingSchedule", "steps", "ranker") == \
         "RANKER_STEPS"
     assert gin_macros.macro_setting("config.TrainingSchedule", "steps") is None  # no scope
+    assert gin_macros.macro_setting("config.Lengths", "prompt", "sft") == "PROMPT_LENGTH"
     assert gin_macros.macro_setting("readers.data_files", "tldr_sft") == "TLDR_SFT_FILES"
     assert gin_macros.macro_setting("config.Experiment", "no_such_field") is None
 
@@ -80,12 +81,25 @@ def test_configs_built_without_gin_name_their_macros():
 
 def test_a_parameter_bound_to_two_macros_under_gin_is_named(tmp_path, monkeypatch):
     (tmp_path / "a.gin").write_text("config.Lengths.prompt = %PROMPT_LENGTH\n")
-    (tmp_path / "b.gin").write_text("config.Lengths:\n  prompt = %INPUT_LENGTH\n")
+    (tmp_path / "b.gin").write_text("config.Lengths:\n  prompt = %INPUT_LENGTH\n"
+                                    "  response = %gin.REQUIRED\n")
     monkeypatch.setattr(gin_macros, "LIBRARY_DIR", str(tmp_path))
     gin_macros.library_bindings.cache_clear()
     try:
         with pytest.raises(ValueError, match=r"config.Lengths.prompt is bound to %PROMPT_LENGTH "
                                              r"in gin/a.gin:1 and to %INPUT_LENGTH in gin/b.gin:2"):
             gin_macros.library_bindings()
+    finally:
+        gin_macros.library_bindings.cache_clear()
+
+
+def test_a_parameter_bound_to_gin_required_names_no_macro(tmp_path, monkeypatch):
+    (tmp_path / "a.gin").write_text("config.Lengths:\n  prompt = %gin.REQUIRED\n"
+                                    "  response = %MAX_DECODE_LENGTH\n")
+    monkeypatch.setattr(gin_macros, "LIBRARY_DIR", str(tmp_path))
+    gin_macros.library_bindings.cache_clear()
+    try:
+        assert gin_macros.library_bindings() == {
+            ("", "config.Lengths", "response"): "MAX_DECODE_LENGTH"}
     finally:
         gin_macros.library_bindings.cache_clear()

@@ -18,6 +18,7 @@ from rso_jax.data import vocabularies
 from rso_jax.runtime import atomic_io, failures, processes, stop_signals
 from rso_jax.experiment import (artifacts, checkpoint_checks, checkpoint_inputs, fingerprints,
                                 inference, rounds, scorers, shared_stages, stage_records)
+from rso_jax.experiment import config as config_lib
 from rso_jax.experiment.config import Experiment
 from rso_jax.experiment.context import StageContext
 from rso_jax.experiment import stages as stage_graph
@@ -42,21 +43,18 @@ def check_inputs(context: StageContext) -> None:
                              f"{other.vocabulary_file()}, the training task "
                              f"{experiment.task.name!r} {experiment.task.vocabulary_file()}; "
                              "a policy can only read prompts in its own vocabulary.")
-    configs = [("POLICY_CONFIG", experiment.policy_config),
-               ("RANKER_CONFIG", experiment.ranker_config)]
-    if experiment.gold_ranker_config is not None:
-        configs.append(("GOLD_RANKER_CONFIG", experiment.gold_ranker_config))
-    if experiment.autosxs_judge_config is not None:
-        configs.append(("AUTOSXS_JUDGE_CONFIG", experiment.autosxs_judge_config))
+    configs = [(config_lib.setting(experiment, field), getattr(experiment, field))
+               for field in ("policy_config", "ranker_config", "gold_ranker_config",
+                             "autosxs_judge_config") if getattr(experiment, field) is not None]
     for name, config in configs:
         vocabularies.check_rows(config.vocab_size, codec.size, f"{name} (VOCAB_SIZE)",
                                 f"Leave VOCAB_SIZE unset (it is derived from the vocabulary "
                                 f"{codec.model_file}) or set it to at least {codec.size}.")
         context.partitioner.param_shardings(config)  # fits the mesh
     sizes = experiment.inference_batch_sizes
-    for name, field in (("SAMPLE_BATCH_SIZE", "sample"), ("RANKER_INFERENCE_BATCH_SIZE", "ranker"),
-                        ("REFERENCE_BATCH_SIZE", "reference"), ("EVAL_BATCH_SIZE", "eval")):
-        inference.check_batch_size(name, getattr(sizes, field), context.partitioner)
+    for field in ("sample", "ranker", "reference", "eval"):
+        inference.check_batch_size(config_lib.setting(sizes, field), getattr(sizes, field),
+                                   context.partitioner)
     lengths, reward_model = experiment.lengths, scorers.kind(experiment)
     for task in {id(t): t for t in (experiment.task, eval_task)}.values():
         template = reward_model.input_template(context.ranker_template(task))

@@ -38,7 +38,6 @@ class Stage:
         names, or POLICY / REFERENCE_POLICY for the round's policies.
       task_data: `Experiment -> ((reader, split), ...)`: the task's data it asks for (e.g.
         `(task.sft_examples, 'train')`), read by the runner before any work.
-      applies: `Experiment -> bool`: whether the experiment's method has this stage.
     """
 
     name: str

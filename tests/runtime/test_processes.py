@@ -168,6 +168,7 @@ def resumed_in_two(preempted_run, tmp_path_factory):
     checksums and the other takes its verdict, so both set it aside and resume from the one
     before."""
     work_dir = resume_copy(preempted_run, tmp_path_factory.mktemp("resumed_in_two"))
+    assert PREEMPT_AT > CHECKPOINT_EVERY  # a checkpoint before the one saved at the SIGTERM
     *_, before, newest = checkpoint_steps(work_dir)
     os.remove(work_dir / "preference" / "checkpoints" / str(newest) / "checksums.json")
     return work_dir, run_processes(work_dir, timeout=400), (before, newest)
@@ -197,7 +198,10 @@ def test_a_run_preempted_in_two_processes_resumes_in_two(resumed_in_two, one_pro
 
 
 def test_two_processes_agree_to_set_aside_a_checkpoint_that_fails_its_checksums(resumed_in_two):
-    work_dir, results, (_, newest) = resumed_in_two
+    work_dir, results, (before, newest) = resumed_in_two
+    assert [code for code, _, _ in results] == [0, 0]
+    for _, _, log in results:  # both resume from the same step, the one before
+        assert f"Resumed from step {before} (" in log
     newest_dir = work_dir / "preference" / "checkpoints" / str(newest)
     assert f"{newest_dir} cannot be restored (it has no checksums.json" in results[0][2]
     assert (f"{newest_dir} cannot be restored (the first process found the files of "
