@@ -127,6 +127,20 @@ def test_the_reference_scorers_arguments_are_the_shards_one_device_holds(experim
     assert "does not divide 1 devices" in plan.compile_on(function, 1, 2, False)["error"]
 
 
+def test_a_selected_responses_experiments_train_step_takes_their_sft_batch(experiment,
+                                                                          partitioner):
+    raft = dataclasses.replace(experiment, selection=dataclasses.replace(experiment.selection,
+                                                                         method="raft"))
+    function = stage_functions.preference_train_step(raft)
+    rows, response = raft.preference.batch_size, raft.lengths.response
+    assert function.shapes.startswith(f"{rows} selected responses, ")
+    _, batch = function.lower(partitioner).args_info[0]
+    assert isinstance(batch, batching.SftBatch)
+    assert batch.inputs.shape == (rows, raft.lengths.prompt) and batch.inputs.dtype == np.int32
+    assert batch.targets.shape == batch.loss_weights.shape == (rows, response)
+    assert batch.loss_weights.dtype == np.float32
+
+
 def test_a_pointwise_experiments_ranker_scorer_is_planned(experiment):
     pointwise = dataclasses.replace(experiment, scorer="pointwise")
     planned = plan.compile_on(stage_functions.ranker_scorer(pointwise), 8, 2, False)
