@@ -234,3 +234,21 @@ def test_a_second_run_of_the_same_work_dir_at_once_is_refused(tmp_path):
                 pass
     with artifacts.work_dir_lock(str(tmp_path / "run")):  # free again once the first ends
         pass
+
+
+@pytest.mark.parametrize("selection", ["rso", "direct", "raft", "best_of_n"])
+def test_each_stage_reads_only_stages_before_it_and_the_method_has_what_it_reads(selection):
+    from rso_jax.experiment import stages
+    from rso_jax.experiment.stage import POLICY, REFERENCE_POLICY
+
+    experiment = build_experiment(DEMO + [f"--gin.SELECTION='{selection}'"])
+    earlier = {POLICY, REFERENCE_POLICY}
+    for record in stages.RECORDS:  # `stages.applies` walks them once, last to first
+        assert set(record.reads(experiment)) <= earlier, record.name
+        earlier.add(record.name)
+    has = {name for name in stages.STAGES if stages.applies(experiment, name)}
+    for record in stages.RECORDS:
+        if record.name in has:
+            assert set(record.reads(experiment)) - {POLICY, REFERENCE_POLICY} <= has
+    assert ("sample" in has) == (selection != "direct")
+    assert ("reference" in has) == (selection in ("rso", "direct"))
