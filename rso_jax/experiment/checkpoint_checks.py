@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from rso_jax import model_spec, t5
+from rso_jax import model_spec, setting_types, t5
 from rso_jax.data import vocabularies
 from rso_jax.weights import formats, tree
 from rso_jax.experiment import scorers
@@ -16,19 +16,19 @@ from rso_jax.experiment.config import Experiment
 EMBEDDING_KEY = "token_embedder/embedding"  # [vocabulary rows, emb_dim] in every format's tree
 
 
-def given_checkpoints(experiment: Experiment) -> list[tuple[str, str, model_spec.ModelSpec]]:
-    """(macro name, path, model config it must fit) of every checkpoint the experiment names."""
-    entries = [("SFT_CHECKPOINT", experiment.sft_checkpoint, experiment.policy_config),
-               ("SFT_INIT_CHECKPOINT", experiment.sft_init_checkpoint, experiment.policy_config),
-               ("RANKER_CHECKPOINT", experiment.ranker_checkpoint,
-                scorers.ranker_spec(experiment)),
-               ("RANKER_INIT_CHECKPOINT", experiment.ranker_init_checkpoint,
-                experiment.ranker_config),
-               ("GOLD_RANKER_CHECKPOINT", experiment.gold_ranker_checkpoint,
-                experiment.gold_ranker_config),
-               ("AUTOSXS_JUDGE_CHECKPOINT", experiment.autosxs_judge_checkpoint,
-                experiment.autosxs_judge_config)]
-    return [(name, path, config) for name, path, config in entries if path is not None]
+def given_checkpoints(experiment: Experiment
+                      ) -> list[tuple[str, str, str, model_spec.ModelSpec]]:
+    """(field, its macro, path, model config it must fit) of every checkpoint the experiment
+    names."""
+    models = {"sft_checkpoint": experiment.policy_config,
+              "sft_init_checkpoint": experiment.policy_config,
+              "ranker_checkpoint": scorers.ranker_spec(experiment),
+              "ranker_init_checkpoint": experiment.ranker_config,
+              "gold_ranker_checkpoint": experiment.gold_ranker_config,
+              "autosxs_judge_checkpoint": experiment.autosxs_judge_config}
+    return [(field, setting_types.setting_name("config.Experiment", field),
+             getattr(experiment, field), model)
+            for field, model in models.items() if getattr(experiment, field) is not None]
 
 
 def check_all(experiment: Experiment, vocabulary_pieces: int) -> None:
@@ -36,8 +36,8 @@ def check_all(experiment: Experiment, vocabulary_pieces: int) -> None:
     checkpoint exists and fits its model size (shapes only: no weights are read). A checkpoint
     that differs only in its vocabulary rows is named with both numbers: one with fewer rows
     than the vocabulary's `vocabulary_pieces` cannot hold it, one with more needs VOCAB_SIZE."""
-    for name, path, config in given_checkpoints(experiment):
-        if name == "RANKER_CHECKPOINT":
+    for field, name, path, config in given_checkpoints(experiment):
+        if field == "ranker_checkpoint":
             scorers.check_saved_kind(path, experiment)
         try:
             formats.check_fits(path, config, name)
