@@ -9,6 +9,8 @@ cheaper to compile again than to write."""
 import os
 import tempfile
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -30,3 +32,13 @@ def pytest_collection_modifyitems(session, config, items):
         name = item.path.name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
     items.sort(key=rank)  # stable: each file's tests keep their order
+
+
+@pytest.fixture(autouse=True)
+def no_gin_configuration_left_behind():
+    """Each test starts with no gin configuration: `main.main` leaves its run's configuration
+    bound when it returns (as any gin program does), and `model_sizes.model_config` refuses to
+    clear one, so a test after an in-process run would otherwise depend on the order of files."""
+    yield
+    import gin
+    gin.clear_config()

@@ -11,7 +11,6 @@ import sys
 import gin
 import numpy as np
 import pytest
-import seqio
 
 from experiment_helpers import (ONE_DEVICE_ENV, SYNTHETIC_VOCABULARY, build_experiment,
                                 gin_config, run_main)
@@ -19,11 +18,10 @@ from rso_jax.data.synthetic import generator as synthetic_data
 from rso_jax.data.synthetic import task as synthetic_task
 from rso_jax.data import seqio_task, text_codec
 from rso_jax.experiment import config, runner
+from seqio_helpers import SEQIO_TEST_MODEL, seqio  # 'A' is two tokens in that model
 from t5_helpers import REPO_ROOT
 
 MODULE = "seqio_task_test_tasks"  # the user's module, written by the fixture
-SEQIO_TEST_MODEL = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
-                                "sentencepiece.model")  # 'A' is two tokens in it
 SPLIT_SIZES = {"train": 48, "validation": 16}
 CODEC = text_codec.TextCodec(SYNTHETIC_VOCABULARY)
 # A target the vocabulary cannot spell: only the text seqio kept gives it back.

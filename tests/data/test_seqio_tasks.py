@@ -10,20 +10,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import seqio
 import sentencepiece
 
-from rso_jax.data import batching, seqio_tasks, text_codec
+from rso_jax.data import batching, text_codec
 from rso_jax.data.synthetic import generator as synthetic_data
 from rso_jax.data.synthetic import gold as synthetic_gold
 from rso_jax.data.synthetic import task as synthetic_task
 
+from seqio_helpers import SEQIO_TEST_MODEL, seqio, seqio_tasks
 from t5_helpers import REPO_ROOT as REPO
 DATA = os.path.join(REPO, "tests", "fixtures")
 SPM = synthetic_task.VOCABULARY_FILE
 PROCESSOR = sentencepiece.SentencePieceProcessor(model_file=SPM)
-SEQIO_TEST_MODEL = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
-                                "sentencepiece.model")
 
 
 @pytest.fixture(autouse=True)

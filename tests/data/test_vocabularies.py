@@ -1,21 +1,16 @@
 """Vocabularies: T5's special ids and the ranker's single-token 'A'/'B', checked at start-up."""
 
 import io
-import os
 import re
 
 import pytest
-import seqio
 import sentencepiece
-import tensorflow as tf
 
 from rso_jax.data import vocabularies
 from rso_jax.data.synthetic import task as synthetic_task
+from seqio_helpers import SEQIO_TEST_MODEL, seqio, tf
 
 SYNTHETIC = synthetic_task.VOCABULARY_FILE
-# seqio's own 26-piece test model: T5's special ids, but 'A' encodes as two tokens.
-SEQIO_TEST_MODEL = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
-                                "sentencepiece.model")
 
 
 def test_load_sentencepiece_checks_and_encodes():
