@@ -13,6 +13,7 @@ from typing import Any, Optional
 import optax
 
 from rso_jax import setting_types, t5
+from rso_jax.t5 import remat
 from rso_jax.training import losses, optimizers
 from rso_jax.sampling import decoding
 from rso_jax.data import task as task_lib
@@ -230,6 +231,10 @@ class Experiment:
     # Whether the ranker's input includes the context. The demo's tiny ranker, trained from
     # scratch in minutes, does not learn to look words up in the context (see README).
     ranker_sees_context: bool = True
+    # What every training step's T5 layers keep for the backward pass (a key of
+    # t5.remat.REMAT_POLICIES): 'none' keeps all; the others recompute to save memory. Not a
+    # fingerprinted setting: the gradients are the same to float32 round-off.
+    remat_policy: str = "none"
     seed: int = 0
     # Where stage directories are shared between experiments, each named by the fingerprint
     # of exactly the settings it depends on (WORK_DIR/<stage> links there); None: every stage
@@ -321,6 +326,7 @@ class Experiment:
                 raise ValueError(f"AUTOSXS_GOLD_TEMPERATURE judges by the task's gold reward "
                                  f"program, and task {self.evaluation_task.name!r} has none: "
                                  "give AUTOSXS_JUDGE_CHECKPOINT and AUTOSXS_JUDGE_CONFIG.")
+        remat.check_policy(self.remat_policy, setting(self, "remat_policy"))
         if not 0 < self.empty_outputs_limit <= 1:
             raise ValueError(f"EMPTY_OUTPUTS_LIMIT must be in (0, 1] (a fraction of the "
                              f"outputs; 1.0 never stops), got {self.empty_outputs_limit}.")

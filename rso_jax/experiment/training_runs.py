@@ -43,9 +43,11 @@ def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
                  arrays: dict[str, np.ndarray], make_batch: Callable[..., Any],
                  partitioner: partitioning.Partitioner,
                  evaluate: Optional[Callable] = None,
-                 best_metric: Optional[str] = None) -> tuple[Any, dict]:
+                 best_metric: Optional[str] = None,
+                 remat_policy: str = "none") -> tuple[Any, dict]:
     """Trains stage `name` (resuming from its checkpoints) and saves its final parameters
-    (the best ones when `best_metric` is given) as the stage's `params`.
+    (the best ones when `best_metric` is given) as the stage's `params`. `loss_fn` takes
+    `remat_policy` (REMAT_POLICY: what its model's layers keep for the backward pass).
 
     Returns:
       (parameters on the mesh, the loop's summary).
@@ -54,7 +56,8 @@ def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
     optimizer = schedule.make_optimizer()
     example = make_batch(**{k: v[: schedule.batch_size] for k, v in arrays.items()})
     step = train_steps.make_train_step(partitioner, model_config, optimizer, loss_fn, example,
-                                    grad_accum_steps=schedule.grad_accum_steps)
+                                       grad_accum_steps=schedule.grad_accum_steps,
+                                       remat_policy=remat_policy)
     state = train_steps.place_state(partitioner, model_config, optimizer, params,
                                  jax.random.PRNGKey(schedule.seed))
     loop = train_loop.LoopConfig(

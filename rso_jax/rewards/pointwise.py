@@ -27,9 +27,10 @@ class PointwiseRewardModel(nn.Module):
     """T5 with a scalar head on the first decoder state; params {'t5': ..., 'reward_head': ...}."""
 
     config: t5.T5Config
+    remat_policy: str = "none"  # what the T5 keeps for gradients (t5.remat.REMAT_POLICIES)
 
     def setup(self):
-        self.t5 = t5.T5(self.config)
+        self.t5 = t5.T5(self.config, remat_policy=self.remat_policy)
         self.reward_head = t5.DenseGeneral(
             1, kernel_axes=("embed", "reward"), dtype=self.config.compute_dtype,
             param_dtype=self.config.storage_dtype, output_dtype=jnp.float32)

@@ -4,6 +4,7 @@
   layers     RMSNorm, dense layers, the token embedding, the (gated) MLP
   attention  relative position biases, multi-head attention (all paths side by side)
   model      encoder and decoder layers and stacks, the T5 module
+  remat      rematerialisation policies of the layers (REMAT_POLICY), for training steps
   params     T5Config (the architecture as a model_spec.ModelSpec), parameter trees
              (initialised, abstract, logical axes), the decode cache
 

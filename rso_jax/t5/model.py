@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from rso_jax.t5 import remat
 from rso_jax.t5.config import T5Architecture
 from rso_jax.t5.layers import constrain, RMSNorm, DenseGeneral, Embed, MlpBlock
 from rso_jax.t5.attention import RelativePositionBiases, MultiHeadAttention
@@ -20,7 +21,7 @@ class EncoderLayer(nn.Module):
     config: T5Architecture
 
     @nn.compact
-    def __call__(self, x: Array, *, mask: Array, bias: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool) -> Array:
         cfg = self.config
         norm = functools.partial(RMSNorm, epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
                                  param_dtype=cfg.storage_dtype)
@@ -59,7 +60,7 @@ class DecoderLayer(nn.Module):
         """Cross-attention keys/values of the encoder output in the layouts `decode_step` reads."""
         return self.encoder_decoder_attention.project_key_value_for_decoding(encoded)
 
-    def __call__(self, x: Array, cross_key_value: tuple[Array, Array], *, self_mask: Array,
+    def __call__(self, x: Array, cross_key_value: tuple[Array, Array], self_mask: Array,
                  self_bias: Array, cross_mask: Array, deterministic: bool) -> Array:
         normed = self.pre_self_attention_layer_norm(x)
         attended = self.self_attention.self_attend(normed, mask=self_mask, bias=self_bias,
@@ -91,6 +92,7 @@ class DecoderLayer(nn.Module):
 class Encoder(nn.Module):
     config: T5Architecture
     shared_embedding: nn.Module
+    remat_policy: str = "none"  # a key of remat.REMAT_POLICIES
 
     @nn.compact
     def __call__(self, encoder_input_tokens: Array, deterministic: bool) -> Array:
@@ -106,9 +108,9 @@ class Encoder(nn.Module):
                                       param_dtype=cfg.storage_dtype, name="relpos_bias")(
             positions, positions, bidirectional=True)
         mask = encoder_mask[:, None, None, :]
+        layer = remat.layer_class(EncoderLayer, self.remat_policy, deterministic_argnum=4)
         for index in range(cfg.num_encoder_layers):
-            x = EncoderLayer(cfg, name=f"layers_{index}")(x, mask=mask, bias=bias,
-                                                         deterministic=deterministic)
+            x = layer(cfg, name=f"layers_{index}")(x, mask, bias, deterministic)
         x = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, cfg.storage_dtype,
                     name="encoder_norm")(x)
         return dropout(x, deterministic=deterministic)
@@ -119,13 +121,15 @@ class Decoder(nn.Module):
 
     config: T5Architecture
     shared_embedding: nn.Module
+    remat_policy: str = "none"  # a key of remat.REMAT_POLICIES
 
     def setup(self):
         cfg = self.config
         self.relpos_bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                                   cfg.relative_attention_max_distance,
                                                   cfg.num_heads, param_dtype=cfg.storage_dtype)
-        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+        layer = remat.layer_class(DecoderLayer, self.remat_policy, deterministic_argnum=6)
+        self.layers = [layer(cfg) for _ in range(cfg.num_decoder_layers)]
         self.decoder_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, cfg.storage_dtype)
         self.logits_dense = DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"),
                                          dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
@@ -163,8 +167,7 @@ class Decoder(nn.Module):
             self_mask = self_mask & decoder_mask[:, None, None, :].astype(bool)
         cross_mask = encoder_mask[:, None, None, :]
         for layer, cross_key_value in zip(self.layers, cross_key_values):
-            x = layer(x, cross_key_value, self_mask=self_mask, self_bias=self_bias,
-                      cross_mask=cross_mask, deterministic=deterministic)
+            x = layer(x, cross_key_value, self_mask, self_bias, cross_mask, deterministic)
         return self.dropout(self.decoder_norm(x), deterministic=deterministic)
 
 
@@ -187,16 +190,20 @@ class Decoder(nn.Module):
 
 
 class T5(nn.Module):
-    """T5 v1.1 encoder-decoder (T5X's `Transformer`) with a shared token embedding."""
+    """T5 v1.1 encoder-decoder (T5X's `Transformer`) with a shared token embedding;
+    `remat_policy` (a key of `remat.REMAT_POLICIES`) says what its layers keep for gradients."""
 
     config: T5Architecture
+    remat_policy: str = "none"
 
     def setup(self):
         cfg = self.config
         self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.compute_dtype,
                                     param_dtype=cfg.storage_dtype)
-        self.encoder = Encoder(cfg, shared_embedding=self.token_embedder)
-        self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
+        self.encoder = Encoder(cfg, shared_embedding=self.token_embedder,
+                               remat_policy=self.remat_policy)
+        self.decoder = Decoder(cfg, shared_embedding=self.token_embedder,
+                               remat_policy=self.remat_policy)
 
     def encode(self, encoder_input_tokens: Array, *, enable_dropout: bool = False) -> Array:
         """Encoder output [batch, enc_len, embed]; token 0 is padding."""

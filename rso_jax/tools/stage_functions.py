@@ -67,7 +67,8 @@ def preference_train_step(experiment: Any) -> StageFunction:
             jax.eval_shape(lambda arrays: data.make_batch(**arrays), arrays))
         step = train_steps.make_train_step(partitioner, config, optimizer,
                                            data.loss_function(experiment), batch,
-                                           grad_accum_steps=schedule.grad_accum_steps)
+                                           grad_accum_steps=schedule.grad_accum_steps,
+                                           remat_policy=experiment.remat_policy)
         shardings = train_steps.state_shardings(partitioner, config, optimizer)
         shapes = jax.eval_shape(lambda params: train_steps.create_train_state(
             params, optimizer, jax.random.PRNGKey(0)), config.param_shapes())

@@ -231,9 +231,10 @@ def token_cross_entropy(logits_btv: Array, target_tokens_bt: Array,
 
 
 def bradley_terry_loss(params: Any, batch: batching.PointwisePairBatch, dropout_rng: Array, *,
-                       model_config: t5.T5Config) -> tuple[Array, dict[str, Array]]:
+                       model_config: t5.T5Config, remat_policy: str = "none"
+                       ) -> tuple[Array, dict[str, Array]]:
     """-log sigma(R(x, y_w) - R(x, y_l)), averaged over valid pairs; a train_step loss_fn."""
-    model = pointwise.PointwiseRewardModel(model_config)
+    model = pointwise.PointwiseRewardModel(model_config, remat_policy=remat_policy)
     dropout = model_config.dropout_rate > 0
     both = jnp.concatenate([batch.chosen_inputs, batch.rejected_inputs], axis=0)
     rewards = model.apply({"params": params}, both, enable_dropout=dropout,

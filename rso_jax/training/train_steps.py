@@ -55,9 +55,10 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation,
 
 
 def sft_loss(params: Any, batch: batching.SftBatch, dropout_rng: Array, *,
-             model_config: t5.T5Config) -> tuple[Array, Metrics]:
-    """Token cross-entropy of the targets (teacher forcing)."""
-    logits = t5.T5(model_config).apply(
+             model_config: t5.T5Config, remat_policy: str = "none") -> tuple[Array, Metrics]:
+    """Token cross-entropy of the targets (teacher forcing); `remat_policy` (a key of
+    `t5.remat.REMAT_POLICIES`) says what the layers keep for the gradient."""
+    logits = t5.T5(model_config, remat_policy=remat_policy).apply(
         {"params": params}, batch.inputs, batching.shift_right(batch.targets),
         enable_dropout=model_config.dropout_rate > 0, rngs={"dropout": dropout_rng})
     loss, metrics = losses.token_cross_entropy(logits, batch.targets, batch.loss_weights)
@@ -65,10 +66,10 @@ def sft_loss(params: Any, batch: batching.SftBatch, dropout_rng: Array, *,
 
 
 def policy_response_logps(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
-                          model_config: t5.T5Config) -> Array:
+                          model_config: t5.T5Config, remat_policy: str = "none") -> Array:
     """[B, G] sequence log-probs under the policy of each prompt's chosen, rejected (and SFT
     target, when the batch has them) responses, the prompt encoded once for all of them."""
-    model = t5.T5(model_config)
+    model = t5.T5(model_config, remat_policy=remat_policy)
     dropout = model_config.dropout_rate > 0
     encoded = model.apply({"params": params}, batch.inputs, enable_dropout=dropout,
                           method=model.encode, rngs={"dropout": dropout_rng})
@@ -84,7 +85,8 @@ def policy_response_logps(params: Any, batch: batching.PreferenceBatch, dropout_
 def preference_loss(params: Any, batch: batching.PreferenceBatch, dropout_rng: Array, *,
                     model_config: t5.T5Config, loss_name: str = "sigmoid_norm",
                     gamma: float = 0.05, label_smoothing: float = 0.0,
-                    regularization_weight: float = 0.0) -> tuple[Array, Metrics]:
+                    regularization_weight: float = 0.0,
+                    remat_policy: str = "none") -> tuple[Array, Metrics]:
     """A preference loss (`losses.PREFERENCE_LOSSES`: RSO's eqs. 8-10, IPO, conservative DPO)
     on one batch of pairs, plus SLiC's regularisation term (eq. 1) on the batch's SFT targets
     when `regularization_weight` > 0."""
@@ -95,7 +97,8 @@ def preference_loss(params: Any, batch: batching.PreferenceBatch, dropout_rng: A
     if regularization_weight and batch.sft_targets is None:
         raise ValueError(f"regularization_weight={regularization_weight} needs the SFT targets "
                          "of the pairs' prompts in the batch (PreferenceBatch.sft_targets).")
-    logps = policy_response_logps(params, batch, dropout_rng, model_config=model_config)
+    logps = policy_response_logps(params, batch, dropout_rng, model_config=model_config,
+                                  remat_policy=remat_policy)
     loss, metrics = losses.preference_loss(loss_name, gamma=gamma,
                                            label_smoothing=label_smoothing)(
         logps[:, 0], logps[:, 1], batch.reference_chosen_logps,
@@ -198,7 +201,7 @@ def batch_shardings(partitioner: partitioning.Partitioner, batch: Any) -> Any:
 def make_train_step(partitioner: partitioning.Partitioner, model: model_spec.ModelSpec,
                     optimizer: optax.GradientTransformation,
                     loss_fn: Callable[..., tuple[Array, Metrics]], example_batch: Any,
-                    grad_accum_steps: int = 1
+                    grad_accum_steps: int = 1, remat_policy: str = "none"
                     ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
     """`train_step` jitted on the mesh with explicit shardings and the state donated.
 
@@ -209,8 +212,12 @@ def make_train_step(partitioner: partitioning.Partitioner, model: model_spec.Mod
       loss_fn: `(params, batch, dropout_rng) -> (loss, metrics)`.
       example_batch: a batch of the shapes the step will see (only its structure is used).
       grad_accum_steps: micro-batches per step.
+      remat_policy: what the model's layers keep for the backward pass (a key of
+        `t5.remat.REMAT_POLICIES`), passed to `loss_fn` unless 'none'.
     """
     shardings = state_shardings(partitioner, model, optimizer)
+    if remat_policy != "none":
+        loss_fn = functools.partial(loss_fn, remat_policy=remat_policy)
     step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
                              grad_accum_steps=grad_accum_steps)
     return partitioner.jit(step, in_shardings=(shardings, batch_shardings(partitioner, example_batch)),

@@ -134,7 +134,8 @@ def run(context: StageContext) -> dict:
         experiment.policy_config, context.stage_params(context.previous_policy),
         data.loss_function(experiment), data.arrays(context), data.make_batch,
         context.partitioner,
-        evaluate=proxy_win_rate_on_validation(context), best_metric=BEST_METRIC)
+        evaluate=proxy_win_rate_on_validation(context), best_metric=BEST_METRIC,
+        remat_policy=experiment.remat_policy)
     return {"started_from": context.previous_policy,
             "final_metrics": summary["last_metrics"], "best": summary["best"],
             **training_runs.resume_summary(summary)}

@@ -34,7 +34,7 @@ def run(context: StageContext) -> dict:
         training.params, training.loss_fn, training.arrays, training.make_batch,
         context.partitioner,
         evaluate=lambda p: {"accuracy": accuracy(context, p, validation)},
-        best_metric="accuracy")
+        best_metric="accuracy", remat_policy=experiment.remat_policy)
     return {"scorer": experiment.scorer,
             "validation_accuracy": accuracy(context, params, validation),
             **training_runs.resume_summary(summary)}

@@ -23,7 +23,8 @@ def run(context: StageContext) -> dict:
     _, summary = training_runs.run_training(
         "sft", schedule, experiment.work_dir, config, params,
         functools.partial(train_steps.sft_loss, model_config=config), arrays,
-        batching.sft_batch_from_tokens, context.partitioner)
+        batching.sft_batch_from_tokens, context.partitioner,
+        remat_policy=experiment.remat_policy)
     return {"final_loss": summary["last_metrics"].get("loss"), "examples": len(data),
             **training_runs.resume_summary(summary)}
 
