@@ -102,7 +102,8 @@ class TrainingSchedule:
                              f"{name('steps')}={self.steps}.")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(f"{name('grad_accum_steps')}={self.grad_accum_steps} must divide "
-                             f"{name('batch_size')}={self.batch_size}.")
+                             f"{name('batch_size')}={self.batch_size} (it is NUM_MICROBATCHES "
+                             "unless set itself).")
 
     def make_optimizer(self) -> optax.GradientTransformation:
         if self.optimizer == "adam":

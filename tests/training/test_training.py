@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 
 import jax
 import numpy as np
@@ -160,6 +161,47 @@ def test_sharded_step_equals_single_device(params, preference_batch):
     for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(single.params)),
                     jax.tree_util.tree_leaves(jax.device_get(sharded.params))):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_microbatch_i_holds_rows_i_i_plus_n_and_so_on():
+    rows = np.arange(24).reshape(12, 2)
+    split = np.asarray(train_steps.split_microbatches({"x": rows}, 3)["x"])
+    assert split.shape == (3, 4, 2)
+    for index in range(3):
+        np.testing.assert_array_equal(split[index], rows[index::3])
+    with pytest.raises(ValueError, match="Batch of 12 rows cannot be split into 5"):
+        train_steps.split_microbatches({"x": rows}, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_microbatches", [2, 4])
+def test_microbatches_on_the_data_axis_equal_the_one_shot_step(params, preference_batch,
+                                                               num_microbatches):
+    """16 pairs on 4 data devices: the update of the whole batch (float32, relative 1e-5), each
+    device's slice of a micro-batch 16 / 4 / n rows, and no collective but the gradients'
+    all-reduce (no row moves between devices)."""
+    batch = jax.tree_util.tree_map(lambda x: np.concatenate([x, x[::-1]]), preference_batch)
+    loss_fn = functools.partial(train_steps.preference_loss, model_config=MESH_TEST_CONFIG,
+                                loss_name="sigmoid_norm", gamma=0.5)
+    whole, _ = run_steps(single_device_partitioner(), loss_fn, batch, params, 1)
+    mesh = partitioning.Partitioner(partitioning.create_mesh(4, 1, devices=jax.devices()[:4]),
+                                    rules=partitioning.logical_axis_rules(False))
+    split, _ = run_steps(mesh, loss_fn, batch, params, 1, grad_accum_steps=num_microbatches)
+    for a, b, before in zip(*(jax.tree_util.tree_leaves(jax.device_get(tree))
+                              for tree in (whole.params, split.params, params))):
+        np.testing.assert_allclose(b - before, a - before, rtol=1e-5,
+                                   atol=1e-5 * np.abs(a - before).max())
+
+    optimizer = optimizers.adafactor(learning_rate=1e-2)
+    step = train_steps.make_train_step(mesh, MESH_TEST_CONFIG, optimizer, loss_fn, batch,
+                                       grad_accum_steps=num_microbatches)
+    state = train_steps.place_state(mesh, MESH_TEST_CONFIG, optimizer, params,
+                                    jax.random.PRNGKey(1))
+    compiled = step.lower(state, mesh.shard_batch(batch)).compile().as_text()
+    collectives = re.findall(r"= \S+ (all-to-all|all-gather|collective-permute|reduce-scatter|"
+                             r"all-reduce)(?:-start)?\(", compiled)
+    assert set(collectives) == {"all-reduce"}, collectives
+    assert f"s32[{16 // 4 // num_microbatches},{batch.inputs.shape[1]}]" in compiled
 
 
 def test_bfloat16_compute_keeps_float32_master_weights(params, preference_batch):
