@@ -12,7 +12,7 @@ from rso_jax import model_spec, partitioning
 from rso_jax.training import train_loop, train_steps
 from rso_jax.weights import orbax_params
 from rso_jax.experiment import artifacts
-from rso_jax.experiment.config import TrainingSchedule
+from rso_jax.experiment.config import TrainingSchedule, setting
 
 
 def cycling_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
@@ -52,6 +52,7 @@ def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
     Returns:
       (parameters on the mesh, the loop's summary).
     """
+    check_microbatch_rows(schedule, partitioner)
     directory = artifacts.stage_dir(work_dir, name)
     optimizer = schedule.make_optimizer()
     example = make_batch(**{k: v[: schedule.batch_size] for k, v in arrays.items()})
@@ -74,6 +75,22 @@ def run_training(name: str, schedule: TrainingSchedule, work_dir: str,
                                             partitioner.param_shardings(model_config))
     artifacts.save_params(work_dir, name, params, model_config)
     return params, summary
+
+
+def check_microbatch_rows(schedule: TrainingSchedule, partitioner: partitioning.Partitioner
+                          ) -> None:
+    """Each micro-batch's rows split evenly over the mesh's data axis (else XLA would move
+    rows between devices, or pad them, in every step)."""
+    data = partitioner.mesh.shape["data"]
+    rows = schedule.batch_size // schedule.grad_accum_steps
+    if rows % data:
+        batch_size, accumulation = (setting(schedule, field)
+                                    for field in ("batch_size", "grad_accum_steps"))
+        raise ValueError(f"{batch_size}={schedule.batch_size} in {schedule.grad_accum_steps} "
+                         f"micro-batch(es) ({accumulation}, NUM_MICROBATCHES unless set) makes "
+                         f"{rows} rows each, which the mesh's data axis ({data} devices) does "
+                         "not divide: choose a batch size and micro-batch count whose quotient "
+                         f"is a multiple of {data}, or another DATA_PARALLELISM.")
 
 
 def resume_summary(summary: dict) -> dict:
