@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rso_jax import model_spec, t5, partitioning
+from rso_jax import model_spec, t5, partitioning, row_groups
 from rso_jax.data import batching, vocabularies
 from rso_jax.training import losses
 from rso_jax.sampling import scoring
@@ -111,21 +111,6 @@ def preference_loss(params: Any, batch: batching.PreferenceBatch, dropout_rng: A
     return loss, {"loss": loss, **metrics}
 
 
-def split_microbatches(batch: Any, num_microbatches: int) -> Any:
-    """Each field [rows, ...] as [num_microbatches, rows / num_microbatches, ...], micro-batch
-    i holding rows i, i + n, i + 2n, ...: a batch sharded in contiguous blocks over the mesh's
-    data axis gives every device an equal share of every micro-batch, so each device's slice
-    shrinks n-fold and no row moves between devices (a split into contiguous blocks would put
-    each micro-batch on a few devices and make XLA move rows)."""
-    def split(x):
-        if x.shape[0] % num_microbatches:
-            raise ValueError(f"Batch of {x.shape[0]} rows cannot be split into "
-                             f"{num_microbatches} gradient-accumulation micro-batches.")
-        grouped = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
-        return jnp.swapaxes(grouped, 0, 1)
-    return jax.tree_util.tree_map(split, batch)
-
-
 def train_step(state: TrainState, batch: Any, *, loss_fn: Callable[..., tuple[Array, Metrics]],
                optimizer: optax.GradientTransformation,
                grad_accum_steps: int = 1) -> tuple[TrainState, Metrics]:
@@ -146,7 +131,7 @@ def train_step(state: TrainState, batch: Any, *, loss_fn: Callable[..., tuple[Ar
     if grad_accum_steps == 1:
         (_, metrics), grads = grad_fn(state.params, batch, step_rng)
     else:
-        microbatches = split_microbatches(batch, grad_accum_steps)
+        microbatches = row_groups.split(batch, grad_accum_steps)  # no row moves
 
         def accumulate(carry, inputs):
             index, microbatch = inputs

@@ -163,16 +163,6 @@ def test_sharded_step_equals_single_device(params, preference_batch):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_microbatch_i_holds_rows_i_i_plus_n_and_so_on():
-    rows = np.arange(24).reshape(12, 2)
-    split = np.asarray(train_steps.split_microbatches({"x": rows}, 3)["x"])
-    assert split.shape == (3, 4, 2)
-    for index in range(3):
-        np.testing.assert_array_equal(split[index], rows[index::3])
-    with pytest.raises(ValueError, match="Batch of 12 rows cannot be split into 5"):
-        train_steps.split_microbatches({"x": rows}, 5)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("num_microbatches", [2, 4])
 def test_microbatches_on_the_data_axis_equal_the_one_shot_step(params, preference_batch,
