@@ -167,9 +167,21 @@ class InferenceBatchSizes:
     ranker: int = 256  # ranker inputs per call
     reference: int = 64  # pairs per teacher-forced scoring call
     eval: int = 64  # prompts per greedy-decoding call
+    # Rows per chunk inside a reference call, scored one chunk after another (peak memory is a
+    # chunk's); None: all `reference` rows at once.
+    reference_chunk: Optional[int] = None
 
     def __post_init__(self):
         check_types(self)
+        chunk = self.reference_chunk
+        if chunk is not None and (chunk < 1 or self.reference % chunk):
+            raise ValueError(f"{setting(self, 'reference_chunk')}={chunk} must divide "
+                             f"{setting(self, 'reference')}={self.reference} (or be None).")
+
+    @property
+    def reference_chunks(self) -> int:
+        """Chunks per reference call."""
+        return 1 if self.reference_chunk is None else self.reference // self.reference_chunk
 
 
 @dataclasses.dataclass(frozen=True)

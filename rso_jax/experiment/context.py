@@ -207,6 +207,7 @@ class StageContext:
 
     def sequence_logps(self, params: Any, prompts: np.ndarray,
                        responses: np.ndarray) -> np.ndarray:
+        sizes = self.experiment.inference_batch_sizes
         return inference.sequence_logps(self.experiment.policy_config, params, prompts, responses,
-                                        self.experiment.inference_batch_sizes.reference,
-                                        self.partitioner)
+                                        sizes.reference, self.partitioner,
+                                        sizes.reference_chunks)

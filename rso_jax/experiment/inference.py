@@ -62,8 +62,8 @@ def sampler(config, sampling, partitioner):
 
 
 @functools.lru_cache(maxsize=None)
-def sequence_scorer(config, partitioner):
-    return scoring.make_scorer(config, partitioner)
+def sequence_scorer(config, partitioner, num_chunks=1):
+    return scoring.make_scorer(config, partitioner, num_chunks)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,9 +96,10 @@ def greedy(config: t5.T5Config, params: Any, prompts: np.ndarray,
 
 def sequence_logps(config: t5.T5Config, params: Any, prompts: np.ndarray,
                    responses: np.ndarray, batch_size: int,
-                   partitioner: partitioning.Partitioner) -> np.ndarray:
-    """Teacher-forced log-probability of each response given its prompt, float32 [n]."""
-    scorer = sequence_scorer(config, partitioner)
+                   partitioner: partitioning.Partitioner, num_chunks: int = 1) -> np.ndarray:
+    """Teacher-forced log-probability of each response given its prompt, float32 [n]; each
+    call of `batch_size` rows scores them in `num_chunks` chunks."""
+    scorer = sequence_scorer(config, partitioner, num_chunks)
     return map_chunks(lambda _, p, r: scorer(params, p, r)[1], [prompts, responses], batch_size,
                       partitioner)
 

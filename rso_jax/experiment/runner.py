@@ -52,9 +52,10 @@ def check_inputs(context: StageContext) -> None:
                                 f"{codec.model_file}) or set it to at least {codec.size}.")
         context.partitioner.param_shardings(config)  # fits the mesh
     sizes = experiment.inference_batch_sizes
-    for field in ("sample", "ranker", "reference", "eval"):
-        inference.check_batch_size(config_lib.setting(sizes, field), getattr(sizes, field),
-                                   context.partitioner)
+    for field in ("sample", "ranker", "reference", "eval", "reference_chunk"):
+        if getattr(sizes, field) is not None:
+            inference.check_batch_size(config_lib.setting(sizes, field), getattr(sizes, field),
+                                       context.partitioner)
     lengths, reward_model = experiment.lengths, scorers.kind(experiment)
     for task in {id(t): t for t in (experiment.task, eval_task)}.values():
         template = reward_model.input_template(context.ranker_template(task))

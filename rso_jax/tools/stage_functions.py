@@ -111,11 +111,12 @@ def ranker_scorer(experiment: Any) -> StageFunction:
 def reference_scorer(experiment: Any) -> StageFunction:
     config, lengths = experiment.policy_config, experiment.lengths
     rows = experiment.inference_batch_sizes.reference
+    chunks = experiment.inference_batch_sizes.reference_chunks
 
     def lower(partitioner):
         batch = abstract_batch(partitioner, prompts=(rows, lengths.prompt),
                                responses=(rows, lengths.response))
-        return inference.sequence_scorer(config, partitioner).lower(
+        return inference.sequence_scorer(config, partitioner, chunks).lower(
             abstract_params(config, partitioner), batch["prompts"], batch["responses"])
     return StageFunction("reference scorer", f"{rows} responses of {lengths.response} tokens to "
                          f"{lengths.prompt}-token prompts", rows, config, lower)

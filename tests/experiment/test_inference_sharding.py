@@ -9,6 +9,8 @@ rounding. Each test also checks that the mesh run really was split: its paramete
 sharded over 'model' and its outputs over 'data', across all 8 devices.
 """
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -167,6 +169,25 @@ def test_teacher_forced_scoring_equals_single_device(host_params, prompts, mesh_
     assert_close(mesh_sequences, single_sequences)
     assert (np.asarray(mesh_tokens)[targets == 0] == 0).all()
     assert (np.asarray(mesh_tokens)[targets > 0] < 0).all()
+
+
+def test_reference_log_probs_in_chunks_equal_calls_of_the_chunk_size(host_params, prompts,
+                                                                    mesh_partitioner):
+    """REFERENCE_CHUNK_SIZE on the mesh: 8 rows per call in 2 chunks of 4 give each row what
+    calls of 4 rows give it, bit for bit, and no row moves between devices."""
+    from rso_jax.experiment import inference
+
+    responses = padded_tokens(np.random.default_rng(2), [7, 2, 5, 7, 4, 6, 3, 7], 7,
+                              CONFIG.vocab_size)
+    params = mesh_partitioner.shard_params(host_params, CONFIG)
+    chunked = inference.sequence_logps(CONFIG, params, prompts, responses, 8, mesh_partitioner,
+                                       num_chunks=2)
+    by_chunk = inference.sequence_logps(CONFIG, params, prompts, responses, 4, mesh_partitioner)
+    np.testing.assert_array_equal(chunked, by_chunk)
+    compiled = inference.sequence_scorer(CONFIG, mesh_partitioner, 2).lower(
+        params, *mesh_partitioner.shard_batch((prompts, responses))).compile().as_text()
+    assert not re.findall(r"= \S+ (all-to-all|all-gather|collective-permute)(?:-start)?\(",
+                          compiled)
 
 
 def ranker_inputs(rng, count):

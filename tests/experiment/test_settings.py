@@ -46,6 +46,9 @@ DEMO = ["--gin_file=configs/demo_rso.gin"]
     ("EVAL_BEST_OF_N=0", "EVAL_BEST_OF_N must be an int >= 1 (or None), got 0"),
     ("EVAL_BEST_OF_N=4.0", "EVAL_BEST_OF_N must be an int >= 1 (or None), got 4.0"),
     ("REMAT_POLICY='all'", "REMAT_POLICY='all'; choose one of ['dots', 'full', 'minimal', 'none']"),
+    ("REFERENCE_CHUNK_SIZE=7", "REFERENCE_CHUNK_SIZE=7 must divide REFERENCE_BATCH_SIZE=64 (or "
+                               "be None)"),
+    ("REFERENCE_CHUNK_SIZE=0", "REFERENCE_CHUNK_SIZE=0 must divide REFERENCE_BATCH_SIZE=64"),
     ("NUM_MICROBATCHES=3", "SFT_GRAD_ACCUM_STEPS=3 must divide SFT_BATCH_SIZE=64 (it is "
                            "NUM_MICROBATCHES unless set itself)"),
     # Values of the wrong type, e.g. a macro bound to a call that returns '' (gin/data/
