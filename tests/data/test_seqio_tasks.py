@@ -1,6 +1,7 @@
 """The registered seqio tasks read the fixtures, as the gin/data blocks configure them."""
 
 import gzip
+import importlib
 import json
 import os
 import shutil
@@ -22,6 +23,13 @@ from t5_helpers import REPO_ROOT as REPO
 DATA = os.path.join(REPO, "tests", "fixtures")
 SPM = synthetic_task.VOCABULARY_FILE
 PROCESSOR = sentencepiece.SentencePieceProcessor(model_file=SPM)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered_tasks():
+    """Importing rso_jax.data.seqio_tasks registers its tasks; it imports TensorFlow, so it
+    happens here rather than when the suite is collected (seqio_helpers)."""
+    importlib.import_module("rso_jax.data.seqio_tasks")
 
 
 @pytest.fixture(autouse=True)
